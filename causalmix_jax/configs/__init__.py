@@ -1,0 +1,1 @@
+"""Configuration sections and the base `get_config` entry point."""

@@ -1,0 +1,51 @@
+"""Command-line entry point: parses flags, initialises JAX (multi-host when asked), logs
+the hosts and dispatches pipeline stages.
+
+  python launch/main.py --config=experiments/quickstart/config.py --workdir=/tmp/qs \
+      --stage=all
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from causalmix_jax import pipeline  # noqa: E402
+from causalmix_jax import sharding  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (a .py with get_config), e.g. "
+    "experiments/quickstart/config.py or experiments/quickstart/config.py:smoke.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every stage's artifacts.")
+_STAGE = flags.DEFINE_list(
+    "stage", ["all"], f"Stages to run: all, or any of {', '.join(pipeline.ORDER)}.")
+_FORCE = flags.DEFINE_bool("force", False, "Re-run stages even when up to date.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  sharding.initialize_distributed(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  sharding.log_hosts()
+  cfg = _CONFIG.value
+  pipeline.run_stages(_STAGE.value, cfg, _WORKDIR.value, force=_FORCE.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
