@@ -1,0 +1,29 @@
+"""The public Python API: load runs tables, fit a causal surface, recommend a mixture,
+and compute the covariates of a pool. Everything a notebook needs, in one import.
+
+  from causalmix_jax import api
+  runs = api.load_runs("runs.parquet")
+  surface = api.fit_surface(runs, outcome="target")
+  rec = api.recommend(surface, covariates=api.pool_covariates("workdir/pool"))
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from causalmix_jax.optimise import recommend
+from causalmix_jax.runs import Runs, load_runs
+from causalmix_jax.surface.fit import fit_surface
+from causalmix_jax.surface.surface import Surface, load_surface
+
+__all__ = ["Runs", "Surface", "load_runs", "fit_surface", "load_surface", "recommend",
+           "pool_covariates"]
+
+
+def pool_covariates(pool_dir: str | os.PathLike[str]) -> Mapping[str, float]:
+  """The flat `x_*` covariate vector of a pool built by the `pool` stage."""
+  from causalmix_jax import artifacts
+  cov: dict[str, Any] = artifacts.read_json(
+      os.path.join(pool_dir, "covariates.json"), "pool covariates")
+  return dict(cov["vector"])
