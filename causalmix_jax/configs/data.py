@@ -59,5 +59,8 @@ def mixing_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c.seq_len = 128
   c.batch_size = 32
   c.shuffle_seed = 0
+  # grain read threads (0 = read in the training thread) and batches prefetched.
+  c.num_threads = 2
+  c.prefetch = 8
   del variants
   return c
