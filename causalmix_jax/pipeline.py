@@ -35,6 +35,9 @@ class StageSpec:
   output: str
   inputs: tuple[str, ...]
   config_keys: tuple[str, ...]
+  # Optional "module:function" mapping the config to a string describing external
+  # inputs (e.g. the pool's source files), hashed into the stage's stamp.
+  fingerprint: str | None = None
 
   def load(self) -> StageFn:
     module, fn = self.target.split(":")
@@ -47,7 +50,8 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("pool", "causalmix_jax.data.pool_stage:run", "pool/pool.json", (),
-              ("seed", "pool", "covariates")),
+              ("seed", "pool", "covariates"),
+              fingerprint="causalmix_jax.data.pool_stage:source_fingerprint"),
     StageSpec("design", "causalmix_jax.interventions:run_stage",
               "design/interventions.npz", ("pool/pool.json", "pool/covariates.json"),
               ("seed", "design", "proxy")),
@@ -81,6 +85,9 @@ def stage_digest(spec: StageSpec, cfg: ml_collections.ConfigDict,
                  workdir: pathlib.Path) -> str:
   """Hash of the stage's config sections and of the contents of its inputs."""
   h = hashlib.sha256(config_digest(cfg, spec.config_keys).encode())
+  if spec.fingerprint:
+    module, fn = spec.fingerprint.split(":")
+    h.update(getattr(importlib.import_module(module), fn)(cfg).encode())
   for rel in spec.inputs:
     p = workdir / rel
     if p.exists():

@@ -71,3 +71,26 @@ def test_registry_targets_are_named_modules():
   for spec in pipeline.STAGES.values():
     module, fn = spec.target.split(":")
     assert module.startswith("causalmix_jax.") and fn
+
+
+FINGERPRINT = {"value": "a"}
+
+
+def _fingerprint(cfg) -> str:
+  del cfg
+  return FINGERPRINT["value"]
+
+
+def test_fingerprint_of_external_inputs_triggers_rerun(tmp_path, monkeypatch):
+  spec = pipeline.StageSpec("up", f"{__name__}:_fake_up", "up/out.json", (), ("seed",),
+                            fingerprint=f"{__name__}:_fingerprint")
+  monkeypatch.setattr(pipeline, "STAGES", {"up": spec})
+  monkeypatch.setattr(pipeline, "ORDER", ("up",))
+  CALLS.clear()
+  cfg = base.get_config("smoke")
+  pipeline.run_stages(["up"], cfg, tmp_path)
+  pipeline.run_stages(["up"], cfg, tmp_path)
+  assert CALLS == ["up"]
+  FINGERPRINT["value"] = "b"  # the source files changed on disk
+  pipeline.run_stages(["up"], cfg, tmp_path)
+  assert CALLS == ["up", "up"]

@@ -16,8 +16,21 @@ from causalmix_jax import artifacts
 from causalmix_jax import metrics
 from causalmix_jax.data import covariates as covariates_lib
 from causalmix_jax.data import pool as pool_lib
+from causalmix_jax.data import sources
 
 log = logging.getLogger(__name__)
+
+
+def source_fingerprint(cfg: ml_collections.ConfigDict) -> str:
+  """Names, sizes and modification times of every source file of the pool, so that the
+  stage re-runs when the data on disk changes (not only when the config does)."""
+  specs, target, base = pool_lib.domain_specs(cfg)
+  lines = []
+  for name, spec in sorted(specs.items()) + [("_target", target)]:
+    for path in sources.resolve_paths(spec, base, name):
+      st = path.stat()
+      lines.append(f"{name}\t{path}\t{st.st_size}\t{st.st_mtime_ns}")
+  return "\n".join(lines)
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
