@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any, Sequence
 
 import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
 
@@ -23,3 +28,118 @@ def log_hosts() -> None:
   log.info("process %d/%d: %d local devices, %d global (%s)", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count(),
            jax.devices()[0].platform)
+
+
+# ------------------------------------------------------------------ meshes and rules
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Mesh with `mesh_cfg.axes` and `mesh_cfg.shape` (one entry may be -1: the rest).
+
+  Uses every device of every process unless `devices` is given. Axis types are Auto, so
+  jit's sharding propagation (and Flax embedding lookups) work unchanged.
+  """
+  axes, shape = tuple(mesh_cfg.axes), [int(s) for s in mesh_cfg.shape]
+  if len(axes) != len(shape):
+    raise ValueError(f"mesh.axes {axes} and mesh.shape {tuple(shape)} differ in length")
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh.shape {tuple(shape)} has more than one -1")
+  fixed = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if n % fixed:
+      raise ValueError(f"mesh.shape {tuple(shape)}: {n} devices are not divisible by {fixed}")
+    shape[shape.index(-1)] = n // fixed
+  if math.prod(shape) != n:
+    raise ValueError(f"mesh.shape {tuple(shape)} needs {math.prod(shape)} devices, "
+                     f"{n} available")
+  return jax.make_mesh(tuple(shape), axes, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
+def rules_from_config(mesh_cfg: ml_collections.ConfigDict) -> Rules:
+  """The logical-axis -> mesh-axis table of `mesh.rules`, validated against the axes."""
+  axes = set(mesh_cfg.axes)
+  rules = []
+  for entry in mesh_cfg.rules:
+    if len(entry) != 2:
+      raise ValueError(f"mesh.rules entry {entry!r} is not a (logical, mesh axes) pair")
+    name, target = entry
+    targets = () if target is None else ((target,) if isinstance(target, str)
+                                         else tuple(target))
+    unknown = [t for t in targets if t not in axes]
+    if unknown:
+      raise ValueError(f"mesh.rules maps {name!r} to unknown mesh axes {unknown}; "
+                       f"mesh.axes = {tuple(mesh_cfg.axes)}")
+    rules.append((name, None if target is None else
+                  (target if isinstance(target, str) else tuple(target))))
+  return tuple(rules)
+
+
+def logical_to_mesh_spec(logical: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+                         rules: Rules) -> PartitionSpec:
+  """Maps a logical spec to mesh axes. A dimension whose size is not divisible by its
+  mesh axes, or whose mesh axis is already used by an earlier dimension, is replicated."""
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical))):
+    if name is None:
+      out.append(None)
+      continue
+    if name not in table:
+      raise KeyError(f"logical axis {name!r} has no entry in mesh.rules "
+                     f"(known: {sorted(table)})")
+    target = table[name]
+    targets = () if target is None else ((target,) if isinstance(target, str) else target)
+    targets = tuple(t for t in targets if t not in used and mesh.shape[t] > 1)
+    size = math.prod(mesh.shape[t] for t in targets)
+    if not targets or dim % size:
+      out.append(None)
+      continue
+    used.update(targets)
+    out.append(targets[0] if len(targets) == 1 else targets)
+  return PartitionSpec(*out)
+
+
+def logical_to_shardings(logical_tree: Any, shape_tree: Any, mesh: Mesh,
+                         rules: Rules) -> Any:
+  """NamedShardings for a tree of logical PartitionSpecs and a matching tree of shapes."""
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, logical_to_mesh_spec(spec, x.shape, mesh, rules)),
+      logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_shardings(mesh: Mesh, rules: Rules) -> dict[str, NamedSharding]:
+  """Shardings of a batch dict: the leading (example) axis over the "batch" rule."""
+  table = dict(rules)
+  target = table.get("batch")
+  targets = () if target is None else ((target,) if isinstance(target, str) else target)
+  axis = tuple(t for t in targets if mesh.shape[t] > 1) or None
+  spec = PartitionSpec(axis)
+  return {k: NamedSharding(mesh, spec) for k in ("tokens", "mask", "domain")}
+
+
+def batch_split(mesh: Mesh, rules: Rules) -> int:
+  """How many ways the batch axis is split (global batch must be a multiple)."""
+  spec = batch_shardings(mesh, rules)["tokens"].spec[0]
+  axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
+                rules: Rules) -> dict[str, jax.Array]:
+  """Global arrays from this process's slice of the batch (its rows, in process order).
+
+  On one process the local batch is the global batch.
+  """
+  shardings = batch_shardings(mesh, rules)
+  missing = [k for k in shardings if k not in local_batch]
+  if missing:
+    raise KeyError(f"batch lacks key(s) {missing}; expected tokens, mask, domain")
+  return {k: jax.make_array_from_process_local_data(shardings[k], np.asarray(local_batch[k]))
+          for k in shardings}

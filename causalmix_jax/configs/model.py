@@ -41,7 +41,10 @@ def model_preset(name: str) -> ml_collections.ConfigDict:
   c.seq_len = 128
   c.tied_embeddings = True
   c.rope_base = 10_000.0
+  # Compute dtype of activations and matmuls ("float32" | "bfloat16"); params stay f32.
   c.dtype = "float32"
+  # Rematerialise each block's activations in the backward pass (saves memory).
+  c.remat = False
   return c
 
 

@@ -8,15 +8,29 @@ import ml_collections
 def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "S"  # "S" (search) | "A" (analytic step)
-  c.objective = "mean"  # "mean" | "lcb" | "pi"
+  # "mean" | "bound" (alias "lcb": the risk-averse end of the `ci` credible interval, the
+  # upper one for a loss) | "pi" (probability of improving on the reference).
+  c.objective = "mean"
+  c.ci = 0.9
+  # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
+  # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".
+  c.reference = "sweep_mean"
   c.trust_radius = 0.0  # 0 = no trust region
   c.trust_kind = "l1"  # "l1" | "kl"
-  c.min_weight = 0.0
-  c.max_weight = 1.0
+  c.min_weight = 0.0  # every domain
+  c.max_weight = 1.0  # every domain
+  # Per-domain overrides and pinned weights: "domain:value,domain:value".
+  c.domain_min = ""
+  c.domain_max = ""
+  c.pinned = ""
+  # Cap on passes over a domain's unique tokens (pool.json) within the target's budget
+  # (target steps x batch x seq_len); 0 = no cap.
   c.max_epochs = 0.0
   c.sampler_min_weight = 1e-3
-  c.n_starts = 64
-  c.n_steps = 300
-  c.n_candidates = 100_000
-  del variants
+  # Multi-objective: "outcome:weight,..." over surfaces fitted under surface/<outcome>/;
+  # empty = the config's `outcome` alone.
+  c.outcome_weights = ""
+  c.n_starts = 16 if "smoke" in variants else 64
+  c.n_steps = 60 if "smoke" in variants else 300
+  c.n_candidates = 2048 if "smoke" in variants else 16_384
   return c

@@ -8,14 +8,23 @@ import ml_collections
 def design_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   smoke = "smoke" in variants
+  # Mixtures per pool state (runs = n_pool_states * n_mixtures * seeds).
   c.n_mixtures = 8 if smoke else 48
-  # Dirichlet around the prior (token shares) with these concentrations; a share of
-  # flat-Dirichlet and space-filling draws.
+  # Dirichlet around each state's token shares with these concentrations (total
+  # concentration = c * n_domains); a share of flat-Dirichlet and space-filling draws
+  # (the latter two are shared by every state).
   c.concentrations = (1.0, 5.0, 25.0)
   c.flat_fraction = 0.2
   c.space_filling_fraction = 0.2
+  # Pool states: the full pool, then scarce / rich / duplicated / subsampled variants.
   c.n_pool_states = 2 if smoke else 4
+  # Factors by which scarce/rich/subsampled states shrink or grow a domain.
+  c.shift_factors = (2.0, 4.0, 8.0)
+  c.dup_rates = (0.25, 0.5)
+  # No state exposes fewer tokens than this in any domain (>= proxy seq_len + 1).
+  c.min_tokens_per_domain = 2048 if smoke else 8192
   c.seeds = 1 if smoke else 2
+  # Fraction of interventions flagged held out (for validating the surface).
   c.heldout_fraction = 0.1
   c.min_weight = 0.0
   c.max_weight = 1.0
@@ -26,7 +35,13 @@ def design_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
 def sweep_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   smoke = "smoke" in variants
+  # Runs per compiled program call (padded to a multiple of the device count).
   c.chunk_size = 4 if smoke else 32
+  # Evaluation batches (of proxy.optim.batch_size) per domain and for the target set.
   c.eval_batches = 2 if smoke else 4
+  # A run whose final training loss or evaluation loss exceeds this (or is NaN/Inf) is
+  # recorded as diverged.
   c.divergence_loss = 1e3
+  # Show a progress bar (tqdm) over chunks.
+  c.progress = True
   return c

@@ -1,6 +1,6 @@
 """python launch/main.py --config=experiments/quickstart/config.py --workdir=workdir/quickstart --stage=all
 
-The quickstart study: the embedded default pool (real text in six domains plus a held-out
+The quickstart study: the embedded default pool (real text in seven domains plus a held-out
 target evaluation set), a sweep of small proxies over mixtures and pool states, the causal
 surface, the recommended mixture and a short target run, sized for a laptop CPU.
 Append ":smoke" to the config path for the tiny variant the tests use.
