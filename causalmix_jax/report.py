@@ -1,0 +1,731 @@
+"""The `report` stage: one Markdown report (and a self-contained HTML copy) of a study,
+from the pool to the target run, with PNG figures beside it.
+
+Reads, under the workdir: `surface/` and `optimise/mixture.json` (required: a missing one
+fails naming the file); `pool/pool.json`, `pool/covariates.json`, `sweep/runs.parquet`,
+`surface/diagnostics.json`, `surface/pred_vs_actual.png`, `target/summary.json` and
+`target/metrics.jsonl` (optional: a missing one is stated in the report). Writes
+`report/report.md`, `report/report.html`, `report/*.png` and `report/metrics.jsonl`;
+only process 0 writes.
+
+The report is built as a list of blocks (headings, paragraphs, tables, images) and
+rendered twice, so the Markdown and the HTML always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import logging
+import math
+import pathlib
+import re
+import shutil
+import time
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from causalmix_jax import artifacts
+from causalmix_jax import interpret
+from causalmix_jax import metrics
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+
+
+# ----------------------------------------------------------------------------------------
+# blocks and their two renderings
+
+
+@dataclasses.dataclass(frozen=True)
+class Heading:
+  text: str
+  level: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Para:
+  text: str  # plain text; `backticks` mark code
+
+
+@dataclasses.dataclass(frozen=True)
+class Bullets:
+  items: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  header: tuple[str, ...]
+  rows: tuple[tuple[str, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+  filename: str  # relative to the report directory
+  caption: str
+
+
+Block = Heading | Para | Bullets | Table | Image
+
+
+def _md_cell(s: str) -> str:
+  return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+  out: list[str] = []
+  for b in blocks:
+    if isinstance(b, Heading):
+      out.append(f"{'#' * b.level} {b.text}")
+    elif isinstance(b, Para):
+      out.append(b.text)
+    elif isinstance(b, Bullets):
+      out.append("\n".join(f"- {it}" for it in b.items))
+    elif isinstance(b, Table):
+      lines = ["| " + " | ".join(_md_cell(h) for h in b.header) + " |",
+               "|" + "|".join("---" for _ in b.header) + "|"]
+      lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in b.rows]
+      out.append("\n".join(lines))
+    elif isinstance(b, Image):
+      out.append(f"![{b.caption}]({b.filename})\n\n*{b.caption}*")
+    else:
+      raise TypeError(f"unknown report block {type(b).__name__}")
+  return "\n\n".join(out) + "\n"
+
+
+def _inline_html(s: str) -> str:
+  return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(s)))
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;"
+        "padding:0 1em;line-height:1.45}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #bbb;padding:.2em .6em;text-align:left}"
+        "th{background:#eee}img{max-width:100%}figcaption{font-style:italic}"
+        "code{background:#f3f3f3;padding:0 .2em}")
+
+
+def render_html(blocks: Sequence[Block], image_dir: pathlib.Path, title: str) -> str:
+  """HTML with every image embedded as a data URI (one file, nothing beside it)."""
+  out = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+  for b in blocks:
+    if isinstance(b, Heading):
+      out.append(f"<h{b.level}>{_inline_html(b.text)}</h{b.level}>")
+    elif isinstance(b, Para):
+      out.append(f"<p>{_inline_html(b.text)}</p>")
+    elif isinstance(b, Bullets):
+      out.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b.items) + "</ul>")
+    elif isinstance(b, Table):
+      head = "".join(f"<th>{_inline_html(h)}</th>" for h in b.header)
+      body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>"
+                     for r in b.rows)
+      out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    elif isinstance(b, Image):
+      data = base64.b64encode((image_dir / b.filename).read_bytes()).decode("ascii")
+      out.append(f"<figure><img alt='{html.escape(b.caption)}' "
+                 f"src='data:image/png;base64,{data}'>"
+                 f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+    else:
+      raise TypeError(f"unknown report block {type(b).__name__}")
+  out.append("</body></html>\n")
+  return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------
+# small formatting helpers
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, (bool, np.bool_)):
+    return str(bool(v))
+  if isinstance(v, (int, np.integer)):
+    return f"{int(v):,}"
+  if isinstance(v, (float, np.floating)):
+    f = float(v)
+    if math.isnan(f):
+      return "nan"
+    return f"{f:.{digits}g}"
+  if isinstance(v, (list, tuple)):
+    if len(v) > 8:
+      return "[" + ", ".join(_fmt(x, digits) for x in v[:8]) + f", ... ({len(v)} items)]"
+    return "[" + ", ".join(_fmt(x, digits) for x in v) + "]"
+  return str(v)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "", depth: int = 3) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, Mapping) and depth > 1:
+      out.update(_flatten(v, key + ".", depth - 1))
+    else:
+      out[key] = v
+  return out
+
+
+def _kv_table(d: Mapping[str, Any], limit: int = 60) -> Table:
+  flat = list(_flatten(d).items())
+  rows = tuple((k, _fmt(v)) for k, v in flat[:limit])
+  if len(flat) > limit:
+    rows += ((f"... {len(flat) - limit} more", ""),)
+  return Table(("key", "value"), rows)
+
+
+def _read_optional_json(path: pathlib.Path, what: str, notes: list[str]) -> Any | None:
+  if not path.exists():
+    notes.append(f"{what} not found ({path}); that section is left out.")
+    return None
+  return artifacts.read_json(path, what)
+
+
+# ----------------------------------------------------------------------------------------
+# upstream pieces
+
+
+def _load_surface(surface_dir: pathlib.Path) -> Any:
+  """The fitted surface (required)."""
+  marker = surface_dir / "surface.json"
+  if not marker.exists():
+    raise FileNotFoundError(
+        f"surface not found: {marker} (the report needs the fit stage's output; run "
+        "--stage=fit first)")
+  from causalmix_jax.surface.surface import load_surface
+  return load_surface(surface_dir)
+
+
+def _weights_vector(w: Any, domains: Sequence[str], what: str) -> np.ndarray:
+  if isinstance(w, Mapping):
+    missing = [d for d in domains if d not in w]
+    if missing:
+      raise ValueError(f"{what} has no weight for domain(s) {missing}")
+    return np.array([float(w[d]) for d in domains])
+  arr = np.asarray(w, dtype=np.float64)
+  if arr.shape != (len(domains),):
+    raise ValueError(f"{what} has {arr.shape} weights for {len(domains)} domains")
+  return arr
+
+
+def _as_interval(p: Any) -> tuple[float, float, float] | None:
+  if isinstance(p, Mapping) and "mean" in p:
+    m = float(np.ravel(p["mean"])[0])
+    lo = float(np.ravel(p.get("lo", m))[0])
+    hi = float(np.ravel(p.get("hi", m))[0])
+    return m, lo, hi
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureRow:
+  name: str
+  weights_D: np.ndarray
+  predicted: tuple[float, float, float] | None
+  source: str  # "mixture.json" or "surface" (predicted here)
+
+
+def flat_covariates(cov: Mapping[str, Any]) -> dict[str, float]:
+  """covariates.json layout ({"per_domain", "pool"}) or a flat dict -> name: value with
+  names `<feature>__<domain>` and `<feature>`, as in the runs table without `x_`."""
+  if "per_domain" in cov or "pool" in cov:
+    out: dict[str, float] = {}
+    for d, feats in (cov.get("per_domain") or {}).items():
+      for f, v in feats.items():
+        out[f"{f}__{d}"] = v
+    for f, v in (cov.get("pool") or {}).items():
+      out[f] = v
+    return out
+  return {(k[2:] if k.startswith("x_") else k): v for k, v in cov.items()
+          if isinstance(v, (int, float, np.integer, np.floating))}
+
+
+def align_covariates(cov: Mapping[str, float],
+                     features: Sequence[str]) -> tuple[np.ndarray | None, list[str]]:
+  """Covariate vector in the surface's feature order, or None and the missing names."""
+  flat = {(k[2:] if k.startswith("x_") else k): v for k, v in cov.items()}
+  missing = [f for f in features if (f[2:] if f.startswith("x_") else f) not in flat]
+  if missing:
+    return None, missing
+  return np.array([float(flat[f[2:] if f.startswith("x_") else f]) for f in features]), []
+
+
+def _predict(surface: Any, w_D: np.ndarray, x_F: np.ndarray | None,
+             ci: float) -> tuple[float, float, float]:
+  p = surface.predict(w_D[None], x_F, ci=ci)
+  return (float(np.ravel(p.mean)[0]), float(np.ravel(p.lo)[0]), float(np.ravel(p.hi)[0]))
+
+
+def mixture_rows(mix: Mapping[str, Any], surface: Any, x_F: np.ndarray | None,
+                 ci: float) -> list[MixtureRow]:
+  """Recommended, reference and uniform mixtures with predicted outcomes; predictions
+  missing from mixture.json are made with the surface at the mixture's covariates."""
+  domains = list(mix.get("domains") or surface.domains)
+  if "weights" not in mix:
+    raise ValueError("mixture.json has no 'weights'")
+  if list(domains) != list(surface.domains):
+    raise ValueError(f"mixture.json domains {domains} differ from the surface's "
+                     f"{list(surface.domains)}")
+  rows = []
+  entries: list[tuple[str, Any]] = [("recommended", {"weights": mix["weights"],
+                                                     "predicted": mix.get("predicted")})]
+  for name in ("reference", "uniform"):
+    e = mix.get(name)
+    if e is None and name == "uniform":
+      e = {"weights": {d: 1.0 / len(domains) for d in domains}}
+    if e is None:
+      continue
+    if isinstance(e, Mapping) and "weights" not in e:
+      e = {"weights": e}  # a bare {domain: w}
+    entries.append((name, e))
+  for name, e in entries:
+    w = _weights_vector(e["weights"], domains, f"mixture.json {name} weights")
+    pred = _as_interval(e.get("predicted"))
+    src = "mixture.json"
+    if pred is None:
+      pred, src = _predict(surface, w, x_F, ci), "surface"
+    rows.append(MixtureRow(name, w, pred, src))
+  return rows
+
+
+# ----------------------------------------------------------------------------------------
+# figures
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _save(fig: Any, path: pathlib.Path) -> pathlib.Path:
+  with artifacts.atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+  _pyplot().close(fig)
+  return path
+
+
+def plot_mixtures(rows: Sequence[MixtureRow], domains: Sequence[str], outcome: str,
+                  path: pathlib.Path) -> pathlib.Path:
+  """Grouped bars of the mixtures, and their predicted outcomes with intervals."""
+  plt = _pyplot()
+  d = len(domains)
+  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(max(6.0, 0.8 * d + 4), 3.4),
+                                 gridspec_kw={"width_ratios": [3, 1.3]},
+                                 layout="constrained")
+  width = 0.8 / len(rows)
+  for i, r in enumerate(rows):
+    ax0.bar(np.arange(d) + (i - (len(rows) - 1) / 2) * width, r.weights_D, width,
+            label=r.name, color=f"C{i}")
+  ax0.set_xticks(np.arange(d))
+  ax0.set_xticklabels(domains, rotation=30, ha="right")
+  ax0.set_ylabel("weight")
+  ax0.legend(fontsize=8)
+  ax0.set_title("Mixtures")
+  for i, r in enumerate(rows):
+    if r.predicted is not None:
+      m, lo, hi = r.predicted
+      ax1.errorbar([i], [m], yerr=[[m - lo], [hi - m]], fmt="o", color=f"C{i}", capsize=4)
+  ax1.set_xticks(range(len(rows)))
+  ax1.set_xticklabels([r.name for r in rows], rotation=30, ha="right")
+  ax1.set_ylabel(f"predicted {outcome}")
+  ax1.set_title("Predicted outcome")
+  return _save(fig, path)
+
+
+def plot_target_metrics(records: Sequence[Mapping[str, Any]],
+                        path: pathlib.Path) -> pathlib.Path | None:
+  """Loss curves from the target run's metrics.jsonl (every numeric key with 'loss')."""
+  series: dict[str, tuple[list[float], list[float]]] = {}
+  for i, rec in enumerate(records):
+    step = rec.get("step", i)
+    for k, v in _flatten(rec).items():
+      if "loss" in k and isinstance(v, (int, float)) and not isinstance(v, bool) \
+          and math.isfinite(v):
+        xs, ys = series.setdefault(k, ([], []))
+        xs.append(float(step))
+        ys.append(float(v))
+  if not series:
+    return None
+  plt = _pyplot()
+  held = lambda k: "eval" in k or k.startswith("target")  # noqa: E731
+  train = {k: v for k, v in series.items() if not held(k)}
+  evals = {k: v for k, v in series.items() if held(k)}
+  panels = [(t, s) for t, s in (("training", train), ("evaluation", evals)) if s]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False,
+                           layout="constrained")
+  for ax, (title, s) in zip(axes[0], panels):
+    for k, (xs, ys) in sorted(s.items()):
+      ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, ms=3, label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"Target run: {title} loss")
+    ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------
+# sections
+
+
+def _pool_section(workdir: pathlib.Path, notes: list[str]) -> list[Block]:
+  blocks: list[Block] = [Heading("Pool")]
+  pool = _read_optional_json(workdir / "pool" / "pool.json", "pool.json", notes)
+  cov = _read_optional_json(workdir / "pool" / "covariates.json", "covariates.json", notes)
+  if pool is None and cov is None:
+    blocks.append(Para("The pool's artifacts (`pool/pool.json`, `pool/covariates.json`) "
+                       "were not found."))
+    return blocks
+  if pool is not None:
+    per = pool.get("per_domain") or {}
+    domains = list(pool.get("domains") or per)
+    tokens = {d: (per.get(d) or {}).get("tokens") for d in domains}
+    total = sum(t for t in tokens.values() if isinstance(t, (int, float)))
+    rows = []
+    for d in domains:
+      t = tokens[d]
+      share = t / total if isinstance(t, (int, float)) and total > 0 else None
+      docs = (per.get(d) or {}).get("documents")
+      rows.append((d, _fmt(t), _fmt(docs), _fmt(share, 3)))
+    blocks.append(Para(f"{len(domains)} domains, {_fmt(total)} training tokens in all."))
+    blocks.append(Table(("domain", "tokens", "documents", "token share"), tuple(rows)))
+  if cov is not None:
+    per = cov.get("per_domain") or {}
+    feats = sorted({f for v in per.values() for f in v})
+    if per and feats:
+      blocks.append(Para("Per-domain covariates (the pool state X the surface conditions "
+                         "on):"))
+      blocks.append(Table(("domain",) + tuple(feats), tuple(
+          (d,) + tuple(_fmt((per[d] or {}).get(f), 3) for f in feats) for d in per)))
+    if cov.get("pool"):
+      blocks.append(Para("Pool-level covariates:"))
+      blocks.append(Table(("covariate", "value"), tuple(
+          (k, _fmt(v)) for k, v in cov["pool"].items())))
+  return blocks
+
+
+def _sweep_section(workdir: pathlib.Path, features: Sequence[str], outcome: str,
+                   notes: list[str]) -> tuple[list[Block], np.ndarray | None]:
+  """The sweep's summary and its covariate rows aligned to the surface's features."""
+  blocks: list[Block] = [Heading("Sweep")]
+  path = workdir / "sweep" / "runs.parquet"
+  if not path.exists():
+    notes.append(f"sweep runs table not found ({path}); the sweep section is left out "
+                 "and the CATE interpreter has no pool states to explain.")
+    blocks.append(Para(f"The sweep's runs table (`{path}`) was not found."))
+    return blocks, None
+  from causalmix_jax import runs as runs_lib
+  try:
+    runs = runs_lib.load_runs(path)
+  except (runs_lib.RunsTableError, ValueError, OSError) as e:
+    notes.append(f"sweep runs table {path} could not be read: {e}")
+    blocks.append(Para(f"The sweep's runs table (`{path}`) could not be read: {e}"))
+    return blocks, None
+  frame = runs.to_frame()
+  ok = runs.ok
+  n_states = (len(np.unique(runs.X, axis=0)) if runs.X.shape[1] else 1)
+  blocks.append(Para(f"{len(runs)} proxy runs over {len(runs.domains)} domains, "
+                     f"{n_states} distinct pool states, "
+                     f"{len(np.unique(runs.seeds))} seeds."))
+  if "status" in frame.columns:
+    counts = frame["status"].value_counts()
+    blocks.append(Table(("status", "runs"), tuple((str(k), _fmt(int(v)))
+                                                 for k, v in counts.items())))
+  rows = []
+  for name in runs.outcomes:
+    y = runs.y(name)[ok]
+    y = y[np.isfinite(y)]
+    if y.size == 0:
+      rows.append((name, "0") + ("-",) * 6)
+      continue
+    q = np.quantile(y, [0.0, 0.25, 0.5, 0.75, 1.0])
+    mark = " (modelled)" if name == outcome else ""
+    rows.append((name + mark, _fmt(int(y.size))) + tuple(_fmt(v) for v in q)
+                + (_fmt(float(y.std())),))
+  if rows:
+    blocks.append(Para("Outcome spread over the successful runs:"))
+    blocks.append(Table(("outcome", "runs", "min", "q25", "median", "q75", "max", "std"),
+                        tuple(rows)))
+  if not features:
+    return blocks, None
+  have = {f: i for i, f in enumerate(runs.features)}
+  keys = [f[2:] if f.startswith("x_") else f for f in features]
+  missing = [f for f, k in zip(features, keys) if k not in have]
+  if missing:
+    notes.append(f"the runs table {path} lacks the surface's covariate(s) {missing}; the "
+                 "CATE interpreter is left out.")
+    return blocks, None
+  x = runs.X[:, [have[k] for k in keys]]
+  return blocks, x[ok] if ok.any() else x
+
+
+def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
+                     notes: list[str]) -> list[Block]:
+  blocks: list[Block] = [Heading("Causal response surface")]
+  blocks.append(Para(f"Outcome `{surface.outcome}` "
+                     f"({'lower' if interpret.lower_is_better(surface) else 'higher'} is "
+                     f"better) over {len(surface.domains)} domains and "
+                     f"{len(surface.features)} covariates."))
+  diag = _read_optional_json(workdir / "surface" / "diagnostics.json",
+                             "surface diagnostics", notes)
+  if diag is not None:
+    blocks.append(Para("Diagnostics:"))
+    blocks.append(_kv_table(diag))
+  fig = workdir / "surface" / "pred_vs_actual.png"
+  if fig.exists():
+    shutil.copyfile(fig, out_dir / "pred_vs_actual.png")
+    blocks.append(Image("pred_vs_actual.png", "Surface: predicted vs actual outcome"))
+  else:
+    notes.append(f"predicted-vs-actual figure not found ({fig}).")
+  return blocks
+
+
+def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path,
+                     ci: float, notes: list[str]) -> tuple[list[Block], np.ndarray | None,
+                                                           np.ndarray | None]:
+  """The mixture table; returns the blocks, the covariate vector and the reference."""
+  blocks: list[Block] = [Heading("Recommended mixture")]
+  x_F = None
+  cov = mix.get("covariates")
+  if isinstance(cov, Mapping) and cov:
+    x_F, missing = align_covariates(flat_covariates(cov), surface.features)
+    if missing:
+      notes.append(f"mixture.json covariates lack the surface feature(s) {missing}; "
+                   "predictions below use the surface's default covariates.")
+  rows = mixture_rows(mix, surface, x_F, ci)
+  domains = list(surface.domains)
+  theta = mix.get("theta") if isinstance(mix.get("theta"), Mapping) else {}
+  header = ("domain",) + tuple(r.name for r in rows) + (("theta here",) if theta else ())
+  table_rows = tuple((d,) + tuple(_fmt(r.weights_D[k], 4) for r in rows)
+                     + ((_fmt(theta.get(d)),) if theta else ())
+                     for k, d in enumerate(domains))
+  blocks.append(Para("Weights per domain (canonical order). The recommended mixture is "
+                     "what the target stage trains on."))
+  blocks.append(Table(header, table_rows))
+  rec = rows[0].predicted
+  pred_rows = []
+  for r in rows:
+    m, lo, hi = r.predicted
+    delta = "-" if r.name == "recommended" or rec is None else _fmt(rec[0] - m)
+    pred_rows.append((r.name, _fmt(m), f"[{_fmt(lo)}, {_fmt(hi)}]", delta, r.source))
+  better = "negative" if interpret.lower_is_better(surface) else "positive"
+  blocks.append(Para(f"Predicted `{surface.outcome}` with {ci:.0%} credible intervals; "
+                     f"'recommended - this' is {better} where the recommended mixture is "
+                     f"predicted to be better:"))
+  blocks.append(Table(("mixture", "predicted mean", f"{ci:.0%} interval",
+                       "recommended - this", "from"), tuple(pred_rows)))
+  imp = mix.get("improvement")
+  if isinstance(imp, Mapping) and imp:
+    imp_rows = []
+    for name, v in imp.items():
+      if isinstance(v, Mapping) and "mean" in v:
+        imp_rows.append((name.replace("_", " "), _fmt(v["mean"]),
+                         f"[{_fmt(v.get('lo'))}, {_fmt(v.get('hi'))}]",
+                         _fmt(v.get("prob_better"), 3)))
+    if imp_rows:
+      blocks.append(Para("Improvement of the recommended mixture (positive = better, in "
+                         "the outcome's units, from joint posterior draws):"))
+      blocks.append(Table(("baseline", "improvement", f"{ci:.0%} interval", "P(better)"),
+                          tuple(imp_rows)))
+  extra = []
+  for key in ("method", "objective", "objective_value", "support", "zeroed", "warnings"):
+    v = mix.get(key)
+    if v is None or (isinstance(v, (Mapping, list)) and not v):
+      continue
+    if isinstance(v, Mapping):
+      extra.append(f"{key}: " + ", ".join(f"{k}={_fmt(x)}" for k, x in _flatten(v).items()))
+    else:
+      extra.append(f"{key}: {_fmt(v)}")
+  if "support" not in mix and x_F is not None and hasattr(surface, "support"):
+    sup = surface.support(x_F)
+    if isinstance(sup, Mapping):
+      extra.append("support: " + ", ".join(f"{k}={_fmt(v)}"
+                                            for k, v in _flatten(sup).items()))
+  if extra:
+    blocks.append(Bullets(tuple(extra)))
+  if mix.get("constraints"):
+    blocks.append(Para("Constraints:"))
+    blocks.append(_kv_table(mix["constraints"]))
+  plot_mixtures(rows, domains, surface.outcome, out_dir / "mixture.png")
+  blocks.append(Image("mixture.png", "Recommended vs reference vs uniform mixture"))
+  ref = next((r.weights_D for r in rows if r.name == "reference"), None)
+  return blocks, x_F, ref
+
+
+def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,
+                    notes: list[str]) -> list[Block]:
+  blocks: list[Block] = [Heading("Target run")]
+  summary = _read_optional_json(workdir / "target" / "summary.json", "target summary",
+                                notes)
+  if summary is None:
+    blocks.append(Para("The target run's summary (`target/summary.json`) was not found."))
+  else:
+    scalars = {k: v for k, v in summary.items()
+               if not isinstance(v, Mapping) and k != "domains"}
+    nested = {k: v for k, v in summary.items() if isinstance(v, Mapping)}
+    if scalars:
+      blocks.append(_kv_table(scalars))
+    evals = nested.pop("eval_loss", None)
+    weights = nested.pop("weights", None) if evals else None
+    if evals:
+      names = list(summary.get("domains") or evals)
+      blocks.append(Para("Held-out loss per domain at the end of the target run:"))
+      blocks.append(Table(("domain", "weight trained", "held-out loss"), tuple(
+          (d, _fmt((weights or {}).get(d)), _fmt(evals.get(d))) for d in names)))
+    for k, v in nested.items():
+      if v and all(not isinstance(x, Mapping) for x in v.values()):
+        blocks.append(Para(f"{k}:"))
+        blocks.append(Table(("name", "value"), tuple((n, _fmt(x)) for n, x in v.items())))
+      elif v:
+        blocks.append(Para(f"{k}:"))
+        blocks.append(_kv_table(v))
+  recs = metrics.read_metrics(workdir / "target" / "metrics.jsonl")
+  if recs:
+    fig = plot_target_metrics(recs, out_dir / "target_losses.png")
+    if fig is not None:
+      blocks.append(Image("target_losses.png", "Target run losses"))
+  elif summary is not None:
+    notes.append("target/metrics.jsonl not found or empty; no loss curves.")
+  return blocks
+
+
+def check_config(rcfg: ml_collections.ConfigDict) -> None:
+  """Rejects report settings the interpreter cannot use, naming the config key."""
+  checks = [("tree_depth", rcfg.tree_depth >= 0, ">= 0"),
+            ("min_samples_leaf", rcfg.min_samples_leaf >= 1, ">= 1"),
+            ("n_grid", rcfg.n_grid >= 2, ">= 2"),
+            ("grid_quantile_lo", 0.0 <= rcfg.grid_quantile_lo <= rcfg.grid_quantile_hi,
+             "in [0, report.grid_quantile_hi]"),
+            ("grid_quantile_hi", rcfg.grid_quantile_hi <= 1.0, "<= 1"),
+            ("max_rows", rcfg.max_rows >= 0, ">= 0 (0 = all)"),
+            ("pd_rows", rcfg.pd_rows >= 0, ">= 0 (0 = all)"),
+            ("ci", 0.0 < rcfg.ci < 1.0, "in (0, 1)"),
+            ("max_pd_plots", rcfg.max_pd_plots >= 0, ">= 0")]
+  for key, ok, want in checks:
+    if not ok:
+      raise ValueError(f"config key report.{key} must be {want}; got {rcfg[key]!r}")
+
+
+def _cate_section(surface: Any, x_NxF: np.ndarray | None, w_ref: np.ndarray | None,
+                  rcfg: ml_collections.ConfigDict, out_dir: pathlib.Path,
+                  notes: list[str]) -> tuple[list[Block], interpret.Interpretation | None]:
+  blocks: list[Block] = [Heading("What the pool state changes (CATE interpreter)")]
+  if not surface.features:
+    blocks.append(Para("The surface has no covariates, so its marginal returns do not "
+                       "depend on the pool state."))
+    return blocks, None
+  if x_NxF is None or x_NxF.shape[0] < 2:
+    blocks.append(Para("No sweep covariate rows were available, so the interpreter has no "
+                       "pool states to explain."))
+    return blocks, None
+  res = interpret.interpret(
+      surface, x_NxF, tree_depth=int(rcfg.tree_depth),
+      min_samples_leaf=int(rcfg.min_samples_leaf), n_grid=int(rcfg.n_grid),
+      q_lo=float(rcfg.grid_quantile_lo), q_hi=float(rcfg.grid_quantile_hi),
+      ci=float(rcfg.ci), max_rows=int(rcfg.max_rows), pd_rows=int(rcfg.pd_rows),
+      w_ref=w_ref, progress=True)
+  n_rows = res.theta.x_NxF.shape[0]
+  blocks.append(Para(
+      f"theta_d(x) is the marginal return of domain d: the change in `{res.outcome}` per "
+      f"unit increase of d's log-ratio, at pool state x. It was evaluated at {n_rows} "
+      f"distinct pool states of the sweep" +
+      (f" (evenly thinned from {res.n_rows_total})" if res.n_rows_total > n_rows else "") +
+      ". On the simplex only differences between domains move the outcome, so the rules "
+      "below are fitted on returns relative to the average domain."))
+  blocks.append(Para(f"Rules (regression tree of depth {rcfg.tree_depth} over the "
+                     f"covariates, at least {rcfg.min_samples_leaf} pool states per "
+                     f"leaf):"))
+  blocks.append(Bullets(tuple(f"`{r.text}`" for r in res.rules)))
+  blocks.append(Para("Covariates ranked by how much they move the recommended mixture "
+                     "(mixture shift: mean over pool states of the largest total-variation "
+                     "distance between the mixtures recommended as the covariate sweeps "
+                     "its range; the recommendation is a unit log-ratio step from the "
+                     "reference along the relative returns):"))
+  blocks.append(Table(
+      ("covariate", "mixture shift", "theta range", "tree importance",
+       "favoured at low end", "favoured at high end"),
+      tuple((e.feature, _fmt(e.mixture_shift, 3), _fmt(e.theta_range, 3),
+             _fmt(e.tree_importance, 3), e.favoured_lo, e.favoured_hi)
+            for e in res.ranking)))
+  figs = interpret.write_figures(res, out_dir, max_pd_panels=int(rcfg.max_pd_plots))
+  captions = {"theta": "Marginal return of each domain over the sweep's pool states",
+              "partial_dependence": "Partial dependence of the marginal returns on the "
+                                    "covariates that move the mixture most (bands: "
+                                    f"average pointwise {rcfg.ci:.0%} intervals)",
+              "ranking": "Covariates ranked by mixture shift"}
+  for name in ("theta", "partial_dependence", "ranking"):
+    if name in figs:
+      blocks.append(Image(figs[name].name, captions[name]))
+  lines = []
+  for d, tree in res.domain_trees.items():
+    lines.append(f"{d}: " + "; ".join(interpret.tree_rule_lines(tree)))
+  blocks.append(Para("Per-domain trees of theta_d itself (absolute, not relative):"))
+  blocks.append(Bullets(tuple(f"`{ln}`" for ln in lines)))
+  return blocks, res
+
+
+# ----------------------------------------------------------------------------------------
+# the stage
+
+
+def _is_writer() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
+                 surface: Any) -> tuple[list[Block], dict[str, Any]]:
+  """Builds the report's blocks (writing its figures into workdir/report)."""
+  rcfg = cfg.report
+  check_config(rcfg)
+  out_dir = workdir / REPORT_DIR
+  out_dir.mkdir(parents=True, exist_ok=True)
+  notes: list[str] = []
+  mix = artifacts.read_json(workdir / "optimise" / "mixture.json", "mixture.json")
+  blocks: list[Block] = [Heading(str(rcfg.title), 1),
+                         Para(f"Study outcome `{surface.outcome}`; workdir `{workdir}`.")]
+  blocks += _pool_section(workdir, notes)
+  sweep_blocks, x_NxF = _sweep_section(workdir, list(surface.features), surface.outcome,
+                                       notes)
+  blocks += sweep_blocks
+  blocks += _surface_section(workdir, surface, out_dir, notes)
+  mix_blocks, _, w_ref = _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
+  blocks += mix_blocks
+  blocks += _target_section(workdir, out_dir, notes)
+  cate_blocks, res = _cate_section(surface, x_NxF, w_ref, rcfg, out_dir, notes)
+  blocks += cate_blocks
+  if notes:
+    blocks += [Heading("Missing pieces"), Bullets(tuple(notes))]
+  info = {"n_notes": len(notes), "n_rules": len(res.rules) if res else 0,
+          "top_covariate": res.ranking[0].feature if res and res.ranking else None,
+          "n_figures": len(list(out_dir.glob("*.png")))}
+  return blocks, info
+
+
+def run_stage(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
+  """Writes workdir/report/report.md (+ report.html and PNGs); returns report.md."""
+  workdir = pathlib.Path(workdir)
+  out = workdir / REPORT_DIR / "report.md"
+  mixture_path = workdir / "optimise" / "mixture.json"
+  if not mixture_path.exists():
+    raise FileNotFoundError(f"mixture.json not found: {mixture_path} (the report needs "
+                            "the optimise stage's output; run --stage=optimise first)")
+  surface = _load_surface(workdir / "surface")
+  if not _is_writer():
+    return out
+  t0 = time.time()
+  blocks, info = build_report(cfg, workdir, surface)
+  with artifacts.atomic_path(out) as tmp:
+    tmp.write_text(render_markdown(blocks))
+  with artifacts.atomic_path(out.with_suffix(".html")) as tmp:
+    tmp.write_text(render_html(blocks, out.parent, str(cfg.report.title)))
+  writer = metrics.MetricsWriter(out.parent / "metrics.jsonl")
+  writer.write(seconds=time.time() - t0, **info)
+  writer.close()
+  log.info("report: %s (%d figures, %d notes)", out, info["n_figures"], info["n_notes"])
+  return out

@@ -1,0 +1,267 @@
+"""Tests for the report stage on a tiny fake workdir: the Markdown holds the mixture table
+and the interpreter's rules, the PNGs exist, the HTML is self-contained, optional pieces
+that are missing are stated and required ones fail naming the file."""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causalmix_jax import report
+from causalmix_jax.configs import base
+
+Prediction = collections.namedtuple("Prediction", "mean lo hi")
+DOMAINS = ("code", "math", "web")
+_REAL_LOAD_SURFACE = report._load_surface
+FEATURES = ("share__code", "share__math")
+
+
+class FakeSurface:
+  """Loss surface: y = sum_d theta_d(x) * log w_d with theta_math = -0.2 * share__code."""
+  domains = DOMAINS
+  features = FEATURES
+  outcome = "target"
+  maximize = frozenset()
+
+  def _theta(self, x2):
+    return np.stack([np.full(len(x2), -0.05), -0.2 * x2[:, 0], np.full(len(x2), -0.02)],
+                    axis=1)
+
+  def theta(self, x=None, ci=0.9):
+    x = np.asarray([0.3, 0.3] if x is None else x, dtype=np.float64)
+    m = self._theta(np.atleast_2d(x))
+    m = m[0] if x.ndim == 1 else m
+    return Prediction(m, m - 0.01, m + 0.01)
+
+  def predict(self, w, x=None, ci=0.9):
+    x = np.asarray([0.3, 0.3] if x is None else x, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(w, dtype=np.float64))
+    m = 3.0 + (np.log(np.clip(w, 1e-6, None)) * self._theta(x[None])).sum(axis=1)
+    return Prediction(m, m - 0.05, m + 0.05)
+
+  def support(self, x):
+    return {"max_z": 0.5, "outside": False}
+
+
+def _png(path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(2, 2))
+  ax.plot([0, 1], [0, 1])
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _write(path: pathlib.Path, obj) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj))
+
+
+def _workdir(root: pathlib.Path, *, optional: bool = True) -> pathlib.Path:
+  wd = root / "wd"
+  _write(wd / "surface" / "surface.json", {"method": "fake"})
+  _write(wd / "optimise" / "mixture.json", {
+      "domains": list(DOMAINS),
+      "weights": {"code": 0.25, "math": 0.55, "web": 0.20},
+      "predicted": {"mean": 2.81, "lo": 2.75, "hi": 2.87},
+      "reference": {"weights": {"code": 0.4, "math": 0.2, "web": 0.4}},
+      "constraints": {"min_weight": 0.0, "max_weight": 1.0, "trust_radius": 0.0},
+      "covariates": {"x_share__code": 0.5, "x_share__math": 0.2},
+  })
+  if not optional:
+    return wd
+  _write(wd / "pool" / "pool.json", {"domains": list(DOMAINS), "per_domain": {
+      "code": {"tokens": 3000, "documents": 10}, "math": {"tokens": 1000, "documents": 4},
+      "web": {"tokens": 6000, "documents": 30}}})
+  _write(wd / "pool" / "covariates.json", {
+      "domains": list(DOMAINS),
+      "per_domain": {d: {"share": s} for d, s in zip(DOMAINS, (0.3, 0.1, 0.6))},
+      "pool": {"total_tokens": 10000}})
+  rng = np.random.default_rng(0)
+  n = 40
+  w = rng.dirichlet(np.ones(3), size=n)
+  states = rng.uniform(0.05, 0.6, size=(8, 2))[np.arange(n) % 8]
+  frame = pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "seed": np.arange(n) % 2})
+  for k, d in enumerate(DOMAINS):
+    frame[f"w_{d}"] = w[:, k]
+  frame["x_share__code"] = states[:, 0]
+  frame["x_share__math"] = states[:, 1]
+  frame["status"] = ["ok"] * (n - 3) + ["diverged"] * 3
+  frame["y_target"] = np.where(frame["status"] == "ok", rng.normal(3.0, 0.1, n), np.nan)
+  (wd / "sweep").mkdir(parents=True)
+  frame.to_parquet(wd / "sweep" / "runs.parquet")
+  _write(wd / "surface" / "diagnostics.json", {"r_hat_max": 1.01, "heldout_r2": 0.83,
+                                               "coverage": {"ci90": 0.9}})
+  _png(wd / "surface" / "pred_vs_actual.png")
+  _write(wd / "target" / "summary.json", {
+      "steps": 100, "final_train_loss": 2.9, "target_loss": 3.05, "domains": list(DOMAINS),
+      "eval_loss": {"code": 2.5, "math": 3.1, "web": 3.3},
+      "weights": {"code": 0.25, "math": 0.55, "web": 0.2}, "mesh": {"data": 1}})
+  (wd / "target" / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "loss": 4.0 - s / 100, "train_loss/code": 4.1 - s / 100,
+                  "eval_loss/code": 3.0 - s / 200, "target_loss": 3.2 - s / 300})
+      + "\n" for s in range(0, 101, 20)))
+  return wd
+
+
+@pytest.fixture
+def cfg():
+  c = base.get_config("smoke")
+  with c.unlocked():
+    c.report.min_samples_leaf = 2
+  return c
+
+
+@pytest.fixture(autouse=True)
+def fake_surface(monkeypatch):
+  def load(surface_dir):
+    if not (surface_dir / "surface.json").exists():
+      raise FileNotFoundError(f"surface not found: {surface_dir / 'surface.json'}")
+    return FakeSurface()
+  monkeypatch.setattr(report, "_load_surface", load)
+
+
+def _table(md: str, first_header: str) -> list[list[str]]:
+  lines = md.splitlines()
+  start = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first_header} |"))
+  rows = []
+  for ln in lines[start + 2:]:
+    if not ln.startswith("|"):
+      break
+    rows.append([c.strip() for c in ln.strip("|").split("|")])
+  return rows
+
+
+def test_report_on_full_fake_workdir(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  out = report.run_stage(cfg, wd)
+  assert out == wd / "report" / "report.md"
+  md = out.read_text()
+  # mixture table: one row per domain, recommended / reference / uniform columns
+  assert "| domain | recommended | reference | uniform |" in md
+  rows = {r[0]: r[1:] for r in _table(md, "domain | recommended")}
+  assert rows["math"] == ["0.55", "0.2", "0.3333"]
+  assert rows["code"][:2] == ["0.25", "0.4"]
+  pred = {r[0]: r for r in _table(md, "mixture")}
+  assert pred["recommended"][1] == "2.81" and pred["recommended"][-1] == "mixture.json"
+  assert pred["uniform"][-1] == "surface"  # predicted here with the surface
+  # pool, sweep and target sections
+  assert "| web | 6,000 | 30 | 0.6 |" in md
+  assert "40 proxy runs over 3 domains, 8 distinct pool states" in md
+  assert "| diverged | 3 |" in md
+  assert "heldout_r2" in md and "| final_train_loss | 2.9 |" in md
+  assert "| math | 0.55 | 3.1 |" in md  # weight trained and held-out loss per domain
+  assert "Missing pieces" not in md
+  # the interpreter names math as favoured where share__code is high
+  rules = re.findall(r"`(if .*?)`", md)
+  assert any("share__code >" in r and "favour math" in r for r in rules)
+  ranking = _table(md, "covariate | mixture shift")
+  assert ranking[0][0] == "share__code"
+  # figures beside the report, referenced from it, embedded in the HTML
+  pngs = sorted(p.name for p in out.parent.glob("*.png"))
+  for name in ("mixture.png", "pred_vs_actual.png", "target_losses.png", "cate_theta.png",
+               "cate_partial_dependence.png", "cate_ranking.png"):
+    assert name in pngs
+    assert (out.parent / name).read_bytes()[:4] == b"\x89PNG"
+  for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+    assert (out.parent / name).exists()
+  page = (out.parent / "report.html").read_text()
+  assert page.count("data:image/png;base64,") == len(re.findall(r"!\[", md))
+  assert "src='mixture.png'" not in page
+  assert (out.parent / "metrics.jsonl").exists()
+
+
+def test_missing_optional_pieces_are_stated(tmp_path, cfg):
+  wd = _workdir(tmp_path, optional=False)
+  md = report.run_stage(cfg, wd).read_text()
+  assert "## Missing pieces" in md
+  for piece in ("pool.json", "covariates.json", "runs table", "diagnostics",
+                "pred_vs_actual", "target summary"):
+    assert piece in md
+  assert "| domain | recommended | reference | uniform |" in md
+  assert (wd / "report" / "mixture.png").exists()
+
+
+def test_missing_required_pieces_fail_naming_the_file(tmp_path, cfg):
+  wd = _workdir(tmp_path, optional=False)
+  (wd / "optimise" / "mixture.json").unlink()
+  with pytest.raises(FileNotFoundError, match=r"optimise/mixture\.json"):
+    report.run_stage(cfg, wd)
+  wd = _workdir(tmp_path / "b", optional=False)
+  (wd / "surface" / "surface.json").unlink()
+  with pytest.raises(FileNotFoundError, match=r"surface/surface\.json"):
+    report.run_stage(cfg, wd)
+
+
+def test_real_surface_loader_names_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"surface/surface\.json.*--stage=fit"):
+    _REAL_LOAD_SURFACE(tmp_path / "surface")
+
+
+def test_mixture_domains_must_match_surface(tmp_path, cfg):
+  wd = _workdir(tmp_path, optional=False)
+  mix = json.loads((wd / "optimise" / "mixture.json").read_text())
+  mix["weights"] = {"code": 0.5, "web": 0.5}
+  (wd / "optimise" / "mixture.json").write_text(json.dumps(mix))
+  with pytest.raises(ValueError, match=r"no weight for domain\(s\) \['math'\]"):
+    report.run_stage(cfg, wd)
+
+
+def test_markdown_and_html_render_blocks(tmp_path):
+  blocks = [report.Heading("T", 1), report.Para("a `b|c`"),
+            report.Table(("x", "y"), (("1|2", "3"),)), report.Bullets(("p", "q"))]
+  md = report.render_markdown(blocks)
+  assert "# T" in md and "| 1\\|2 | 3 |" in md and "- p\n- q" in md
+  page = report.render_html(blocks, tmp_path, "t")
+  assert "<code>b|c</code>" in page and "<td>1|2</td>" in page
+
+
+def test_mixture_json_from_the_recommendation_writer(tmp_path, cfg):
+  rec_mod = pytest.importorskip("causalmix_jax.recommendation")
+  wd = _workdir(tmp_path, optional=False)
+  iv = rec_mod.Interval
+  imp = rec_mod.Improvement
+  rec = rec_mod.Recommendation(
+      domains=DOMAINS, weights={"code": 0.3, "math": 0.5, "web": 0.2},
+      predicted=iv(2.8, 2.7, 2.9), reference={"code": 0.4, "math": 0.2, "web": 0.4},
+      reference_predicted=iv(3.1, 3.0, 3.2), uniform_predicted=iv(3.0, 2.9, 3.1),
+      improvement_over_reference=imp(0.3, 0.2, 0.4, 0.99),
+      improvement_over_uniform=imp(0.2, 0.1, 0.3, 0.95), outcome="target",
+      maximize=False, method="S", objective="mean",
+      covariates={"x_share__code": 0.5, "x_share__math": 0.2},
+      support={"inside": True, "max_distance_sd": 0.0}, zeroed=("web",),
+      theta={"code": -0.05, "math": -0.1, "web": -0.02})
+  rec.write(wd / "optimise")
+  md = report.run_stage(cfg, wd).read_text()
+  rows = {r[0]: r[1:] for r in _table(md, "domain | recommended")}
+  assert rows["math"] == ["0.5", "0.2", "0.3333", "-0.1"]
+  pred = {r[0]: r for r in _table(md, "mixture")}
+  assert [pred[n][1] for n in ("recommended", "reference", "uniform")] == ["2.8", "3.1", "3"]
+  assert all(pred[n][-1] == "mixture.json" for n in pred)
+  imp_rows = {r[0]: r[1:] for r in _table(md, "baseline")}
+  assert imp_rows["over reference"] == ["0.3", "[0.2, 0.4]", "0.99"]
+  assert "zeroed: [web]" in md and "support: inside=True" in md
+
+
+def test_only_process_zero_writes(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path, optional=False)
+  monkeypatch.setattr(report, "_is_writer", lambda: False)
+  out = report.run_stage(cfg, wd)
+  assert out == wd / "report" / "report.md"
+  assert not (wd / "report").exists()
+
+
+@pytest.mark.parametrize("key,value", [("tree_depth", -1), ("n_grid", 1), ("ci", 1.5),
+                                       ("grid_quantile_lo", 0.99)])
+def test_bad_report_config_names_the_key(tmp_path, cfg, key, value):
+  wd = _workdir(tmp_path, optional=False)
+  cfg.report[key] = value
+  with pytest.raises(ValueError, match=f"config key report.{key}"):
+    report.run_stage(cfg, wd)
