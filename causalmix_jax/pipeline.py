@@ -38,6 +38,8 @@ class StageSpec:
   # Optional "module:function" mapping the config to a string describing external
   # inputs (e.g. the pool's source files), hashed into the stage's stamp.
   fingerprint: str | None = None
+  # Upstream artifacts that are used (and hashed) when present, but not required.
+  optional_inputs: tuple[str, ...] = ()
 
   def load(self) -> StageFn:
     module, fn = self.target.split(":")
@@ -62,13 +64,16 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("sweep/runs.parquet",), ("seed", "surface", "outcome")),
     StageSpec("optimise", "causalmix_jax.optimise:run_stage", "optimise/mixture.json",
               ("surface/surface.json", "pool/covariates.json"),
-              ("seed", "optimise", "outcome")),
+              ("seed", "optimise", "outcome", "target"),
+              optional_inputs=("pool/pool.json", "surface/posterior.npz")),
     StageSpec("target", "causalmix_jax.train_target:run_stage", "target/summary.json",
               ("pool/pool.json", "optimise/mixture.json"),
               ("seed", "target", "mixing", "mesh")),
     StageSpec("report", "causalmix_jax.report:run_stage", "report/report.md",
-              ("surface/surface.json", "optimise/mixture.json", "target/summary.json"),
-              ("report", "outcome")),
+              ("surface/surface.json", "optimise/mixture.json"), ("report", "outcome"),
+              optional_inputs=("pool/pool.json", "pool/covariates.json",
+                               "sweep/runs.parquet", "surface/posterior.npz",
+                               "target/summary.json")),
 ]}
 
 ORDER: tuple[str, ...] = tuple(STAGES)
@@ -88,7 +93,7 @@ def stage_digest(spec: StageSpec, cfg: ml_collections.ConfigDict,
   if spec.fingerprint:
     module, fn = spec.fingerprint.split(":")
     h.update(getattr(importlib.import_module(module), fn)(cfg).encode())
-  for rel in spec.inputs:
+  for rel in spec.inputs + spec.optional_inputs:
     p = workdir / rel
     if p.exists():
       h.update(rel.encode())
