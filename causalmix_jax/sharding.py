@@ -16,8 +16,15 @@ log = logging.getLogger(__name__)
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
                            process_id: int | None) -> None:
-  """Initialises jax.distributed when a coordinator is given (multi-host runs)."""
+  """Initialises jax.distributed when a coordinator is given (multi-host runs).
+
+  `coordinator_address="auto"` lets JAX discover the cluster itself (Cloud TPU VMs,
+  SLURM, Open MPI), with no process counts.
+  """
   if coordinator_address is None:
+    return
+  if coordinator_address == "auto":
+    jax.distributed.initialize()
     return
   if num_processes is None or process_id is None:
     raise ValueError("--coordinator_address needs --num_processes and --process_id")

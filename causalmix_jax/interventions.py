@@ -1,0 +1,319 @@
+"""The intervention design of the proxy sweep: which pool states, mixtures and seeds the
+proxies are trained on.
+
+Pool states (covariates X) come from `causalmix_jax.data.pool_shift`: the full pool plus
+states with scarce, rich, subsampled and duplicated domains. Mixtures (treatments T) are
+drawn per state: Dirichlet draws around that state's own token shares at several
+concentrations (as sweeps usually do, so T depends on X: the confounding the causal
+surface must handle), plus flat-Dirichlet and space-filling (scrambled Sobol mapped to the
+simplex) draws shared by every state (so each region of the simplex is seen under every
+state). Every mixture respects the weight bounds and the repetition cap (max epochs per
+domain given the proxy's token budget and the tokens the state exposes). Seed replicate
+s uses the same init and data-order keys for every mixture (common random numbers).
+
+`run_stage` writes `design/interventions.npz` (one row per run) and `design/design.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+from scipy.stats import qmc
+
+from causalmix_jax import artifacts
+
+log = logging.getLogger(__name__)
+
+MIX_PRIOR, MIX_FLAT, MIX_SPACE = 0, 1, 2
+MIX_KINDS = ("prior", "flat", "space_filling")
+
+
+class DesignError(ValueError):
+  """An infeasible or malformed design (names the config key at fault)."""
+
+
+# ----------------------------------------------------------------------------- simplex
+
+
+def project_to_box_simplex(v_ND: np.ndarray, lo_D: np.ndarray, hi_D: np.ndarray,
+                           iters: int = 100) -> np.ndarray:
+  """Euclidean projection of each row onto {w : lo <= w <= hi, sum w = 1}.
+
+  Bisection on the shift tau in w = clip(v - tau, lo, hi). Requires sum lo <= 1 <= sum hi.
+  """
+  v_ND = np.atleast_2d(np.asarray(v_ND, np.float64))
+  lo_D = np.broadcast_to(np.asarray(lo_D, np.float64), v_ND.shape)
+  hi_D = np.broadcast_to(np.asarray(hi_D, np.float64), v_ND.shape)
+  a = (v_ND - hi_D).min(axis=1) - 1.0
+  b = (v_ND - lo_D).max(axis=1) + 1.0
+  for _ in range(iters):
+    mid = 0.5 * (a + b)
+    s = np.clip(v_ND - mid[:, None], lo_D, hi_D).sum(axis=1)
+    a = np.where(s > 1.0, mid, a)
+    b = np.where(s > 1.0, b, mid)
+  w = np.clip(v_ND - (0.5 * (a + b))[:, None], lo_D, hi_D)
+  # Exact normalisation of the residual (tiny) without leaving the box.
+  resid = 1.0 - w.sum(axis=1)
+  room = np.where(resid[:, None] > 0, hi_D - w, w - lo_D)
+  share = room / np.maximum(room.sum(axis=1, keepdims=True), 1e-300)
+  return w + resid[:, None] * share
+
+
+def weight_bounds(n_tokens_D: np.ndarray, budget_tokens: int, *, min_weight: float,
+                  max_weight: float, max_epochs: float) -> tuple[np.ndarray, np.ndarray]:
+  """Per-domain [lo, hi] on the weight: the global bounds and the repetition cap
+  w_d * budget / n_tokens_d <= max_epochs (0 = no cap)."""
+  d = len(n_tokens_D)
+  lo = np.full(d, float(min_weight))
+  hi = np.full(d, float(max_weight))
+  if max_epochs > 0:
+    hi = np.minimum(hi, max_epochs * np.asarray(n_tokens_D, np.float64) / budget_tokens)
+  return lo, hi
+
+
+def sobol_simplex(n: int, d: int, seed: int) -> np.ndarray:
+  """n space-filling points on the (d-1)-simplex: scrambled Sobol in [0,1]^(d-1) mapped
+  to the simplex by sorted spacings (which maps uniform to uniform)."""
+  if d == 1:
+    return np.ones((n, 1))
+  sampler = qmc.Sobol(d - 1, scramble=True, seed=seed)
+  m = int(np.ceil(np.log2(max(n, 2))))
+  u = sampler.random_base2(m)[:n]
+  u = np.sort(u, axis=1)
+  edges = np.concatenate([np.zeros((n, 1)), u, np.ones((n, 1))], axis=1)
+  return np.diff(edges, axis=1)
+
+
+def dirichlet_around(rng: np.random.Generator, prior_D: np.ndarray, concentration: float,
+                     n: int) -> np.ndarray:
+  """Dirichlet draws with mean `prior_D` and total concentration `concentration * D`."""
+  alpha = np.maximum(prior_D * concentration * len(prior_D), 1e-3)
+  return rng.dirichlet(alpha, size=n)
+
+
+# ----------------------------------------------------------------------------- states
+
+
+def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: int,
+                rng: np.random.Generator) -> list[Any]:
+  """`design.n_pool_states` pool states: full, then cycling through scarce / rich /
+  duplicated / subsampled variants on randomly chosen domains."""
+  from causalmix_jax.data import pool_shift  # pylint: disable=import-outside-toplevel
+  domains = list(pool.domains)
+  base = pool_shift.full(pool)
+  states = [base]
+  min_tokens = max(int(design_cfg.min_tokens_per_domain), seq_len + 1)
+  factors = tuple(design_cfg.shift_factors)
+  kinds = ("scarce", "rich", "dup", "subsample")
+  full_n = {d: int(base.n_tokens[d]) for d in domains}
+
+  def floor_factor(d: str, f: float) -> float:
+    return float(min(f, max(full_n[d] / min_tokens, 1.0)))
+
+  for i in range(1, int(design_cfg.n_pool_states)):
+    kind = kinds[(i - 1) % len(kinds)]
+    st = base
+    picked = list(rng.choice(domains, size=min(2, len(domains)), replace=False))
+    f = float(rng.choice(factors))
+    if kind == "scarce":
+      for d in picked:
+        st = pool_shift.scarce(st, d, floor_factor(d, f))
+    elif kind == "rich":
+      # Everything scarce by f except one domain, which stays rich relative to the rest.
+      for d in domains:
+        st = pool_shift.scarce(st, d, floor_factor(d, f))
+      st = pool_shift.rich(st, picked[0], f)
+    elif kind == "dup":
+      for d in picked:
+        rate = float(rng.choice(tuple(design_cfg.dup_rates)))
+        st = pool_shift.inject_duplicates(st, d, rate)
+    else:
+      for d in domains:
+        frac = float(rng.uniform(1.0 / f, 1.0))
+        st = pool_shift.subsample(st, d, max(min_tokens, int(full_n[d] * frac)))
+    st = _renamed(pool_shift, st, f"{i:02d}_{kind}")
+    states.append(st)
+  for st in states:
+    for d in domains:
+      if int(st.n_tokens[d]) < seq_len + 1:
+        raise DesignError(
+            f"pool state {st.name!r}: domain {d!r} exposes {st.n_tokens[d]} tokens, fewer "
+            f"than one proxy window ({seq_len + 1}); raise design.min_tokens_per_domain "
+            "or lower design.shift_factors")
+  return states
+
+
+def _renamed(pool_shift: Any, state: Any, name: str) -> Any:
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  if dataclasses.is_dataclass(state):
+    return dataclasses.replace(state, name=name)
+  return pool_shift.PoolState(name, dict(state.n_tokens), dict(state.dup_rate))
+
+
+# ----------------------------------------------------------------------------- design
+
+
+def draw_mixtures(rng: np.random.Generator, design_cfg: ml_collections.ConfigDict,
+                  n_tokens_SxD: np.ndarray, budget_tokens: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Mixtures for every state: (w_ExD, state_E, kind_E, concentration_E), E = S * M.
+
+  Flat and space-filling mixtures are shared by all states; prior-centred ones are drawn
+  around each state's token shares. All are projected onto the bounds and caps of
+  their state.
+  """
+  n_states, d = n_tokens_SxD.shape
+  m = int(design_cfg.n_mixtures)
+  n_flat = int(round(m * float(design_cfg.flat_fraction)))
+  n_space = int(round(m * float(design_cfg.space_filling_fraction)))
+  n_prior = m - n_flat - n_space
+  if n_prior < 0:
+    raise DesignError("design.flat_fraction + design.space_filling_fraction exceed 1")
+  concentrations = tuple(float(c) for c in design_cfg.concentrations)
+  if n_prior and not concentrations:
+    raise DesignError("design.concentrations is empty")
+  shared = np.concatenate([
+      rng.dirichlet(np.ones(d), size=n_flat),
+      sobol_simplex(n_space, d, seed)]) if (n_flat + n_space) else np.zeros((0, d))
+  shared_kind = np.array([MIX_FLAT] * n_flat + [MIX_SPACE] * n_space, np.int32)
+  w_list, state_list, kind_list, conc_list = [], [], [], []
+  for s in range(n_states):
+    prior = n_tokens_SxD[s] / n_tokens_SxD[s].sum()
+    conc = np.array([concentrations[i % len(concentrations)] for i in range(n_prior)])
+    prior_draws = np.stack([dirichlet_around(rng, prior, c, 1)[0] for c in conc]) \
+        if n_prior else np.zeros((0, d))
+    w = np.concatenate([prior_draws, shared])
+    lo, hi = weight_bounds(n_tokens_SxD[s], budget_tokens,
+                           min_weight=design_cfg.min_weight,
+                           max_weight=design_cfg.max_weight,
+                           max_epochs=design_cfg.max_epochs)
+    if lo.sum() > 1 + 1e-9 or hi.sum() < 1 - 1e-9:
+      raise DesignError(
+          f"state {s}: no mixture satisfies design.min_weight={design_cfg.min_weight}, "
+          f"design.max_weight={design_cfg.max_weight} and design.max_epochs="
+          f"{design_cfg.max_epochs} (sum of lower bounds {lo.sum():.3f}, of upper bounds "
+          f"{hi.sum():.3f}, budget {budget_tokens} tokens)")
+    w_list.append(project_to_box_simplex(w, lo, hi))
+    state_list.append(np.full(m, s, np.int32))
+    kind_list.append(np.concatenate([np.full(n_prior, MIX_PRIOR, np.int32), shared_kind]))
+    conc_list.append(np.concatenate([conc, np.zeros(n_flat + n_space)]))
+  return (np.concatenate(w_list), np.concatenate(state_list), np.concatenate(kind_list),
+          np.concatenate(conc_list))
+
+
+def budget_tokens(cfg: ml_collections.ConfigDict) -> int:
+  """Tokens one proxy trains on: steps * batch_size * seq_len."""
+  return int(cfg.proxy.optim.steps * cfg.proxy.optim.batch_size * cfg.proxy.model.seq_len)
+
+
+def build_design(cfg: ml_collections.ConfigDict, domains: Sequence[str],
+                 n_tokens_SxD: np.ndarray, dup_rate_SxD: np.ndarray
+                 ) -> dict[str, np.ndarray]:
+  """The per-run arrays for given states (pure numpy; deterministic in cfg.seed)."""
+  dc = cfg.design
+  rng = np.random.default_rng([int(cfg.seed), 0xD5])
+  budget = budget_tokens(cfg)
+  w_ExD, state_E, kind_E, conc_E = draw_mixtures(
+      rng, dc, np.asarray(n_tokens_SxD, np.float64), budget, int(cfg.seed))
+  n_int = len(w_ExD)
+  heldout_E = np.zeros(n_int, bool)
+  n_held = int(round(n_int * float(dc.heldout_fraction)))
+  if n_held:
+    heldout_E[rng.choice(n_int, n_held, replace=False)] = True
+  seeds = int(dc.seeds)
+  if seeds < 1:
+    raise DesignError(f"design.seeds={seeds} must be >= 1")
+  # Runs: interventions x seeds flattened, intervention-major.
+  rep = lambda a: np.repeat(a, seeds, axis=0)  # noqa: E731
+  seed_N = np.tile(np.arange(seeds, dtype=np.int32), n_int)
+  inter_N = rep(np.arange(n_int, dtype=np.int32))
+  state_N = rep(state_E)
+  run_id = np.array([f"s{state_E[e]:02d}-m{e % int(dc.n_mixtures):03d}-r{r}"
+                     for e in range(n_int) for r in range(seeds)])
+  return {
+      "w_NxD": rep(w_ExD), "state_N": state_N, "intervention_N": inter_N,
+      "seed_N": seed_N, "run_id_N": run_id, "heldout_N": rep(heldout_E),
+      "mixture_kind_N": rep(kind_E), "concentration_N": rep(conc_E),
+      "n_tokens_SxD": np.asarray(n_tokens_SxD, np.int64),
+      "dup_rate_SxD": np.asarray(dup_rate_SxD, np.float32),
+      "budget_tokens": np.array(budget, np.int64),
+  }
+
+
+def load_design(workdir: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  """Reads `design/interventions.npz` and `design/design.json`."""
+  path = pathlib.Path(workdir) / "design" / "interventions.npz"
+  if not path.exists():
+    raise FileNotFoundError(f"design not found: {path} (run --stage=design first)")
+  with np.load(path, allow_pickle=False) as z:
+    arrays = {k: z[k] for k in z.files}
+  meta = artifacts.read_json(pathlib.Path(workdir) / "design" / "design.json", "design")
+  return arrays, meta
+
+
+def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+  """Builds pool states and mixtures, computes each state's covariates, and writes
+  `design/interventions.npz` + `design/design.json`."""
+  # pylint: disable=import-outside-toplevel
+  from causalmix_jax.data import covariates as covariates_lib
+  from causalmix_jax.data import pool as pool_lib
+  from causalmix_jax.data import pool_shift
+  from causalmix_jax.data import token_pool
+  workdir = pathlib.Path(workdir)
+  pool = pool_lib.load_pool(workdir / "pool")
+  domains = list(pool.domains)
+  rng = np.random.default_rng([int(cfg.seed), 0x57A7E])
+  seq_len = int(cfg.proxy.model.seq_len)
+  states = make_states(pool, cfg.design, seq_len=seq_len, rng=rng)
+  n_tokens_SxD = np.zeros((len(states), len(domains)), np.int64)
+  dup_rate_SxD = np.zeros((len(states), len(domains)), np.float32)
+  state_meta = []
+  for s, st in enumerate(states):
+    n_D, r_D = st.to_arrays(domains)
+    n_tokens_SxD[s], dup_rate_SxD[s] = n_D, r_D
+    # Host and device must agree on how many tokens are duplicates.
+    host_dup = np.array([pool_shift.dup_count(int(n), float(r)) for n, r in zip(n_D, r_D)])
+    dev_dup = token_pool.dup_tokens(n_D, r_D)
+    if np.any(host_dup != dev_dup):
+      raise DesignError(f"state {st.name}: duplicate counts disagree host {host_dup} vs "
+                        f"device {dev_dup}")
+    log.info("design: covariates of pool state %s", st.name)
+    cov = covariates_lib.compute_covariates(
+        pool_shift.materialise(pool, st), cfg.covariates, state=st)
+    state_meta.append({
+        "name": st.name,
+        "n_tokens": {d: int(n) for d, n in zip(domains, n_D)},
+        "dup_rate": {d: float(r) for d, r in zip(domains, r_D)},
+        "covariates": covariates_lib.feature_vector(cov),
+    })
+  arrays = build_design(cfg, domains, n_tokens_SxD, dup_rate_SxD)
+  budget = int(arrays["budget_tokens"])
+  lo, hi = weight_bounds(n_tokens_SxD[0], budget, min_weight=cfg.design.min_weight,
+                         max_weight=cfg.design.max_weight,
+                         max_epochs=cfg.design.max_epochs)
+  meta = {
+      "domains": domains,
+      "prior": {d: float(v) for d, v in zip(domains, n_tokens_SxD[0] / n_tokens_SxD[0].sum())},
+      "bounds": {"min_weight": float(cfg.design.min_weight),
+                 "max_weight": float(cfg.design.max_weight),
+                 "max_epochs": float(cfg.design.max_epochs),
+                 "upper_full_pool": {d: float(v) for d, v in zip(domains, hi)},
+                 "lower": {d: float(v) for d, v in zip(domains, lo)}},
+      "budget_tokens": budget,
+      "concentrations": [float(c) for c in cfg.design.concentrations],
+      "mixture_kinds": list(MIX_KINDS),
+      "n_runs": int(len(arrays["run_id_N"])),
+      "n_interventions": int(arrays["intervention_N"].max() + 1),
+      "seeds": int(cfg.design.seeds),
+      "states": state_meta,
+  }
+  out = workdir / "design" / "interventions.npz"
+  artifacts.write_npz(out, **arrays)
+  artifacts.write_json(workdir / "design" / "design.json", meta)
+  log.info("design: %d runs = %d states x %d mixtures x %d seeds, budget %d tokens/run",
+           meta["n_runs"], len(states), cfg.design.n_mixtures, cfg.design.seeds, budget)
+  return out

@@ -1,0 +1,196 @@
+"""Decoder-only transformer (Flax Linen, used functionally): parameters, forward pass,
+parameter count and model FLOPs. Proxies and the target differ by config only.
+
+Public functions take the model config section (`cfg.proxy.model` / `cfg.target.model`)
+and plain pytrees of arrays; Linen stays inside this module. Parameters carry logical
+axis names ("vocab", "embed", "heads", "kv", "mlp"); `logical_axes(model_cfg)` returns
+them as a tree of `PartitionSpec`s with the same structure as `init_params`' output, and
+`init_params(..., boxed=True)` returns `nn.Partitioned` boxes for sharded state creation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+Params = Any
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The hashable subset of a model config the network is built from."""
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  d_ff: int
+  seq_len: int
+  tied_embeddings: bool
+  rope_base: float
+  dtype: str
+  remat: bool
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @classmethod
+  def from_config(cls, model_cfg: ml_collections.ConfigDict | "ModelSpec") -> "ModelSpec":
+    if isinstance(model_cfg, ModelSpec):
+      return model_cfg
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in model_cfg]
+    if missing:
+      raise KeyError(f"model config lacks key(s) {missing}")
+    spec = cls(**{n: model_cfg[n] for n in names})
+    if spec.d_model % spec.n_heads:
+      raise ValueError(f"model.d_model={spec.d_model} is not divisible by "
+                       f"model.n_heads={spec.n_heads}")
+    if spec.head_dim % 2:
+      raise ValueError(f"model head_dim={spec.head_dim} must be even for RoPE")
+    if spec.dtype not in _DTYPES:
+      raise ValueError(f"model.dtype={spec.dtype!r}; known: {sorted(_DTYPES)}")
+    if spec.vocab_size < 2:
+      raise ValueError(f"model.vocab_size={spec.vocab_size} must be >= 2")
+    return spec
+
+
+def _init(init_fn, names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(init_fn, names)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm with a learned scale (statistics in float32)."""
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    scale_D = self.param("scale", _init(nn.initializers.ones, ("embed",)),
+                         (x_BxLxD.shape[-1],), jnp.float32)
+    x32 = x_BxLxD.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * scale_D).astype(x_BxLxD.dtype)
+
+
+def rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) over the last axis."""
+  length, half = x_BxLxHxK.shape[-3], x_BxLxHxK.shape[-1] // 2
+  freq_K2 = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle_LxK2 = jnp.arange(length, dtype=jnp.float32)[:, None] * freq_K2[None, :]
+  sin, cos = jnp.sin(angle_LxK2)[:, None, :], jnp.cos(angle_LxK2)[:, None, :]
+  x32 = x_BxLxHxK.astype(jnp.float32)
+  a, b = x32[..., :half], x32[..., half:]
+  out = jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+  return out.astype(x_BxLxHxK.dtype)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: causal self-attention with RoPE, then SwiGLU MLP."""
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    s = self.spec
+    dtype = _DTYPES[s.dtype]
+    out_init = nn.initializers.variance_scaling(1.0 / (2 * s.n_layers), "fan_in", "normal")
+    dense = nn.initializers.lecun_normal()
+
+    h = RMSNorm(name="attn_norm")(x_BxLxD)
+    qkv_BxLx3xHxK = nn.DenseGeneral(
+        (3, s.n_heads, s.head_dim), use_bias=False, dtype=dtype, name="qkv",
+        kernel_init=_init(dense, ("embed", None, "heads", "kv")))(h)
+    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+    q, k = rope(q, s.rope_base), rope(k, s.rope_base)
+    att_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    x_BxLxD = x_BxLxD + nn.DenseGeneral(
+        s.d_model, axis=(-2, -1), use_bias=False, dtype=dtype, name="attn_out",
+        kernel_init=_init(out_init, ("heads", "kv", "embed")))(att_BxLxHxK)
+
+    h = RMSNorm(name="mlp_norm")(x_BxLxD)
+    gate_up_BxLx2xF = nn.DenseGeneral(
+        (2, s.d_ff), use_bias=False, dtype=dtype, name="wi",
+        kernel_init=_init(dense, ("embed", None, "mlp")))(h)
+    h = nn.silu(gate_up_BxLx2xF[:, :, 0]) * gate_up_BxLx2xF[:, :, 1]
+    return x_BxLxD + nn.DenseGeneral(
+        s.d_model, use_bias=False, dtype=dtype, name="wo",
+        kernel_init=_init(out_init, ("mlp", "embed")))(h)
+
+
+class Transformer(nn.Module):
+  """Token ids [B, L] -> next-token logits [B, L, V] (float32)."""
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    s = self.spec
+    dtype = _DTYPES[s.dtype]
+    embed = nn.Embed(
+        s.vocab_size, s.d_model, dtype=dtype, name="embed",
+        embedding_init=_init(nn.initializers.normal(s.d_model ** -0.5),
+                             ("vocab", "embed")))
+    x_BxLxD = embed(tokens_BxL)
+    block = nn.remat(Block) if s.remat else Block
+    for i in range(s.n_layers):
+      x_BxLxD = block(s, name=f"block_{i}")(x_BxLxD)
+    x_BxLxD = RMSNorm(name="final_norm")(x_BxLxD)
+    if s.tied_embeddings:
+      logits_BxLxV = embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = nn.DenseGeneral(
+          s.vocab_size, use_bias=False, dtype=dtype, name="unembed",
+          kernel_init=_init(nn.initializers.lecun_normal(), ("embed", "vocab")))(x_BxLxD)
+    return logits_BxLxV.astype(jnp.float32)
+
+
+def init_params(model_cfg: ml_collections.ConfigDict | ModelSpec, key: jax.Array, *,
+                boxed: bool = False) -> Params:
+  """Fresh parameters (float32). Pure and vmappable over `key`.
+
+  With `boxed=True` the leaves are `nn.Partitioned` boxes carrying logical axis names
+  (for `eval_shape` -> shardings); otherwise plain arrays.
+  """
+  spec = ModelSpec.from_config(model_cfg)
+  tokens_1xL = jnp.zeros((1, spec.seq_len), jnp.int32)
+  params = Transformer(spec).init(key, tokens_1xL)["params"]
+  return params if boxed else nn.unbox(params)
+
+
+def apply(model_cfg: ml_collections.ConfigDict | ModelSpec, params: Params,
+          tokens_BxL: jax.Array) -> jax.Array:
+  """Logits [B, L, V] in float32 for token ids [B, L] (L <= seq_len)."""
+  spec = ModelSpec.from_config(model_cfg)
+  return Transformer(spec).apply({"params": params}, tokens_BxL)
+
+
+def logical_axes(model_cfg: ml_collections.ConfigDict | ModelSpec) -> Params:
+  """Tree (structure of `init_params`) of PartitionSpecs of logical axis names."""
+  abstract = jax.eval_shape(
+      lambda k: init_params(model_cfg, k, boxed=True), jax.random.key(0))
+  return nn.get_partition_spec(abstract)
+
+
+def param_count(model_cfg: ml_collections.ConfigDict | ModelSpec) -> int:
+  """Number of parameters (embeddings included, counted once when tied)."""
+  abstract = jax.eval_shape(lambda k: init_params(model_cfg, k), jax.random.key(0))
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(abstract)))
+
+
+def flops_per_token(model_cfg: ml_collections.ConfigDict | ModelSpec) -> float:
+  """Model FLOPs of one training step per token (forward + backward, no remat).
+
+  6 x (parameters in matmuls, the output projection onto the vocabulary included) plus
+  the attention score/value products, 12 x n_layers x d_model x seq_len, counted over
+  the full (non-causal) square as in the usual MFU convention.
+  """
+  s = ModelSpec.from_config(model_cfg)
+  per_layer = s.d_model * 3 * s.d_model + s.d_model * s.d_model + 3 * s.d_model * s.d_ff
+  matmul_params = s.n_layers * per_layer + s.d_model * s.vocab_size
+  return float(6 * matmul_params + 12 * s.n_layers * s.d_model * s.seq_len)

@@ -1,0 +1,151 @@
+"""Tests of the intervention design: bounds, caps, confounding, sharing, seeds."""
+
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+
+from causalmix_jax import interventions
+from causalmix_jax.configs import base
+from causalmix_jax.data import pool as pool_lib
+from causalmix_jax.data import pool_shift
+
+DOMAINS = ["a", "b", "c", "d"]
+
+
+def _cfg(**design):
+  cfg = base.get_config("smoke")
+  cfg.unlock()
+  for k, v in design.items():
+    cfg.design[k] = v
+  return cfg
+
+
+def _states_arrays():
+  n = np.array([[40_000, 40_000, 20_000, 100_000],
+                [5_000, 40_000, 20_000, 100_000],    # a scarce
+                [40_000, 40_000, 20_000, 12_500]],   # d scarce
+               np.int64)
+  return n, np.zeros(n.shape, np.float32)
+
+
+def test_projection_respects_box_and_simplex():
+  rng = np.random.default_rng(0)
+  v = rng.normal(size=(200, 5))
+  lo = np.array([0.05, 0.0, 0.0, 0.1, 0.0])
+  hi = np.array([0.5, 0.3, 0.9, 0.4, 0.2])
+  w = interventions.project_to_box_simplex(v, lo, hi)
+  np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-12)
+  assert np.all(w >= lo - 1e-12) and np.all(w <= hi + 1e-12)
+  # A point already feasible is left where it is.
+  p = np.array([[0.2, 0.2, 0.2, 0.25, 0.15]])
+  np.testing.assert_allclose(interventions.project_to_box_simplex(p, lo, hi), p, atol=1e-9)
+
+
+def test_bounds_and_repetition_cap_hold_in_every_run():
+  n, r = _states_arrays()
+  cfg = _cfg(n_mixtures=30, min_weight=0.02, max_weight=0.8, max_epochs=0.5, seeds=2)
+  cfg.proxy.optim.steps = 100
+  cfg.proxy.optim.batch_size = 8
+  cfg.proxy.model.seq_len = 32  # budget = 25,600 tokens
+  d = interventions.build_design(cfg, DOMAINS, n, r)
+  budget = int(d["budget_tokens"])
+  assert budget == 25_600
+  w = d["w_NxD"]
+  np.testing.assert_allclose(w.sum(1), 1.0, atol=1e-9)
+  assert w.min() >= 0.02 - 1e-9 and w.max() <= 0.8 + 1e-9
+  epochs = w * budget / n[d["state_N"]]
+  assert epochs.max() <= 0.5 + 1e-9
+  # The cap binds: scarce domain a in state 1 (5,000 tokens) is held to <= 0.0977.
+  assert w[d["state_N"] == 1, 0].max() <= 0.5 * 5_000 / budget + 1e-9
+
+
+def test_infeasible_bounds_name_the_config_keys():
+  n, r = _states_arrays()
+  cfg = _cfg(max_weight=0.2)
+  with pytest.raises(interventions.DesignError, match="design.max_weight"):
+    interventions.build_design(cfg, DOMAINS, n, r)
+
+
+def test_confounding_prior_mixtures_follow_each_states_token_shares():
+  n, r = _states_arrays()
+  cfg = _cfg(n_mixtures=60, flat_fraction=0.2, space_filling_fraction=0.2, seeds=1)
+  d = interventions.build_design(cfg, DOMAINS, n, r)
+  prior = d["mixture_kind_N"] == interventions.MIX_PRIOR
+  w_a = {s: d["w_NxD"][prior & (d["state_N"] == s), 0].mean() for s in range(3)}
+  w_d = {s: d["w_NxD"][prior & (d["state_N"] == s), 3].mean() for s in range(3)}
+  # Domain a is 8x scarcer in state 1, domain d 8x scarcer in state 2: treatment
+  # depends on the covariates.
+  assert w_a[1] < 0.5 * w_a[0]
+  assert w_d[2] < 0.5 * w_d[0]
+  # Prior-centred means track the shares (full pool: a = 0.2).
+  assert abs(w_a[0] - 0.2) < 0.06
+
+
+def test_flat_and_space_filling_mixtures_are_shared_by_every_state():
+  n, r = _states_arrays()
+  cfg = _cfg(n_mixtures=20, flat_fraction=0.25, space_filling_fraction=0.25, seeds=1)
+  d = interventions.build_design(cfg, DOMAINS, n, r)
+  shared = d["mixture_kind_N"] != interventions.MIX_PRIOR
+  blocks = [d["w_NxD"][shared & (d["state_N"] == s)] for s in range(3)]
+  assert len(blocks[0]) == 10
+  np.testing.assert_array_equal(blocks[0], blocks[1])
+  np.testing.assert_array_equal(blocks[0], blocks[2])
+  assert (d["mixture_kind_N"] == interventions.MIX_SPACE).sum() == 15
+
+
+def test_sobol_simplex_is_space_filling():
+  pts = interventions.sobol_simplex(64, 3, seed=0)
+  np.testing.assert_allclose(pts.sum(1), 1.0)
+  rng_pts = np.random.default_rng(0).dirichlet(np.ones(3), 64)
+  def min_dist(p):
+    dist = np.linalg.norm(p[:, None] - p[None], axis=-1) + np.eye(len(p)) * 9
+    return dist.min()
+  assert min_dist(pts) > min_dist(rng_pts)
+
+
+def test_seed_replicates_heldout_and_run_ids():
+  n, r = _states_arrays()
+  cfg = _cfg(n_mixtures=10, seeds=3, heldout_fraction=0.2)
+  d = interventions.build_design(cfg, DOMAINS, n, r)
+  n_int = 30
+  assert len(d["run_id_N"]) == n_int * 3
+  assert len(set(d["run_id_N"].tolist())) == n_int * 3
+  # Every intervention has seeds 0..2 with identical weights, state and held-out flag.
+  for e in range(n_int):
+    rows = d["intervention_N"] == e
+    assert d["seed_N"][rows].tolist() == [0, 1, 2]
+    assert np.ptp(d["w_NxD"][rows], axis=0).max() == 0
+    assert len(set(d["heldout_N"][rows].tolist())) == 1
+    assert len(set(d["state_N"][rows].tolist())) == 1
+  assert d["heldout_N"].sum() == round(0.2 * n_int) * 3
+  # Deterministic in cfg.seed.
+  again = interventions.build_design(cfg, DOMAINS, n, r)
+  np.testing.assert_array_equal(d["w_NxD"], again["w_NxD"])
+
+
+def test_make_states_varies_the_pool_and_keeps_windows():
+  rng = np.random.default_rng(0)
+  docs = {d: ["".join(rng.choice(list("abcdefgh"), 400)) for _ in range(60)]
+          for d in DOMAINS}
+  pool = pool_lib.from_documents(docs, ["target"])
+  cfg = _cfg(n_pool_states=5, min_tokens_per_domain=2048)
+  states = interventions.make_states(pool, cfg.design, seq_len=32,
+                                     rng=np.random.default_rng(1))
+  assert len(states) == 5 and states[0].name == "full"
+  arrays = [s.to_arrays(pool.domains) for s in states]
+  n = np.stack([a[0] for a in arrays])
+  dup = np.stack([a[1] for a in arrays])
+  full_n = np.array([len(pool.train[d]) for d in pool.domains])
+  assert np.array_equal(n[0], full_n)
+  assert n.min() >= 2048 and np.all(n <= full_n)
+  # Scarce, rich (everything cut but one domain) and duplicated states all differ.
+  assert (n[1] < full_n).sum() >= 1
+  assert (n[2] < full_n).sum() == len(DOMAINS) - 1
+  assert dup[3].max() > 0
+  assert len({tuple(a[0]) + tuple(a[1]) for a in arrays}) == 5
+  # Materialising works for every state (the covariates are computed on it).
+  mat = pool_shift.materialise(pool, states[3])
+  assert all(len(mat.train[d]) == n[3, i] for i, d in enumerate(pool.domains))
+
