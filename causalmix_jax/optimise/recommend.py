@@ -1,0 +1,321 @@
+"""`recommend`: from fitted surface(s), a pool's covariates, a reference mixture and the
+constraints to a Recommendation (names at this boundary, arrays inside the search)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import weakref
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalmix_jax.optimise import constraints as cons
+from causalmix_jax.optimise import search
+from causalmix_jax.recommendation import Improvement, Interval, Recommendation
+
+log = logging.getLogger(__name__)
+
+METHODS = ("S", "A")
+
+# surface -> its sampler function. A surface may build a fresh closure or partial in
+# each sampler() call; reusing the first one keeps jit's cache warm across calls (the
+# function depends on the surface only; everything else travels in params).
+_SAMPLER_FNS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def surface_sampler(surface: Any, tokens_D: np.ndarray | None = None,
+                    budget: float | None = None) -> tuple[Any, Any]:
+  """(fn, params) of the surface, for the pool's token counts and the training budget
+  when the surface models repetition (its sampler takes `tokens` and `budget`)."""
+  kwargs = {}
+  try:
+    sig = inspect.signature(surface.sampler).parameters
+  except (TypeError, ValueError):
+    sig = {}
+  if tokens_D is not None and "tokens" in sig:
+    kwargs["tokens"] = tokens_D
+  if budget is not None and "budget" in sig:
+    kwargs["budget"] = float(budget)
+  fn, params = surface.sampler(**kwargs)
+  try:
+    fn = _SAMPLER_FNS.setdefault(surface, fn)
+  except TypeError:  # not weak-referenceable
+    pass
+  return fn, params
+
+
+# ---------------------------------------------------------------- surface adapters
+
+
+def default_covariates(surface: Any) -> np.ndarray:
+  """The surface's default covariates (the sweep's reference pool)."""
+  if not surface.features:
+    return np.zeros(0, np.float32)
+  for name in ("x_default", "x_ref", "x_mean", "default_x"):
+    v = getattr(surface, name, None)
+    if v is not None:
+      v = v() if callable(v) else v
+      if isinstance(v, Mapping):
+        return covariate_vector(surface, v)
+      return np.asarray(v, np.float32).reshape(len(surface.features))
+  raise ValueError("covariates=None but the surface exposes no default covariates; pass "
+                   f"covariates for its features {list(surface.features)}")
+
+
+def covariate_vector(surface: Any, covariates: Any) -> np.ndarray:
+  """Maps {feature: value} (names with or without the `x_` prefix) or a length-F vector
+  onto the surface's feature order; a clear error names the missing features."""
+  feats = list(surface.features)
+  if covariates is None:
+    return default_covariates(surface)
+  if isinstance(covariates, Mapping):
+    out, missing = [], []
+    for f in feats:
+      bare = f[2:] if f.startswith("x_") else f
+      for k in (f, "x_" + bare, bare):
+        if k in covariates:
+          out.append(float(covariates[k]))
+          break
+      else:
+        missing.append(f)
+    if missing:
+      raise ValueError(f"covariates are missing feature(s) the surface uses: {missing}")
+    return np.asarray(out, np.float32)
+  arr = np.asarray(covariates, np.float32).reshape(-1)
+  if arr.shape[0] != len(feats):
+    raise ValueError(f"covariates have {arr.shape[0]} values; the surface uses "
+                     f"{len(feats)} features {feats}")
+  return arr
+
+
+def default_reference(surface: Any) -> np.ndarray:
+  """The sweep's mean mixture when the surface knows it, else the uniform mixture."""
+  dn = len(surface.domains)
+  for name in ("w_ref", "w_mean", "reference", "reference_mixture", "w_default"):
+    v = getattr(surface, name, None)
+    if v is not None:
+      v = v() if callable(v) else v
+      if isinstance(v, Mapping):
+        return reference_vector(surface.domains, v)
+      v = np.asarray(v, np.float64).reshape(-1)
+      if v.shape == (dn,) and abs(v.sum() - 1) < 1e-4 and np.all(v >= 0):
+        return v / v.sum()
+  log.info("surface exposes no sweep mean mixture; reference = uniform")
+  return np.full(dn, 1.0 / dn)
+
+
+def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
+  if isinstance(ref, Mapping):
+    unknown = sorted(set(ref) - set(domains))
+    if unknown:
+      raise ValueError(f"reference names unknown domain(s) {unknown}; known: {list(domains)}")
+    v = np.asarray([float(ref.get(d, 0.0)) for d in domains], np.float64)
+  else:
+    v = np.asarray(ref, np.float64).reshape(-1)
+    if v.shape != (len(domains),):
+      raise ValueError(f"reference has {v.shape[0]} weights; expected {len(domains)}")
+  if np.any(v < 0) or abs(v.sum() - 1) > 1e-6:
+    raise ValueError(f"reference mixture must be >= 0 and sum to 1 (sum={v.sum():.6g})")
+  return v / v.sum()
+
+
+def _support_report(surface: Any, x_F: np.ndarray, names: list[str]) -> dict[str, Any]:
+  """The surface's support report for x, with `inside` set; warns when outside."""
+  fn = getattr(surface, "support", None)
+  if fn is None or len(names) == 0:
+    return {"inside": True}
+  try:
+    rep = fn(x_F)
+  except TypeError:
+    rep = fn(dict(zip(names, x_F.tolist())))
+  rep = dict(rep) if isinstance(rep, Mapping) else {"value": rep}
+  if "inside" in rep:
+    outside = not bool(rep["inside"])
+  else:
+    o = rep.get("outside", False)
+    outside = bool(o) if not isinstance(o, (int, float)) else o > 0
+  for k in ("distance", "max_distance_sd", "max_excess", "n_outside"):
+    v = rep.get(k)
+    if isinstance(v, (int, float)) and v > 0:
+      outside = True
+  rep["inside"] = not outside
+  if outside:
+    short = {k: v for k, v in rep.items() if not isinstance(v, Mapping)}
+    rep["warning"] = ("the pool's covariates lie outside the sweep's support; the "
+                      "surface extrapolates")
+    log.warning("%s: %s", rep["warning"], short)
+  return rep
+
+
+# ---------------------------------------------------------------- recommend
+
+
+def _summary(u_S: np.ndarray, ci: float) -> Interval:
+  q = np.quantile(u_S, [0.5 * (1 - ci), 0.5 * (1 + ci)])
+  return Interval(float(u_S.mean()), float(q[0]), float(q[1]))
+
+
+def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float) -> Improvement:
+  d = z_base_S - z_w_S  # loss units: positive = better
+  q = np.quantile(d, [0.5 * (1 - ci), 0.5 * (1 + ci)])
+  return Improvement(float(d.mean()), float(q[0]), float(q[1]), float((d > 0).mean()))
+
+
+def recommend(surface: Any, covariates: Any = None, reference: Any = None,
+              constraints: cons.Constraints | Mapping[str, Any] | None = None,
+              objective: str = "mean", method: str = "S", *, ci: float = 0.9,
+              outcome_weights: Sequence[float] | Mapping[str, float] | None = None,
+              seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
+              n_steps: int = 300) -> Recommendation:
+  """The best feasible mixture for a pool under the posterior of the fitted surface.
+
+  surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
+    minimise sum_k outcome_weights[k] * loss_k, loss = -y for maximised outcomes).
+  covariates: {feature: value} or a vector in the surface's feature order; None = the
+    sweep's reference pool. A warning is logged when outside the sweep's support.
+  reference: {domain: weight} or a vector; None = the sweep's mean mixture.
+  constraints: Constraints (or its dict); None = only the simplex.
+  objective: "mean", "bound" ("lcb": the risk-averse end of the `ci` credible interval:
+    the upper one for a loss) or "pi" (probability of improving on the reference).
+  method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
+    (step from the reference along the marginal returns, with a line search).
+  """
+  t0 = time.time()
+  surfaces = list(surface) if isinstance(surface, (list, tuple)) else [surface]
+  domains = list(surfaces[0].domains)
+  for s in surfaces[1:]:
+    if list(s.domains) != domains:
+      raise ValueError(f"surfaces disagree on domains: {domains} vs {list(s.domains)}")
+  objective = search.canonical_objective(objective)
+  method = method.upper()
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
+  if not 0 < ci < 1:
+    raise ValueError(f"ci must be in (0, 1), got {ci}")
+  if outcome_weights is None:
+    ow = [1.0] * len(surfaces)
+  elif isinstance(outcome_weights, Mapping):
+    names = [s.outcome for s in surfaces]
+    unknown = sorted(set(outcome_weights) - set(names))
+    if unknown:
+      raise ValueError(f"outcome_weights name unknown outcome(s) {unknown}; have {names}")
+    ow = [float(outcome_weights.get(n, 0.0)) for n in names]
+  else:
+    ow = [float(v) for v in outcome_weights]
+  if len(ow) != len(surfaces):
+    raise ValueError(f"{len(ow)} outcome weights for {len(surfaces)} surfaces")
+  single = len(surfaces) == 1
+  signs = [-1.0 if s.maximize else 1.0 for s in surfaces]
+  s_out = signs[0] if single else 1.0  # loss -> reported units
+  coefs = jnp.asarray([w * s for w, s in zip(ow, signs)], jnp.float32)
+
+  # Covariates: one dict of names -> values covering all surfaces.
+  xs, cov_report, supports = [], {}, {}
+  for s in surfaces:
+    x = covariate_vector(s, covariates)
+    xs.append(jnp.asarray(x, jnp.float32))
+    cov_report.update(dict(zip(list(s.features), x.tolist())))
+    supports[s.outcome] = _support_report(s, x, list(s.features))
+  support = supports[surfaces[0].outcome] if single else supports
+  ref = default_reference(surfaces[0]) if reference is None else reference_vector(
+      domains, reference)
+  if constraints is None:
+    constraints = cons.Constraints()
+  elif isinstance(constraints, Mapping):
+    constraints = cons.Constraints.from_dict(constraints)
+  fs = constraints.resolve(domains, ref)
+
+  tokens_D = None
+  if constraints.tokens is not None:
+    missing = [d for d in domains if d not in constraints.tokens]
+    if missing:
+      raise ValueError(f"constraints.tokens has no count for domain(s) {missing}")
+    tokens_D = np.asarray([float(constraints.tokens[d]) for d in domains])
+  budget = constraints.budget_tokens
+  fns, params = [], []
+  for s in surfaces:
+    fn, p = surface_sampler(s, tokens_D, budget)
+    fns.append(fn)
+    params.append(p)
+  prob = search.Problem(tuple(fns), objective, float(ci), fs.kind, fs.has_trust)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+  ref_j, lo_j, hi_j, c_j = f32(fs.ref), f32(fs.lo), f32(fs.hi), f32(fs.centre)
+  radius = jnp.float32(fs.radius)
+  params, xs = tuple(params), tuple(xs)
+
+  t_search = time.time()
+  w_a, l_a, theta = search.search_a(prob, params, xs, coefs, ref_j, lo_j, hi_j, c_j, radius)
+  pool_w = [np.asarray(w_a)[np.argsort(np.asarray(l_a))[:4]]]
+  if method == "S":
+    settings = search.SearchSettings(n_candidates=int(n_candidates), n_starts=int(n_starts),
+                                     n_steps=int(n_steps))
+    fixed = search.fixed_points(len(domains), fs.ref, fs.centre)
+    cand = search.candidate_pool(np.random.default_rng(seed), fs.ref,
+                                 max(settings.n_candidates - len(fixed), settings.n_starts),
+                                 fixed)
+    w_s, _ = search.search_s(prob, settings, params, xs, coefs, jnp.asarray(cand), ref_j,
+                             lo_j, hi_j, c_j, radius)
+    pool_w.insert(0, np.asarray(w_s))
+  cands = np.concatenate(pool_w).astype(np.float64)
+  jax.block_until_ready(theta)
+  search_seconds = time.time() - t_search
+
+  # Exact feasibility in float64, then exact scoring of the feasible points.
+  feasible, infos = [], []
+  for w in cands:
+    wf, info = fs.make_feasible(w)
+    feasible.append(wf)
+    infos.append(info)
+  w_all = np.stack(feasible)
+  z = np.asarray(search.draws(prob.fns, params, xs, coefs,
+                              jnp.asarray(np.concatenate([w_all, fs.ref[None],
+                                                          np.full((1, len(domains)),
+                                                                  1 / len(domains))]),
+                                          jnp.float32)), np.float64)
+  z_w, z_ref, z_uni = z[:, :-2], z[:, -2], z[:, -1]
+  loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
+                                           smooth=False), np.float64)
+  if objective == "pi":  # most probable improvement, then the lower mean loss
+    best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
+  else:
+    best = int(np.argmin(loss))
+  w_best = w_all[best]
+  bad = fs.violations(w_best)
+  if bad:  # make_feasible guarantees this; keep the check as a tripwire.
+    raise AssertionError(f"recommended mixture breaks constraints: {bad}")
+  info = infos[best]
+  if info["zeroed"]:
+    log.info("sampler_min_weight=%g: set %s to 0 and renormalised", fs.m, info["zeroed"])
+
+  theta_np = np.asarray(theta, np.float64) * s_out
+  return Recommendation(
+      domains=tuple(domains),
+      weights={d: float(w_best[i]) for i, d in enumerate(domains)},
+      predicted=_summary(s_out * z_w[:, best], ci),
+      reference={d: float(fs.ref[i]) for i, d in enumerate(domains)},
+      reference_predicted=_summary(s_out * z_ref, ci),
+      uniform_predicted=_summary(s_out * z_uni, ci),
+      improvement_over_reference=_improvement(z_ref, z_w[:, best], ci),
+      improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci),
+      outcome=surfaces[0].outcome if single else "+".join(
+          f"{w:g}*{s.outcome}" for w, s in zip(ow, surfaces)),
+      maximize=bool(surfaces[0].maximize) if single else False,
+      method=method,
+      objective=objective,
+      ci=float(ci),
+      objective_value=(-float(loss[best]) if objective == "pi" else s_out * float(loss[best])),
+      constraints=constraints.to_dict(),
+      covariates=cov_report,
+      support=support,
+      zeroed=tuple(info["zeroed"]),
+      theta={d: float(theta_np[i]) for i, d in enumerate(domains)},
+      diagnostics={"search_seconds": search_seconds, "total_seconds": time.time() - t0,
+                   "n_candidates_final": int(len(cands)), "projection": info["how"],
+                   "moved_l1_by_projection": info["moved_l1"],
+                   "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
+                   "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
+  )
