@@ -29,7 +29,9 @@ def model_preset(name: str) -> ml_collections.ConfigDict:
       "tiny": dict(d_model=32, n_layers=1, n_heads=2, d_ff=64),
       "proxy": dict(d_model=64, n_layers=2, n_heads=4, d_ff=192),
       "proxy_large": dict(d_model=128, n_layers=4, n_heads=4, d_ff=384),
-      "small": dict(d_model=256, n_layers=4, n_heads=8, d_ff=768),
+      "small": dict(d_model=256, n_layers=4, n_heads=4, d_ff=768),
+      # As wide as CPU matmuls like (fewer, larger GEMMs per FLOP of attention/overhead).
+      "small_wide": dict(d_model=512, n_layers=4, n_heads=4, d_ff=2048),
       "150m": dict(d_model=768, n_layers=12, n_heads=12, d_ff=2048),
       "1b": dict(d_model=2048, n_layers=16, n_heads=16, d_ff=5632),
   }

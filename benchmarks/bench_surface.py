@@ -1,0 +1,156 @@
+"""Benchmark of the causal response surface, side by side with its baselines.
+
+1. RegMix's 512 proxy runs (one pool, 17 Pile domains): 5-fold cross-validated Spearman
+   and R^2 of predicted vs actual loss (default outcome Pile-CC) for our default surface,
+   RegMix's LightGBM (1000 trees, lr 0.01) and linear regression; and the time to fit
+   each on all 512 runs.
+2. A planted-truth world with confounded sweeps: CATE error against the truth, 90%
+   interval coverage, and regret of the best-predicted mixture at new pools, for our
+   surface vs the covariate-blind surface vs LightGBM (with covariates as features).
+
+  python benchmarks/bench_surface.py [--regmix_dir=...] [--outcome=pile_cc]
+
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from causalmix_jax import runs as runs_lib  # noqa: E402
+from causalmix_jax.surface import baselines, diagnostics, fit, planted  # noqa: E402
+
+
+def _regmix_dir(flag: str | None) -> pathlib.Path:
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  options = [pathlib.Path(flag)] if flag else [
+      repo.parent / "shared" / "data" / "regmix", pathlib.Path("/work/shared/data/regmix")]
+  for p in options:
+    if (p / "train_mixture_1m.csv").exists():
+      return p
+  raise FileNotFoundError(f"RegMix data not found in {[str(p) for p in options]}; pass "
+                          "--regmix_dir")
+
+
+def regmix_section(regmix_dir: pathlib.Path, outcome: str, folds: int) -> dict:
+  runs = runs_lib.from_regmix(regmix_dir / "train_mixture_1m.csv",
+                              regmix_dir / "train_pile_loss_1m.csv")
+  models = {
+      "ours": lambda r: fit.fit_surface(r, outcome),
+      "lightgbm": lambda r: baselines.fit_regmix_lgbm(r, outcome, n_boot=0),
+      "linear": lambda r: baselines.fit_linear(r, outcome),
+  }
+  out: dict = {"n_runs": len(runs), "outcome": outcome}
+  for name, fn in models.items():
+    t0 = time.perf_counter()
+    cv = diagnostics.cross_validate(runs, outcome, fn, n_folds=folds, seed=0)
+    out[f"{name}_spearman"] = cv["spearman"]
+    out[f"{name}_r2"] = cv["r2"]
+    if name == "ours":
+      out["ours_heldout_coverage90"] = cv["coverage"]
+    logging.info("regmix %s: Spearman %.4f R^2 %.4f (%.1fs)", name, cv["spearman"],
+                 cv["r2"], time.perf_counter() - t0)
+  # Fit time on all runs: best of 3 for each (the CV above warmed both up).
+  ours_t, lgbm_t = [], []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    s = fit.fit_surface(runs, outcome)
+    ours_t.append(time.perf_counter() - t0)
+    lgbm_t.append(baselines.fit_regmix_lgbm(runs, outcome, n_boot=0).fit_time)
+  out["ours_fit_s"] = min(ours_t)
+  out["lightgbm_fit_s"] = min(lgbm_t)
+  lgbm = baselines.fit_regmix_lgbm(runs, outcome, n_boot=0)
+  lgbm.fit_time = min(lgbm_t)
+  out["fit_time_ratio_ours_over_lgbm"] = out["ours_fit_s"] / lgbm.fit_time
+  out["spearman_ours_minus_lgbm"] = out["ours_spearman"] - out["lightgbm_spearman"]
+  out["ours_chosen"] = s.info["chosen"]
+  return out
+
+
+def planted_section(n_runs: int, n_pools: int, n_test_pools: int, n_cand: int,
+                    seed: int) -> dict:
+  world = planted.PlantedWorld(n_domains=5, n_features=3, seed=seed)
+  runs = world.sample_sweep(n_runs=n_runs, n_pool_states=n_pools, noise=0.02)
+  t0 = time.perf_counter()
+  ours = fit.fit_surface(runs, "loss")
+  t_ours = time.perf_counter() - t0
+  blind = fit.fit_surface(runs, "loss", covariate_blind=True)
+  lgbm = baselines.fit_regmix_lgbm(runs, "loss", n_boot=0)
+  rng = np.random.default_rng(seed + 11)
+  xs = world.pool_states(n_test_pools, seed=seed + 5)
+  stats = {k: {"cate_mae": [], "regret": [], "cover": []} for k in ("ours", "blind",
+                                                                     "lightgbm")}
+  for x in xs:
+    shares = world.token_shares(x)[0]
+    tokens = world.tokens(x[None])[0]
+    w = rng.dirichlet(shares * np.exp(rng.uniform(np.log(0.5), np.log(5.0))), size=40)
+    w = np.maximum(w, 0.0)
+    w /= w.sum(1, keepdims=True)
+    truth = world.true_effect(w, shares, x[None])
+    cand = baselines.sample_regmix_candidates(shares, n_cand, seed=int(rng.integers(1e9)))
+    for name, model in (("ours", ours), ("blind", blind), ("lightgbm", lgbm)):
+      if name == "lightgbm":
+        est = model.point(w, x) - model.point(shares[None], x)
+        pred = model.point(cand, x)
+      else:
+        p = model.cate(w, shares, x, tokens=tokens)
+        est = p.mean
+        stats[name]["cover"].append(np.mean(p.covers(truth)))
+        pred = model.predict(cand, x, tokens=tokens).mean
+      stats[name]["cate_mae"].append(np.mean(np.abs(est - truth)))
+      best = cand[np.argmin(pred)]
+      stats[name]["regret"].append(float(world.regret(best[None], x[None])[0]))
+  out = {"n_runs": n_runs, "n_pools": n_pools, "n_test_pools": n_test_pools,
+         "ours_fit_s": t_ours}
+  for name, s in stats.items():
+    out[f"{name}_cate_mae"] = float(np.mean(s["cate_mae"]))
+    out[f"{name}_regret"] = float(np.mean(s["regret"]))
+    if s["cover"]:
+      out[f"{name}_cate_coverage90"] = float(np.mean(s["cover"]))
+  out["cate_mae_ratio_blind_over_ours"] = out["blind_cate_mae"] / out["ours_cate_mae"]
+  out["cate_mae_ratio_lgbm_over_ours"] = out["lightgbm_cate_mae"] / out["ours_cate_mae"]
+  return out
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--regmix_dir", default=None)
+  ap.add_argument("--outcome", default="pile_cc")
+  ap.add_argument("--folds", type=int, default=5)
+  ap.add_argument("--planted_runs", type=int, default=400)
+  ap.add_argument("--planted_pools", type=int, default=48)
+  ap.add_argument("--test_pools", type=int, default=20)
+  ap.add_argument("--candidates", type=int, default=5000)
+  ap.add_argument("--seed", type=int, default=0)
+  args = ap.parse_args()
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  for noisy in ("jax", "absl", "causalmix_jax.runs", "causalmix_jax.surface"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  result = {"regmix": regmix_section(_regmix_dir(args.regmix_dir), args.outcome,
+                                     args.folds),
+            "planted": planted_section(args.planted_runs, args.planted_pools,
+                                       args.test_pools, args.candidates, args.seed)}
+  r, p = result["regmix"], result["planted"]
+  print(f"RegMix {r['outcome']}: {args.folds}-fold Spearman ours {r['ours_spearman']:.4f} "
+        f"vs LightGBM {r['lightgbm_spearman']:.4f} vs linear {r['linear_spearman']:.4f}; "
+        f"fit {r['ours_fit_s']:.3f}s vs {r['lightgbm_fit_s']:.3f}s "
+        f"(ratio {r['fit_time_ratio_ours_over_lgbm']:.2f})")
+  print(f"Planted: CATE MAE ours {p['ours_cate_mae']:.4f} blind {p['blind_cate_mae']:.4f} "
+        f"LightGBM {p['lightgbm_cate_mae']:.4f}; regret ours {p['ours_regret']:.4f} "
+        f"blind {p['blind_regret']:.4f} LightGBM {p['lightgbm_regret']:.4f}; "
+        f"90% CATE coverage {p['ours_cate_coverage90']:.3f}")
+  print(json.dumps(result, default=float))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,165 @@
+"""Benchmark: achieved FLOP/s of the jitted train step for a proxy-size and a small
+target-size transformer, side by side with the best `jnp.dot` FLOP/s measured in the same
+run on the same devices, and their ratios (and MFU against a chip's peak when known).
+Prints the figures last as one JSON line.
+
+  python benchmarks/bench_train.py                         # ~1-2 minutes on 2 CPU cores
+  python benchmarks/bench_train.py --target=small_wide --batch=16
+  python benchmarks/bench_train.py --target=150m --batch=16 --dtype=bfloat16 --steps=20
+
+Model FLOPs follow `causalmix_jax.model.flops_per_token` (6 N + attention, no remat);
+the matmul is measured before and after the steps, and the best timing of each (matmul: of
+>= 20 runs; steps: of `--repeats` groups of `--steps` steps) is kept, so that on a shared
+machine both figures estimate the unloaded machine. FLOPs per CPU-second are also given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from causalmix_jax import model as model_lib  # noqa: E402
+from causalmix_jax import train_step as ts  # noqa: E402
+from causalmix_jax.configs import model as model_cfgs  # noqa: E402
+
+# Dense peak FLOP/s per chip by device kind (bf16 / f32), for MFU where known.
+PEAKS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
+         "TPU v4": (275e12, 275e12), "TPU v5e": (197e12, 197e12),
+         "TPU v5p": (459e12, 459e12)}
+
+
+def best_time(fn, repeats: int) -> tuple[float, float]:
+  """Best wall-clock and best process CPU seconds of `fn` over `repeats` runs (CPU time
+  of all threads; on a shared CPU machine it is the fairer measure of work done)."""
+  best, best_cpu = float("inf"), float("inf")
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - t0)
+    best_cpu = min(best_cpu, time.process_time() - c0)
+  return best, best_cpu
+
+
+def matmul_flops(sizes: list[int], dtype, repeats: int) -> tuple[float, int, float]:
+  """Best jnp.dot FLOP/s over square sizes, the size that reached it, and the best FLOPs
+  per CPU-second."""
+  best, best_n, best_cpu = 0.0, 0, 0.0
+  for n in sizes:
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    t, c = best_time(lambda: dot(a, b), max(repeats, 20))  # cheap: take many
+    f = 2 * n ** 3 / t
+    best_cpu = max(best_cpu, 2 * n ** 3 / max(c, 1e-9))
+    if f > best:
+      best, best_n = f, n
+  return best, best_n, best_cpu
+
+
+def train_flops(preset: str, batch: int, seq_len: int, dtype: str, steps: int,
+                repeats: int, remat: bool) -> dict:
+  model_cfg = model_cfgs.model_preset(preset)
+  model_cfg.seq_len, model_cfg.dtype, model_cfg.remat = seq_len, dtype, remat
+  model_cfg.vocab_size = 256 if model_cfg.d_model <= 512 else 32_000
+  optim_cfg = model_cfgs.optim_section(lr=1e-3, steps=10_000, batch_size=batch)
+  n_domains = 4
+  step = jax.jit(ts.make_train_step(model_cfg, optim_cfg, n_domains), donate_argnums=0)
+  state = jax.jit(lambda k: ts.init_train_state(model_cfg, optim_cfg, k))(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  batch_np = {"tokens": rng.integers(0, model_cfg.vocab_size, (batch, seq_len + 1),
+                                     dtype=np.int32),
+              "mask": np.ones((batch, seq_len + 1), np.uint8),
+              "domain": rng.integers(0, n_domains, batch, dtype=np.int32)}
+  batch_dev = jax.device_put(batch_np)
+  t0 = time.perf_counter()
+  state, m = step(state, batch_dev)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  holder = {"state": state}
+
+  def run():
+    s = holder["state"]
+    for _ in range(steps):
+      s, met = step(s, batch_dev)
+    holder["state"] = s
+    return met
+
+  run()  # warm
+  t, c = best_time(run, repeats)
+  t, c = t / steps, c / steps
+  fpt = model_lib.flops_per_token(model_cfg)
+  return {"preset": preset, "params": model_lib.param_count(model_cfg), "batch": batch,
+          "seq_len": seq_len, "dtype": dtype, "flops_per_token": fpt,
+          "step_s": t, "tokens_per_s": batch * seq_len / t,
+          "flops_per_s": fpt * batch * seq_len / t,
+          "flops_per_cpu_s": fpt * batch * seq_len / max(c, 1e-9), "compile_s": compile_s}
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--proxy", default="proxy")
+  p.add_argument("--proxy_batch", type=int, default=16)
+  p.add_argument("--target", default="small")
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--seq_len", type=int, default=128)
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--remat", action="store_true")
+  p.add_argument("--steps", type=int, default=1, help="steps per timed group")
+  p.add_argument("--repeats", type=int, default=5, help="timed groups (best is kept)")
+  p.add_argument("--matmul_sizes", default="512,1024,2048")
+  args = p.parse_args()
+
+  dev = jax.devices()[0]
+  print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform})", flush=True)
+  mm_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  sizes = [int(s) for s in args.matmul_sizes.split(",")]
+  mm1, n1, mmc1 = matmul_flops(sizes, mm_dtype, args.repeats)
+  print(f"jnp.dot best: {mm1 / 1e9:,.1f} GFLOP/s (n={n1}, {args.dtype})", flush=True)
+  proxy = train_flops(args.proxy, args.proxy_batch, args.seq_len, args.dtype, args.steps,
+                      args.repeats, False)
+  print(f"proxy  {proxy['preset']:>8} ({proxy['params']:,} params, B={proxy['batch']}): "
+        f"{proxy['flops_per_s'] / 1e9:,.1f} GFLOP/s, {proxy['tokens_per_s']:,.0f} tok/s",
+        flush=True)
+  target = train_flops(args.target, args.batch, args.seq_len, args.dtype, args.steps,
+                       args.repeats, args.remat)
+  print(f"target {target['preset']:>8} ({target['params']:,} params, B={target['batch']}): "
+        f"{target['flops_per_s'] / 1e9:,.1f} GFLOP/s, {target['tokens_per_s']:,.0f} tok/s",
+        flush=True)
+  mm2, _, mmc2 = matmul_flops([n1], mm_dtype, args.repeats)  # again: load may drift
+  matmul, matmul_cpu = max(mm1, mm2), max(mmc1, mmc2)
+  out = {"device": dev.device_kind, "platform": dev.platform, "dtype": args.dtype,
+         "matmul_flops_per_s": matmul, "matmul_n": n1,
+         "proxy": proxy, "target": target,
+         "proxy_over_matmul": proxy["flops_per_s"] / matmul,
+         "target_over_matmul": target["flops_per_s"] / matmul,
+         "matmul_flops_per_cpu_s": matmul_cpu,
+         "proxy_over_matmul_cpu_time": proxy["flops_per_cpu_s"] / matmul_cpu,
+         "target_over_matmul_cpu_time": target["flops_per_cpu_s"] / matmul_cpu}
+  peak = next((v for k, v in PEAKS.items() if k in dev.device_kind), None)
+  if peak is not None:
+    chip_peak = peak[0] if args.dtype == "bfloat16" else peak[1]
+    out["chip_peak_flops_per_s"] = chip_peak
+    out["target_mfu"] = target["flops_per_s"] / chip_peak
+    out["proxy_mfu"] = proxy["flops_per_s"] / chip_peak
+    out["matmul_over_peak"] = matmul / chip_peak
+  print(f"ratios: proxy/matmul {out['proxy_over_matmul']:.2f}, "
+        f"target/matmul {out['target_over_matmul']:.2f} (wall); by CPU time: proxy "
+        f"{out['proxy_over_matmul_cpu_time']:.2f}, target "
+        f"{out['target_over_matmul_cpu_time']:.2f}"
+        + (f", target MFU {out['target_mfu']:.3f}" if "target_mfu" in out else ""))
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()

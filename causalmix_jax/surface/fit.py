@@ -1,0 +1,528 @@
+"""Fits a response surface to a runs table: `fit_surface(runs, outcome, method, config)`.
+
+Steps: mixture features (log weights with a floor, square roots, optional pairwise
+products of log weights, repetition when tokens and budget are known); for DML,
+cross-fitted nuisances E[Y|X] and E[phi|X] (`nuisance.py`); a design of centred features
+and their products with X; then the posterior of the linear model in `models.py`.
+
+Inference:
+- "exact" (default): the model is conditionally Gaussian given its prior scales, so the
+  posterior is closed-form. The group prior scales and the noise level are set by
+  maximising the marginal likelihood (type-II maximum likelihood, MacKay's fixed-point
+  updates), and the same evidence chooses the floor of the logs and whether pairwise
+  terms enter. Heteroscedastic noise: one reweighting pass with log-variance linear in X.
+- "nuts" / "svi": NumPyro on the same model (hierarchical-normal or horseshoe prior),
+  with the feature set chosen by the evidence as above.
+Nothing here is tuned to a particular data set: every choice is made by marginal
+likelihood or cross-validation on the runs given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from scipy.linalg import lapack as scipy_lapack
+
+try:
+  import threadpoolctl
+except ImportError:  # optional: only limits BLAS threads for speed
+  threadpoolctl = None
+
+from causalmix_jax.surface import features as feats
+from causalmix_jax.surface import models
+from causalmix_jax.surface import nuisance as nuis
+from causalmix_jax.surface.surface import DesignSpec, Surface, modifier_basis
+
+log = logging.getLogger(__name__)
+
+METHODS = ("dml", "outcome", "gp")
+INFERENCES = ("exact", "nuts", "svi")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Surface settings; the stage reads the same keys from `cfg.surface`."""
+  from causalmix_jax.configs import surface as surface_cfg
+  return surface_cfg.section(frozenset())
+
+
+# -- the conjugate posterior --------------------------------------------------------------
+
+@dataclasses.dataclass
+class Conjugate:
+  mean_Q: np.ndarray
+  chol_prec_QxQ: np.ndarray  # Cholesky factor of the posterior precision
+  b0: float
+  b0_var: float
+  alpha_G: np.ndarray
+  noise_prec: float
+  evidence: float
+
+
+def conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
+                  weights_N: np.ndarray | None = None, iters: int = 200,
+                  tol: float = 1e-4) -> Conjugate:
+  """See `_conjugate_fit`; runs its small dense solves on one BLAS thread (threads
+  only add overhead at these sizes, and much more on a shared machine)."""
+  if threadpoolctl is None:
+    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol)
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol)
+
+
+def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
+                   weights_N: np.ndarray | None, iters: int, tol: float) -> Conjugate:
+  """Bayesian linear regression with a normal prior of precision alpha_g per column
+  group and noise precision beta / weight_n, alpha and beta at the evidence maximum.
+  z columns and y should be standardised; the intercept has a flat prior."""
+  n, q = z_NxQ.shape
+  wt = np.ones(n) if weights_N is None else np.asarray(weights_N, np.float64)
+  wsum = wt.sum()
+  zm = (wt @ z_NxQ) / wsum
+  ym = float(wt @ y_N / wsum)
+  z = z_NxQ - zm
+  yc = y_N - ym
+  zw = z * wt[:, None]
+  zz = z.T @ zw
+  zy = zw.T @ yc
+  yy = float(yc @ (wt * yc))
+  n_groups = int(groups_Q.max()) + 1 if q else 0
+  alpha = np.ones(n_groups)
+  beta = 1.0 / max(yy / wsum, 1e-12)
+  onehot = np.eye(n_groups)[groups_Q] if q else np.zeros((0, 0))
+  for _ in range(iters):
+    a_q = alpha[groups_Q]
+    chol = np.linalg.cholesky(beta * zz + np.diag(a_q))
+    li, info_ = scipy_lapack.dtrtri(chol, lower=1)
+    if info_ != 0:
+      li = np.linalg.inv(chol)
+    cov_diag = np.sum(li ** 2, axis=0)
+    m = beta * (li.T @ (li @ zy))
+    gam = 1.0 - a_q * cov_diag
+    r2 = yy - 2 * m @ zy + m @ zz @ m
+    new_alpha = np.clip((gam @ onehot) / np.maximum((m ** 2) @ onehot, 1e-12), 1e-6, 1e8)
+    new_beta = max(n - gam.sum(), 1.0) / max(r2, 1e-12)
+    # Groups whose precision runs off to the top (pruned) converge slowly and no longer
+    # matter; the rest, and the noise, must have settled.
+    live = new_alpha < 1e5
+    done = ((not live.any() or np.max(np.abs(np.log(new_alpha[live] / alpha[live]))) < tol)
+            and abs(np.log(new_beta / beta)) < tol)
+    alpha, beta = new_alpha, new_beta
+    if done:
+      break
+  a_q = alpha[groups_Q]
+  chol = np.linalg.cholesky(beta * zz + np.diag(a_q))
+  m = np.linalg.solve(chol.T, np.linalg.solve(chol, beta * zy))
+  r2 = yy - 2 * m @ zy + m @ zz @ m
+  evidence = 0.5 * (np.sum(np.log(a_q)) + n * np.log(beta) + np.sum(np.log(wt))
+                    - beta * r2 - m @ (a_q * m) - n * np.log(2 * np.pi)) \
+      - np.sum(np.log(np.diag(chol)))
+  return Conjugate(m, chol, ym - float(zm @ m), 1.0 / (beta * wsum), alpha, beta,
+                   float(evidence))
+
+
+def conjugate_draws(post: Conjugate, zm_Q: np.ndarray, n_draws: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Draws (beta_SxQ, b0_S) from the Gaussian posterior."""
+  rng = np.random.default_rng(seed)
+  e = rng.standard_normal((n_draws, len(post.mean_Q)))
+  beta = post.mean_Q + np.linalg.solve(post.chol_prec_QxQ.T, e.T).T
+  b0 = (post.b0 + float(zm_Q @ post.mean_Q) - beta @ zm_Q
+        + np.sqrt(post.b0_var) * rng.standard_normal(n_draws))
+  return beta, b0
+
+
+# -- design construction ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Candidate:
+  spec: DesignSpec
+  params: dict[str, Any]
+  z_NxQ: np.ndarray
+  groups_Q: np.ndarray
+  y_res_N: np.ndarray
+  nuisance_info: dict[str, Any]
+
+
+def _design_groups(spec: DesignSpec) -> np.ndarray:
+  fg = spec.features.groups()
+  ng = int(fg.max()) + 1
+  out = []
+  nxt = ng
+  order = np.r_[np.zeros(spec.n_x, np.int64),
+                np.ones(spec.n_mod - spec.n_x, np.int64)]  # linear / quadratic modifier
+  if spec.x_main:
+    out.append(nxt + order)
+    nxt += 2
+  out.append(fg)
+  if spec.n_x:
+    out.append((fg[:, None] * 2 + order[None, :] + nxt).reshape(-1))
+    nxt += 2 * ng
+  if spec.n_rff:
+    out.append(np.full(spec.n_rff, nxt))
+  groups = np.concatenate(out)
+  # renumber densely
+  _, dense = np.unique(groups, return_inverse=True)
+  return dense
+
+
+def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
+           fspec: feats.FeatureSpec, union_phi: np.ndarray, union_cols: np.ndarray,
+           method: str, x_cols: np.ndarray, nuis_y: nuis.Nuisance,
+           nuis_phi: nuis.Nuisance | None, cfg, seed: int, gp_ls: float = 1.0,
+           modifiers: str = "linear") -> _Candidate:
+  """A candidate design for one feature spec, reusing the union feature nuisance."""
+  n_x = len(x_cols)
+  phi = union_phi[:, union_cols]
+  if nuis_phi is not None and nuis_phi.kind != "mean":
+    p = dict(nuis_phi.params)
+    sel = jnp.asarray(union_cols)
+    for k in ("y_mu", "y_sd"):
+      p[k] = p[k][sel]
+    if nuis_phi.kind == "ridge":
+      p["coef_FxK"] = p["coef_FxK"][:, sel]
+    elif nuis_phi.kind == "kernel":
+      p["alpha_NxK"] = p["alpha_NxK"][:, sel]
+    else:
+      layers = [dict(l) for l in p["layers"]]
+      layers[-1]["w"] = layers[-1]["w"][:, sel]
+      layers[-1]["b"] = layers[-1]["b"][sel]
+      p["layers"] = layers
+    phi_kind, phi_params, e_oof = nuis_phi.kind, p, nuis_phi.oof_NxK[:, union_cols]
+  else:
+    mu = phi.mean(0)
+    phi_kind, phi_params, e_oof = "mean", {"mu_K": jnp.asarray(mu)}, np.broadcast_to(
+        mu, phi.shape)
+  x_mu = x[:, x_cols].mean(0) if n_x else np.zeros(0)
+  x_sd = x[:, x_cols].std(0) if n_x else np.ones(0)
+  n_rff = int(cfg.gp_features) if method == "gp" else 0
+  spec = DesignSpec(fspec, method, nuis_y.kind, phi_kind, method != "dml" and n_x > 0,
+                    n_x, n_rff, modifiers)
+  tok_med = (np.median(tokens, axis=0) if tokens is not None
+             else np.ones(fspec.n_domains))
+  bud_med = float(np.median(budget)) if budget is not None else 1.0
+  params: dict[str, Any] = {
+      "nuis_y": nuis_y.params, "nuis_phi": phi_params,
+      "x_cols": jnp.asarray(x_cols, jnp.int32), "x_mu": jnp.asarray(x_mu),
+      "x_sd": jnp.asarray(np.where(x_sd > 0, x_sd, 1.0)),
+      "tokens_D": jnp.asarray(tok_med), "budget": jnp.asarray(bud_med)}
+  if n_rff:
+    u = np.concatenate([np.asarray(feats.ilr(jnp.asarray(runs_w), fspec.floor)),
+                        (x[:, x_cols] - x_mu) / params["x_sd"]], axis=1)
+    rng = np.random.default_rng(seed)
+    params["u_mu"] = jnp.asarray(u.mean(0))
+    params["u_sd"] = jnp.asarray(u.std(0) + 1e-9)
+    ls = gp_ls * np.sqrt(u.shape[1])
+    params["rff_omega"] = jnp.asarray(rng.standard_normal((u.shape[1], n_rff)) / ls)
+    params["rff_phase"] = jnp.asarray(rng.uniform(0, 2 * np.pi, n_rff))
+  # Design on the training rows, with cross-fitted (out-of-fold) feature centres.
+  phic = phi - e_oof
+  xs = (x[:, x_cols] - x_mu) / np.asarray(params["x_sd"])
+  mx = np.asarray(modifier_basis(modifiers, jnp.asarray(xs)))
+  blocks = []
+  if spec.x_main:
+    blocks.append(mx)
+  blocks.append(phic)
+  if n_x:
+    blocks.append((phic[:, :, None] * mx[:, None, :]).reshape(len(y), -1))
+  if n_rff:
+    u = np.concatenate([np.asarray(feats.ilr(jnp.asarray(runs_w), fspec.floor)), xs], 1)
+    u = (u - np.asarray(params["u_mu"])) / np.asarray(params["u_sd"])
+    proj = u @ np.asarray(params["rff_omega"]) + np.asarray(params["rff_phase"])
+    blocks.append(np.sqrt(2.0 / n_rff) * np.cos(proj))
+  z = np.concatenate(blocks, axis=1)
+  y_res = y - nuis_y.oof_NxK[:, 0]
+  return _Candidate(spec, params, z, _design_groups(spec), y_res,
+                    {"E[Y|X]": nuis_y.kind,
+                     "E[phi|X]": nuis_phi.kind if nuis_phi is not None else "mean"})
+
+
+def _noise_design(x: np.ndarray, x_cols: np.ndarray) -> np.ndarray:
+  if not len(x_cols):
+    return np.zeros((len(x), 0))
+  xs = x[:, x_cols]
+  return (xs - xs.mean(0)) / np.where(xs.std(0) > 0, xs.std(0), 1.0)
+
+
+def _reweight(z, y, groups, post: Conjugate, h_NxH: np.ndarray) -> np.ndarray | None:
+  """Heteroscedastic weights: log squared residuals regressed (ridge) on the noise
+  design; returns precision weights with mean 1, or None without a noise design."""
+  if h_NxH.shape[1] == 0:
+    return None
+  r = y - post.b0 - z @ post.mean_Q
+  t = np.log(r ** 2 + 1e-12 * np.var(y))
+  a = np.concatenate([np.ones((len(y), 1)), h_NxH], 1)
+  coef = np.linalg.solve(a.T @ a + 1.0 * np.diag([0.0] + [1.0] * h_NxH.shape[1]), a.T @ t)
+  log_var = a @ coef
+  wt = np.exp(-(log_var - log_var.mean()))
+  return wt / wt.mean()
+
+
+def _nuts_or_svi(cand: _Candidate, y_std: np.ndarray, h: np.ndarray, cfg, method: str,
+                 inference: str, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Posterior draws of (beta, b0) for the standardised design by NUTS or SVI."""
+  import numpyro
+  from numpyro import infer
+  model = models.MODELS[method]
+  n_groups = int(cand.groups_Q.max()) + 1
+  args = (jnp.asarray(cand.z_NxQ), jnp.asarray(cand.groups_Q), n_groups,
+          jnp.asarray(y_std), jnp.asarray(h) if h.shape[1] else None, str(cfg.prior))
+  key = jax.random.key(seed)
+  info: dict[str, Any] = {}
+  if inference == "nuts":
+    mcmc = infer.MCMC(infer.NUTS(model), num_warmup=int(cfg.num_warmup),
+                      num_samples=int(cfg.num_samples), num_chains=int(cfg.num_chains),
+                      chain_method="sequential", progress_bar=False)
+    mcmc.run(key, *args)
+    grouped = mcmc.get_samples(group_by_chain=True)
+    from causalmix_jax.surface import diagnostics
+    info["rhat_max"] = float(np.nanmax([np.nanmax(diagnostics.split_rhat(np.asarray(v)))
+                                        for k, v in grouped.items() if k in ("beta", "b0",
+                                                                             "log_sigma")]))
+    info["ess_min"] = float(np.nanmin([np.nanmin(diagnostics.ess(np.asarray(v)))
+                                       for k, v in grouped.items() if k in ("beta", "b0",
+                                                                            "log_sigma")]))
+    s = mcmc.get_samples()
+  else:
+    guide = infer.autoguide.AutoLowRankMultivariateNormal(model)
+    svi = infer.SVI(model, guide, numpyro.optim.Adam(0.01), infer.Trace_ELBO())
+    res = svi.run(key, int(cfg.svi_steps), *args, progress_bar=False)
+    info["elbo_final"] = float(-res.losses[-1])
+    pred = infer.Predictive(guide, params=res.params, num_samples=int(cfg.num_samples))
+    s = pred(jax.random.key(seed + 1), *args)
+    s = {"beta": _beta_from(s, cand, cfg), "b0": s["b0"]}
+  return np.asarray(s["beta"], np.float64), np.asarray(s["b0"], np.float64), info
+
+
+def _beta_from(s: dict[str, Any], cand: _Candidate, cfg) -> jnp.ndarray:
+  """Recomputes beta from SVI guide draws of the latent sites."""
+  if cfg.prior == "hier_normal":
+    return s["z"] * s["tau"][:, cand.groups_Q]
+  lam, c2, tau = s["lam"], s["c2"][:, None], s["tau"][:, None]
+  lam_t = jnp.sqrt(c2 * lam ** 2 / (c2 + tau ** 2 * lam ** 2))
+  return s["z"] * tau * lam_t
+
+
+def _remap(n: nuis.Nuisance, x_cols: np.ndarray) -> nuis.Nuisance:
+  """Makes a nuisance fitted on x[:, x_cols] index the full covariate vector."""
+  if n.kind != "mean":
+    n.params = dict(n.params)
+    n.params["cols"] = jnp.asarray(x_cols[np.asarray(n.params["cols"])])
+  return n
+
+
+def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
+                     pools_N: np.ndarray, weights_N: np.ndarray | None, n_folds: int,
+                     seed: int, level: float = 0.9) -> float:
+  """Scale for the posterior spread of the effects so that they carry to new pools.
+
+  Leave-pools-out cross-validation of within-pool contrasts: for every held-out pool,
+  the deviation of each run's outcome from the pool mean is predicted from the design
+  (the nuisances cancel, as in a CATE). The spread is scaled so that a `level` share of
+  these held-out contrasts fall inside their central `level` intervals (the scale is at
+  least 1). Returns the scale (1.0 without enough pools)."""
+  from scipy import stats
+  z_level = float(stats.norm.ppf(0.5 + level / 2))
+  uniq = np.unique(pools_N)
+  if len(uniq) < max(n_folds, 4):
+    return 1.0
+  folds_p = nuis.fold_ids(len(uniq), min(n_folds, len(uniq)), seed)
+  fold_of = dict(zip(uniq.tolist(), folds_p.tolist()))
+  f_n = np.array([fold_of[p] for p in pools_N.tolist()])
+  wt = np.ones(len(y_N)) if weights_N is None else weights_N
+  ratios, sq_err, sq_var = [], [], []
+  for k in range(int(f_n.max()) + 1):
+    tr, te = f_n != k, f_n == k
+    post = conjugate_fit(zs_NxQ[tr], y_N[tr], groups_Q, wt[tr])
+    for p in np.unique(pools_N[te]):
+      rows = np.flatnonzero(te & (pools_N == p))
+      if len(rows) < 2:
+        continue
+      dz = zs_NxQ[rows] - zs_NxQ[rows].mean(0)
+      dy = y_N[rows] - y_N[rows].mean()
+      err2 = (dy - dz @ post.mean_Q) ** 2
+      var = np.sum(np.linalg.solve(post.chol_prec_QxQ, dz.T) ** 2, axis=0)
+      noise = (1.0 - 1.0 / len(rows)) / (post.noise_prec * wt[rows])
+      # Inflation this contrast needs to sit on the edge of the `level` interval.
+      ratios.append((err2 / z_level ** 2 - noise) / np.maximum(var, 1e-30))
+      sq_err.append(err2 - noise)
+      sq_var.append(var)
+  if not ratios:
+    return 1.0
+  # The larger of two estimates: the quantile one (tails) and the mean-square one.
+  by_quantile = np.quantile(np.concatenate(ratios), level)
+  by_mean = np.sum(np.concatenate(sq_err)) / max(np.sum(np.concatenate(sq_var)), 1e-30)
+  return float(np.sqrt(max(by_quantile, by_mean, 1.0)))
+
+
+# -- entry point --------------------------------------------------------------------------
+
+def _support_stats(x: np.ndarray, w: np.ndarray) -> dict[str, Any]:
+  f = x.shape[1]
+  mu = x.mean(0) if f else np.zeros(0)
+  if f:
+    cov = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((f, f))
+    prec = np.linalg.pinv(cov, hermitian=True)
+    dx = x - mu
+    sweep_d = np.sqrt(np.maximum(np.einsum("nf,fg,ng->n", dx, prec, dx), 0.0))
+  else:
+    prec, sweep_d = np.zeros((0, 0)), np.zeros(1)
+  return {"mean": mu.tolist(), "sd": (x.std(0) if f else np.zeros(0)).tolist(),
+          "min": (x.min(0) if f else np.zeros(0)).tolist(),
+          "max": (x.max(0) if f else np.zeros(0)).tolist(),
+          "precision": prec.tolist(), "sweep_mahalanobis": sweep_d.tolist(),
+          "w_mean": w.mean(0).tolist()}
+
+
+def fit_surface(runs, outcome: str, method: str = "dml", config=None,
+                covariate_blind: bool = False) -> Surface:
+  """Fits a surface for outcome `outcome` (with or without the y_ prefix).
+
+  method: "dml" (default; cross-fitted nuisances, heterogeneous effect theta(X)),
+  "outcome" (Y ~ f(T, X) with T x X interactions) or "gp" (outcome model plus a
+  random-Fourier-feature GP over (log-ratio mixture, X)). config: a ConfigDict like
+  `configs.surface.section` (None: defaults; inference "exact"). covariate_blind: ignore
+  X (the ablation): the surface then answers the same for every pool."""
+  if threadpoolctl is None:
+    return _fit_surface(runs, outcome, method, config, covariate_blind)
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    return _fit_surface(runs, outcome, method, config, covariate_blind)
+
+
+def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
+                 ) -> Surface:
+  cfg = default_config() if config is None else config
+  if method not in METHODS:
+    raise ValueError(f"surface.method: unknown method {method!r}; known: {list(METHODS)}")
+  inference = str(cfg.inference)
+  if inference not in INFERENCES:
+    raise ValueError(f"surface.inference: unknown {inference!r}; known: "
+                     f"{list(INFERENCES)}")
+  t0 = time.time()
+  name = outcome[2:] if outcome.startswith("y_") else outcome
+  y_all = runs.y(name)
+  keep = np.isfinite(y_all) & np.asarray(runs.ok)
+  if keep.sum() < max(10, int(cfg.n_folds)):
+    raise ValueError(f"{runs.source}: outcome y_{name} has {int(keep.sum())} usable runs; "
+                     f"the surface needs at least {max(10, int(cfg.n_folds))}")
+  w = runs.W[keep]
+  w = w / w.sum(1, keepdims=True)
+  x_full = runs.X[keep]
+  y = y_all[keep]
+  tokens = runs.tokens[keep] if runs.tokens is not None else None
+  budget = runs.budget[keep] if runs.budget is not None else None
+  tokens_known = tokens is not None and budget is not None
+  x_cols = (np.zeros(0, np.int64) if covariate_blind else nuis.varying_columns(x_full))
+  seed = int(cfg.seed)
+  y_mu, y_sd = float(y.mean()), float(y.std()) or 1.0
+  ys = (y - y_mu) / y_sd
+  d = w.shape[1]
+  kinds = tuple(cfg.feature_kinds) if cfg.feature_kinds else feats.default_kinds(
+      tokens_known)
+  if "repetition" in kinds and not tokens_known:
+    kinds = tuple(k for k in kinds if k != "repetition")
+  pair_options = {"auto": (False, True), "never": (False,), "always": (True,)}[
+      str(cfg.pairs)]
+  if d * (d - 1) // 2 > int(cfg.max_pairs):
+    pair_options = (False,)
+  floors = tuple(float(f) for f in cfg.floors)
+  union_kinds = kinds + (("pairs",) if True in pair_options else ())
+  candidates: list[_Candidate] = []
+  cand_cfgs = []
+  # One nuisance fit for the features at every floor (columns stacked floor by floor).
+  uspecs = [feats.FeatureSpec(d, union_kinds, floor) for floor in floors]
+  union_phi = np.concatenate([np.asarray(feats.featurize(u, jnp.asarray(w), tokens,
+                                                         budget), np.float64)
+                              for u in uspecs], axis=1)
+  models_ = tuple(cfg.nuisance_models) if method == "dml" else ()
+  nuis_y_full = _remap(nuis.fit_nuisance(
+      x_full[:, x_cols], ys[:, None], n_folds=int(cfg.n_folds), seed=seed,
+      candidates=models_, what=f"E[y_{name}|X]"), x_cols)
+  nuis_phi = _remap(nuis.fit_nuisance(
+      x_full[:, x_cols], union_phi, n_folds=int(cfg.n_folds), seed=seed,
+      candidates=models_, what="E[phi|X]"), x_cols)
+  for fi, (floor, uspec) in enumerate(zip(floors, uspecs)):
+    ucols = uspec.groups()
+    offset = fi * uspec.n_features
+    for pairs in pair_options:
+      ks = kinds + (("pairs",) if pairs else ())
+      fspec = feats.FeatureSpec(d, ks, floor)
+      sel = offset + np.concatenate([np.flatnonzero(ucols == union_kinds.index(k))
+                                     for k in ks])
+      mods = tuple(cfg.modifiers) if len(x_cols) else ("linear",)
+      for ls in (tuple(cfg.gp_lengthscales) if method == "gp" else (1.0,)):
+        for mod in mods:
+          cand_cfgs.append((floor, pairs, ls, mod))
+          candidates.append(_build(w, x_full, ys, tokens, budget, fspec, union_phi, sel,
+                                   method, x_cols, nuis_y_full, nuis_phi, cfg, seed, ls,
+                                   mod))
+  h = _noise_design(x_full, x_cols) if cfg.heteroscedastic else np.zeros((len(y), 0))
+  best, best_ev, best_post, best_wt = None, -np.inf, None, None
+  evidences = {}
+  for (floor, pairs, ls, mod), cand in zip(cand_cfgs, candidates):
+    zc = cand.z_NxQ
+    z_mu, z_sd = zc.mean(0), zc.std(0)
+    z_sd = np.where(z_sd > 1e-12, z_sd, 1.0)
+    cand.params["z_mu"], cand.params["z_sd"] = jnp.asarray(z_mu), jnp.asarray(z_sd)
+    zs = (zc - z_mu) / z_sd
+    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q)
+    wt = _reweight(zs, cand.y_res_N, cand.groups_Q, post, h)
+    if wt is not None:
+      post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, wt)
+    key = (f"floor={floor:g},pairs={pairs},modifiers={mod}"
+           + (f",ls={ls:g}" if method == "gp" else ""))
+    evidences[key] = post.evidence
+    if post.evidence > best_ev:
+      best, best_ev, best_post, best_wt = cand, post.evidence, post, wt
+      best_zs = zs
+  assert best is not None
+  info: dict[str, Any] = {"method": method, "inference": inference,
+                          "covariate_blind": bool(covariate_blind),
+                          "n_runs": int(len(y)), "evidence": evidences,
+                          "chosen": {"kinds": list(best.spec.features.kinds),
+                                     "floor": best.spec.features.floor,
+                                     "modifiers": best.spec.modifiers},
+                          "nuisance": best.nuisance_info,
+                          "noise_sd": float(y_sd / np.sqrt(best_post.noise_prec)),
+                          "prior_precision": best_post.alpha_G.tolist()}
+  n_draws = int(cfg.num_samples) * (int(cfg.num_chains) if inference == "nuts" else 1)
+  scale = 1.0
+  if cfg.calibrate_pools and len(x_cols):
+    _, pools = np.unique(x_full[:, x_cols], axis=0, return_inverse=True)
+    scale = pool_calibration(best_zs, best.y_res_N, best.groups_Q,
+                             np.asarray(pools).reshape(-1), best_wt, int(cfg.n_folds),
+                             seed)
+  info["pool_calibration"] = scale
+  if inference == "exact":
+    beta_s, b0_s = conjugate_draws(best_post, np.zeros(best_zs.shape[1]), n_draws, seed)
+  else:
+    beta_s, b0_s, extra = _nuts_or_svi(best, best.y_res_N, h, cfg, method, inference,
+                                       seed)
+    info.update(extra)
+  if scale != 1.0:
+    mean = beta_s.mean(0)
+    beta_s = mean + scale * (beta_s - mean)
+  # Back to outcome units: f = y_mu + y_sd * (m_y_std(x) + b0 + z_std . beta).
+  params = dict(best.params)
+  ny = dict(params["nuis_y"])
+  if best.spec.nuis_y == "mean":
+    ny["mu_K"] = ny["mu_K"] * y_sd + y_mu
+  else:
+    ny["y_mu"] = ny["y_mu"] * y_sd + y_mu
+    ny["y_sd"] = ny["y_sd"] * y_sd
+  params["nuis_y"] = ny
+  params["beta_SxQ"] = jnp.asarray(beta_s * y_sd)
+  params["b0_S"] = jnp.asarray(b0_s * y_sd)
+  info["fit_seconds"] = time.time() - t0
+  log.info("surface %s/%s on y_%s: %d runs, features %s floor %g, %.2fs", method,
+           inference, name, len(y), best.spec.features.kinds, best.spec.features.floor,
+           info["fit_seconds"])
+  return Surface(best.spec, params, domains=runs.domains, features=runs.features,
+                 outcome=name, maximize=name in runs.maximize,
+                 support_stats=_support_stats(x_full, w), info=info)

@@ -1,0 +1,310 @@
+"""A fitted response surface: posterior draws of the expected outcome as a function of
+the mixture w and pool covariates x, and the questions it answers (predict, CATE,
+theta, support), a pure jittable sampler for the optimiser, and save/load.
+
+The expected outcome under draw s is
+
+  f_s(w, x) = m_y(x) + b0_s + z(w, x) . beta_s,
+
+where m_y is the nuisance E[Y|X] (a constant for the outcome and GP surfaces) and the
+design z(w, x) (standardised) has the blocks: covariates (outcome/GP surfaces only),
+centred mixture features phi(w) - e(x) (e = E[phi|X] for DML, the sweep mean otherwise),
+their products with the standardised covariates, and random Fourier features (GP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalmix_jax import artifacts
+from causalmix_jax.surface import features as feats
+from causalmix_jax.surface import nuisance as nuis
+from causalmix_jax.surface.prediction import Prediction
+
+SamplerFn = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignSpec:
+  """The static (hashable) part of a surface's design."""
+  features: feats.FeatureSpec
+  method: str
+  nuis_y: str  # nuisance kind for E[Y|X]
+  nuis_phi: str  # nuisance kind for E[phi|X]
+  x_main: bool  # covariate main effects in the design
+  n_x: int  # number of varying covariates used
+  n_rff: int  # random Fourier features (GP), 0 for none
+  modifiers: str = "linear"  # effect modifiers of X: "linear" | "quadratic"
+
+  @property
+  def n_mod(self) -> int:
+    """Columns of the modifier basis m(x)."""
+    if self.modifiers == "quadratic":
+      return self.n_x + self.n_x * (self.n_x + 1) // 2
+    return self.n_x
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["features"] = self.features.to_dict()
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "DesignSpec":
+    d = dict(d)
+    d["features"] = feats.FeatureSpec.from_dict(d["features"])
+    return cls(**d)
+
+
+def modifier_basis(modifiers: str, xs_NxF: jnp.ndarray) -> jnp.ndarray:
+  """m(x): standardised covariates, plus their squares and products ("quadratic")."""
+  if modifiers == "linear" or xs_NxF.shape[1] == 0:
+    return xs_NxF
+  i, j = np.triu_indices(xs_NxF.shape[1])
+  return jnp.concatenate([xs_NxF, xs_NxF[:, i] * xs_NxF[:, j]], axis=1)
+
+
+def raw_design(spec: DesignSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
+               x_NxF: jnp.ndarray) -> jnp.ndarray:
+  """The unstandardised design rows z(w, x), N x Q. Pure for a fixed spec."""
+  n = w_NxD.shape[0]
+  budget = jnp.broadcast_to(params["budget"], (n,))
+  tokens = jnp.broadcast_to(params["tokens_D"], w_NxD.shape)
+  phi = feats.featurize(spec.features, w_NxD, tokens, budget)
+  c = nuis.predict(spec.nuis_phi, params["nuis_phi"], x_NxF)
+  phic = phi - c
+  xs = (x_NxF[:, params["x_cols"]] - params["x_mu"]) / params["x_sd"]
+  mx = modifier_basis(spec.modifiers, xs)
+  blocks = []
+  if spec.x_main:
+    blocks.append(mx)
+  blocks.append(phic)
+  if spec.n_x:
+    blocks.append((phic[:, :, None] * mx[:, None, :]).reshape(n, -1))
+  if spec.n_rff:
+    u = jnp.concatenate([feats.ilr(w_NxD, spec.features.floor), xs], axis=1)
+    u = (u - params["u_mu"]) / params["u_sd"]
+    proj = u @ params["rff_omega"] + params["rff_phase"]
+    blocks.append(jnp.sqrt(2.0 / spec.n_rff) * jnp.cos(proj))
+  return jnp.concatenate(blocks, axis=1)
+
+
+def surface_fn(spec: DesignSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
+               x_F: jnp.ndarray) -> jnp.ndarray:
+  """Posterior draws of the expected outcome, S x N, at mixtures w and one pool x."""
+  w_NxD = jnp.asarray(w_NxD, params["beta_SxQ"].dtype)
+  x_NxF = jnp.broadcast_to(jnp.asarray(x_F, w_NxD.dtype), (w_NxD.shape[0], x_F.shape[-1]))
+  z = (raw_design(spec, params, w_NxD, x_NxF) - params["z_mu"]) / params["z_sd"]
+  m_y = nuis.predict(spec.nuis_y, params["nuis_y"], x_NxF)[:, 0]
+  return m_y[None, :] + params["b0_S"][:, None] + params["beta_SxQ"] @ z.T
+
+
+def _as_rows(a: Any, width: int, what: str) -> np.ndarray:
+  arr = np.atleast_2d(np.asarray(a, np.float64))
+  if arr.shape[-1] != width:
+    raise ValueError(f"surface: {what} must have {width} columns, got shape {arr.shape}")
+  return arr
+
+
+class Surface:
+  """A fitted surface. Construct with `fit_surface` or `load_surface`."""
+
+  def __init__(self, spec: DesignSpec, params: dict[str, Any], *, domains: Sequence[str],
+               features: Sequence[str], outcome: str, maximize: bool,
+               support_stats: dict[str, Any], info: dict[str, Any] | None = None):
+    self.spec = spec
+    self.params = jax.tree.map(jnp.asarray, params)
+    self.domains = list(domains)
+    self.features = list(features)
+    self.outcome = outcome
+    self.maximize = bool(maximize)
+    self.support_stats = support_stats
+    self.info = dict(info or {})
+    self._sampler_fn = functools.partial(surface_fn, spec)  # one object: warm jit cache
+    self._fn = jax.jit(self._sampler_fn)
+
+  # -- defaults -------------------------------------------------------------------------
+  @property
+  def x_ref(self) -> np.ndarray:
+    """Covariates of the sweep's reference pool (their mean)."""
+    return np.asarray(self.support_stats["mean"], np.float64)
+
+  @property
+  def w_ref(self) -> np.ndarray:
+    """The sweep's mean mixture (default reference for theta)."""
+    return np.asarray(self.support_stats["w_mean"], np.float64)
+
+  def _x(self, x: Any) -> np.ndarray:
+    if x is None:
+      return self.x_ref
+    if isinstance(x, dict):
+      missing = [f for f in self.features if f not in x and f"x_{f}" not in x]
+      if missing:
+        raise ValueError(f"surface: covariates missing {missing}")
+      return np.array([float(x.get(f, x.get(f"x_{f}"))) for f in self.features])
+    arr = np.asarray(x, np.float64).reshape(-1)
+    if arr.shape[0] != len(self.features):
+      raise ValueError(f"surface: x must have {len(self.features)} covariates "
+                       f"({self.features}), got {arr.shape[0]}")
+    return arr
+
+  def _w(self, w: Any) -> np.ndarray:
+    if isinstance(w, dict):
+      missing = [d for d in self.domains if d not in w]
+      if missing:
+        raise ValueError(f"surface: mixture missing domains {missing}")
+      w = [float(w[d]) for d in self.domains]
+    w = _as_rows(w, len(self.domains), "w")
+    if np.any(w < -1e-9):
+      raise ValueError("surface: mixture weights must be >= 0")
+    return np.maximum(w, 0.0)
+
+  # -- answers --------------------------------------------------------------------------
+  def _params(self, tokens: Any, budget: Any) -> dict[str, Any]:
+    if tokens is None and budget is None:
+      return self.params
+    return self.sampler(tokens, budget)[1]
+
+  def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> np.ndarray:
+    """Posterior draws of the expected outcome, S x N. tokens (length D) and budget
+    describe the pool's size for repetition features (default: the sweep's median)."""
+    return np.asarray(self._fn(self._params(tokens, budget), jnp.asarray(self._w(w)),
+                               jnp.asarray(self._x(x))))
+
+  def predict(self, w: Any, x: Any = None, ci: float = 0.9, *, tokens: Any = None,
+              budget: float | None = None) -> Prediction:
+    return Prediction.from_samples(self.draws(w, x, tokens=tokens, budget=budget), ci)
+
+  def cate(self, w: Any, w_ref: Any, x: Any = None, ci: float = 0.9, *,
+           tokens: Any = None, budget: float | None = None) -> Prediction:
+    """Effect of mixture w against w_ref at pool x (rows of w; w_ref broadcasts)."""
+    w = self._w(w)
+    wr = np.broadcast_to(self._w(w_ref), w.shape)
+    kw = {"tokens": tokens, "budget": budget}
+    return Prediction.from_samples(self.draws(w, x, **kw) - self.draws(wr, x, **kw), ci)
+
+  def theta(self, x: Any = None, ci: float = 0.9, w: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> Prediction:
+    """Marginal return of each domain at x: the derivative of the expected outcome
+    along e_d - w (mass moved into d proportionally from all domains), at w (default
+    the sweep's mean mixture). Length D."""
+    w0 = self.w_ref if w is None else self._w(w)[0]
+    x0 = jnp.asarray(self._x(x))
+
+    params = self._params(tokens, budget)
+
+    def f(wv):
+      return self._fn(params, wv[None, :], x0)[:, 0]
+
+    g = np.asarray(jax.jacfwd(f)(jnp.asarray(w0)))  # S x D
+    theta = g - np.sum(g * w0[None, :], axis=1, keepdims=True)
+    return Prediction.from_samples(theta, ci)
+
+  def support(self, x: Any) -> dict[str, Any]:
+    """How far x lies outside the sweep's covariate support."""
+    x = self._x(x)
+    st = self.support_stats
+    if not self.features:
+      return {"mahalanobis": 0.0, "max_sweep_mahalanobis": 0.0, "quantile": 0.0,
+              "outside": False, "z": {}, "outside_range": []}
+    mu, prec = np.asarray(st["mean"]), np.asarray(st["precision"])
+    d = float(np.sqrt(max((x - mu) @ prec @ (x - mu), 0.0)))
+    sweep_d = np.asarray(st["sweep_mahalanobis"])
+    sd = np.asarray(st["sd"])
+    z = np.where(sd > 0, (x - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    lo, hi = np.asarray(st["min"]), np.asarray(st["max"])
+    outside = [f for f, v, a, b in zip(self.features, x, lo, hi) if v < a or v > b]
+    return {"mahalanobis": d, "max_sweep_mahalanobis": float(sweep_d.max()),
+            "quantile": float(np.mean(sweep_d <= d)),
+            "outside": bool(d > sweep_d.max() or outside),
+            "z": dict(zip(self.features, map(float, z))), "outside_range": outside}
+
+  def sampler(self, tokens: Any = None, budget: float | None = None
+              ) -> tuple[SamplerFn, dict[str, Any]]:
+    """(fn, params): fn(params, w_NxD, x_F) -> y_SxN, pure and jittable. tokens (length
+    D) and budget set the pool size used by repetition features (default: the sweep's
+    median)."""
+    params = dict(self.params)
+    if tokens is not None:
+      params["tokens_D"] = jnp.asarray(np.asarray(tokens, np.float64).reshape(-1))
+    if budget is not None:
+      params["budget"] = jnp.asarray(float(budget))
+    return self._sampler_fn, params
+
+  @property
+  def n_draws(self) -> int:
+    return int(self.params["beta_SxQ"].shape[0])
+
+  # -- persistence ----------------------------------------------------------------------
+  def save(self, directory: str | pathlib.Path) -> pathlib.Path:
+    """Writes surface.json (metadata) and posterior.npz (arrays)."""
+    directory = pathlib.Path(directory)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(self.params)
+    arrays = {f"a{i}": np.asarray(v) for i, (_, v) in enumerate(flat)}
+    keys = [jax.tree_util.keystr(k) for k, _ in flat]
+    artifacts.write_npz(directory / "posterior.npz", **arrays)
+    meta = {"format_version": FORMAT_VERSION, "domains": self.domains,
+            "features": self.features, "outcome": self.outcome,
+            "maximize": self.maximize, "spec": self.spec.to_dict(),
+            "param_keys": keys, "param_tree": _tree_skeleton(self.params),
+            "support": self.support_stats, "info": self.info,
+            "n_draws": self.n_draws}
+    return artifacts.write_json(directory / "surface.json", meta)
+
+  def __repr__(self) -> str:
+    return (f"Surface({self.spec.method}, outcome={self.outcome!r}, "
+            f"{len(self.domains)} domains, {len(self.features)} covariates, "
+            f"{self.n_draws} draws)")
+
+
+def _tree_skeleton(tree: Any) -> Any:
+  """JSON-able shape of a params tree: leaves become None."""
+  if isinstance(tree, dict):
+    return {k: _tree_skeleton(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_tree_skeleton(v) for v in tree]
+  return None
+
+
+def _rebuild(skeleton: Any, leaves: list[np.ndarray]) -> Any:
+  it = iter(leaves)
+
+  def go(s):
+    if isinstance(s, dict):
+      return {k: go(s[k]) for k in sorted(s)}  # jax flattens dicts in sorted key order
+    if isinstance(s, list):
+      return [go(v) for v in s]
+    return next(it)
+
+  return go(skeleton)
+
+
+def load_surface(directory: str | pathlib.Path) -> Surface:
+  """Reads a surface written by `Surface.save` (a directory with surface.json and
+  posterior.npz, or the path of surface.json)."""
+  directory = pathlib.Path(directory)
+  if directory.name == "surface.json":
+    directory = directory.parent
+  meta = artifacts.read_json(directory / "surface.json", "surface")
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{directory / 'surface.json'}: format_version "
+                     f"{meta.get('format_version')} is not {FORMAT_VERSION}")
+  npz_path = directory / "posterior.npz"
+  if not npz_path.exists():
+    raise FileNotFoundError(f"surface posterior not found: {npz_path}")
+  with np.load(npz_path) as z:
+    leaves = [z[f"a{i}"] for i in range(len(meta["param_keys"]))]
+  params = _rebuild(meta["param_tree"], leaves)
+  return Surface(DesignSpec.from_dict(meta["spec"]), params, domains=meta["domains"],
+                 features=meta["features"], outcome=meta["outcome"],
+                 maximize=meta["maximize"], support_stats=meta["support"],
+                 info=meta.get("info"))

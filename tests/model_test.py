@@ -1,0 +1,74 @@
+"""Tests of the transformer: shapes, causality, parameter count, logical axes, vmap."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from causalmix_jax import model
+from causalmix_jax.configs import model as model_cfgs
+
+
+def tiny(**kw) -> ml_collections.ConfigDict:
+  c = model_cfgs.model_preset("tiny")
+  c.vocab_size = 40
+  c.seq_len = 12
+  c.update(kw)
+  return c
+
+
+def test_logits_shape_and_dtype():
+  cfg = tiny()
+  params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
+  logits = jax.jit(lambda p, t: model.apply(cfg, p, t))(params, jnp.zeros((3, 12), jnp.int32))
+  assert logits.shape == (3, 12, 40) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+  cfg = tiny(n_layers=2)
+  params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(1))
+  a = jax.random.randint(jax.random.key(2), (2, 12), 0, 40)
+  b = a.at[:, 7:].set((a[:, 7:] + 5) % 40)
+  fwd = jax.jit(lambda t: model.apply(cfg, params, t))
+  la, lb = fwd(a), fwd(b)
+  np.testing.assert_allclose(la[:, :7], lb[:, :7], atol=1e-5)
+  assert np.abs(np.asarray(la[:, 7:] - lb[:, 7:])).max() > 1e-3
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_param_count_matches_closed_form(tied):
+  cfg = tiny(tied_embeddings=tied)
+  d, f, v, n = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers
+  per_layer = 3 * d * d + d * d + 3 * d * f + 2 * d
+  expected = n * per_layer + d + v * d * (1 if tied else 2)
+  assert model.param_count(cfg) == expected
+  params = jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.key(0))
+  assert sum(x.size for x in jax.tree.leaves(params)) == expected
+
+
+def test_flops_per_token_is_six_n_plus_attention():
+  cfg = tiny()
+  d, f, v, n, l = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_layers, cfg.seq_len
+  matmul = n * (4 * d * d + 3 * d * f) + d * v
+  assert model.flops_per_token(cfg) == 6 * matmul + 12 * n * d * l
+
+
+def test_logical_axes_cover_every_parameter():
+  cfg = tiny()
+  axes = model.logical_axes(cfg)
+  params = jax.eval_shape(lambda k: model.init_params(cfg, k), jax.random.key(0))
+  specs = jax.tree.leaves(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  leaves = jax.tree.leaves(params)
+  assert len(specs) == len(leaves)
+  for spec, x in zip(specs, leaves):
+    assert len(spec) == x.ndim
+  assert axes["embed"]["embedding"] == jax.sharding.PartitionSpec("vocab", "embed")
+
+
+def test_bad_config_names_the_key():
+  with pytest.raises(ValueError, match="n_heads"):
+    model.param_count(tiny(n_heads=3))
