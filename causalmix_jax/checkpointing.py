@@ -15,6 +15,7 @@ import pathlib
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -121,3 +122,35 @@ def abstract_like(state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs with shardings for restoring into the layout of `state`."""
   return jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def load_params(path: str | os.PathLike[str], step: int | None = None) -> tuple[Any, Any]:
+  """(model spec, parameters) of a trained model, for reference-model statistics.
+
+  `path` is a target-stage directory (holding `checkpoints/`) or a checkpoints
+  directory; `step` defaults to the latest. Parameters come back as host arrays on the
+  default device, whatever mesh they were trained on.
+  """
+  from causalmix_jax import model  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  directory = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no checkpoints under {path} (expected a target-stage "
+                            "directory with checkpoints/, or a checkpoints directory)")
+  manager = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+  try:
+    step = manager.latest_step() if step is None else int(step)
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no finished checkpoint")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    model_dict = dict(meta["meta"].get("config", {}).get("model", {}))
+    if not model_dict:
+      raise ValueError(f"checkpoint {directory}/{step} does not record its model config")
+    spec = model.ModelSpec(**model_dict)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  state = restored["state"]
+  params = state["params"] if isinstance(state, Mapping) else state.params
+  return spec, jax.tree.map(np.asarray, params)

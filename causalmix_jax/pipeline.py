@@ -66,9 +66,11 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("surface/surface.json", "pool/covariates.json"),
               ("seed", "optimise", "outcome", "target"),
               optional_inputs=("pool/pool.json", "surface/posterior.npz")),
+    # The mixture comes from optimise/mixture.json unless target.weights or
+    # target.mixture_path say otherwise (train_target names what is missing).
     StageSpec("target", "causalmix_jax.train_target:run_stage", "target/summary.json",
-              ("pool/pool.json", "optimise/mixture.json"),
-              ("seed", "target", "mixing", "mesh")),
+              ("pool/pool.json",), ("seed", "target", "mixing", "mesh"),
+              optional_inputs=("optimise/mixture.json",)),
     StageSpec("report", "causalmix_jax.report:run_stage", "report/report.md",
               ("surface/surface.json", "optimise/mixture.json"), ("report", "outcome"),
               optional_inputs=("pool/pool.json", "pool/covariates.json",
