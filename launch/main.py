@@ -36,10 +36,23 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries(logging.Filter):
+  """Keeps the libraries' INFO chatter (checkpoint I/O, backend probing) out of the log;
+  their warnings and errors still show."""
+
+  _NOISY = ("/orbax/", "/jax/_src/xla_bridge.py", "/jax/_src/distributed.py")
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        s in record.pathname for s in self._NOISY)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_QuietLibraries())
   sharding.initialize_distributed(
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   sharding.log_hosts()

@@ -20,6 +20,7 @@ likelihood or cross-validation on the runs given.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from scipy import linalg as scipy_linalg
 from scipy.linalg import lapack as scipy_lapack
 
 try:
@@ -56,31 +58,80 @@ def default_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class Conjugate:
+  """Gaussian posterior of the standardised coefficients at the evidence maximum.
+
+  Primal form (Q <= N): `chol_prec_QxQ` is the Cholesky factor of the posterior
+  precision. Dual form (Q > N): the posterior is kept through the N x N marginal
+  covariance C = Z A^-1 Z^T + (beta W)^-1 of the (centred) design `z_NxQ`, with
+  `chol_c_NxN` its Cholesky factor, so nothing Q x Q is ever formed. `draws` and
+  `quad_var` answer the same in both forms."""
   mean_Q: np.ndarray
-  chol_prec_QxQ: np.ndarray  # Cholesky factor of the posterior precision
+  chol_prec_QxQ: np.ndarray | None
   b0: float
   b0_var: float
   alpha_G: np.ndarray
   noise_prec: float
   evidence: float
+  prior_prec_Q: np.ndarray | None = None
+  z_NxQ: np.ndarray | None = None  # dual form: the centred design
+  noise_var_N: np.ndarray | None = None  # dual form: (beta w_n)^-1
+  chol_c_NxN: np.ndarray | None = None  # dual form
+
+  @property
+  def dual(self) -> bool:
+    return self.chol_prec_QxQ is None
+
+  def quad_var(self, dz_MxQ: np.ndarray) -> np.ndarray:
+    """Posterior variance of dz_m . beta for each row m."""
+    if not self.dual:
+      return np.sum(np.linalg.solve(self.chol_prec_QxQ, dz_MxQ.T) ** 2, axis=0)
+    ai = 1.0 / self.prior_prec_Q
+    u = scipy_linalg.solve_triangular(self.chol_c_NxN, self.z_NxQ @ (ai * dz_MxQ).T,
+                                      lower=True)
+    return np.sum(dz_MxQ ** 2 * ai, axis=1) - np.sum(u ** 2, axis=0)
+
+  def sample(self, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """n_draws x Q draws of beta. The dual form samples exactly by perturbing the
+    prior and the data (beta = u + A^-1 Z^T C^-1 (y - Z u - e) is a posterior draw
+    when u ~ N(0, A^-1), e ~ N(0, (beta W)^-1); y enters through the mean)."""
+    q = len(self.mean_Q)
+    e = rng.standard_normal((n_draws, q))
+    if not self.dual:
+      return self.mean_Q + scipy_linalg.solve_triangular(self.chol_prec_QxQ, e.T,
+                                                         lower=True, trans="T").T
+    ai = 1.0 / self.prior_prec_Q
+    u = e * np.sqrt(ai)
+    eps = rng.standard_normal((n_draws, len(self.noise_var_N))) * np.sqrt(
+        self.noise_var_N)
+    r = -(u @ self.z_NxQ.T + eps)  # the data enter through mean_Q
+    s = scipy_linalg.cho_solve((self.chol_c_NxN, True), r.T)
+    return self.mean_Q + u + (s.T @ self.z_NxQ) * ai
 
 
 def conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                   weights_N: np.ndarray | None = None, iters: int = 200,
-                  tol: float = 1e-4) -> Conjugate:
+                  tol: float = 1e-4, form: str = "auto") -> Conjugate:
   """See `_conjugate_fit`; runs its small dense solves on one BLAS thread (threads
   only add overhead at these sizes, and much more on a shared machine)."""
   if threadpoolctl is None:
-    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol)
+    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form)
   with threadpoolctl.threadpool_limits(1, user_api="blas"):
-    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol)
+    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form)
 
 
 def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
-                   weights_N: np.ndarray | None, iters: int, tol: float) -> Conjugate:
+                   weights_N: np.ndarray | None, iters: int, tol: float,
+                   form: str = "auto") -> Conjugate:
   """Bayesian linear regression with a normal prior of precision alpha_g per column
-  group and noise precision beta / weight_n, alpha and beta at the evidence maximum.
-  z columns and y should be standardised; the intercept has a flat prior."""
+  group and noise precision beta / weight_n, alpha and beta at the evidence maximum
+  (MacKay's fixed-point updates). z columns and y should be standardised; the intercept
+  has a flat prior.
+
+  form: "primal" works with the Q x Q posterior precision (O(Q^3) an iteration),
+  "dual" with the N x N marginal covariance of the data (Woodbury; O(N^2 Q) an
+  iteration), "auto" picks the dual when Q > N. Both give the same posterior."""
+  if form not in ("auto", "primal", "dual"):
+    raise ValueError(f"conjugate_fit: form must be auto|primal|dual, got {form!r}")
   n, q = z_NxQ.shape
   wt = np.ones(n) if weights_N is None else np.asarray(weights_N, np.float64)
   wsum = wt.sum()
@@ -88,24 +139,20 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   ym = float(wt @ y_N / wsum)
   z = z_NxQ - zm
   yc = y_N - ym
-  zw = z * wt[:, None]
-  zz = z.T @ zw
-  zy = zw.T @ yc
   yy = float(yc @ (wt * yc))
   n_groups = int(groups_Q.max()) + 1 if q else 0
   alpha = np.ones(n_groups)
   beta = 1.0 / max(yy / wsum, 1e-12)
   onehot = np.eye(n_groups)[groups_Q] if q else np.zeros((0, 0))
+  dual = form == "dual" or (form == "auto" and q > n)
+  if dual:
+    step = functools.partial(_dual_step, z, yc, wt)
+  else:
+    zw = z * wt[:, None]
+    step = functools.partial(_primal_step, z.T @ zw, zw.T @ yc, yy)
   for _ in range(iters):
     a_q = alpha[groups_Q]
-    chol = np.linalg.cholesky(beta * zz + np.diag(a_q))
-    li, info_ = scipy_lapack.dtrtri(chol, lower=1)
-    if info_ != 0:
-      li = np.linalg.inv(chol)
-    cov_diag = np.sum(li ** 2, axis=0)
-    m = beta * (li.T @ (li @ zy))
-    gam = 1.0 - a_q * cov_diag
-    r2 = yy - 2 * m @ zy + m @ zz @ m
+    m, gam, r2, _ = step(a_q, beta)
     new_alpha = np.clip((gam @ onehot) / np.maximum((m ** 2) @ onehot, 1e-12), 1e-6, 1e8)
     new_beta = max(n - gam.sum(), 1.0) / max(r2, 1e-12)
     # Groups whose precision runs off to the top (pruned) converge slowly and no longer
@@ -117,25 +164,131 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
     if done:
       break
   a_q = alpha[groups_Q]
-  chol = np.linalg.cholesky(beta * zz + np.diag(a_q))
-  m = np.linalg.solve(chol.T, np.linalg.solve(chol, beta * zy))
-  r2 = yy - 2 * m @ zy + m @ zz @ m
+  m, _, r2, (chol, logdet_prec) = step(a_q, beta, final=True)
   evidence = 0.5 * (np.sum(np.log(a_q)) + n * np.log(beta) + np.sum(np.log(wt))
-                    - beta * r2 - m @ (a_q * m) - n * np.log(2 * np.pi)) \
-      - np.sum(np.log(np.diag(chol)))
-  return Conjugate(m, chol, ym - float(zm @ m), 1.0 / (beta * wsum), alpha, beta,
-                   float(evidence))
+                    - beta * r2 - m @ (a_q * m) - n * np.log(2 * np.pi)
+                    - logdet_prec)
+  common = dict(mean_Q=m, b0=ym - float(zm @ m), b0_var=1.0 / (beta * wsum),
+                alpha_G=alpha, noise_prec=beta, evidence=float(evidence), prior_prec_Q=a_q)
+  if dual:
+    return Conjugate(chol_prec_QxQ=None, z_NxQ=z, noise_var_N=1.0 / (beta * wt),
+                     chol_c_NxN=chol, **common)
+  return Conjugate(chol_prec_QxQ=chol, **common)
+
+
+def _primal_step(zz_QxQ, zy_Q, yy, a_q, beta, final=False):
+  """Posterior mean, effective numbers gamma, weighted residual sum of squares (and on
+  the last call the precision's Cholesky factor and log-determinant)."""
+  chol = np.linalg.cholesky(beta * zz_QxQ + np.diag(a_q))
+  m = scipy_linalg.cho_solve((chol, True), beta * zy_Q)
+  r2 = yy - 2 * m @ zy_Q + m @ zz_QxQ @ m
+  if final:
+    return m, None, r2, (chol, 2.0 * np.sum(np.log(np.diag(chol))))
+  li, info_ = scipy_lapack.dtrtri(chol, lower=1)
+  if info_ != 0:
+    li = np.linalg.inv(chol)
+  cov_diag = np.sum(li ** 2, axis=0)
+  return m, 1.0 - a_q * cov_diag, r2, None
+
+
+def _dual_step(z_NxQ, yc_N, wt_N, a_q, beta, final=False):
+  """The same quantities through C = Z A^-1 Z^T + (beta W)^-1 (Woodbury):
+  m = A^-1 Z^T C^-1 y, gamma_q = z_q^T C^-1 z_q / a_q, and
+  log|A + beta Z^T W Z| = log|A| + log|beta W| + log|C|."""
+  ai = 1.0 / a_q
+  za = z_NxQ * ai
+  c = za @ z_NxQ.T
+  c[np.diag_indices_from(c)] += 1.0 / (beta * wt_N)
+  chol = np.linalg.cholesky(c)
+  m = ai * (z_NxQ.T @ scipy_linalg.cho_solve((chol, True), yc_N))
+  res = yc_N - z_NxQ @ m
+  r2 = float(res @ (wt_N * res))
+  if final:
+    logdet = (np.sum(np.log(a_q)) + np.sum(np.log(beta * wt_N))
+              + 2.0 * np.sum(np.log(np.diag(chol))))
+    return m, None, r2, (chol, logdet)
+  u = scipy_linalg.solve_triangular(chol, z_NxQ, lower=True)
+  gam = ai * np.sum(u ** 2, axis=0)
+  return m, gam, r2, None
 
 
 def conjugate_draws(post: Conjugate, zm_Q: np.ndarray, n_draws: int, seed: int
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Draws (beta_SxQ, b0_S) from the Gaussian posterior."""
   rng = np.random.default_rng(seed)
-  e = rng.standard_normal((n_draws, len(post.mean_Q)))
-  beta = post.mean_Q + np.linalg.solve(post.chol_prec_QxQ.T, e.T).T
+  beta = post.sample(n_draws, rng)
   b0 = (post.b0 + float(zm_Q @ post.mean_Q) - beta @ zm_Q
         + np.sqrt(post.b0_var) * rng.standard_normal(n_draws))
   return beta, b0
+
+
+# -- the covariate representation -------------------------------------------------------
+
+@dataclasses.dataclass
+class CovariateBasis:
+  """How the pool covariates enter the effect model: the varying columns `cols`,
+  standardised by the sweep's `mu_F` / `sd_F`, projected on the leading principal
+  components `basis_FxK` (orthonormal) of the sweep's distinct pool states, and scaled
+  by `score_sd_K` so the scores have unit variance over the runs.
+
+  A sweep has as many distinct pool states S as it has, however many covariates
+  describe them; an effect that varies with X is identified only along the S - 1
+  directions those states span, so at most S - 1 components are kept (and at most
+  `max_components`). No varying column: zero components (a response surface)."""
+  cols: np.ndarray
+  mu_F: np.ndarray
+  sd_F: np.ndarray
+  basis_FxK: np.ndarray
+  score_sd_K: np.ndarray
+  n_states: int
+  explained_K: np.ndarray  # share of the distinct states' variance per component
+
+  @property
+  def k(self) -> int:
+    return int(self.basis_FxK.shape[1])
+
+  @property
+  def proj_FxK(self) -> np.ndarray:
+    """Standardised covariates -> unit-variance scores."""
+    return self.basis_FxK / self.score_sd_K
+
+  @property
+  def spans_states(self) -> bool:
+    """True when the components span every distinct state (nothing truncated)."""
+    return self.k >= self.n_states - 1
+
+  def standardise(self, x_NxF: np.ndarray) -> np.ndarray:
+    return (x_NxF[:, self.cols] - self.mu_F) / self.sd_F
+
+  def scores(self, x_NxF: np.ndarray) -> np.ndarray:
+    return self.standardise(x_NxF) @ self.proj_FxK
+
+
+def covariate_basis(x_NxF: np.ndarray, max_components: int, rtol: float = 1e-8
+                    ) -> CovariateBasis:
+  """Drops constant columns, standardises, de-duplicates rows into pool states and
+  keeps the principal components of those states (see `CovariateBasis`)."""
+  cols = nuis.varying_columns(x_NxF)
+  f = len(cols)
+  if f == 0:
+    _, inv = np.unique(x_NxF, axis=0, return_inverse=True) if x_NxF.shape[1] else (
+        None, np.zeros(len(x_NxF), np.int64))
+    return CovariateBasis(cols, np.zeros(0), np.ones(0), np.zeros((0, 0)), np.ones(0),
+                          1, np.zeros(0))
+  xv = x_NxF[:, cols]
+  mu, sd = xv.mean(0), xv.std(0)
+  sd = np.where(sd > 0, sd, 1.0)
+  xs = (xv - mu) / sd
+  states = np.unique(xs, axis=0)
+  n_states = len(states)
+  _, sv, vt = np.linalg.svd(states - states.mean(0), full_matrices=False)
+  rank = int(np.sum(sv > rtol * max(sv[0], 1e-300))) if len(sv) else 0
+  k = max(0, min(n_states - 1, int(max_components), rank))
+  basis = vt[:k].T
+  score_sd = (xs @ basis).std(0) if k else np.ones(0)
+  score_sd = np.where(score_sd > 0, score_sd, 1.0)
+  explained = sv[:k] ** 2 / max(np.sum(sv ** 2), 1e-300)
+  return CovariateBasis(cols, mu, sd, basis, score_sd, n_states, explained)
 
 
 # -- design construction ------------------------------------------------------------------
@@ -174,11 +327,11 @@ def _design_groups(spec: DesignSpec) -> np.ndarray:
 
 def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
            fspec: feats.FeatureSpec, union_phi: np.ndarray, union_cols: np.ndarray,
-           method: str, x_cols: np.ndarray, nuis_y: nuis.Nuisance,
+           method: str, xb: CovariateBasis, nuis_y: nuis.Nuisance,
            nuis_phi: nuis.Nuisance | None, cfg, seed: int, gp_ls: float = 1.0,
            modifiers: str = "linear") -> _Candidate:
   """A candidate design for one feature spec, reusing the union feature nuisance."""
-  n_x = len(x_cols)
+  n_x = xb.k
   phi = union_phi[:, union_cols]
   if nuis_phi is not None and nuis_phi.kind != "mean":
     p = dict(nuis_phi.params)
@@ -199,8 +352,6 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
     mu = phi.mean(0)
     phi_kind, phi_params, e_oof = "mean", {"mu_K": jnp.asarray(mu)}, np.broadcast_to(
         mu, phi.shape)
-  x_mu = x[:, x_cols].mean(0) if n_x else np.zeros(0)
-  x_sd = x[:, x_cols].std(0) if n_x else np.ones(0)
   n_rff = int(cfg.gp_features) if method == "gp" else 0
   spec = DesignSpec(fspec, method, nuis_y.kind, phi_kind, method != "dml" and n_x > 0,
                     n_x, n_rff, modifiers)
@@ -209,12 +360,13 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
   bud_med = float(np.median(budget)) if budget is not None else 1.0
   params: dict[str, Any] = {
       "nuis_y": nuis_y.params, "nuis_phi": phi_params,
-      "x_cols": jnp.asarray(x_cols, jnp.int32), "x_mu": jnp.asarray(x_mu),
-      "x_sd": jnp.asarray(np.where(x_sd > 0, x_sd, 1.0)),
+      "x_cols": jnp.asarray(xb.cols, jnp.int32), "x_mu": jnp.asarray(xb.mu_F),
+      "x_sd": jnp.asarray(xb.sd_F), "x_proj": jnp.asarray(xb.proj_FxK),
       "tokens_D": jnp.asarray(tok_med), "budget": jnp.asarray(bud_med)}
+  xs = xb.scores(x)
   if n_rff:
-    u = np.concatenate([np.asarray(feats.ilr(jnp.asarray(runs_w), fspec.floor)),
-                        (x[:, x_cols] - x_mu) / params["x_sd"]], axis=1)
+    u = np.concatenate([np.asarray(feats.ilr(jnp.asarray(runs_w), fspec.floor)), xs],
+                       axis=1)
     rng = np.random.default_rng(seed)
     params["u_mu"] = jnp.asarray(u.mean(0))
     params["u_sd"] = jnp.asarray(u.std(0) + 1e-9)
@@ -223,7 +375,6 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
     params["rff_phase"] = jnp.asarray(rng.uniform(0, 2 * np.pi, n_rff))
   # Design on the training rows, with cross-fitted (out-of-fold) feature centres.
   phic = phi - e_oof
-  xs = (x[:, x_cols] - x_mu) / np.asarray(params["x_sd"])
   mx = np.asarray(modifier_basis(modifiers, jnp.asarray(xs)))
   blocks = []
   if spec.x_main:
@@ -243,11 +394,9 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
                      "E[phi|X]": nuis_phi.kind if nuis_phi is not None else "mean"})
 
 
-def _noise_design(x: np.ndarray, x_cols: np.ndarray) -> np.ndarray:
-  if not len(x_cols):
-    return np.zeros((len(x), 0))
-  xs = x[:, x_cols]
-  return (xs - xs.mean(0)) / np.where(xs.std(0) > 0, xs.std(0), 1.0)
+def _noise_design(x: np.ndarray, xb: CovariateBasis) -> np.ndarray:
+  """Noise log-variance design: the covariate scores (unit variance, mean zero)."""
+  return xb.scores(x) if xb.k else np.zeros((len(x), 0))
 
 
 def _reweight(z, y, groups, post: Conjugate, h_NxH: np.ndarray) -> np.ndarray | None:
@@ -347,7 +496,7 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
       dz = zs_NxQ[rows] - zs_NxQ[rows].mean(0)
       dy = y_N[rows] - y_N[rows].mean()
       err2 = (dy - dz @ post.mean_Q) ** 2
-      var = np.sum(np.linalg.solve(post.chol_prec_QxQ, dz.T) ** 2, axis=0)
+      var = post.quad_var(dz)
       noise = (1.0 - 1.0 / len(rows)) / (post.noise_prec * wt[rows])
       # Inflation this contrast needs to sit on the edge of the `level` interval.
       ratios.append((err2 / z_level ** 2 - noise) / np.maximum(var, 1e-30))
