@@ -28,7 +28,12 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c.pairs = "auto"  # pairwise log-weight products: "auto" (by evidence) | "never" | "always"
   c.max_pairs = 300  # skip pairwise terms when D(D-1)/2 exceeds this
   c.nuisance_models = ("ridge", "kernel", "mlp")  # DML nuisance candidates (by CV)
-  # Effect modification theta(X): candidate bases of X, chosen by evidence.
+  # X enters the effect model through the principal components of the sweep's
+  # distinct pool states (constant columns dropped, standardised): at most
+  # min(pool states - 1, max_x_components) of them.
+  c.max_x_components = 6
+  # Effect modification theta(X): candidate bases of the components, chosen by
+  # evidence ("quadratic" only when the components do not already span every state).
   c.modifiers = ("linear", "quadratic")
   # Widen the effect posterior by leave-pools-out CV of within-pool contrasts, so its
   # intervals hold for pools the sweep did not see.

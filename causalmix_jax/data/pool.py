@@ -220,7 +220,8 @@ def _write_domain(name: str, spec: Mapping[str, Any], base: pathlib.Path,
   pending_tokens = 0
   truncated = False
   t0 = time.time()
-  for doc in iter_documents(spec, base, domain=name):
+  docs = iter_documents(spec, base, domain=name)
+  for doc in docs:
     ids, mask = tokenize.encode_document(tok, doc.text, doc.prompt)
     if _is_heldout(doc, seed, name, heldout_fraction):
       held.add(ids, mask)
@@ -238,6 +239,11 @@ def _write_domain(name: str, spec: Mapping[str, Any], base: pathlib.Path,
     if (train.documents + 1) % 20000 == 0:
       log.info("pool: domain %s: %d documents, %d tokens (%.0fs)", name,
                train.documents + held.documents, train.n_tokens, time.time() - t0)
+  if max_tokens and held.documents == 0 and heldout_fraction > 0:
+    # The cap may have stopped reading early: hold out the next unread document.
+    extra = next(docs, None)
+    if extra is not None:
+      held.add(*tokenize.encode_document(tok, extra.text, extra.prompt))
   if pending is not None:
     # Keep at least one held-out document when the domain has more than one.
     if held.documents == 0 and heldout_fraction > 0 and train.documents >= 1 and not truncated:

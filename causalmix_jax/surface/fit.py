@@ -271,8 +271,6 @@ def covariate_basis(x_NxF: np.ndarray, max_components: int, rtol: float = 1e-8
   cols = nuis.varying_columns(x_NxF)
   f = len(cols)
   if f == 0:
-    _, inv = np.unique(x_NxF, axis=0, return_inverse=True) if x_NxF.shape[1] else (
-        None, np.zeros(len(x_NxF), np.int64))
     return CovariateBasis(cols, np.zeros(0), np.ones(0), np.zeros((0, 0)), np.ones(0),
                           1, np.zeros(0))
   xv = x_NxF[:, cols]
@@ -458,6 +456,20 @@ def _beta_from(s: dict[str, Any], cand: _Candidate, cfg) -> jnp.ndarray:
   return s["z"] * tau * lam_t
 
 
+def _modifier_options(modifiers: tuple[str, ...], xb: CovariateBasis
+                      ) -> tuple[str, ...]:
+  """Candidate effect-modifier bases. Without covariates only "linear". When the
+  components span every distinct pool state, the linear basis already fits any
+  function of the states, so quadratic terms would be collinear with it on the sweep
+  (they would change only the extrapolation): they are tried only when they add
+  something the sweep can identify."""
+  if not xb.k:
+    return ("linear",)
+  if xb.spans_states:
+    return tuple(m for m in modifiers if m == "linear") or ("linear",)
+  return modifiers
+
+
 def _remap(n: nuis.Nuisance, x_cols: np.ndarray) -> nuis.Nuisance:
   """Makes a nuisance fitted on x[:, x_cols] index the full covariate vector."""
   if n.kind != "mean":
@@ -512,21 +524,31 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
 
 # -- entry point --------------------------------------------------------------------------
 
-def _support_stats(x: np.ndarray, w: np.ndarray) -> dict[str, Any]:
+def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis) -> dict[str, Any]:
+  """What `Surface.support` needs: the sweep's ranges over every covariate, and its
+  spread in the standardised varying covariates, in the component scores
+  (Mahalanobis) and off the component subspace (residual)."""
   f = x.shape[1]
-  mu = x.mean(0) if f else np.zeros(0)
-  if f:
-    cov = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((f, f))
-    prec = np.linalg.pinv(cov, hermitian=True)
-    dx = x - mu
-    sweep_d = np.sqrt(np.maximum(np.einsum("nf,fg,ng->n", dx, prec, dx), 0.0))
+  z = np.zeros(0)
+  out: dict[str, Any] = {
+      "mean": (x.mean(0) if f else z).tolist(), "sd": (x.std(0) if f else z).tolist(),
+      "min": (x.min(0) if f else z).tolist(), "max": (x.max(0) if f else z).tolist(),
+      "w_mean": w.mean(0).tolist(),
+      "cols": xb.cols.tolist(), "x_mu": xb.mu_F.tolist(), "x_sd": xb.sd_F.tolist(),
+      "basis": xb.basis_FxK.tolist(), "score_sd": xb.score_sd_K.tolist()}
+  xs = xb.standardise(x) if len(xb.cols) else np.zeros((len(x), 0))
+  scores = xs @ xb.proj_FxK if xb.k else np.zeros((len(x), 0))
+  if xb.k:
+    prec = np.linalg.pinv(np.atleast_2d(np.cov(scores, rowvar=False)), hermitian=True)
+    sweep_d = np.sqrt(np.maximum(np.einsum("nk,kl,nl->n", scores, prec, scores), 0.0))
   else:
-    prec, sweep_d = np.zeros((0, 0)), np.zeros(1)
-  return {"mean": mu.tolist(), "sd": (x.std(0) if f else np.zeros(0)).tolist(),
-          "min": (x.min(0) if f else np.zeros(0)).tolist(),
-          "max": (x.max(0) if f else np.zeros(0)).tolist(),
-          "precision": prec.tolist(), "sweep_mahalanobis": sweep_d.tolist(),
-          "w_mean": w.mean(0).tolist()}
+    prec, sweep_d = np.zeros((0, 0)), np.zeros(len(x))
+  resid = xs - (xs @ xb.basis_FxK) @ xb.basis_FxK.T if len(xb.cols) else xs
+  out.update({"score_precision": prec.tolist(), "sweep_mahalanobis": sweep_d.tolist(),
+              "sweep_standardised": np.linalg.norm(xs, axis=1).tolist(),
+              "sweep_residual_max": float(np.max(np.linalg.norm(resid, axis=1),
+                                                 initial=0.0))})
+  return out
 
 
 def fit_surface(runs, outcome: str, method: str = "dml", config=None,
@@ -567,7 +589,9 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   tokens = runs.tokens[keep] if runs.tokens is not None else None
   budget = runs.budget[keep] if runs.budget is not None else None
   tokens_known = tokens is not None and budget is not None
-  x_cols = (np.zeros(0, np.int64) if covariate_blind else nuis.varying_columns(x_full))
+  xb = covariate_basis(np.zeros((len(y), 0)) if covariate_blind else x_full,
+                       int(cfg.get("max_x_components", 6)))
+  x_cols = xb.cols
   seed = int(cfg.seed)
   y_mu, y_sd = float(y.mean()), float(y.std()) or 1.0
   ys = (y - y_mu) / y_sd
@@ -604,14 +628,14 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
       fspec = feats.FeatureSpec(d, ks, floor)
       sel = offset + np.concatenate([np.flatnonzero(ucols == union_kinds.index(k))
                                      for k in ks])
-      mods = tuple(cfg.modifiers) if len(x_cols) else ("linear",)
+      mods = _modifier_options(tuple(cfg.modifiers), xb)
       for ls in (tuple(cfg.gp_lengthscales) if method == "gp" else (1.0,)):
         for mod in mods:
           cand_cfgs.append((floor, pairs, ls, mod))
           candidates.append(_build(w, x_full, ys, tokens, budget, fspec, union_phi, sel,
-                                   method, x_cols, nuis_y_full, nuis_phi, cfg, seed, ls,
+                                   method, xb, nuis_y_full, nuis_phi, cfg, seed, ls,
                                    mod))
-  h = _noise_design(x_full, x_cols) if cfg.heteroscedastic else np.zeros((len(y), 0))
+  h = _noise_design(x_full, xb) if cfg.heteroscedastic else np.zeros((len(y), 0))
   best, best_ev, best_post, best_wt = None, -np.inf, None, None
   evidences = {}
   for (floor, pairs, ls, mod), cand in zip(cand_cfgs, candidates):
@@ -633,6 +657,10 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   assert best is not None
   info: dict[str, Any] = {"method": method, "inference": inference,
                           "covariate_blind": bool(covariate_blind),
+                          "covariates": {"varying": int(len(xb.cols)),
+                                         "pool_states": xb.n_states,
+                                         "components": xb.k,
+                                         "explained": xb.explained_K.tolist()},
                           "n_runs": int(len(y)), "evidence": evidences,
                           "chosen": {"kinds": list(best.spec.features.kinds),
                                      "floor": best.spec.features.floor,
@@ -674,4 +702,4 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
            info["fit_seconds"])
   return Surface(best.spec, params, domains=runs.domains, features=runs.features,
                  outcome=name, maximize=name in runs.maximize,
-                 support_stats=_support_stats(x_full, w), info=info)
+                 support_stats=_support_stats(x_full, w, xb), info=info)

@@ -41,7 +41,7 @@ class DesignSpec:
   nuis_y: str  # nuisance kind for E[Y|X]
   nuis_phi: str  # nuisance kind for E[phi|X]
   x_main: bool  # covariate main effects in the design
-  n_x: int  # number of varying covariates used
+  n_x: int  # covariate components used (scores of the pool states; see fit.py)
   n_rff: int  # random Fourier features (GP), 0 for none
   modifiers: str = "linear"  # effect modifiers of X: "linear" | "quadratic"
 
@@ -82,6 +82,8 @@ def raw_design(spec: DesignSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
   c = nuis.predict(spec.nuis_phi, params["nuis_phi"], x_NxF)
   phic = phi - c
   xs = (x_NxF[:, params["x_cols"]] - params["x_mu"]) / params["x_sd"]
+  if "x_proj" in params:  # principal-component scores of the pool states
+    xs = xs @ params["x_proj"]
   mx = modifier_basis(spec.modifiers, xs)
   blocks = []
   if spec.x_main:
@@ -209,24 +211,53 @@ class Surface:
     theta = g - np.sum(g * w0[None, :], axis=1, keepdims=True)
     return Prediction.from_samples(theta, ci)
 
-  def support(self, x: Any) -> dict[str, Any]:
-    """How far x lies outside the sweep's covariate support."""
+  def support(self, x: Any, residual_tol: float = 0.1) -> dict[str, Any]:
+    """How far x lies outside the sweep's covariate support.
+
+    mahalanobis: distance in the covariate components the surface uses (against the
+    sweep's runs: `max_sweep_mahalanobis`, `quantile`); standardised_distance: the
+    Euclidean norm over the sweep's varying covariates, each in sweep standard
+    deviations; residual: the part of that standardised move off the components'
+    subspace, i.e. along directions the sweep never varied (beyond `residual_tol`
+    over the sweep's own residual it is flagged); outside_range: covariates outside
+    the sweep's [min, max] (a covariate the sweep held constant counts as soon as it
+    moves)."""
     x = self._x(x)
     st = self.support_stats
     if not self.features:
       return {"mahalanobis": 0.0, "max_sweep_mahalanobis": 0.0, "quantile": 0.0,
-              "outside": False, "z": {}, "outside_range": []}
-    mu, prec = np.asarray(st["mean"]), np.asarray(st["precision"])
-    d = float(np.sqrt(max((x - mu) @ prec @ (x - mu), 0.0)))
-    sweep_d = np.asarray(st["sweep_mahalanobis"])
-    sd = np.asarray(st["sd"])
+              "standardised_distance": 0.0, "residual": 0.0, "outside": False, "z": {},
+              "outside_range": []}
+    mu, sd = np.asarray(st["mean"]), np.asarray(st["sd"])
     z = np.where(sd > 0, (x - mu) / np.where(sd > 0, sd, 1.0), 0.0)
     lo, hi = np.asarray(st["min"]), np.asarray(st["max"])
     outside = [f for f, v, a, b in zip(self.features, x, lo, hi) if v < a or v > b]
-    return {"mahalanobis": d, "max_sweep_mahalanobis": float(sweep_d.max()),
-            "quantile": float(np.mean(sweep_d <= d)),
-            "outside": bool(d > sweep_d.max() or outside),
-            "z": dict(zip(self.features, map(float, z))), "outside_range": outside}
+    sweep_d = np.asarray(st["sweep_mahalanobis"])
+    out = {"z": dict(zip(self.features, map(float, z))), "outside_range": outside,
+           "max_sweep_mahalanobis": float(sweep_d.max())}
+    if "basis" not in st:  # surfaces written before the component representation
+      prec = np.asarray(st["precision"])
+      d = float(np.sqrt(max((x - mu) @ prec @ (x - mu), 0.0)))
+      out.update(mahalanobis=d, quantile=float(np.mean(sweep_d <= d)),
+                 outside=bool(d > sweep_d.max() or outside))
+      return out
+    cols = np.asarray(st["cols"], np.int64)
+    xs = (x[cols] - np.asarray(st["x_mu"])) / np.asarray(st["x_sd"])
+    basis = np.asarray(st["basis"], np.float64).reshape(len(cols), -1)
+    proj = xs @ basis
+    scores = proj / np.asarray(st["score_sd"]) if basis.shape[1] else proj
+    prec = np.asarray(st["score_precision"], np.float64).reshape(len(scores), -1)
+    d = float(np.sqrt(max(scores @ prec @ scores, 0.0))) if len(scores) else 0.0
+    resid = float(np.linalg.norm(xs - basis @ proj))
+    sweep_std = np.asarray(st["sweep_standardised"])
+    res_limit = float(st["sweep_residual_max"]) + residual_tol
+    out.update(mahalanobis=d, quantile=float(np.mean(sweep_d <= d)),
+               standardised_distance=float(np.linalg.norm(xs)),
+               max_sweep_standardised_distance=float(sweep_std.max(initial=0.0)),
+               residual=resid, max_sweep_residual=float(st["sweep_residual_max"]),
+               outside=bool(d > sweep_d.max() * (1 + 1e-9) + 1e-9 or resid > res_limit
+                            or outside))
+    return out
 
   def sampler(self, tokens: Any = None, budget: float | None = None
               ) -> tuple[SamplerFn, dict[str, Any]]:
