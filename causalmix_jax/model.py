@@ -80,16 +80,55 @@ class RMSNorm(nn.Module):
     return (x32 * scale_D).astype(x_BxLxD.dtype)
 
 
-def rope(x_BxLxHxK: jax.Array, base: float) -> jax.Array:
-  """Rotary position embedding (rotate-half form) over the last axis."""
-  length, half = x_BxLxHxK.shape[-3], x_BxLxHxK.shape[-1] // 2
+def rope(x_BxHxLxK: jax.Array, base: float) -> jax.Array:
+  """Rotary position embedding (rotate-half form) over the last axis; positions run
+  along axis -2 (heads-major layout [..., L, K])."""
+  length, half = x_BxHxLxK.shape[-2], x_BxHxLxK.shape[-1] // 2
   freq_K2 = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_LxK2 = jnp.arange(length, dtype=jnp.float32)[:, None] * freq_K2[None, :]
-  sin, cos = jnp.sin(angle_LxK2)[:, None, :], jnp.cos(angle_LxK2)[:, None, :]
-  x32 = x_BxLxHxK.astype(jnp.float32)
+  sin_LxK2, cos_LxK2 = jnp.sin(angle_LxK2), jnp.cos(angle_LxK2)
+  x32 = x_BxHxLxK.astype(jnp.float32)
   a, b = x32[..., :half], x32[..., half:]
-  out = jnp.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
-  return out.astype(x_BxLxHxK.dtype)
+  out = jnp.concatenate([a * cos_LxK2 - b * sin_LxK2, b * cos_LxK2 + a * sin_LxK2], axis=-1)
+  return out.astype(x_BxHxLxK.dtype)
+
+
+def causal_attention(q_BxHxLxK: jax.Array, k_BxHxLxK: jax.Array,
+                     v_BxHxLxK: jax.Array) -> jax.Array:
+  """Causal softmax attention in heads-major layout: two batched matmuls over (B, H),
+  the mask from iotas (no [L, L] constant), the softmax in float32. [B, H, L, K]."""
+  length, head_dim = q_BxHxLxK.shape[-2], q_BxHxLxK.shape[-1]
+  scores_BxHxLxL = jnp.einsum("bhlk,bhmk->bhlm", q_BxHxLxK * head_dim ** -0.5, k_BxHxLxK,
+                              preferred_element_type=jnp.float32)
+  row_LxL = jax.lax.broadcasted_iota(jnp.int32, (length, length), 0)
+  col_LxL = jax.lax.broadcasted_iota(jnp.int32, (length, length), 1)
+  scores_BxHxLxL = jnp.where(col_LxL <= row_LxL, scores_BxHxLxL,
+                             jnp.finfo(jnp.float32).min)
+  probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1).astype(v_BxHxLxK.dtype)
+  return jnp.einsum("bhlm,bhmk->bhlk", probs_BxHxLxL, v_BxHxLxK)
+
+
+class Projection(nn.Module):
+  """A bias-free linear map written as one einsum (so the output comes out directly in
+  the layout the next op wants); the parameter is `kernel` as in `nn.DenseGeneral`,
+  initialised like it: as a [prod(in), prod(out)] matrix reshaped to `kernel_shape`,
+  whose first `n_in` axes are the contracted ones."""
+  equation: str
+  kernel_shape: tuple[int, ...]
+  n_in: int
+  names: tuple[str | None, ...]
+  kernel_init: Any
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    flat = (math.prod(self.kernel_shape[:self.n_in]), math.prod(self.kernel_shape[self.n_in:]))
+
+    def init(key, shape, dtype):
+      return self.kernel_init(key, flat, dtype).reshape(shape)
+
+    kernel = self.param("kernel", _init(init, self.names), self.kernel_shape, jnp.float32)
+    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class Block(nn.Module):
@@ -104,15 +143,15 @@ class Block(nn.Module):
     dense = nn.initializers.lecun_normal()
 
     h = RMSNorm(name="attn_norm")(x_BxLxD)
-    qkv_BxLx3xHxK = nn.DenseGeneral(
-        (3, s.n_heads, s.head_dim), use_bias=False, dtype=dtype, name="qkv",
-        kernel_init=_init(dense, ("embed", None, "heads", "kv")))(h)
-    q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+    qkv_3xBxHxLxK = Projection(
+        "bld,dshk->sbhlk", (s.d_model, 3, s.n_heads, s.head_dim), 1,
+        ("embed", None, "heads", "kv"), dense, dtype, name="qkv")(h)
+    q, k, v = qkv_3xBxHxLxK[0], qkv_3xBxHxLxK[1], qkv_3xBxHxLxK[2]
     q, k = rope(q, s.rope_base), rope(k, s.rope_base)
-    att_BxLxHxK = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    x_BxLxD = x_BxLxD + nn.DenseGeneral(
-        s.d_model, axis=(-2, -1), use_bias=False, dtype=dtype, name="attn_out",
-        kernel_init=_init(out_init, ("heads", "kv", "embed")))(att_BxLxHxK)
+    att_BxHxLxK = causal_attention(q, k, v)
+    x_BxLxD = x_BxLxD + Projection(
+        "bhlk,hkd->bld", (s.n_heads, s.head_dim, s.d_model), 2, ("heads", "kv", "embed"),
+        out_init, dtype, name="attn_out")(att_BxHxLxK)
 
     h = RMSNorm(name="mlp_norm")(x_BxLxD)
     gate_up_BxLx2xF = nn.DenseGeneral(

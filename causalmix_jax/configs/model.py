@@ -59,10 +59,13 @@ def optim_section(lr: float, steps: int, batch_size: int) -> ml_collections.Conf
 
 def proxy_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.model = model_preset("tiny" if "smoke" in variants else "proxy")
-  c.optim = optim_section(lr=3e-3, steps=20 if "smoke" in variants else 300,
-                          batch_size=8 if "smoke" in variants else 16)
-  c.model.seq_len = 32 if "smoke" in variants else 128
+  smoke, cpu = "smoke" in variants, "cpu" in variants
+  c.model = model_preset("tiny" if smoke else "proxy")
+  # Tokens per proxy run = steps * batch_size * seq_len: 51k on a laptop CPU ("cpu"),
+  # 614k on an accelerator (the default).
+  c.optim = optim_section(lr=3e-3, steps=20 if smoke else (100 if cpu else 300),
+                          batch_size=8 if smoke or cpu else 16)
+  c.model.seq_len = 32 if smoke else (64 if cpu else 128)
   return c
 
 
@@ -72,8 +75,8 @@ def target_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   cpu = "cpu" in variants
   c.model = model_preset("tiny" if smoke else ("proxy_large" if cpu else "small"))
   c.model.seq_len = 32 if smoke else 128
-  c.optim = optim_section(lr=2e-3, steps=10 if smoke else (300 if cpu else 2000),
-                          batch_size=8 if smoke else 32)
+  c.optim = optim_section(lr=2e-3, steps=10 if smoke else (200 if cpu else 2000),
+                          batch_size=8 if smoke else (16 if cpu else 32))
   # Mixture: read from this mixture.json ("" = <workdir>/optimise/mixture.json), unless
   # `weights` is set (domain -> weight).
   c.mixture_path = ""

@@ -9,7 +9,7 @@ def design_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   smoke = "smoke" in variants
   # Mixtures per pool state (runs = n_pool_states * n_mixtures * seeds).
-  c.n_mixtures = 8 if smoke else 48
+  c.n_mixtures = 8 if smoke else (10 if "cpu" in variants else 48)
   # Dirichlet around each state's token shares with these concentrations (total
   # concentration = c * n_domains); a share of flat-Dirichlet and space-filling draws
   # (the latter two are shared by every state).

@@ -8,8 +8,10 @@ Two families live here:
   zero weight finite), square roots, pairwise products of log weights, and, when tokens
   and budget are known, repetition (log-epochs beyond one pass).
 
-Everything is a pure `jax.numpy` function of arrays, so a fitted surface's sampler can
-evaluate the features inside `jit`. `FeatureSpec` is the serialisable description.
+Everything is a pure function of arrays in the namespace of its inputs (`array_module`):
+`jax.numpy` for jax arrays and tracers, so a fitted surface's sampler can evaluate the
+features inside `jit`, and plain NumPy for NumPy arrays, so fitting and one-off queries
+compile nothing. `FeatureSpec` is the serialisable description.
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ import numpy as np
 KINDS = ("linear", "log", "sqrt", "pairs", "repetition")
 
 
+def array_module(*arrays: Any) -> Any:
+  """NumPy when every argument is a NumPy array or scalar (or None), else jax.numpy."""
+  for a in arrays:
+    if a is not None and not isinstance(a, (np.ndarray, np.generic, float, int)):
+      return jnp
+  return np
+
+
 def log_weights(w_NxD: jnp.ndarray, floor: float) -> jnp.ndarray:
   """log(w + floor): finite at w = 0, log-like (diminishing returns) above the floor."""
-  return jnp.log(w_NxD + floor)
+  return array_module(w_NxD).log(w_NxD + floor)
 
 
 def alr(w_NxD: jnp.ndarray, reference: int = 0, floor: float = 1e-6) -> jnp.ndarray:
@@ -53,7 +63,7 @@ def helmert_basis(d: int) -> np.ndarray:
 def ilr(w_NxD: jnp.ndarray, floor: float = 1e-6) -> jnp.ndarray:
   """Isometric log-ratio coordinates (centred log-ratios in the Helmert basis): N x (D-1)."""
   lw = log_weights(w_NxD, floor)
-  return lw @ jnp.asarray(helmert_basis(w_NxD.shape[-1]), lw.dtype)
+  return lw @ array_module(w_NxD).asarray(helmert_basis(w_NxD.shape[-1]), lw.dtype)
 
 
 def from_ilr(z_NxK: jnp.ndarray) -> jnp.ndarray:
@@ -67,7 +77,8 @@ def from_ilr(z_NxK: jnp.ndarray) -> jnp.ndarray:
 def epochs(w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray, budget_N: jnp.ndarray
            ) -> jnp.ndarray:
   """Passes over each domain's unique tokens: w * budget / tokens."""
-  return w_NxD * budget_N[..., None] / jnp.maximum(tokens_NxD, 1.0)
+  xp = array_module(w_NxD, tokens_NxD, budget_N)
+  return w_NxD * budget_N[..., None] / xp.maximum(tokens_NxD, 1.0)
 
 
 def repetition(w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray, budget_N: jnp.ndarray
@@ -75,7 +86,8 @@ def repetition(w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray, budget_N: jnp.ndarra
   """Share of training spent repeating a domain, weighted by how often it repeats:
   w * relu(log epochs)^2 (0 while a domain is seen at most once)."""
   e = epochs(w_NxD, tokens_NxD, budget_N)
-  over = jnp.maximum(jnp.log(jnp.maximum(e, 1e-30)), 0.0)
+  xp = array_module(e)
+  over = xp.maximum(xp.log(xp.maximum(e, 1e-30)), 0.0)
   return w_NxD * over ** 2
 
 
@@ -140,7 +152,8 @@ class FeatureSpec:
 def featurize(spec: FeatureSpec, w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray | None = None,
               budget_N: jnp.ndarray | None = None) -> jnp.ndarray:
   """Mixture features, N x spec.n_features. Pure; jittable for a fixed spec."""
-  w_NxD = jnp.asarray(w_NxD)
+  xp = array_module(w_NxD, tokens_NxD, budget_N)
+  w_NxD = xp.asarray(w_NxD)
   if w_NxD.ndim != 2 or w_NxD.shape[1] != spec.n_domains:
     raise ValueError(f"featurize: w must be (N, {spec.n_domains}), got {w_NxD.shape}")
   lw = log_weights(w_NxD, spec.floor)
@@ -151,7 +164,7 @@ def featurize(spec: FeatureSpec, w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray | N
     elif k == "log":
       cols.append(lw)
     elif k == "sqrt":
-      cols.append(jnp.sqrt(jnp.maximum(w_NxD, 0.0)))
+      cols.append(xp.sqrt(xp.maximum(w_NxD, 0.0)))
     elif k == "pairs":
       i, j = np.triu_indices(spec.n_domains, 1)
       cols.append(lw[:, i] * lw[:, j])
@@ -159,10 +172,10 @@ def featurize(spec: FeatureSpec, w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray | N
       if tokens_NxD is None or budget_N is None:
         raise ValueError("featurize: the 'repetition' feature needs tokens_<domain> "
                          "columns and budget_tokens in the runs table")
-      cols.append(repetition(w_NxD, jnp.asarray(tokens_NxD, w_NxD.dtype),
-                             jnp.broadcast_to(jnp.asarray(budget_N, w_NxD.dtype),
+      cols.append(repetition(w_NxD, xp.asarray(tokens_NxD, w_NxD.dtype),
+                             xp.broadcast_to(xp.asarray(budget_N, w_NxD.dtype),
                                               w_NxD.shape[:1])))
-  return jnp.concatenate(cols, axis=1)
+  return xp.concatenate(cols, axis=1)
 
 
 def default_kinds(tokens_known: bool) -> tuple[str, ...]:

@@ -180,7 +180,7 @@ def _primal_step(zz_QxQ, zy_Q, yy, a_q, beta, final=False):
   """Posterior mean, effective numbers gamma, weighted residual sum of squares (and on
   the last call the precision's Cholesky factor and log-determinant)."""
   chol = np.linalg.cholesky(beta * zz_QxQ + np.diag(a_q))
-  m = scipy_linalg.cho_solve((chol, True), beta * zy_Q)
+  m = scipy_linalg.cho_solve((chol, True), beta * zy_Q, check_finite=False)
   r2 = yy - 2 * m @ zy_Q + m @ zz_QxQ @ m
   if final:
     return m, None, r2, (chol, 2.0 * np.sum(np.log(np.diag(chol))))
@@ -200,14 +200,14 @@ def _dual_step(z_NxQ, yc_N, wt_N, a_q, beta, final=False):
   c = za @ z_NxQ.T
   c[np.diag_indices_from(c)] += 1.0 / (beta * wt_N)
   chol = np.linalg.cholesky(c)
-  m = ai * (z_NxQ.T @ scipy_linalg.cho_solve((chol, True), yc_N))
+  m = ai * (z_NxQ.T @ scipy_linalg.cho_solve((chol, True), yc_N, check_finite=False))
   res = yc_N - z_NxQ @ m
   r2 = float(res @ (wt_N * res))
   if final:
     logdet = (np.sum(np.log(a_q)) + np.sum(np.log(beta * wt_N))
               + 2.0 * np.sum(np.log(np.diag(chol))))
     return m, None, r2, (chol, logdet)
-  u = scipy_linalg.solve_triangular(chol, z_NxQ, lower=True)
+  u = scipy_linalg.solve_triangular(chol, z_NxQ, lower=True, check_finite=False)
   gam = ai * np.sum(u ** 2, axis=0)
   return m, gam, r2, None
 
@@ -332,8 +332,8 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
   n_x = xb.k
   phi = union_phi[:, union_cols]
   if nuis_phi is not None and nuis_phi.kind != "mean":
-    p = dict(nuis_phi.params)
-    sel = jnp.asarray(union_cols)
+    p = jax.tree.map(np.asarray, dict(nuis_phi.params))  # sliced in NumPy, not jitted
+    sel = np.asarray(union_cols)
     for k in ("y_mu", "y_sd"):
       p[k] = p[k][sel]
     if nuis_phi.kind == "ridge":
@@ -363,7 +363,7 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
       "tokens_D": jnp.asarray(tok_med), "budget": jnp.asarray(bud_med)}
   xs = xb.scores(x)
   if n_rff:
-    u = np.concatenate([np.asarray(feats.ilr(jnp.asarray(runs_w), fspec.floor)), xs],
+    u = np.concatenate([np.asarray(feats.ilr(np.asarray(runs_w), fspec.floor)), xs],
                        axis=1)
     rng = np.random.default_rng(seed)
     params["u_mu"] = jnp.asarray(u.mean(0))
@@ -373,7 +373,7 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
     params["rff_phase"] = jnp.asarray(rng.uniform(0, 2 * np.pi, n_rff))
   # Design on the training rows, with cross-fitted (out-of-fold) feature centres.
   phic = phi - e_oof
-  mx = np.asarray(modifier_basis(modifiers, jnp.asarray(xs)))
+  mx = np.asarray(modifier_basis(modifiers, xs))
   blocks = []
   if spec.x_main:
     blocks.append(mx)
@@ -381,7 +381,7 @@ def _build(runs_w: np.ndarray, x: np.ndarray, y: np.ndarray, tokens, budget,
   if n_x:
     blocks.append((phic[:, :, None] * mx[:, None, :]).reshape(len(y), -1))
   if n_rff:
-    u = np.concatenate([np.asarray(feats.ilr(jnp.asarray(runs_w), fspec.floor)), xs], 1)
+    u = np.concatenate([np.asarray(feats.ilr(np.asarray(runs_w), fspec.floor)), xs], 1)
     u = (u - np.asarray(params["u_mu"])) / np.asarray(params["u_sd"])
     proj = u @ np.asarray(params["rff_omega"]) + np.asarray(params["rff_phase"])
     blocks.append(np.sqrt(2.0 / n_rff) * np.cos(proj))
@@ -610,7 +610,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   cand_cfgs = []
   # One nuisance fit for the features at every floor (columns stacked floor by floor).
   uspecs = [feats.FeatureSpec(d, union_kinds, floor) for floor in floors]
-  union_phi = np.concatenate([np.asarray(feats.featurize(u, jnp.asarray(w), tokens,
+  union_phi = np.concatenate([np.asarray(feats.featurize(u, np.asarray(w), tokens,
                                                          budget), np.float64)
                               for u in uspecs], axis=1)
   models_ = tuple(cfg.nuisance_models) if method == "dml" else ()

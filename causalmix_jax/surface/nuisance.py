@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from causalmix_jax.surface.features import array_module
+
 log = logging.getLogger(__name__)
 
 CANDIDATES = ("ridge", "kernel", "mlp")
@@ -65,24 +67,27 @@ def varying_columns(x_NxF: np.ndarray, tol: float = 1e-12) -> np.ndarray:
 # -- predictors ---------------------------------------------------------------------------
 
 def _rbf(a_MxF: jnp.ndarray, b_NxF: jnp.ndarray, ls: jnp.ndarray) -> jnp.ndarray:
-  d2 = (jnp.sum(a_MxF ** 2, 1)[:, None] + jnp.sum(b_NxF ** 2, 1)[None, :]
+  xp = array_module(a_MxF, b_NxF, ls)
+  d2 = (xp.sum(a_MxF ** 2, 1)[:, None] + xp.sum(b_NxF ** 2, 1)[None, :]
         - 2.0 * a_MxF @ b_NxF.T)
-  return jnp.exp(-0.5 * jnp.maximum(d2, 0.0) / ls ** 2)
+  return xp.exp(-0.5 * xp.maximum(d2, 0.0) / ls ** 2)
 
 
 def _mlp_apply(layers: Sequence[dict[str, jnp.ndarray]], h: jnp.ndarray) -> jnp.ndarray:
   for i, layer in enumerate(layers):
     h = h @ layer["w"] + layer["b"]
     if i < len(layers) - 1:
-      h = jnp.tanh(h)
+      h = array_module(h).tanh(h)
   return h
 
 
 def predict(kind: str, params: dict[str, Any], x_MxF: jnp.ndarray) -> jnp.ndarray:
-  """Nuisance prediction M x K at covariates x (raw units). Pure for a fixed kind."""
-  x_MxF = jnp.atleast_2d(x_MxF)
+  """Nuisance prediction M x K at covariates x (raw units). Pure for a fixed kind;
+  NumPy in and NumPy params give NumPy out (no compilation), else jax.numpy."""
+  xp = array_module(x_MxF, *jax.tree.leaves(params))
+  x_MxF = xp.atleast_2d(x_MxF)
   if kind == "mean":
-    return jnp.broadcast_to(params["mu_K"], (x_MxF.shape[0], params["mu_K"].shape[0]))
+    return xp.broadcast_to(params["mu_K"], (x_MxF.shape[0], params["mu_K"].shape[0]))
   xs = (x_MxF[:, params["cols"]] - params["x_mu"]) / params["x_sd"]
   if kind == "ridge":
     out = xs @ params["coef_FxK"]

@@ -1,7 +1,12 @@
 """The `fit` stage: reads the sweep's runs table, fits the surface configured in
 `cfg.surface` to outcome `y_<cfg.outcome>`, and writes the surface (surface.json +
 posterior.npz), diagnostics.json (r-hat, ESS, held-out R^2, Spearman, interval
-coverage), pred_vs_actual.png and metrics.jsonl under workdir/surface/."""
+coverage), pred_vs_actual.png and metrics.jsonl under workdir/surface/.
+
+When `cfg.optimise.outcome_weights` names outcomes ("a:1,b:0.5"), each of them is also
+fitted (same settings) and written to workdir/surface/<name>/ (surface.json +
+posterior.npz + diagnostics.json), which is where the optimiser reads a multi-outcome
+objective from. The stage's config keys must then include "optimise"."""
 
 from __future__ import annotations
 
@@ -39,6 +44,23 @@ def _plot(path: pathlib.Path, cv: dict, title: str) -> None:
   plt.close(fig)
 
 
+def weighted_outcomes(cfg: ml_collections.ConfigDict, outcomes: list[str],
+                      source: pathlib.Path) -> list[str]:
+  """The outcome names of `cfg.optimise.outcome_weights` (empty when unset), checked
+  against the runs table's outcomes."""
+  oc = cfg.get("optimise")
+  spec = oc.get("outcome_weights", "") if oc is not None else ""
+  if not spec:
+    return []
+  from causalmix_jax.optimise.constraints import parse_domain_values  # pylint: disable=g-import-not-at-top
+  names = list(parse_domain_values(spec, "optimise.outcome_weights"))
+  bad = [n for n in names if n not in outcomes and n.removeprefix("y_") not in outcomes]
+  if bad:
+    raise KeyError(f"config key optimise.outcome_weights names outcome(s) {bad} that "
+                   f"the runs table {source} lacks; it has {outcomes}")
+  return names
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   out_dir = workdir / "surface"
@@ -47,6 +69,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   if outcome not in runs.outcomes and outcome.removeprefix("y_") not in runs.outcomes:
     raise KeyError(f"config key `outcome`={outcome!r}: the runs table "
                    f"{workdir / 'sweep' / 'runs.parquet'} has outcomes {runs.outcomes}")
+  extra = weighted_outcomes(cfg, list(runs.outcomes), workdir / "sweep" / "runs.parquet")
   scfg = cfg.surface
   writer = metrics.MetricsWriter(out_dir / "metrics.jsonl")
   surface = fit.fit_surface(runs, outcome, method=str(scfg.method), config=scfg)
@@ -73,5 +96,19 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   _plot(out_dir / "pred_vs_actual.png", cv, f"{surface.outcome} ({info['method']})")
   writer.write(**{k: v for k, v in diag.items()
                   if isinstance(v, (int, float, str)) or v is None})
+  for name in extra:
+    sub = out_dir / name
+    if name.removeprefix("y_") == surface.outcome:
+      s = surface
+    else:
+      log.info("fit: outcome %s for optimise.outcome_weights", name)
+      s = fit.fit_surface(runs, name, method=str(scfg.method), config=scfg)
+    s.save(sub)
+    artifacts.write_json(sub / "diagnostics.json", {
+        "outcome": s.outcome, "method": s.info["method"], "n_runs": s.info["n_runs"],
+        "fit_seconds": s.info["fit_seconds"], "chosen": s.info["chosen"],
+        "nuisance": s.info["nuisance"], "pool_calibration": s.info["pool_calibration"]})
+    writer.write(event="outcome_surface", outcome=s.outcome,
+                 fit_seconds=s.info["fit_seconds"])
   writer.close()
   return out_dir / "surface.json"

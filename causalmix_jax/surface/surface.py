@@ -69,15 +69,17 @@ def modifier_basis(modifiers: str, xs_NxF: jnp.ndarray) -> jnp.ndarray:
   if modifiers == "linear" or xs_NxF.shape[1] == 0:
     return xs_NxF
   i, j = np.triu_indices(xs_NxF.shape[1])
-  return jnp.concatenate([xs_NxF, xs_NxF[:, i] * xs_NxF[:, j]], axis=1)
+  return feats.array_module(xs_NxF).concatenate([xs_NxF, xs_NxF[:, i] * xs_NxF[:, j]], axis=1)
 
 
 def raw_design(spec: DesignSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
                x_NxF: jnp.ndarray) -> jnp.ndarray:
-  """The unstandardised design rows z(w, x), N x Q. Pure for a fixed spec."""
+  """The unstandardised design rows z(w, x), N x Q. Pure for a fixed spec; NumPy
+  inputs and params evaluate in NumPy, anything else in jax.numpy."""
+  xp = feats.array_module(w_NxD, x_NxF, *jax.tree.leaves(params))
   n = w_NxD.shape[0]
-  budget = jnp.broadcast_to(params["budget"], (n,))
-  tokens = jnp.broadcast_to(params["tokens_D"], w_NxD.shape)
+  budget = xp.broadcast_to(params["budget"], (n,))
+  tokens = xp.broadcast_to(params["tokens_D"], w_NxD.shape)
   phi = feats.featurize(spec.features, w_NxD, tokens, budget)
   c = nuis.predict(spec.nuis_phi, params["nuis_phi"], x_NxF)
   phic = phi - c
@@ -92,18 +94,19 @@ def raw_design(spec: DesignSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
   if spec.n_x:
     blocks.append((phic[:, :, None] * mx[:, None, :]).reshape(n, -1))
   if spec.n_rff:
-    u = jnp.concatenate([feats.ilr(w_NxD, spec.features.floor), xs], axis=1)
+    u = xp.concatenate([feats.ilr(w_NxD, spec.features.floor), xs], axis=1)
     u = (u - params["u_mu"]) / params["u_sd"]
     proj = u @ params["rff_omega"] + params["rff_phase"]
-    blocks.append(jnp.sqrt(2.0 / spec.n_rff) * jnp.cos(proj))
-  return jnp.concatenate(blocks, axis=1)
+    blocks.append(np.sqrt(2.0 / spec.n_rff) * xp.cos(proj))
+  return xp.concatenate(blocks, axis=1)
 
 
 def surface_fn(spec: DesignSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
                x_F: jnp.ndarray) -> jnp.ndarray:
   """Posterior draws of the expected outcome, S x N, at mixtures w and one pool x."""
-  w_NxD = jnp.asarray(w_NxD, params["beta_SxQ"].dtype)
-  x_NxF = jnp.broadcast_to(jnp.asarray(x_F, w_NxD.dtype), (w_NxD.shape[0], x_F.shape[-1]))
+  xp = feats.array_module(w_NxD, x_F, *jax.tree.leaves(params))
+  w_NxD = xp.asarray(w_NxD, params["beta_SxQ"].dtype)
+  x_NxF = xp.broadcast_to(xp.asarray(x_F, w_NxD.dtype), (w_NxD.shape[0], x_F.shape[-1]))
   z = (raw_design(spec, params, w_NxD, x_NxF) - params["z_mu"]) / params["z_sd"]
   m_y = nuis.predict(spec.nuis_y, params["nuis_y"], x_NxF)[:, 0]
   return m_y[None, :] + params["b0_S"][:, None] + params["beta_SxQ"] @ z.T
@@ -179,8 +182,10 @@ class Surface:
             budget: float | None = None) -> np.ndarray:
     """Posterior draws of the expected outcome, S x N. tokens (length D) and budget
     describe the pool's size for repetition features (default: the sweep's median)."""
-    return np.asarray(self._fn(self._params(tokens, budget), jnp.asarray(self._w(w)),
-                               jnp.asarray(self._x(x))))
+    # One-off queries evaluate the same `surface_fn` in NumPy: nothing to compile for
+    # each new surface or query shape (the jitted sampler serves the optimiser).
+    params = jax.tree.map(np.asarray, self._params(tokens, budget))
+    return np.asarray(surface_fn(self.spec, params, self._w(w), self._x(x)))
 
   def predict(self, w: Any, x: Any = None, ci: float = 0.9, *, tokens: Any = None,
               budget: float | None = None) -> Prediction:
