@@ -28,7 +28,7 @@ class StageSpec:
   target: "module:function" implementing `run(config, workdir) -> artifact path`.
   output: the stage's main artifact, relative to the workdir.
   inputs: upstream artifacts (relative paths) whose contents feed the stage.
-  config_keys: top-level config sections that affect the stage.
+  config_keys: config sections (or dotted keys, "a.b") that affect the stage.
   """
   name: str
   target: str
@@ -61,7 +61,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("pool/pool.json", "design/interventions.npz"),
               ("seed", "proxy", "sweep", "mesh")),
     StageSpec("fit", "causalmix_jax.surface.stage:run", "surface/surface.json",
-              ("sweep/runs.parquet",), ("seed", "surface", "outcome")),
+              ("sweep/runs.parquet",),
+              ("seed", "surface", "outcome", "optimise.outcome_weights")),
     StageSpec("optimise", "causalmix_jax.optimise:run_stage", "optimise/mixture.json",
               ("surface/surface.json", "pool/covariates.json"),
               ("seed", "optimise", "outcome", "target"),
@@ -83,7 +84,12 @@ ORDER: tuple[str, ...] = tuple(STAGES)
 
 def config_digest(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> str:
   d = cfg.to_dict()
-  sub = {k: d.get(k) for k in keys}
+  sub = {}
+  for k in keys:  # "a" or a dotted path "a.b"
+    v: object = d
+    for part in k.split("."):
+      v = v.get(part) if isinstance(v, dict) else None
+    sub[k] = v
   return hashlib.sha256(
       json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()
 

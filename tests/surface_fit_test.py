@@ -1,0 +1,137 @@
+"""Tests of the fitting machinery in causalmix_jax.surface.fit: the conjugate posterior
+in its primal and dual (Woodbury) forms, the covariate representation (principal
+components of the distinct pool states), support at new pools, and the multi-outcome
+output of the `fit` stage."""
+
+import json
+
+import numpy as np
+import pytest
+
+from causalmix_jax import runs as runs_lib
+from causalmix_jax.configs import base
+from causalmix_jax.surface import fit, planted, stage
+from causalmix_jax.surface.surface import load_surface
+
+
+def _problem(n, q, seed=0, noise=0.5):
+  rng = np.random.default_rng(seed)
+  z = rng.standard_normal((n, q))
+  groups = np.arange(q) % 4
+  y = z[:, :3] @ np.array([1.0, -0.5, 0.2]) + noise * rng.standard_normal(n)
+  return z, y, groups, rng.uniform(0.5, 2.0, n)
+
+
+@pytest.mark.parametrize("n,q,iters", [(120, 30, 200), (30, 90, 3), (40, 160, 200)])
+def test_dual_form_equals_primal(n, q, iters):
+  z, y, g, wt = _problem(n, q)
+  a = fit.conjugate_fit(z, y, g, wt, iters=iters, form="primal")
+  b = fit.conjugate_fit(z, y, g, wt, iters=iters, form="dual")
+  assert not a.dual and b.dual
+  if iters < 200 or n > q:  # same iterates (and a well-posed optimum)
+    np.testing.assert_allclose(b.mean_Q, a.mean_Q, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.alpha_G, a.alpha_G, rtol=1e-6)
+    np.testing.assert_allclose(b.noise_prec, a.noise_prec, rtol=1e-6)
+    np.testing.assert_allclose(b.evidence, a.evidence, rtol=1e-8, atol=1e-6)
+  else:  # both converge to the same evidence maximum
+    np.testing.assert_allclose(b.evidence, a.evidence, atol=0.05)
+    np.testing.assert_allclose(z @ b.mean_Q, z @ a.mean_Q, atol=0.02)
+  dz = np.random.default_rng(1).standard_normal((5, q))
+  np.testing.assert_allclose(b.quad_var(dz), a.quad_var(dz), rtol=1e-3)
+  sa = a.sample(4000, np.random.default_rng(2))
+  sb = b.sample(4000, np.random.default_rng(3))
+  v = dz @ sa.T, dz @ sb.T  # the sampled spread matches the exact variance
+  np.testing.assert_allclose(np.var(v[1], axis=1), a.quad_var(dz), rtol=0.1)
+  np.testing.assert_allclose(np.var(v[0], axis=1), a.quad_var(dz), rtol=0.1)
+  assert fit.conjugate_fit(z, y, g, wt, iters=2).dual == (q > n)  # auto
+
+
+def _many_covariates(x_NxF, n_extra=60, seed=0):
+  """70-odd covariates describing the same pool states: the planted ones, random
+  linear mixes of them, and constants."""
+  rng = np.random.default_rng(seed)
+  mix = x_NxF @ rng.standard_normal((x_NxF.shape[1], n_extra))
+  const = np.tile(rng.standard_normal(8), (len(x_NxF), 1))
+  return np.concatenate([x_NxF, mix, const], axis=1)
+
+
+def test_covariate_basis_reduces_to_distinct_states():
+  rng = np.random.default_rng(0)
+  states = rng.standard_normal((3, 4))
+  x = _many_covariates(states[rng.integers(0, 3, 50)])
+  xb = fit.covariate_basis(x, max_components=6)
+  assert xb.n_states == 3 and xb.k == 2 and xb.spans_states
+  assert len(xb.cols) == x.shape[1] - 8  # constants dropped
+  s = xb.scores(x)
+  np.testing.assert_allclose(s.std(0), 1.0, rtol=1e-9)
+  np.testing.assert_allclose(s.mean(0), 0.0, atol=1e-9)
+  np.testing.assert_allclose(xb.basis_FxK.T @ xb.basis_FxK, np.eye(2), atol=1e-9)
+  assert fit.covariate_basis(x, max_components=1).k == 1
+  assert fit.covariate_basis(np.ones((20, 5)), 6).k == 0
+  assert fit.covariate_basis(np.zeros((20, 0)), 6).k == 0
+
+
+def _wide_runs(n_runs=120, n_states=4, seed=5):
+  world = planted.PlantedWorld(n_domains=4, n_features=3, seed=seed)
+  runs = world.sample_sweep(n_runs=n_runs, n_pool_states=n_states, noise=0.01)
+  frame = runs.frame if hasattr(runs, "frame") else runs._frame  # pylint: disable=protected-access
+  frame = frame.copy()
+  xcols = [c for c in frame.columns if c.startswith("x_")]
+  wide = _many_covariates(frame[xcols].to_numpy(np.float64))
+  frame = frame.drop(columns=xcols)
+  for j in range(wide.shape[1]):
+    frame[f"x_c{j}"] = wide[:, j]
+  frame["y_other"] = frame["y_loss"] * 2.0 + 0.1 * frame["w_d0"]
+  return world, runs_lib.Runs(frame, source="<wide runs>")
+
+
+def test_wide_covariates_few_states_fit_and_flag_new_directions():
+  _, runs = _wide_runs()
+  cfg = fit.default_config()
+  cfg.floors = (1e-3,)
+  s = fit.fit_surface(runs, "loss", config=cfg)
+  cov = s.info["covariates"]
+  assert cov["pool_states"] == 4 and cov["components"] == 3 and cov["varying"] == 63
+  assert s.info["chosen"]["modifiers"] == "linear"  # quadratic adds nothing here
+  x0 = runs.X[0]
+  w = runs.W[:5]
+  assert s.predict(w, x0).mean.shape == (5,)
+  inside = s.support(x0)
+  assert not inside["outside"] and inside["residual"] < 1e-6
+  # Move along a direction the sweep never varied (orthogonal to every state).
+  st = s.support_stats
+  basis = np.asarray(st["basis"])
+  d = np.random.default_rng(3).standard_normal(basis.shape[0])
+  d -= basis @ (basis.T @ d)
+  d /= np.linalg.norm(d)
+  x_new = x0.copy()
+  cols = np.asarray(st["cols"])
+  x_new[cols] += d * np.asarray(st["x_sd"])  # one sweep sd, off the subspace
+  off = s.support(x_new)
+  assert off["outside"] and off["residual"] > 0.9
+  assert abs(off["mahalanobis"] - inside["mahalanobis"]) < 1e-6  # same scores
+  assert off["standardised_distance"] > 0.0
+
+
+def test_stage_fits_each_weighted_outcome(tmp_path):
+  _, runs = _wide_runs(n_runs=60, n_states=3)
+  runs_lib.write_runs(runs, tmp_path / "sweep" / "runs.parquet")
+  cfg = base.get_config("smoke")
+  cfg.unlock()
+  cfg.outcome = "loss"
+  cfg.surface.floors = (1e-3,)
+  cfg.surface.pairs = "never"
+  cfg.surface.n_folds = 3
+  cfg.optimise.outcome_weights = "loss:1,other:0.5"
+  cfg.lock()
+  stage.run(cfg, tmp_path)
+  d = tmp_path / "surface"
+  assert load_surface(d).outcome == "loss"
+  for name in ("loss", "other"):
+    assert load_surface(d / name).outcome == name
+    assert json.loads((d / name / "diagnostics.json").read_text())["outcome"] == name
+  cfg.unlock()
+  cfg.optimise.outcome_weights = "loss:1,nope:1"
+  cfg.lock()
+  with pytest.raises(KeyError, match="outcome_weights"):
+    stage.run(cfg, tmp_path)
