@@ -22,6 +22,6 @@ setuptools.setup(
     package_data={"causalmix_jax.data": ["default_pool/*", "default_pool/**/*"]},
     include_package_data=True,
     install_requires=requirements,
-    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4",
+    extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4",
                              "hypothesis>=6.100,<7"]},
 )

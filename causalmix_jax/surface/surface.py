@@ -135,6 +135,12 @@ class Surface:
     self.info = dict(info or {})
     self._sampler_fn = functools.partial(surface_fn, spec)  # one object: warm jit cache
     self._fn = jax.jit(self._sampler_fn)
+    sampler_fn = self._sampler_fn
+
+    def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
+      return jax.jacfwd(lambda wv: sampler_fn(params, wv[None, :], x_F)[:, 0])(w_D)
+
+    self._jac_fn = jax.jit(jac)  # compiled once, reused by every theta() call
 
   # -- defaults -------------------------------------------------------------------------
   @property
@@ -191,6 +197,21 @@ class Surface:
               budget: float | None = None) -> Prediction:
     return Prediction.from_samples(self.draws(w, x, tokens=tokens, budget=budget), ci)
 
+  @property
+  def noise_sd(self) -> float:
+    """Standard deviation of a new run's outcome around its expected value (0 when the
+    surface does not record it)."""
+    return float(self.info.get("noise_sd", 0.0) or 0.0)
+
+  def predictive(self, w: Any, x: Any = None, ci: float = 0.9, *, tokens: Any = None,
+                 budget: float | None = None, seed: int = 0) -> Prediction:
+    """Posterior predictive of the outcome of a new run at (w, x): the expected
+    outcome's draws plus the run noise (`noise_sd`). `predict` is the expected outcome
+    (what the optimiser ranks); this is what a single new run should fall in."""
+    d = self.draws(w, x, tokens=tokens, budget=budget)
+    e = np.random.default_rng(seed).standard_normal(d.shape)
+    return Prediction.from_samples(d + self.noise_sd * e, ci)
+
   def cate(self, w: Any, w_ref: Any, x: Any = None, ci: float = 0.9, *,
            tokens: Any = None, budget: float | None = None) -> Prediction:
     """Effect of mixture w against w_ref at pool x (rows of w; w_ref broadcasts)."""
@@ -208,11 +229,7 @@ class Surface:
     x0 = jnp.asarray(self._x(x))
 
     params = self._params(tokens, budget)
-
-    def f(wv):
-      return self._fn(params, wv[None, :], x0)[:, 0]
-
-    g = np.asarray(jax.jacfwd(f)(jnp.asarray(w0)))  # S x D
+    g = np.asarray(self._jac_fn(params, jnp.asarray(w0), x0))  # S x D
     theta = g - np.sum(g * w0[None, :], axis=1, keepdims=True)
     return Prediction.from_samples(theta, ci)
 
