@@ -533,7 +533,7 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
       blocks.append(Table(("baseline", "improvement", f"{ci:.0%} interval", "P(better)"),
                           tuple(imp_rows)))
   extra = []
-  for key in ("method", "objective", "objective_value", "support", "zeroed", "warnings"):
+  for key in ("method", "objective", "objective_value", "zeroed", "warnings"):
     v = mix.get(key)
     if v is None or (isinstance(v, (Mapping, list)) and not v):
       continue
@@ -541,11 +541,11 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
       extra.append(f"{key}: " + ", ".join(f"{k}={_fmt(x)}" for k, x in _flatten(v).items()))
     else:
       extra.append(f"{key}: {_fmt(v)}")
-  if "support" not in mix and x_F is not None and hasattr(surface, "support"):
+  sup = mix.get("support")
+  if not sup and x_F is not None and hasattr(surface, "support"):
     sup = surface.support(x_F)
-    if isinstance(sup, Mapping):
-      extra.append("support: " + ", ".join(f"{k}={_fmt(v)}"
-                                            for k, v in _flatten(sup).items()))
+  if isinstance(sup, Mapping) and sup:
+    extra.append(_support_line(sup))
   if extra:
     blocks.append(Bullets(tuple(extra)))
   if mix.get("constraints"):
@@ -555,6 +555,23 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
   blocks.append(Image("mixture.png", "Recommended vs reference vs uniform mixture"))
   ref = next((r.weights_D for r in rows if r.name == "reference"), None)
   return blocks, x_F, ref
+
+
+def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
+  """One line on how far the pool's covariates sit from the sweep's: the summary
+  distances, and the covariates furthest out (in sweep standard deviations)."""
+  scalars = [k for k, v in sup.items()
+             if k not in ("z", "outside_range") and not isinstance(v, (Mapping, list))]
+  parts = [f"{k}={_fmt(sup[k])}" for k in scalars]
+  z = sup.get("z") or {}
+  if isinstance(z, Mapping) and z:
+    far = sorted(z.items(), key=lambda kv: -abs(float(kv[1])))[:top]
+    parts.append("furthest covariates (z): " + ", ".join(f"{k}={_fmt(v)}" for k, v in far))
+  outside = sup.get("outside_range") or []
+  if outside:
+    parts.append(f"{len(outside)} covariate(s) outside the sweep's range: "
+                 + ", ".join(map(str, outside[:top])) + (" ..." if len(outside) > top else ""))
+  return "support: " + "; ".join(parts)
 
 
 def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,

@@ -251,9 +251,16 @@ class Surface:
               "standardised_distance": 0.0, "residual": 0.0, "outside": False, "z": {},
               "outside_range": []}
     mu, sd = np.asarray(st["mean"]), np.asarray(st["sd"])
-    z = np.where(sd > 0, (x - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    # Rounding (float32 storage, summation order) must not count as a move: a covariate
+    # varies when its sd exceeds 1e-9 of its scale, and leaves the range by more than
+    # 1e-6 of its scale.
+    scale = np.maximum(np.abs(mu), 1.0)
+    varies = sd > 1e-9 * scale
+    z = np.where(varies, (x - mu) / np.where(varies, sd, 1.0), 0.0)
     lo, hi = np.asarray(st["min"]), np.asarray(st["max"])
-    outside = [f for f, v, a, b in zip(self.features, x, lo, hi) if v < a or v > b]
+    tol = 1e-6 * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0)
+    outside = [f for f, v, a, b, t in zip(self.features, x, lo, hi, tol)
+               if v < a - t or v > b + t]
     sweep_d = np.asarray(st["sweep_mahalanobis"])
     out = {"z": dict(zip(self.features, map(float, z))), "outside_range": outside,
            "max_sweep_mahalanobis": float(sweep_d.max())}
