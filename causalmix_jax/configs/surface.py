@@ -42,6 +42,13 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # intervals hold for pools the sweep did not see.
   c.calibrate_pools = True
   c.heteroscedastic = True  # noise log-variance linear in X
+  # Weak prior on the noise (exact inference): replicate runs (same mixture and
+  # covariates, other seeds) set it from their pure error; without them, this many
+  # pseudo-runs with this share of the prior mass of the noise variance below the
+  # residual variance of a linear fit on the weights of what E[Y|X] leaves. It keeps
+  # small sweeps with more design columns than runs from interpolating.
+  c.noise_prior_dof = 2.0
+  c.noise_prior_quantile = 0.9
   c.gp_features = 256  # random Fourier features of the GP surface
   c.gp_lengthscales = (0.5, 1.0, 2.0)  # times sqrt(input dim), chosen by evidence
   return c

@@ -78,14 +78,18 @@ def coverage(lo: np.ndarray, hi: np.ndarray, truth: np.ndarray) -> float:
 def cross_validate(runs, outcome: str, fit_fn: Callable[[Any], Any], n_folds: int = 5,
                    seed: int = 0, ci: float = 0.9) -> dict[str, Any]:
   """K-fold CV of `fit_fn(train_runs) -> model` (anything with `predict(w, x)` returning
-  a Prediction or an array). Returns held-out predictions and R^2, Spearman, and the
-  coverage of the predicted interval of the expected outcome (a check of calibration
-  that includes the run noise, so it is a lower bound when noise is large)."""
+  a Prediction or an array). Returns held-out predictions and R^2, Spearman, the
+  coverage of the predicted interval of the expected outcome (a lower bound when the
+  run noise is large) and, for models with `predictive(w, x)` (the outcome of a new
+  run, noise included), `predictive_coverage`: the share of held-out outcomes inside
+  their predictive interval, which should be near `ci`."""
   name = outcome[2:] if outcome.startswith("y_") else outcome
   y = runs.y(name)
   keep = np.flatnonzero(np.isfinite(y) & np.asarray(runs.ok))
   folds = nuisance.fold_ids(len(keep), n_folds, seed)
   pred = np.full(len(keep), np.nan)
+  plo = np.full(len(keep), np.nan)
+  phi = np.full(len(keep), np.nan)
   lo = np.full(len(keep), np.nan)
   hi = np.full(len(keep), np.nan)
   w_all, x_all = runs.W[keep], runs.X[keep]
@@ -107,8 +111,15 @@ def cross_validate(runs, outcome: str, fit_fn: Callable[[Any], Any], n_folds: in
         m[rows], l[rows], h[rows] = p.mean, p.lo, p.hi
       else:
         m[rows] = l[rows] = h[rows] = np.asarray(p)
+      if hasattr(model, "predictive"):
+        pp = model.predictive(out_w[rows], xu if out_x.shape[1] else None, ci)
+        idx = np.flatnonzero(te)[rows]
+        plo[idx], phi[idx] = pp.lo, pp.hi
     pred[te], lo[te], hi[te] = m, l, h
     del means, los, his
   yk = y[keep]
-  return {"pred": pred, "lo": lo, "hi": hi, "y": yk, "r2": r2(yk, pred),
-          "spearman": spearman(pred, yk), "coverage": coverage(lo, hi, yk)}
+  out = {"pred": pred, "lo": lo, "hi": hi, "y": yk, "r2": r2(yk, pred),
+         "spearman": spearman(pred, yk), "coverage": coverage(lo, hi, yk)}
+  if np.all(np.isfinite(plo)):
+    out["predictive_coverage"] = coverage(plo, phi, yk)
+  return out

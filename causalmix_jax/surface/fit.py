@@ -11,6 +11,14 @@ Inference:
   maximising the marginal likelihood (type-II maximum likelihood, MacKay's fixed-point
   updates), and the same evidence chooses the floor of the logs and whether pairwise
   terms enter. Heteroscedastic noise: one reweighting pass with log-variance linear in X.
+  The noise precision has a weakly-informative Gamma prior (a scaled inverse
+  chi-square on the noise variance) whose scale comes from the data: the pure error of
+  replicate runs (same mixture and covariates, different seeds) when the sweep has
+  them, else a scale below a linear regression's residual variance with a small
+  pseudo-count; the prior precisions have
+  a floor (a coefficient sd far above any real effect). So on small sweeps with more
+  columns than runs the evidence cannot interpolate the data by driving the noise to
+  zero.
 - "nuts" / "svi": NumPyro on the same model (hierarchical-normal or horseshoe prior),
   with the feature set chosen by the evidence as above.
 Nothing here is tuned to a particular data set: every choice is made by marginal
@@ -108,24 +116,107 @@ class Conjugate:
     return self.mean_Q + u + (s.T @ self.z_NxQ) * ai
 
 
+# Default noise prior without replicate runs, calibrated the usual way for Bayesian
+# regression defaults: NOISE_PRIOR_DOF pseudo-observations, and a scale that puts 90% of
+# the prior mass of the noise variance below a rough reference (the residual variance
+# of a linear regression on the mixture weights, or var(y) when the sweep is too small
+# for one): scale = q_0.1(chi2_dof) / dof * reference. Weak: with N - gamma effective
+# residual degrees of freedom the data outweigh it as soon as the sweep can identify
+# the noise; it decides only when the design could interpolate.
+NOISE_PRIOR_DOF = 2.0
+NOISE_PRIOR_QUANTILE = 0.9
+# Floor on each group's prior precision (columns and y are standardised): a prior
+# coefficient sd of at most 10 outcome sds per column sd, far above any effect a sweep
+# can show, so the floor binds only when the evidence runs away on a degenerate design.
+ALPHA_MIN = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class NoisePrior:
+  """Scaled inverse chi-square prior on the noise variance (a Gamma prior on the
+  noise precision beta): `dof` pseudo-observations of residual variance `var`, in the
+  units of the y given to `conjugate_fit`. The evidence update of beta becomes
+  (N - gamma + dof) / (r2 + dof * var) instead of (N - gamma) / r2."""
+  var: float
+  dof: float
+  source: str = "default"  # "replicates" (pure error) | "default" (fraction of var(y))
+
+  def log_density(self, beta: float) -> float:
+    """log p(beta) up to a constant: Gamma(shape dof / 2 + 1, rate dof * var / 2)
+    (the + 1 makes the MAP update above exact)."""
+    return 0.5 * self.dof * np.log(beta) - 0.5 * self.dof * self.var * beta
+
+
+def pure_error(y_N: np.ndarray, keys_NxK: np.ndarray) -> tuple[float, int]:
+  """Pooled within-group variance of y over rows with identical keys (replicate runs:
+  the same mixture and covariates, different seeds), and its degrees of freedom
+  (sum of group sizes - 1). (nan, 0) without replicates."""
+  if len(y_N) == 0:
+    return float("nan"), 0
+  _, inv = np.unique(np.round(np.asarray(keys_NxK, np.float64), 9), axis=0,
+                     return_inverse=True)
+  inv = np.asarray(inv).reshape(-1)
+  counts = np.bincount(inv)
+  dof = int(np.sum(counts - 1))
+  if dof == 0:
+    return float("nan"), 0
+  means = np.bincount(inv, weights=y_N) / counts
+  return float(np.sum((y_N - means[inv]) ** 2) / dof), dof
+
+
+def noise_prior(y_N: np.ndarray, keys_NxK: np.ndarray | None = None,
+                dof: float = NOISE_PRIOR_DOF, quantile: float = NOISE_PRIOR_QUANTILE,
+                ref_var: float | None = None) -> NoisePrior:
+  """The data's noise prior: the pure error of replicate rows (its own degrees of
+  freedom) when `keys_NxK` has replicates with a positive spread, else `dof`
+  pseudo-observations with `quantile` of the prior mass of the noise variance below
+  `ref_var` (default var(y))."""
+  y_N = np.asarray(y_N, np.float64)
+  if keys_NxK is not None:
+    var, pe_dof = pure_error(y_N, keys_NxK)
+    if pe_dof > 0 and var > 1e-12 * max(float(np.var(y_N)), 1e-300):
+      return NoisePrior(var, float(pe_dof), "replicates")
+  from scipy import stats
+  ref = float(np.var(y_N)) if ref_var is None else float(ref_var)
+  scale = float(stats.chi2.ppf(1.0 - quantile, dof)) / dof
+  return NoisePrior(scale * max(ref, 1e-12), float(dof), "default")
+
+
+def linear_residual_var(y_N: np.ndarray, w_NxD: np.ndarray) -> float:
+  """Residual variance of least squares of y on the mixture weights (D - 1 free
+  coordinates and an intercept) when there are more than twice as many runs as
+  coefficients; var(y) otherwise. A rough reference for the noise prior."""
+  n, d = w_NxD.shape
+  if n <= 2 * d:
+    return float(np.var(y_N))
+  a = np.concatenate([np.ones((n, 1)), w_NxD[:, :-1]], axis=1)
+  coef, *_ = np.linalg.lstsq(a, y_N, rcond=None)
+  res = y_N - a @ coef
+  return float(res @ res / (n - d))
+
+
 def conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                   weights_N: np.ndarray | None = None, iters: int = 200,
-                  tol: float = 1e-4, form: str = "auto") -> Conjugate:
+                  tol: float = 1e-4, form: str = "auto",
+                  prior: NoisePrior | None = None) -> Conjugate:
   """See `_conjugate_fit`; runs its small dense solves on one BLAS thread (threads
   only add overhead at these sizes, and much more on a shared machine)."""
   if threadpoolctl is None:
-    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form)
+    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior)
   with threadpoolctl.threadpool_limits(1, user_api="blas"):
-    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form)
+    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior)
 
 
 def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                    weights_N: np.ndarray | None, iters: int, tol: float,
-                   form: str = "auto") -> Conjugate:
+                   form: str = "auto", prior: NoisePrior | None = None) -> Conjugate:
   """Bayesian linear regression with a normal prior of precision alpha_g per column
-  group and noise precision beta / weight_n, alpha and beta at the evidence maximum
-  (MacKay's fixed-point updates). z columns and y should be standardised; the intercept
-  has a flat prior.
+  group and noise precision beta / weight_n, alpha and beta at the maximum of the
+  evidence times the noise prior (MacKay's fixed-point updates with a Gamma prior on
+  beta: `prior`, default `noise_prior(y_N)`; alpha kept in [ALPHA_MIN, 1e8]). z columns and y
+  should be standardised; the intercept has a flat prior. `evidence` is the log
+  marginal likelihood plus the noise prior's log density (the same prior for every
+  candidate design, so the candidates still compete on their marginal likelihood).
 
   form: "primal" works with the Q x Q posterior precision (O(Q^3) an iteration),
   "dual" with the N x N marginal covariance of the data (Woodbury; O(N^2 Q) an
@@ -140,9 +231,12 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   z = z_NxQ - zm
   yc = y_N - ym
   yy = float(yc @ (wt * yc))
+  if prior is None:
+    prior = noise_prior(y_N)
+  nu_b, s2_b = float(prior.dof), float(prior.var)
   n_groups = int(groups_Q.max()) + 1 if q else 0
   alpha = np.ones(n_groups)
-  beta = 1.0 / max(yy / wsum, 1e-12)
+  beta = 1.0 / max((yy + nu_b * s2_b) / (wsum + nu_b), 1e-12)
   onehot = np.eye(n_groups)[groups_Q] if q else np.zeros((0, 0))
   dual = form == "dual" or (form == "auto" and q > n)
   if dual:
@@ -153,8 +247,9 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   for _ in range(iters):
     a_q = alpha[groups_Q]
     m, gam, r2, _ = step(a_q, beta)
-    new_alpha = np.clip((gam @ onehot) / np.maximum((m ** 2) @ onehot, 1e-12), 1e-6, 1e8)
-    new_beta = max(n - gam.sum(), 1.0) / max(r2, 1e-12)
+    new_alpha = np.clip((gam @ onehot) / np.maximum((m ** 2) @ onehot, 1e-12),
+                        ALPHA_MIN, 1e8)
+    new_beta = max(n - gam.sum() + nu_b, 1.0) / max(r2 + nu_b * s2_b, 1e-12)
     # Groups whose precision runs off to the top (pruned) converge slowly and no longer
     # matter; the rest, and the noise, must have settled.
     live = new_alpha < 1e5
@@ -168,6 +263,7 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   evidence = 0.5 * (np.sum(np.log(a_q)) + n * np.log(beta) + np.sum(np.log(wt))
                     - beta * r2 - m @ (a_q * m) - n * np.log(2 * np.pi)
                     - logdet_prec)
+  evidence += prior.log_density(beta)
   common = dict(mean_Q=m, b0=ym - float(zm @ m), b0_var=1.0 / (beta * wsum),
                 alpha_G=alpha, noise_prec=beta, evidence=float(evidence), prior_prec_Q=a_q)
   if dual:
@@ -480,7 +576,8 @@ def _remap(n: nuis.Nuisance, x_cols: np.ndarray) -> nuis.Nuisance:
 
 def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                      pools_N: np.ndarray, weights_N: np.ndarray | None, n_folds: int,
-                     seed: int, level: float = 0.9) -> float:
+                     seed: int, level: float = 0.9,
+                     prior: NoisePrior | None = None) -> float:
   """Scale for the posterior spread of the effects so that they carry to new pools.
 
   Leave-pools-out cross-validation of within-pool contrasts: for every held-out pool,
@@ -500,7 +597,7 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   ratios, sq_err, sq_var = [], [], []
   for k in range(int(f_n.max()) + 1):
     tr, te = f_n != k, f_n == k
-    post = conjugate_fit(zs_NxQ[tr], y_N[tr], groups_Q, wt[tr])
+    post = conjugate_fit(zs_NxQ[tr], y_N[tr], groups_Q, wt[tr], prior=prior)
     for p in np.unique(pools_N[te]):
       rows = np.flatnonzero(te & (pools_N == p))
       if len(rows) < 2:
@@ -638,16 +735,25 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   h = _noise_design(x_full, xb) if cfg.heteroscedastic else np.zeros((len(y), 0))
   best, best_ev, best_post, best_wt = None, -np.inf, None, None
   evidences = {}
+  # The noise prior: pure error of replicate runs (same mixture and covariates), else
+  # calibrated on a linear fit of what E[Y|X] leaves (the same for every candidate).
+  y_res = candidates[0].y_res_N  # the same E[Y|X] residual for every candidate
+  prior = noise_prior(y_res, None, float(cfg.get("noise_prior_dof", NOISE_PRIOR_DOF)),
+                      float(cfg.get("noise_prior_quantile", NOISE_PRIOR_QUANTILE)),
+                      linear_residual_var(y_res, w))
+  pe = noise_prior(ys, np.concatenate([w, x_full], axis=1))
+  if pe.source == "replicates":
+    prior = pe
   for (floor, pairs, ls, mod), cand in zip(cand_cfgs, candidates):
     zc = cand.z_NxQ
     z_mu, z_sd = zc.mean(0), zc.std(0)
     z_sd = np.where(z_sd > 1e-12, z_sd, 1.0)
     cand.params["z_mu"], cand.params["z_sd"] = jnp.asarray(z_mu), jnp.asarray(z_sd)
     zs = (zc - z_mu) / z_sd
-    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q)
+    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, prior=prior)
     wt = _reweight(zs, cand.y_res_N, cand.groups_Q, post, h)
     if wt is not None:
-      post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, wt)
+      post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, wt, prior=prior)
     key = (f"floor={floor:g},pairs={pairs},modifiers={mod}"
            + (f",ls={ls:g}" if method == "gp" else ""))
     evidences[key] = post.evidence
@@ -666,7 +772,14 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
                                      "floor": best.spec.features.floor,
                                      "modifiers": best.spec.modifiers},
                           "nuisance": best.nuisance_info,
-                          "noise_sd": float(y_sd / np.sqrt(best_post.noise_prec)),
+                          # Noise sd of a new run, averaged (in variance) over the
+                          # sweep's rows when the noise is heteroscedastic.
+                          "noise_sd": float(y_sd * np.sqrt(np.mean(
+                              1.0 / (1.0 if best_wt is None else best_wt))
+                                                           / best_post.noise_prec)),
+                          "noise_prior": {"source": prior.source,
+                                          "sd": float(y_sd * np.sqrt(prior.var)),
+                                          "dof": prior.dof},
                           "prior_precision": best_post.alpha_G.tolist()}
   n_draws = int(cfg.num_samples) * (int(cfg.num_chains) if inference == "nuts" else 1)
   scale = 1.0
@@ -674,7 +787,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
     _, pools = np.unique(x_full[:, x_cols], axis=0, return_inverse=True)
     scale = pool_calibration(best_zs, best.y_res_N, best.groups_Q,
                              np.asarray(pools).reshape(-1), best_wt, int(cfg.n_folds),
-                             seed)
+                             seed, prior=prior)
   info["pool_calibration"] = scale
   if inference == "exact":
     beta_s, b0_s = conjugate_draws(best_post, np.zeros(best_zs.shape[1]), n_draws, seed)

@@ -89,7 +89,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
           "fit_seconds": info["fit_seconds"],
           "rhat_max": info.get("rhat_max"), "ess_min": info.get("ess_min"),
           "heldout_r2": cv["r2"], "heldout_spearman": cv["spearman"],
-          "heldout_interval_coverage": cv["coverage"], "cv_folds": n_folds,
+          "heldout_interval_coverage": cv["coverage"],
+          "heldout_predictive_coverage": cv.get("predictive_coverage"),
+          "noise_sd": info.get("noise_sd"), "cv_folds": n_folds,
           "chosen": info["chosen"], "nuisance": info["nuisance"],
           "evidence": info["evidence"], "pool_calibration": info["pool_calibration"]}
   artifacts.write_json(out_dir / "diagnostics.json", diag)
