@@ -5,6 +5,8 @@ the best jnp.dot FLOP/s on this machine. Prints ratios, then one JSON line.
   python benchmarks/bench_sweep.py                       # defaults: a few minutes on CPU
   python benchmarks/bench_sweep.py --P=8,32,128 --steps=100 --proc_subset=8
 
+(a) and (b) are timed side by side (best of two each); (b) on `--seq_subset` proxies
+scaled to P. `--vmap_width=P` gives the plain vmap of every proxy at once.
 (c) starts `--proc_subset` real processes (start, import, compile, train, write) and
 extrapolates linearly to P, saying so in the output.
 """
@@ -96,8 +98,9 @@ pathlib.Path({out!r}).write_text(json.dumps({{"target": float(out["target"])}}))
 
 
 def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_subset: int,
-          skip_proc: bool) -> list[dict]:
+          skip_proc: bool, seq_subset: int, vmap_width: int) -> list[dict]:
   cfg = make_cfg(preset, steps, batch, seq)
+  cfg.sweep.vmap_width = vmap_width
   pool = make_pool()
   tp = token_pool.from_pool(pool, seq_len=seq, eval_batch_size=batch, eval_batches=1)
   model_cfg = sweep.proxy_model_config(cfg, pool.vocab_size)
@@ -106,13 +109,21 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
   mesh = sweep.proxy_mesh()
   data = tp.device_arrays()
   rows = []
-  # (b) sequential: one program for one proxy, compiled once, called P times.
+  # (b) sequential: one program for one proxy, compiled once, called once per proxy;
+  # timed right before each (a), on up to `seq_subset` proxies, best of two passes.
   train_one = jax.jit(sweep.make_train(cfg, tp, vocab_size=pool.vocab_size))
   s, w, n, r = inputs(1, 3, tp.lengths_D)
   jax.block_until_ready(train_one(sweep.run_key(0, 0), w[0], n[0], r[0]))
-  t = time.perf_counter()
-  jax.block_until_ready(train_one(sweep.run_key(0, 1), w[0], n[0], r[0]))
-  per_seq = time.perf_counter() - t
+
+  def per_sequential(k: int) -> float:
+    best = float("inf")
+    for _ in range(2):
+      t = time.perf_counter()
+      for i in range(k):
+        jax.block_until_ready(train_one(sweep.run_key(0, i), w[0], n[0], r[0]))
+      best = min(best, (time.perf_counter() - t) / k)
+    return best
+
   # (c) one process per proxy, measured on a subset.
   per_proc = float("nan")
   if not skip_proc:
@@ -131,13 +142,18 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
     t = time.perf_counter()
     compiled = fn.lower(data, *args).compile()
     compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    jax.block_until_ready(compiled(data, *args))
-    vmapped = time.perf_counter() - t
-    sequential = per_seq * p
+    jax.block_until_ready(compiled(data, *args))  # warm
+    sequential = per_sequential(min(p, seq_subset)) * p
+    vmapped = float("inf")
+    for _ in range(2):
+      t = time.perf_counter()
+      jax.block_until_ready(compiled(data, *args))
+      vmapped = min(vmapped, time.perf_counter() - t)
+    width = sweep.group_width(cfg, pad, mesh.size)
     procs = per_proc * p
     flops = fpt * tokens_per_proxy * p
     rows.append({"preset": preset, "params": model_lib.param_count(model_cfg), "P": p,
+                 "vmap_width": width,
                  "tokens_per_proxy": tokens_per_proxy, "vmapped_s": vmapped,
                  "vmapped_compile_s": compile_s, "sequential_s": sequential,
                  "processes_s": procs,
@@ -149,7 +165,7 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
     print(f"{preset:>6} P={p:4d}: vmapped {vmapped:7.2f}s (compile {compile_s:5.1f}s), "
           f"sequential {sequential:7.2f}s ({sequential / vmapped:4.2f}x), processes "
           f"{procs:7.1f}s ({procs / vmapped:5.1f}x, extrapolated from {proc_subset}), "
-          f"{flops / vmapped / 1e9:6.2f} GFLOP/s", flush=True)
+          f"{flops / vmapped / 1e9:6.2f} GFLOP/s (width {width})", flush=True)
   return rows
 
 
@@ -162,6 +178,10 @@ def main() -> None:
   ap.add_argument("--seq", type=int, default=64)
   ap.add_argument("--proc_subset", type=int, default=1)
   ap.add_argument("--skip_processes", action="store_true")
+  ap.add_argument("--seq_subset", type=int, default=8,
+                  help="(b) is timed on this many proxies and scaled to P")
+  ap.add_argument("--vmap_width", type=int, default=0,
+                  help="proxies in lockstep (sweep.vmap_width; 0 = platform default)")
   a = ap.parse_args()
   ps = [int(x) for x in a.P.split(",")]
   dot = best_matmul_flops()
@@ -169,7 +189,8 @@ def main() -> None:
         f"{jax.devices()[0].platform} device(s)", flush=True)
   rows = []
   for preset in a.presets.split(","):
-    rows += bench(preset, ps, a.steps, a.batch, a.seq, a.proc_subset, a.skip_processes)
+    rows += bench(preset, ps, a.steps, a.batch, a.seq, a.proc_subset, a.skip_processes,
+                  a.seq_subset, a.vmap_width)
   for r in rows:
     r["fraction_of_matmul"] = r["vmapped_flops_per_s"] / dot
   print(json.dumps({"matmul_flops_per_s": dot, "device": jax.devices()[0].platform,

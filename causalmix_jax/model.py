@@ -109,26 +109,34 @@ def causal_attention(q_BxHxLxK: jax.Array, k_BxHxLxK: jax.Array,
 
 
 class Projection(nn.Module):
-  """A bias-free linear map written as one einsum (so the output comes out directly in
-  the layout the next op wants); the parameter is `kernel` as in `nn.DenseGeneral`,
-  initialised like it: as a [prod(in), prod(out)] matrix reshaped to `kernel_shape`,
-  whose first `n_in` axes are the contracted ones."""
+  """Bias-free linear maps written as einsums (outputs come out directly in the layout
+  the next op wants). The parameter is `kernel` as in `nn.DenseGeneral`, initialised like
+  it (a [prod(in), prod(out)] matrix reshaped to `kernel_shape`, whose first `n_in` axes
+  are contracted). With `split`, the axis right after the inputs indexes several
+  projections of the same input, returned as a tuple: the kernel is sliced, not the
+  activations, so the backward pass pads a small kernel gradient, not a big activation."""
   equation: str
   kernel_shape: tuple[int, ...]
   n_in: int
   names: tuple[str | None, ...]
   kernel_init: Any
   dtype: Any
+  split: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, ...]:
     flat = (math.prod(self.kernel_shape[:self.n_in]), math.prod(self.kernel_shape[self.n_in:]))
 
     def init(key, shape, dtype):
       return self.kernel_init(key, flat, dtype).reshape(shape)
 
     kernel = self.param("kernel", _init(init, self.names), self.kernel_shape, jnp.float32)
-    return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    kernel = kernel.astype(self.dtype)
+    x = x.astype(self.dtype)
+    if not self.split:
+      return jnp.einsum(self.equation, x, kernel)
+    return tuple(jnp.einsum(self.equation, x, jnp.take(kernel, i, axis=self.n_in))
+                 for i in range(self.kernel_shape[self.n_in]))
 
 
 class Block(nn.Module):
@@ -143,10 +151,9 @@ class Block(nn.Module):
     dense = nn.initializers.lecun_normal()
 
     h = RMSNorm(name="attn_norm")(x_BxLxD)
-    qkv_3xBxHxLxK = Projection(
-        "bld,dshk->sbhlk", (s.d_model, 3, s.n_heads, s.head_dim), 1,
-        ("embed", None, "heads", "kv"), dense, dtype, name="qkv")(h)
-    q, k, v = qkv_3xBxHxLxK[0], qkv_3xBxHxLxK[1], qkv_3xBxHxLxK[2]
+    q, k, v = Projection(
+        "bld,dhk->bhlk", (s.d_model, 3, s.n_heads, s.head_dim), 1,
+        ("embed", None, "heads", "kv"), dense, dtype, split=True, name="qkv")(h)
     q, k = rope(q, s.rope_base), rope(k, s.rope_base)
     att_BxHxLxK = causal_attention(q, k, v)
     x_BxLxD = x_BxLxD + Projection(
@@ -154,10 +161,10 @@ class Block(nn.Module):
         out_init, dtype, name="attn_out")(att_BxHxLxK)
 
     h = RMSNorm(name="mlp_norm")(x_BxLxD)
-    gate_up_BxLx2xF = nn.DenseGeneral(
-        (2, s.d_ff), use_bias=False, dtype=dtype, name="wi",
-        kernel_init=_init(dense, ("embed", None, "mlp")))(h)
-    h = nn.silu(gate_up_BxLx2xF[:, :, 0]) * gate_up_BxLx2xF[:, :, 1]
+    gate_BxLxF, up_BxLxF = Projection(
+        "bld,df->blf", (s.d_model, 2, s.d_ff), 1, ("embed", None, "mlp"), dense, dtype,
+        split=True, name="wi")(h)
+    h = nn.silu(gate_BxLxF) * up_BxLxF
     return x_BxLxD + nn.DenseGeneral(
         s.d_model, use_bias=False, dtype=dtype, name="wo",
         kernel_init=_init(out_init, ("mlp", "embed")))(h)

@@ -25,7 +25,7 @@ def learning_rate_schedule(optim_cfg: ml_collections.ConfigDict) -> optax.Schedu
   warmup = int(min(max(optim_cfg.warmup_steps, 0), optim_cfg.steps))
   return optax.warmup_cosine_decay_schedule(
       init_value=float(optim_cfg.lr) / max(warmup, 1), peak_value=float(optim_cfg.lr), warmup_steps=warmup,
-      decay_steps=int(optim_cfg.steps),
+      decay_steps=max(int(optim_cfg.steps), warmup + 1),  # warmup >= steps: no decay
       end_value=float(optim_cfg.lr) * float(optim_cfg.min_lr_ratio))
 
 

@@ -113,17 +113,53 @@ def proxy_mesh(devices: list[Any] | None = None) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
+def group_width(cfg: ml_collections.ConfigDict, n_runs: int, n_devices: int,
+                platform: str | None = None) -> int:
+  """How many runs train in lockstep (vmapped) at a time; the rest of a chunk is looped
+  over by `lax.map` inside the same program. `sweep.vmap_width` (0 or absent: 1 run per
+  device on CPU, where batched per-run matmuls are slower than plain ones, and the whole
+  chunk on accelerators). The width is a divisor of `n_runs` and a multiple of the device
+  count (so each device keeps whole groups)."""
+  platform = platform or jax.devices()[0].platform
+  want = int(cfg.sweep.get("vmap_width", 0) or 0)
+  if want < 0:
+    raise ValueError(f"sweep.vmap_width={want} must be >= 0")
+  if want == 0:
+    want = n_devices if platform == "cpu" else n_runs
+  if n_runs % n_devices:
+    raise ValueError(f"{n_runs} runs do not divide over {n_devices} devices")
+  want = max(n_devices, min(want, n_runs))
+  return max(w for w in range(n_devices, want + 1, n_devices) if n_runs % w == 0)
+
+
 def make_sweep_fn(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                   n_domains: int, mesh: jax.sharding.Mesh) -> Callable[..., TrainOutputs]:
   """`jit(vmap(train))` over one run axis: `fn(data, seed_N, w_NxD, n_tokens_NxD,
-  dup_rate_NxD)`, runs sharded over the `proxy` axis, pool data replicated."""
+  dup_rate_NxD)`, runs sharded over the `proxy` axis, pool data replicated.
+
+  Runs train `group_width` at a time: the run axis N is viewed as [W, N / W] (W sharded
+  like N) and `lax.map` walks the second axis, vmapping `train` over W. W = N is the
+  plain `vmap`; any W gives the same per-run results."""
   train_on = make_train_on(cfg, model_cfg, n_domains)
   base_seed = int(cfg.seed)
+  n_dev = mesh.size
 
   def one(data, seed, w_D, n_D, r_D):
     return train_on(data, run_key(base_seed, seed), w_D, n_D, r_D)
 
-  batched = jax.vmap(one, in_axes=(None, 0, 0, 0, 0))
+  def batched(data, *runs):
+    n = runs[0].shape[0]
+    width = group_width(cfg, n, n_dev)
+    vmapped = jax.vmap(lambda xs: one(data, *xs))
+    if width == n:
+      return vmapped(runs)
+    loops = n // width
+    # [N, ...] -> [W, N/W, ...] -> [N/W, W, ...]: a device's runs stay on that device.
+    grouped = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((width, loops) + x.shape[1:]),
+                                                  0, 1), runs)
+    out = jax.lax.map(vmapped, grouped)
+    return jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1).reshape((n,) + y.shape[2:]), out)
+
   runs_sh = NamedSharding(mesh, P(PROXY_AXIS))
   repl = NamedSharding(mesh, P())
   return jax.jit(batched, in_shardings=(repl, runs_sh, runs_sh, runs_sh, runs_sh),
