@@ -1,6 +1,6 @@
-"""Kill-and-resume: SIGKILL the sweep process after its first chunk lands, run it again,
-and check the runs table holds every run exactly once with the values of an
-uninterrupted sweep."""
+"""Kill-and-resume: SIGKILL the sweep process after its first chunk lands and before the
+next one, run it again, and check the runs table holds every run exactly once with the
+values of an uninterrupted sweep."""
 
 from __future__ import annotations
 
@@ -16,18 +16,31 @@ import pandas as pd
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
+# Set in the child that is to be killed: it stops before it writes its second chunk, so
+# the kill lands mid-sweep (after the first chunk file, before the last) on every run.
+HOLD_ENV = "CAUSALMIX_SWEEP_HOLD_AFTER_FIRST_CHUNK"
 
 
 def _child(out_dir: str) -> None:
-  """The sweep process: a small synthetic world, chunks of 2 runs."""
+  """The sweep process: the small synthetic world of sweep_test, 16 runs in 3 chunks."""
   import logging  # pylint: disable=import-outside-toplevel
   logging.basicConfig(level=logging.INFO)
   sys.path.insert(0, str(HERE))
   import sweep_test  # pylint: disable=import-outside-toplevel
   from causalmix_jax import sweep  # pylint: disable=import-outside-toplevel
   from causalmix_jax.data import token_pool  # pylint: disable=import-outside-toplevel
-  cfg = sweep_test.make_cfg(chunk_size=2)
-  cfg.proxy.optim.steps = 40
+  if os.environ.get(HOLD_ENV):
+    frame_fn, calls = sweep.chunk_frame, []
+
+    def held_chunk_frame(*args, **kwargs):
+      calls.append(1)
+      if len(calls) == 2:  # the first chunk has been written; wait for the SIGKILL
+        time.sleep(600)
+      return frame_fn(*args, **kwargs)
+
+    sweep.chunk_frame = held_chunk_frame
+  # Same config and 4 devices as sweep_test's sharded sweep: the same compiled program.
+  cfg = sweep_test.make_cfg()
   pool = sweep_test.make_pool()
   tp = token_pool.from_pool(pool, seq_len=16, eval_batch_size=4, eval_batches=1)
   design, meta = sweep_test.make_design(cfg, pool)
@@ -35,42 +48,44 @@ def _child(out_dir: str) -> None:
                   vocab_size=pool.vocab_size)
 
 
-def _spawn(out_dir: pathlib.Path, cache: pathlib.Path) -> subprocess.Popen:
-  env = dict(os.environ)
+def _spawn(out_dir: pathlib.Path, cache_env: dict[str, str],
+           hold: bool = False) -> subprocess.Popen:
+  env = dict(os.environ, **cache_env)
   env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  env.pop(HOLD_ENV, None)
+  if hold:
+    env[HOLD_ENV] = "1"
   return subprocess.Popen([sys.executable, __file__, str(out_dir)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sweep_survives_sigkill_and_resumes(tmp_path):
-  cache = tmp_path / "xla_cache"
+def test_sweep_survives_sigkill_and_resumes(tmp_path, xla_cache_env):
   killed, clean = tmp_path / "killed", tmp_path / "clean"
-  proc = _spawn(killed, cache)
+  proc = _spawn(killed, xla_cache_env, hold=True)
   first = killed / "chunks" / "chunk_00000.parquet"
   deadline = time.time() + 300
-  while not first.exists():
-    assert proc.poll() is None, f"sweep exited early:\n{proc.stdout.read()}"
-    assert time.time() < deadline, "no chunk written within 300 s"
-    time.sleep(0.02)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  try:
+    while not first.exists():
+      assert proc.poll() is None, f"sweep exited early:\n{proc.stdout.read()}"
+      assert time.time() < deadline, "no chunk written within 300 s"
+      time.sleep(0.02)
+  finally:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
   done_at_kill = sorted(p.name for p in (killed / "chunks").glob("chunk_*.parquet"))
-  assert len(done_at_kill) < 8, "the sweep finished before it could be killed"
+  assert done_at_kill == ["chunk_00000.parquet"], done_at_kill  # killed mid-sweep
   assert not (killed / "runs.parquet").exists()
   # No half-written chunk files are visible under the final name.
   for name in done_at_kill:
     pd.read_parquet(killed / "chunks" / name)
 
-  resumed = _spawn(killed, cache)
+  resumed = _spawn(killed, xla_cache_env)
   log = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, log
-  assert "already done, resuming" in log
+  assert "1 of 3 chunks already done, resuming" in log
 
-  ref = _spawn(clean, cache)
+  ref = _spawn(clean, xla_cache_env)
   ref_log = ref.communicate(timeout=600)[0]
   assert ref.returncode == 0, ref_log
 
