@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from causalmix_jax.configs import base
-from causalmix_jax.configs import data as data_cfg
+import fixture_pool
 from causalmix_jax.data import covariates
 from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data import pool_shift
@@ -70,15 +70,8 @@ def fixture_config():
   cfg = base.get_config("smoke")
   with cfg.unlocked():
     cfg.pool.source = "files"
-    cfg.pool.domains = {
-        "code": data_cfg.domain_spec(str(FIXTURES / "code" / "*.py")),
-        "prose": data_cfg.domain_spec(str(FIXTURES / "prose" / "notes.txt"),
-                                      separator="\n%\n"),
-        "qa": data_cfg.domain_spec(str(FIXTURES / "qa" / "qa.jsonl"), "jsonl",
-                                   prompt_field="prompt", response_field="response"),
-    }
-    cfg.pool.target_eval = data_cfg.domain_spec(
-        str(FIXTURES / "target" / "target.jsonl"), "jsonl")
+    cfg.pool.domains = fixture_pool.domains()
+    cfg.pool.target_eval = fixture_pool.target_eval()
     cfg.pool.heldout_fraction = 0.2
   return cfg
 

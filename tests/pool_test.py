@@ -11,6 +11,7 @@ import pytest
 
 from causalmix_jax.configs import base
 from causalmix_jax.configs import data as data_cfg
+import fixture_pool
 from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data import pool_stage
 from causalmix_jax.data.sources import DataError
@@ -24,14 +25,7 @@ def fixture_config(heldout: float = 0.2, max_tokens: int = 0, seed: int = 0,
   with cfg.unlocked():
     cfg.seed = seed
     cfg.pool.source = "files"
-    cfg.pool.domains = {
-        "code": data_cfg.domain_spec(str(FIXTURES / "code" / "*.py")),
-        "prose": data_cfg.domain_spec(str(FIXTURES / "prose" / "notes.txt"),
-                                      separator="\n%\n"),
-        "qa": data_cfg.domain_spec(str(FIXTURES / "qa" / "qa.jsonl"), "jsonl",
-                                   prompt_field="prompt", response_field="response"),
-        **(extra or {}),
-    }
+    cfg.pool.domains = {**fixture_pool.domains(), **(extra or {})}
     if target:
       cfg.pool.target_eval = data_cfg.domain_spec(
           str(FIXTURES / "target" / "target.jsonl"), "jsonl")

@@ -16,9 +16,8 @@ from causalmix_jax import checkpointing
 from causalmix_jax import metrics as metrics_lib
 from causalmix_jax import train_target
 from causalmix_jax.configs import base
-from causalmix_jax.configs import data as data_cfg
+import fixture_pool
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pool"
 DOMAINS = ["code", "prose", "qa"]
 VOCAB = 259  # the byte tokenizer's, so the fake and the real pool share one compilation
 
@@ -142,15 +141,8 @@ def test_stage_on_a_real_pool(tmp_path):
   cfg = smoke_config()
   with cfg.unlocked():
     cfg.pool.source = "files"
-    cfg.pool.domains = {
-        "code": data_cfg.domain_spec(str(FIXTURES / "code" / "*.py")),
-        "prose": data_cfg.domain_spec(str(FIXTURES / "prose" / "notes.txt"),
-                                      separator="\n%\n"),
-        "qa": data_cfg.domain_spec(str(FIXTURES / "qa" / "qa.jsonl"), "jsonl",
-                                   prompt_field="prompt", response_field="response"),
-    }
-    cfg.pool.target_eval = data_cfg.domain_spec(
-        str(FIXTURES / "target" / "target.jsonl"), "jsonl")
+    cfg.pool.domains = fixture_pool.domains()
+    cfg.pool.target_eval = fixture_pool.target_eval()
     cfg.pool.heldout_fraction = 0.2
   pool_lib.build_pool(cfg, tmp_path / "pool")
   cfg.target.weights = {"code": 0.5, "prose": 0.25, "qa": 0.25}
