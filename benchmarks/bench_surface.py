@@ -33,8 +33,7 @@ from causalmix_jax.surface import baselines, diagnostics, fit, planted  # noqa: 
 
 def _regmix_dir(flag: str | None) -> pathlib.Path:
   repo = pathlib.Path(__file__).resolve().parents[1]
-  options = [pathlib.Path(flag)] if flag else [
-      repo.parent / "shared" / "data" / "regmix", pathlib.Path("/work/shared/data/regmix")]
+  options = [pathlib.Path(flag)] if flag else [repo.parent / "shared" / "data" / "regmix"]
   for p in options:
     if (p / "train_mixture_1m.csv").exists():
       return p
