@@ -272,6 +272,9 @@ def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
   n_tokens_SxD = np.zeros((len(states), len(domains)), np.int64)
   dup_rate_SxD = np.zeros((len(states), len(domains)), np.float32)
   state_meta = []
+  full_n_D, _ = pool_shift.full(pool).to_arrays(domains)
+  full_vector = artifacts.read_json(workdir / "pool" / "covariates.json",
+                                    "pool covariates")["vector"]
   for s, st in enumerate(states):
     n_D, r_D = st.to_arrays(domains)
     n_tokens_SxD[s], dup_rate_SxD[s] = n_D, r_D
@@ -281,14 +284,17 @@ def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
     if np.any(host_dup != dev_dup):
       raise DesignError(f"state {st.name}: duplicate counts disagree host {host_dup} vs "
                         f"device {dev_dup}")
-    log.info("design: covariates of pool state %s", st.name)
-    cov = covariates_lib.compute_covariates(
-        pool_shift.materialise(pool, st), cfg.covariates, state=st)
+    if np.array_equal(n_D, full_n_D) and not np.any(r_D):
+      vector = full_vector  # the unshifted pool: the pool stage computed these already
+    else:
+      log.info("design: covariates of pool state %s", st.name)
+      vector = covariates_lib.feature_vector(covariates_lib.compute_covariates(
+          pool_shift.materialise(pool, st), cfg.covariates, state=st))
     state_meta.append({
         "name": st.name,
         "n_tokens": {d: int(n) for d, n in zip(domains, n_D)},
         "dup_rate": {d: float(r) for d, r in zip(domains, r_D)},
-        "covariates": covariates_lib.feature_vector(cov),
+        "covariates": vector,
     })
   arrays = build_design(cfg, domains, n_tokens_SxD, dup_rate_SxD)
   budget = int(arrays["budget_tokens"])

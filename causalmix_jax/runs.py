@@ -15,7 +15,7 @@ import logging
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -118,20 +118,8 @@ def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, .
                            f"({int(missing.sum())} such rows: "
                            f"{_rows_text(np.flatnonzero(missing).tolist())})")
 
-  W = df[w_cols].to_numpy(dtype=np.float64)
-  neg = W < 0
-  if neg.any():
-    r, c = (int(v) for v in np.argwhere(neg)[0])
-    raise RunsTableError(f"{_where(source, w_cols[c], r, ids[r])}: negative weight "
-                         f"{W[r, c]!r}")
-  sums = W.sum(axis=1)
-  off = np.flatnonzero(np.abs(sums - 1.0) > SIMPLEX_TOL)
-  if len(off):
-    r = int(off[0])
-    raise RunsTableError(
-        f"{_where(source, 'w_*', r, ids[r])}: weights sum to {sums[r]:.9g}, not 1 "
-        f"(tolerance {SIMPLEX_TOL:g}; {len(off)} rows off the simplex: "
-        f"{_rows_text(off.tolist())})")
+  _check_simplex(df[w_cols].to_numpy(dtype=np.float64), w_cols, SIMPLEX_TOL, "w_*",
+                 lambda col, r: _where(source, col, r, ids[r]))
 
   for col in [c for c in df.columns if str(c).startswith("tokens_")] + (
       ["budget_tokens"] if "budget_tokens" in df.columns else []):
@@ -388,6 +376,22 @@ def load_runs(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike
               meta={"parts": [p.source for p in parts]})
 
 
+def _check_simplex(W: np.ndarray, w_cols: Sequence[str], tol: float, sum_column: str,
+                   locate: Callable[[str, int], str]) -> None:
+  """Raises RunsTableError on a negative weight or a row whose weights sum to more than
+  `tol` away from 1; `locate(column, row)` names the place."""
+  if (W < 0).any():
+    r, c = (int(v) for v in np.argwhere(W < 0)[0])
+    raise RunsTableError(f"{locate(w_cols[c], r)}: negative weight {W[r, c]!r}")
+  sums = W.sum(axis=1)
+  off = np.flatnonzero(np.abs(sums - 1.0) > tol)
+  if len(off):
+    r = int(off[0])
+    raise RunsTableError(
+        f"{locate(sum_column, r)}: weights sum to {sums[r]:.9g}, not 1 (tolerance "
+        f"{tol:g}; {len(off)} rows off the simplex: {_rows_text(off.tolist())})")
+
+
 def _renormalise(frame: pd.DataFrame, w_cols: list[str], source: str,
                  ids: Sequence[Any], id_name: str) -> tuple[pd.DataFrame, int]:
   """Renormalises rows whose weights sum to within IMPORT_RENORM_TOL of 1."""
@@ -396,18 +400,9 @@ def _renormalise(frame: pd.DataFrame, w_cols: list[str], source: str,
     r, c = (int(v) for v in np.argwhere(~np.isfinite(W))[0])
     raise RunsTableError(f"{_where(source, w_cols[c], r)} ({id_name} {ids[r]!r}): "
                          "missing or non-numeric weight")
-  if (W < 0).any():
-    r, c = (int(v) for v in np.argwhere(W < 0)[0])
-    raise RunsTableError(f"{_where(source, w_cols[c], r)} ({id_name} {ids[r]!r}): "
-                         f"negative weight {W[r, c]!r}")
+  _check_simplex(W, w_cols, IMPORT_RENORM_TOL, "weights",
+                 lambda col, r: f"{_where(source, col, r)} ({id_name} {ids[r]!r})")
   sums = W.sum(axis=1)
-  far = np.flatnonzero(np.abs(sums - 1.0) > IMPORT_RENORM_TOL)
-  if len(far):
-    r = int(far[0])
-    raise RunsTableError(
-        f"{_where(source, 'weights', r)} ({id_name} {ids[r]!r}): weights sum to "
-        f"{sums[r]:.6g}, more than {IMPORT_RENORM_TOL} away from 1 (rows "
-        f"{_rows_text(far.tolist())})")
   fix = np.abs(sums - 1.0) > 1e-9  # float rounding alone does not count
   out = frame.copy()
   out[w_cols] = W / sums[:, None]

@@ -286,11 +286,8 @@ class FeasibleSet:
         w1 = project_box_simplex(v, lo_s, hi_s)
         how = "projected"
       if self.has_trust:
-        try:
-          c = trust_centre(self.ref, lo_s, hi_s, self.kind)
-        except InfeasibleConstraintsError:
-          continue
-        if self.distance(c) > self.radius:
+        c = self._reachable_centre(lo_s, hi_s)
+        if c is None:
           continue
         w1 = retract(c, w1, self.ref, self.radius, self.kind)
       if not self.violations(w1):
@@ -303,6 +300,15 @@ class FeasibleSet:
         f"the trust region ({self.kind} radius {self.radius:.6g}) and the per-domain "
         f"bounds leave no representable mixture (tried {len(tried)} sets of active "
         f"domains)")
+
+  def _reachable_centre(self, lo_s: np.ndarray, hi_s: np.ndarray) -> np.ndarray | None:
+    """The feasible point nearest the reference under bounds (lo_s, hi_s), or None when
+    there is none or it lies outside the trust region."""
+    try:
+      c = trust_centre(self.ref, lo_s, hi_s, self.kind)
+    except InfeasibleConstraintsError:
+      return None
+    return None if self.distance(c) > self.radius else c
 
   def _active_set_candidates(self, w: np.ndarray, lo_eff: np.ndarray, hi_eff: np.ndarray):
     """Active sets to try, best guesses first: thresholds of w, of the trust-region
@@ -323,13 +329,8 @@ class FeasibleSet:
       hi_s = np.where(active, hi_eff, 0.0)
       if lo_s.sum() > 1 + TOL or hi_s.sum() < 1 - TOL:
         continue
-      if self.has_trust:
-        try:
-          c = trust_centre(self.ref, lo_s, hi_s, self.kind)
-        except InfeasibleConstraintsError:
-          continue
-        if self.distance(c) > self.radius:
-          continue
+      if self.has_trust and self._reachable_centre(lo_s, hi_s) is None:
+        continue
       scored.append((float(np.abs(np.clip(w, lo_s, hi_s) - w).sum()), bits, active))
     for _, _, active in sorted(scored, key=lambda t: t[:2]):
       yield active
