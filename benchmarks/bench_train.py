@@ -8,9 +8,10 @@ Prints the figures last as one JSON line.
   python benchmarks/bench_train.py --target=150m --batch=16 --dtype=bfloat16 --steps=20
 
 Model FLOPs follow `causalmix_jax.model.flops_per_token` (6 N + attention, no remat);
-the matmul is measured before and after the steps, and the best timing of each (matmul: of
->= 20 runs; steps: of `--repeats` groups of `--steps` steps) is kept, so that on a shared
-machine both figures estimate the unloaded machine. FLOPs per CPU-second are also given.
+the matmul (at the fastest of `--matmul_sizes`), a group of `--steps` proxy steps and a group
+of target steps are timed in turn for `--repeats` interleaved rounds, and the best timing of
+each is kept, so that on a shared machine all three estimate the unloaded machine alike.
+FLOPs per CPU-second are also given.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def matmul_flops(sizes: list[int], dtype, repeats: int) -> tuple[float, int, flo
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
     dot = jax.jit(jnp.dot)
     jax.block_until_ready(dot(a, b))
-    t, c = best_time(lambda: dot(a, b), max(repeats, 20))  # cheap: take many
+    t, c = best_time(lambda: dot(a, b), repeats)
     f = 2 * n ** 3 / t
     best_cpu = max(best_cpu, 2 * n ** 3 / max(c, 1e-9))
     if f > best:
@@ -67,8 +68,10 @@ def matmul_flops(sizes: list[int], dtype, repeats: int) -> tuple[float, int, flo
   return best, best_n, best_cpu
 
 
-def train_flops(preset: str, batch: int, seq_len: int, dtype: str, steps: int,
-                repeats: int, remat: bool) -> dict:
+def make_train_runner(preset: str, batch: int, seq_len: int, dtype: str, steps: int,
+                      remat: bool) -> tuple[dict, object]:
+  """(static figures, a callable running `steps` steps) for one model size; compiled
+  and warmed up."""
   model_cfg = model_cfgs.model_preset(preset)
   model_cfg.seq_len, model_cfg.dtype, model_cfg.remat = seq_len, dtype, remat
   model_cfg.vocab_size = 256 if model_cfg.d_model <= 512 else 32_000
@@ -96,14 +99,18 @@ def train_flops(preset: str, batch: int, seq_len: int, dtype: str, steps: int,
     return met
 
   run()  # warm
-  t, c = best_time(run, repeats)
-  t, c = t / steps, c / steps
-  fpt = model_lib.flops_per_token(model_cfg)
-  return {"preset": preset, "params": model_lib.param_count(model_cfg), "batch": batch,
-          "seq_len": seq_len, "dtype": dtype, "flops_per_token": fpt,
-          "step_s": t, "tokens_per_s": batch * seq_len / t,
-          "flops_per_s": fpt * batch * seq_len / t,
-          "flops_per_cpu_s": fpt * batch * seq_len / max(c, 1e-9), "compile_s": compile_s}
+  info = {"preset": preset, "params": model_lib.param_count(model_cfg), "batch": batch,
+          "seq_len": seq_len, "dtype": dtype,
+          "flops_per_token": model_lib.flops_per_token(model_cfg), "compile_s": compile_s}
+  return info, run
+
+
+def train_figures(info: dict, best_s: float, best_cpu_s: float, steps: int) -> dict:
+  t, c = best_s / steps, best_cpu_s / steps
+  tokens = info["batch"] * info["seq_len"]
+  return {**info, "step_s": t, "tokens_per_s": tokens / t,
+          "flops_per_s": info["flops_per_token"] * tokens / t,
+          "flops_per_cpu_s": info["flops_per_token"] * tokens / max(c, 1e-9)}
 
 
 def main() -> None:
@@ -116,7 +123,8 @@ def main() -> None:
   p.add_argument("--dtype", default="float32")
   p.add_argument("--remat", action="store_true")
   p.add_argument("--steps", type=int, default=1, help="steps per timed group")
-  p.add_argument("--repeats", type=int, default=5, help="timed groups (best is kept)")
+  p.add_argument("--repeats", type=int, default=8,
+                 help="interleaved rounds of matmul / proxy / target (best is kept)")
   p.add_argument("--matmul_sizes", default="512,1024,2048")
   args = p.parse_args()
 
@@ -124,20 +132,31 @@ def main() -> None:
   print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform})", flush=True)
   mm_dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
   sizes = [int(s) for s in args.matmul_sizes.split(",")]
-  mm1, n1, mmc1 = matmul_flops(sizes, mm_dtype, args.repeats)
-  print(f"jnp.dot best: {mm1 / 1e9:,.1f} GFLOP/s (n={n1}, {args.dtype})", flush=True)
-  proxy = train_flops(args.proxy, args.proxy_batch, args.seq_len, args.dtype, args.steps,
-                      args.repeats, False)
-  print(f"proxy  {proxy['preset']:>8} ({proxy['params']:,} params, B={proxy['batch']}): "
-        f"{proxy['flops_per_s'] / 1e9:,.1f} GFLOP/s, {proxy['tokens_per_s']:,.0f} tok/s",
-        flush=True)
-  target = train_flops(args.target, args.batch, args.seq_len, args.dtype, args.steps,
-                       args.repeats, args.remat)
-  print(f"target {target['preset']:>8} ({target['params']:,} params, B={target['batch']}): "
-        f"{target['flops_per_s'] / 1e9:,.1f} GFLOP/s, {target['tokens_per_s']:,.0f} tok/s",
-        flush=True)
-  mm2, _, mmc2 = matmul_flops([n1], mm_dtype, args.repeats)  # again: load may drift
-  matmul, matmul_cpu = max(mm1, mm2), max(mmc1, mmc2)
+  _, n1, _ = matmul_flops(sizes, mm_dtype, 3)  # pick the size; timed below
+  print(f"jnp.dot fastest at n={n1}", flush=True)
+  runners = {"proxy": make_train_runner(args.proxy, args.proxy_batch, args.seq_len,
+                                        args.dtype, args.steps, False),
+             "target": make_train_runner(args.target, args.batch, args.seq_len,
+                                         args.dtype, args.steps, args.remat)}
+  # Interleaved rounds: matmul, proxy, target, again and again; the best of each is kept,
+  # so that load on a shared machine hits all three alike.
+  best = {k: (float("inf"), float("inf")) for k in runners}
+  matmul, matmul_cpu = 0.0, 0.0
+  for r in range(args.repeats):
+    mm, _, mmc = matmul_flops([n1], mm_dtype, 5)
+    matmul, matmul_cpu = max(matmul, mm), max(matmul_cpu, mmc)
+    for name, (_, run) in runners.items():
+      t, c = best_time(run, 1)
+      best[name] = (min(best[name][0], t), min(best[name][1], c))
+    print(f"round {r + 1}/{args.repeats}: jnp.dot {mm / 1e9:,.1f} GFLOP/s, proxy "
+          f"{best['proxy'][0] / args.steps * 1e3:.1f} ms/step, target "
+          f"{best['target'][0] / args.steps * 1e3:.1f} ms/step (best so far)", flush=True)
+  proxy = train_figures(runners["proxy"][0], *best["proxy"], args.steps)
+  target = train_figures(runners["target"][0], *best["target"], args.steps)
+  for name, f in (("proxy", proxy), ("target", target)):
+    print(f"{name:6s} {f['preset']:>8} ({f['params']:,} params, B={f['batch']}): "
+          f"{f['flops_per_s'] / 1e9:,.1f} GFLOP/s, {f['tokens_per_s']:,.0f} tok/s", flush=True)
+  print(f"jnp.dot best: {matmul / 1e9:,.1f} GFLOP/s (n={n1}, {args.dtype})", flush=True)
   out = {"device": dev.device_kind, "platform": dev.platform, "dtype": args.dtype,
          "matmul_flops_per_s": matmul, "matmul_n": n1,
          "proxy": proxy, "target": target,
