@@ -5,8 +5,8 @@ the best jnp.dot FLOP/s on this machine. Prints ratios, then one JSON line.
   python benchmarks/bench_sweep.py                       # defaults: a few minutes on CPU
   python benchmarks/bench_sweep.py --P=8,32,128 --steps=100 --proc_subset=8
 
-(a) and (b) are timed side by side (best of two each); (b) on `--seq_subset` proxies
-scaled to P. `--vmap_width=P` gives the plain vmap of every proxy at once.
+(a) and (b) are timed in `--rounds` interleaved rounds (best of each kept); (b) on
+`--seq_subset` proxies scaled to P. `--vmap_width=P` gives the plain vmap of every proxy at once.
 (c) starts `--proc_subset` real processes (start, import, compile, train, write) and
 extrapolates linearly to P, saying so in the output.
 """
@@ -66,17 +66,38 @@ def inputs(p: int, n_dom: int, lengths):
           np.tile(np.asarray(lengths, np.int32), (p, 1)), np.zeros((p, n_dom), np.float32))
 
 
-def best_matmul_flops(n: int = 1024, reps: int = 10) -> float:
+def best_matmul_flops(sizes: tuple[int, ...] = (512, 1024, 2048), reps: int = 10) -> float:
+  """Best square jnp.dot FLOP/s over `sizes` (best single timing of `reps` each)."""
   best = 0.0
-  for size in (256, 512, n):
+  for size in sizes:
     a = jnp.ones((size, size), jnp.float32)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
-    t = time.perf_counter()
     for _ in range(reps):
+      t = time.perf_counter()
       f(a).block_until_ready()
-    best = max(best, 2 * size ** 3 * reps / (time.perf_counter() - t))
+      best = max(best, 2 * size ** 3 / (time.perf_counter() - t))
   return best
+
+
+def proxy_matmul_flops(rows: int, d_model: int, d_ff: int, width: int,
+                       reps: int = 10) -> dict[str, float]:
+  """FLOP/s of the proxy's own largest matmul shape ([rows, d_model] @ [d_model, d_ff],
+  rows = batch x seq_len) alone: as one 2-D dot, and batched over `width` proxies with
+  their own weights (what a vmapped step runs). The ceiling a proxy step can reach."""
+  out = {}
+  for name, p in (("single", 1), ("batched", max(width, 2))):
+    x = jnp.ones((p, rows, d_model), jnp.float32)
+    w = jnp.ones((p, d_model, d_ff), jnp.float32)
+    f = jax.jit(lambda x, w: jnp.einsum("pmk,pkn->pmn", x, w))
+    f(x, w).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+      t = time.perf_counter()
+      f(x, w).block_until_ready()
+      best = min(best, time.perf_counter() - t)
+    out[name] = 2 * p * rows * d_model * d_ff / best
+  return out
 
 
 CHILD = r"""
@@ -98,7 +119,7 @@ pathlib.Path({out!r}).write_text(json.dumps({{"target": float(out["target"])}}))
 
 
 def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_subset: int,
-          skip_proc: bool, seq_subset: int, vmap_width: int) -> list[dict]:
+          skip_proc: bool, seq_subset: int, vmap_width: int, rounds: int) -> list[dict]:
   cfg = make_cfg(preset, steps, batch, seq)
   cfg.sweep.vmap_width = vmap_width
   pool = make_pool()
@@ -109,20 +130,17 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
   mesh = sweep.proxy_mesh()
   data = tp.device_arrays()
   rows = []
-  # (b) sequential: one program for one proxy, compiled once, called once per proxy;
-  # timed right before each (a), on up to `seq_subset` proxies, best of two passes.
+  # (b) sequential: one program for one proxy, compiled once, called once per proxy, on
+  # up to `seq_subset` proxies and scaled to P.
   train_one = jax.jit(sweep.make_train(cfg, tp, vocab_size=pool.vocab_size))
   s, w, n, r = inputs(1, 3, tp.lengths_D)
   jax.block_until_ready(train_one(sweep.run_key(0, 0), w[0], n[0], r[0]))
 
   def per_sequential(k: int) -> float:
-    best = float("inf")
-    for _ in range(2):
-      t = time.perf_counter()
-      for i in range(k):
-        jax.block_until_ready(train_one(sweep.run_key(0, i), w[0], n[0], r[0]))
-      best = min(best, (time.perf_counter() - t) / k)
-    return best
+    t = time.perf_counter()
+    for i in range(k):
+      jax.block_until_ready(train_one(sweep.run_key(0, i), w[0], n[0], r[0]))
+    return (time.perf_counter() - t) / k
 
   # (c) one process per proxy, measured on a subset.
   per_proc = float("nan")
@@ -143,15 +161,18 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
     compiled = fn.lower(data, *args).compile()
     compile_s = time.perf_counter() - t
     jax.block_until_ready(compiled(data, *args))  # warm
-    sequential = per_sequential(min(p, seq_subset)) * p
-    vmapped = float("inf")
-    for _ in range(2):
+    # (a) and (b) in interleaved rounds, best of each: load on a shared machine hits both.
+    vmapped, sequential = float("inf"), float("inf")
+    for _ in range(rounds):
       t = time.perf_counter()
       jax.block_until_ready(compiled(data, *args))
       vmapped = min(vmapped, time.perf_counter() - t)
+      sequential = min(sequential, per_sequential(min(p, seq_subset)) * p)
     width = sweep.group_width(cfg, pad, mesh.size)
     procs = per_proc * p
     flops = fpt * tokens_per_proxy * p
+    ceiling = proxy_matmul_flops(batch * seq, int(model_cfg.d_model), int(model_cfg.d_ff),
+                                 width)
     rows.append({"preset": preset, "params": model_lib.param_count(model_cfg), "P": p,
                  "vmap_width": width,
                  "tokens_per_proxy": tokens_per_proxy, "vmapped_s": vmapped,
@@ -161,6 +182,8 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
                  "speedup_vs_sequential": sequential / vmapped,
                  "speedup_vs_processes": procs / vmapped,
                  "vmapped_flops_per_s": flops / vmapped,
+                 "proxy_matmul_flops_per_s": ceiling["single"],
+                 "proxy_matmul_batched_flops_per_s": ceiling["batched"],
                  "sequential_flops_per_s": flops / sequential})
     print(f"{preset:>6} P={p:4d}: vmapped {vmapped:7.2f}s (compile {compile_s:5.1f}s), "
           f"sequential {sequential:7.2f}s ({sequential / vmapped:4.2f}x), processes "
@@ -180,6 +203,8 @@ def main() -> None:
   ap.add_argument("--skip_processes", action="store_true")
   ap.add_argument("--seq_subset", type=int, default=8,
                   help="(b) is timed on this many proxies and scaled to P")
+  ap.add_argument("--rounds", type=int, default=4,
+                  help="interleaved timings of (a) and (b); the best of each is kept")
   ap.add_argument("--vmap_width", type=int, default=0,
                   help="proxies in lockstep (sweep.vmap_width; 0 = platform default)")
   a = ap.parse_args()
@@ -190,9 +215,15 @@ def main() -> None:
   rows = []
   for preset in a.presets.split(","):
     rows += bench(preset, ps, a.steps, a.batch, a.seq, a.proc_subset, a.skip_processes,
-                  a.seq_subset, a.vmap_width)
+                  a.seq_subset, a.vmap_width, a.rounds)
   for r in rows:
     r["fraction_of_matmul"] = r["vmapped_flops_per_s"] / dot
+    r["proxy_matmul_fraction_of_matmul"] = r["proxy_matmul_flops_per_s"] / dot
+    r["proxy_matmul_batched_fraction_of_matmul"] = r["proxy_matmul_batched_flops_per_s"] / dot
+    print(f"{r['preset']:>6} P={r['P']:4d}: step {r['fraction_of_matmul']:.2f} of the best "
+          f"jnp.dot; its own largest matmul alone reaches "
+          f"{r['proxy_matmul_fraction_of_matmul']:.2f} (2-D) / "
+          f"{r['proxy_matmul_batched_fraction_of_matmul']:.2f} (batched over the width)")
   print(json.dumps({"matmul_flops_per_s": dot, "device": jax.devices()[0].platform,
                     "n_devices": jax.device_count(), "steps": a.steps, "batch": a.batch,
                     "seq_len": a.seq, "rows": rows}))

@@ -577,14 +577,23 @@ def _remap(n: nuis.Nuisance, x_cols: np.ndarray) -> nuis.Nuisance:
 def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                      pools_N: np.ndarray, weights_N: np.ndarray | None, n_folds: int,
                      seed: int, level: float = 0.9,
-                     prior: NoisePrior | None = None) -> float:
+                     prior: NoisePrior | None = None,
+                     pure_noise_var: float | None = None) -> float:
   """Scale for the posterior spread of the effects so that they carry to new pools.
 
   Leave-pools-out cross-validation of within-pool contrasts: for every held-out pool,
   the deviation of each run's outcome from the pool mean is predicted from the design
   (the nuisances cancel, as in a CATE). The spread is scaled so that a `level` share of
   these held-out contrasts fall inside their central `level` intervals (the scale is at
-  least 1). Returns the scale (1.0 without enough pools)."""
+  least 1). Returns the scale (1.0 without enough pools).
+
+  A held-out contrast carries the runs' noise on top of the effect's error, and an
+  effect interval must cover only the latter. Only noise known to be noise is taken
+  out: `pure_noise_var`, the pure error of replicate runs (spread over rows like the
+  fitted heteroscedastic weights). The fitted model's noise variance is not used: it
+  also holds the surface's misfit, which is a systematic error of the effect that the
+  interval must cover, and taking it out made intervals too narrow. Without replicates
+  nothing is taken out, so the scale errs on the wide side by the noise's share."""
   from scipy import stats
   z_level = float(stats.norm.ppf(0.5 + level / 2))
   uniq = np.unique(pools_N)
@@ -594,7 +603,8 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   fold_of = dict(zip(uniq.tolist(), folds_p.tolist()))
   f_n = np.array([fold_of[p] for p in pools_N.tolist()])
   wt = np.ones(len(y_N)) if weights_N is None else weights_N
-  ratios, sq_err, sq_var = [], [], []
+  rel_noise_N = (1.0 / wt) / np.mean(1.0 / wt)
+  ratios = []
   for k in range(int(f_n.max()) + 1):
     tr, te = f_n != k, f_n == k
     post = conjugate_fit(zs_NxQ[tr], y_N[tr], groups_Q, wt[tr], prior=prior)
@@ -606,17 +616,13 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
       dy = y_N[rows] - y_N[rows].mean()
       err2 = (dy - dz @ post.mean_Q) ** 2
       var = post.quad_var(dz)
-      noise = (1.0 - 1.0 / len(rows)) / (post.noise_prec * wt[rows])
+      noise = ((1.0 - 1.0 / len(rows)) * pure_noise_var * rel_noise_N[rows]
+               if pure_noise_var is not None else 0.0)
       # Inflation this contrast needs to sit on the edge of the `level` interval.
       ratios.append((err2 / z_level ** 2 - noise) / np.maximum(var, 1e-30))
-      sq_err.append(err2 - noise)
-      sq_var.append(var)
   if not ratios:
     return 1.0
-  # The larger of two estimates: the quantile one (tails) and the mean-square one.
-  by_quantile = np.quantile(np.concatenate(ratios), level)
-  by_mean = np.sum(np.concatenate(sq_err)) / max(np.sum(np.concatenate(sq_var)), 1e-30)
-  return float(np.sqrt(max(by_quantile, by_mean, 1.0)))
+  return float(np.sqrt(max(np.quantile(np.concatenate(ratios), level), 1.0)))
 
 
 # -- entry point --------------------------------------------------------------------------
@@ -787,7 +793,8 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
     _, pools = np.unique(x_full[:, x_cols], axis=0, return_inverse=True)
     scale = pool_calibration(best_zs, best.y_res_N, best.groups_Q,
                              np.asarray(pools).reshape(-1), best_wt, int(cfg.n_folds),
-                             seed, prior=prior)
+                             seed, prior=prior,
+                             pure_noise_var=pe.var if pe.source == "replicates" else None)
   info["pool_calibration"] = scale
   if inference == "exact":
     beta_s, b0_s = conjugate_draws(best_post, np.zeros(best_zs.shape[1]), n_draws, seed)
