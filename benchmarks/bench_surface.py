@@ -6,7 +6,8 @@
    each on all 512 runs.
 2. Planted-truth worlds with confounded sweeps (`--planted_worlds`, default 4): CATE
    error against the truth, 90% interval coverage, and regret of the best-predicted
-   mixture at new pools, for our surface vs the covariate-blind surface vs LightGBM
+   mixture at new pools (lowest posterior mean; for the Bayesian surfaces also the
+   risk-averse pick, lowest upper 90% bound, as `recommend(objective="bound")`), for our surface vs the covariate-blind surface vs LightGBM
    (with covariates as features); means over the worlds, and coverage per world.
 
   python benchmarks/bench_surface.py [--regmix_dir=...] [--outcome=pile_cc]
@@ -102,8 +103,8 @@ def planted_section(n_runs: int, n_pools: int, n_test_pools: int, n_cand: int,
   lgbm = baselines.fit_regmix_lgbm(runs, "loss", n_boot=0)
   rng = np.random.default_rng(seed + 11)
   xs = world.pool_states(n_test_pools, seed=seed + 5)
-  stats = {k: {"cate_mae": [], "regret": [], "cover": []} for k in ("ours", "blind",
-                                                                     "lightgbm")}
+  stats = {k: {"cate_mae": [], "regret": [], "cover": [], "regret_bound": []}
+           for k in ("ours", "blind", "lightgbm")}
   for x in xs:
     shares = world.token_shares(x)[0]
     tokens = world.tokens(x[None])[0]
@@ -120,7 +121,11 @@ def planted_section(n_runs: int, n_pools: int, n_test_pools: int, n_cand: int,
         p = model.cate(w, shares, x, tokens=tokens)
         est = p.mean
         stats[name]["cover"].append(np.mean(p.covers(truth)))
-        pred = model.predict(cand, x, tokens=tokens).mean
+        p_cand = model.predict(cand, x, tokens=tokens)
+        pred = p_cand.mean
+        # The risk-averse pick (objective="bound"): the lowest upper 90% bound.
+        best_hi = cand[np.argmin(p_cand.hi)]
+        stats[name]["regret_bound"].append(float(world.regret(best_hi[None], x[None])[0]))
       stats[name]["cate_mae"].append(np.mean(np.abs(est - truth)))
       best = cand[np.argmin(pred)]
       stats[name]["regret"].append(float(world.regret(best[None], x[None])[0]))
@@ -131,6 +136,7 @@ def planted_section(n_runs: int, n_pools: int, n_test_pools: int, n_cand: int,
     out[f"{name}_regret"] = float(np.mean(s["regret"]))
     if s["cover"]:
       out[f"{name}_cate_coverage90"] = float(np.mean(s["cover"]))
+      out[f"{name}_regret_bound"] = float(np.mean(s["regret_bound"]))
   out["cate_mae_ratio_blind_over_ours"] = out["blind_cate_mae"] / out["ours_cate_mae"]
   out["cate_mae_ratio_lgbm_over_ours"] = out["lightgbm_cate_mae"] / out["ours_cate_mae"]
   return out
@@ -164,7 +170,8 @@ def main() -> None:
         f"(ratio {r['fit_time_ratio_ours_over_lgbm']:.2f})")
   print(f"Planted: CATE MAE ours {p['ours_cate_mae']:.4f} blind {p['blind_cate_mae']:.4f} "
         f"LightGBM {p['lightgbm_cate_mae']:.4f}; regret ours {p['ours_regret']:.4f} "
-        f"blind {p['blind_regret']:.4f} LightGBM {p['lightgbm_regret']:.4f}; "
+        f"blind {p['blind_regret']:.4f} LightGBM {p['lightgbm_regret']:.4f} (risk-averse "
+        f"pick: ours {p['ours_regret_bound']:.4f} blind {p['blind_regret_bound']:.4f}); "
         f"90% CATE coverage {p['ours_cate_coverage90']:.3f} (mean of {p['n_worlds']} worlds: "
         + ", ".join(f"{c:.3f}" for c in p["ours_cate_coverage90_by_world"]) + ")")
   print(json.dumps(result, default=float))
