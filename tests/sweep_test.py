@@ -181,8 +181,10 @@ def test_grouped_sweep_equals_plain_vmap(world):
 
 def test_group_width_divides_runs_and_devices():
   cfg = make_cfg(vmap_width=0)
-  assert sweep.group_width(cfg, 32, 4, "cpu") == 4
-  assert sweep.group_width(cfg, 32, 4, "gpu") == 32
+  assert sweep.group_width(cfg, 32, 4, "cpu") == 32
+  assert sweep.group_width(cfg, 256, 1, "cpu") == sweep.CPU_RUNS_PER_DEVICE
+  assert sweep.group_width(cfg, 256, 4, "cpu") == 4 * sweep.CPU_RUNS_PER_DEVICE
+  assert sweep.group_width(cfg, 256, 4, "gpu") == 256
   cfg = make_cfg(vmap_width=12)
   assert sweep.group_width(cfg, 32, 4, "cpu") == 8  # largest divisor of 32, <= 12, 4 | w
   assert sweep.group_width(cfg, 6, 1, "cpu") == 6

@@ -37,9 +37,9 @@ def sweep_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   smoke = "smoke" in variants
   # Runs per compiled program call (padded to a multiple of the device count).
   c.chunk_size = 4 if smoke else 32
-  # Proxies trained side by side inside one compiled call: 0 = one run per device on
-  # CPU (XLA CPU runs batched matmuls slower than plain ones) and the whole chunk
-  # on accelerators; the rest of a chunk is a lax.map over groups of this width.
+  # Proxies trained side by side (vmapped) inside one compiled call: 0 = up to 32 per
+  # device on CPU (sweep.CPU_RUNS_PER_DEVICE, measured) and the whole chunk on
+  # accelerators; the rest of a chunk is a lax.map over groups of this width.
   c.vmap_width = 0
   # Evaluation batches (of proxy.optim.batch_size) per domain and for the target set.
   c.eval_batches = 2 if smoke else 4
