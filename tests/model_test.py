@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -72,3 +73,34 @@ def test_logical_axes_cover_every_parameter():
 def test_bad_config_names_the_key():
   with pytest.raises(ValueError, match="n_heads"):
     model.param_count(tiny(n_heads=3))
+
+
+def test_projection_is_the_contraction_of_its_kernel():
+  # The 2-D matmul form must equal the einsum over the kernel's own axes, split or not.
+  x_BxLxD = jax.random.normal(jax.random.key(1), (2, 5, 8))
+  proj = model.Projection((8, 3, 2, 4), 1, ("embed", None, "heads", "kv"),
+                          jax.nn.initializers.lecun_normal(), jnp.float32, split=True)
+  params = nn.unbox(proj.init(jax.random.key(2), x_BxLxD))
+  kernel = params["params"]["kernel"]
+  outs = proj.apply(params, x_BxLxD)
+  assert len(outs) == 3
+  for i, y in enumerate(outs):
+    np.testing.assert_allclose(y, jnp.einsum("bld,dhk->blhk", x_BxLxD, kernel[:, i]),
+                               rtol=1e-5, atol=1e-6)
+  a_BxLxHxK = jax.random.normal(jax.random.key(3), (2, 5, 2, 4))
+  out = model.Projection((2, 4, 8), 2, ("heads", "kv", "embed"),
+                         jax.nn.initializers.lecun_normal(), jnp.float32)
+  p = nn.unbox(out.init(jax.random.key(4), a_BxLxHxK))
+  np.testing.assert_allclose(out.apply(p, a_BxLxHxK),
+                             jnp.einsum("blhk,hkd->bld", a_BxLxHxK, p["params"]["kernel"]),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="kernel input shape"):
+    out.apply(p, x_BxLxD)
+
+
+def test_untied_embeddings_project_onto_the_vocabulary():
+  cfg = tiny(tied_embeddings=False)
+  params = jax.jit(lambda k: model.init_params(cfg, k))(jax.random.key(0))
+  assert params["unembed"]["kernel"].shape == (cfg.d_model, cfg.vocab_size)
+  logits = model.apply(cfg, params, jnp.zeros((2, 12), jnp.int32))
+  assert logits.shape == (2, 12, 40)

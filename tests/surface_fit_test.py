@@ -174,3 +174,21 @@ def test_noise_does_not_collapse_on_a_small_wide_sweep():
   print(f"small wide sweep: noise sd {s.noise_sd:.4f} (true {noise}), "
         f"90% predictive coverage of 200 new runs {cov:.3f}")
   assert 0.75 <= cov <= 1.0
+
+
+def test_pool_calibration_takes_out_only_the_given_pure_noise():
+  # Held-out contrasts = effect error + noise. Without a pure-error figure nothing is
+  # taken out (the widest scale); a known noise variance narrows it; one as large as
+  # the contrasts themselves leaves no widening at all.
+  rng = np.random.default_rng(0)
+  n, q = 240, 4
+  z = rng.standard_normal((n, q))
+  pools = np.arange(n) % 12
+  y = z @ np.array([1.0, -0.5, 0.3, 0.0]) + 0.3 * np.sin(3 * z[:, 0]) * (pools % 3)
+  y = y + 0.2 * rng.standard_normal(n)
+  g = np.arange(q)
+  wide = fit.pool_calibration(z, y, g, pools, None, 4, 0)
+  narrower = fit.pool_calibration(z, y, g, pools, None, 4, 0, pure_noise_var=0.04)
+  assert wide > narrower >= 1.0
+  assert fit.pool_calibration(z, y, g, pools, None, 4, 0, pure_noise_var=100.0) == 1.0
+  assert fit.pool_calibration(z, y, g, np.zeros(n), None, 4, 0) == 1.0  # one pool
