@@ -70,9 +70,7 @@ def regmix_section(regmix_dir: pathlib.Path, outcome: str, folds: int) -> dict:
     lgbm_t.append(baselines.fit_regmix_lgbm(runs, outcome, n_boot=0).fit_time)
   out["ours_fit_s"] = min(ours_t)
   out["lightgbm_fit_s"] = min(lgbm_t)
-  lgbm = baselines.fit_regmix_lgbm(runs, outcome, n_boot=0)
-  lgbm.fit_time = min(lgbm_t)
-  out["fit_time_ratio_ours_over_lgbm"] = out["ours_fit_s"] / lgbm.fit_time
+  out["fit_time_ratio_ours_over_lgbm"] = out["ours_fit_s"] / out["lightgbm_fit_s"]
   out["spearman_ours_minus_lgbm"] = out["ours_spearman"] - out["lightgbm_spearman"]
   out["ours_chosen"] = s.info["chosen"]
   return out

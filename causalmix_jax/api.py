@@ -23,7 +23,5 @@ __all__ = ["Runs", "Surface", "load_runs", "fit_surface", "load_surface", "recom
 
 def pool_covariates(pool_dir: str | os.PathLike[str]) -> Mapping[str, float]:
   """The flat `x_*` covariate vector of a pool built by the `pool` stage."""
-  from causalmix_jax import artifacts
-  cov: dict[str, Any] = artifacts.read_json(
-      os.path.join(pool_dir, "covariates.json"), "pool covariates")
-  return dict(cov["vector"])
+  from causalmix_jax.data import covariates
+  return covariates.read_vector(os.path.join(pool_dir, "covariates.json"))

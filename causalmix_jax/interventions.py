@@ -273,8 +273,7 @@ def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
   dup_rate_SxD = np.zeros((len(states), len(domains)), np.float32)
   state_meta = []
   full_n_D, _ = pool_shift.full(pool).to_arrays(domains)
-  full_vector = artifacts.read_json(workdir / "pool" / "covariates.json",
-                                    "pool covariates")["vector"]
+  full_vector = covariates_lib.read_vector(workdir / "pool" / "covariates.json")
   for s, st in enumerate(states):
     n_D, r_D = st.to_arrays(domains)
     n_tokens_SxD[s], dup_rate_SxD[s] = n_D, r_D

@@ -138,6 +138,11 @@ def batch_split(mesh: Mesh, rules: Rules) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+def from_replicated_host(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array every process holds in full."""
+  return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
 def shard_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
                 rules: Rules) -> dict[str, jax.Array]:
   """Global arrays from this process's slice of the batch (its rows, in process order).

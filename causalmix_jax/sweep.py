@@ -31,6 +31,7 @@ from causalmix_jax import artifacts
 from causalmix_jax import evaluate
 from causalmix_jax import interventions
 from causalmix_jax import model as model_lib
+from causalmix_jax import sharding as sharding_lib
 from causalmix_jax import train_step as train_step_lib
 from causalmix_jax.data import token_pool as token_pool_lib
 
@@ -173,11 +174,6 @@ def make_sweep_fn(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.Conf
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def _to_global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array from a host array every process holds in full."""
-  return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
 def _to_host(tree: Any) -> Any:
@@ -341,7 +337,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
       s = design["state_N"][idx_pad]
       host = (design["seed_N"][idx_pad].astype(np.int32),
               design["w_NxD"][idx_pad].astype(np.float32), n_tok[s], dup[s])
-      return tuple(_to_global(np.ascontiguousarray(a), runs_sh) for a in host)
+      return tuple(sharding_lib.from_replicated_host(np.ascontiguousarray(a), runs_sh)
+                   for a in host)
 
     def padded_idx(i: int) -> np.ndarray:
       idx = np.arange(i * chunk, min((i + 1) * chunk, n_runs))

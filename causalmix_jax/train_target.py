@@ -106,21 +106,19 @@ class _Pending:
   """Device metrics of a dispatched step, fetched one step later."""
   step: int  # updates done after this step
   metrics: dict[str, jax.Array]
-  t_dispatch: float
 
 
 def _global_eval_arrays(host: Mapping[str, np.ndarray], mesh, rules
-                        ) -> tuple[dict[str, jax.Array], dict[str, NamedSharding]]:
+                        ) -> dict[str, jax.Array]:
   """Evaluation arrays as global arrays, batch axis (1) split like training batches."""
   split = sharding.batch_split(mesh, rules)
   batch_spec = sharding.batch_shardings(mesh, rules)["tokens"].spec[0]
-  out, shard = {}, {}
+  out = {}
   for k in evaluate.EVAL_KEYS:
     x = np.asarray(host[k])
     spec = PartitionSpec(None, batch_spec) if x.shape[1] % split == 0 else PartitionSpec()
-    shard[k] = NamedSharding(mesh, spec)
-    out[k] = jax.make_array_from_callback(x.shape, shard[k], lambda idx, x=x: x[idx])
-  return out, shard
+    out[k] = sharding.from_replicated_host(x, NamedSharding(mesh, spec))
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,11 +194,13 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
     ckpt.check_compatible(latest)  # before compiling anything: fail fast
   fns = _compiled(spec, _frozen(optim_cfg), n_domains, mesh, rules)
   state_sh = fns.state_sh
-  state = fns.init(jax.random.key(int(cfg.seed)))
+  key = jax.random.key(int(cfg.seed))
   iterator = make_iterator(local_batch, jax.process_index(), jax.process_count())
   start = 0
-  if latest is not None:
-    abstract = checkpointing.abstract_like(state, state_sh)
+  if latest is None:
+    state = fns.init(key)
+  else:  # restore into the state's shapes and shardings; no fresh state is built
+    abstract = checkpointing.abstract_like(jax.eval_shape(fns.init, key), state_sh)
     state, data_state, _ = ckpt.restore(latest, abstract)
     if data_state is not None:
       iterator.set_state(data_state)
@@ -208,22 +208,22 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
     log.info("target: resumed from %s/%d", ckpt.directory, latest)
 
   step_fn = fns.step
-  eval_arrays, _ = _global_eval_arrays(eval_host, mesh, rules)
+  eval_arrays = _global_eval_arrays(eval_host, mesh, rules)
   eval_fn = fns.evaluate
   sync_each_step = jax.devices()[0].platform == "cpu" and jax.device_count() > 1
 
   flops_tok = model.flops_per_token(spec)
+  n_params = model.param_count(spec)
   tokens_per_step = global_batch * spec.seq_len
   writer = metrics_lib.MetricsWriter(out_dir / "metrics.jsonl", enabled=writer_process,
                                      tensorboard_dir=out_dir / "tensorboard")
-  writer.write(start, event="start", params=model.param_count(spec),
+  writer.write(start, event="start", params=n_params,
                flops_per_token=flops_tok, tokens_per_step=tokens_per_step,
                mesh=str(dict(mesh.shape)), resumed=latest is not None)
   last: dict[str, Any] = {"loss": float("nan")}
   last_eval: dict[str, float] = {}
   window = {"t": time.time(), "steps": 0}
   t_start = time.time()
-  compute_seconds = 0.0
   bar = tqdm.tqdm(total=steps, initial=start, desc="target", disable=not writer_process,
                   dynamic_ncols=True)
 
@@ -262,15 +262,13 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
     while step < steps and (stop_after is None or step < stop_after):
       host_batch = next(iterator)
       batch = sharding.shard_batch(host_batch, mesh, rules)
-      t0 = time.time()
       state, met = step_fn(state, batch)
       step += 1
-      current = _Pending(step, met, t0)
+      current = _Pending(step, met)
       if pending is not None:
         finish(pending)  # overlaps with the step just dispatched
       if sync_each_step:
         jax.block_until_ready(met)
-      compute_seconds += time.time() - t0
       pending = current
       do_eval = step % int(tcfg.eval_every) == 0 or step == steps
       do_ckpt = step % int(tcfg.checkpoint_every) == 0 or step == steps
@@ -299,7 +297,7 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
       "final_train_loss": last["loss"], "eval_loss": {
           k.split("/", 1)[1]: v for k, v in last_eval.items() if k.startswith("eval_loss/")},
       "target_loss": last_eval.get("target_loss"),
-      "tokens": step * tokens_per_step, "params": model.param_count(spec),
+      "tokens": step * tokens_per_step, "params": n_params,
       "flops_per_token": flops_tok, "flops": flops_tok * step * tokens_per_step,
       "seconds": seconds,
       "achieved_flops_per_s": flops_tok * done * tokens_per_step / max(seconds, 1e-9),

@@ -74,8 +74,7 @@ def test_covariate_basis_reduces_to_distinct_states():
 def _wide_runs(n_runs=120, n_states=4, seed=5):
   world = planted.PlantedWorld(n_domains=4, n_features=3, seed=seed)
   runs = world.sample_sweep(n_runs=n_runs, n_pool_states=n_states, noise=0.01)
-  frame = runs.frame if hasattr(runs, "frame") else runs._frame  # pylint: disable=protected-access
-  frame = frame.copy()
+  frame = runs.to_frame()
   xcols = [c for c in frame.columns if c.startswith("x_")]
   wide = _many_covariates(frame[xcols].to_numpy(np.float64))
   frame = frame.drop(columns=xcols)
@@ -192,3 +191,13 @@ def test_pool_calibration_takes_out_only_the_given_pure_noise():
   assert wide > narrower >= 1.0
   assert fit.pool_calibration(z, y, g, pools, None, 4, 0, pure_noise_var=100.0) == 1.0
   assert fit.pool_calibration(z, y, g, np.zeros(n), None, 4, 0) == 1.0  # one pool
+
+
+@pytest.mark.parametrize("key,value", [("pairs", "sometimes"), ("modifiers", ("cubic",))])
+def test_bad_surface_config_names_the_key(key, value):
+  world = planted.PlantedWorld(n_domains=3, n_features=2, seed=0)
+  runs = world.sample_sweep(n_runs=24, n_pool_states=4, noise=0.01)
+  cfg = fit.default_config()
+  cfg[key] = value
+  with pytest.raises(ValueError, match=f"surface.{key}"):
+    fit.fit_surface(runs, "loss", config=cfg)

@@ -185,6 +185,10 @@ def test_group_width_divides_runs_and_devices():
   assert sweep.group_width(cfg, 256, 1, "cpu") == sweep.CPU_RUNS_PER_DEVICE
   assert sweep.group_width(cfg, 256, 4, "cpu") == 4 * sweep.CPU_RUNS_PER_DEVICE
   assert sweep.group_width(cfg, 256, 4, "gpu") == 256
+  with pytest.raises(ValueError, match="vmap_width"):
+    sweep.group_width(make_cfg(vmap_width=-1), 8, 1, "cpu")
+  with pytest.raises(ValueError, match="divide"):
+    sweep.group_width(cfg, 6, 4, "cpu")
   cfg = make_cfg(vmap_width=12)
   assert sweep.group_width(cfg, 32, 4, "cpu") == 8  # largest divisor of 32, <= 12, 4 | w
   assert sweep.group_width(cfg, 6, 1, "cpu") == 6

@@ -85,7 +85,6 @@ def test_grad_accumulation_matches_one_big_batch():
   key = jax.random.key(0)
   outs = []
   for accum in (1, 2):
-    opt = tiny_optim(grad_accum=accum)
     state = jitted_init()(key)  # grad_accum does not change the initial state
     state, m = jitted_step(accum)(state, batch)
     outs.append((state, m))
@@ -115,7 +114,7 @@ def test_vmapped_init_and_steps_equal_sequential():
 
 
 def test_eval_step_matches_train_metrics_before_update():
-  model_cfg, opt = tiny_model(), tiny_optim()
+  model_cfg = tiny_model()
   state = jitted_init()(jax.random.key(0))
   batch = fixed_batch()
   ev = jax.jit(ts.make_eval_step(model_cfg, N_DOMAINS))(state.params, batch)

@@ -434,3 +434,12 @@ def digest(cov: Mapping[str, Any]) -> str:
   vec = feature_vector(cov)
   h = hashlib.sha256(repr(sorted(vec.items())).encode())
   return h.hexdigest()[:16]
+
+
+def read_vector(path: Any) -> dict[str, float]:
+  """The flat `x_*` covariate vector saved in a pool stage's `covariates.json`."""
+  from causalmix_jax import artifacts  # pylint: disable=import-outside-toplevel
+  cov = artifacts.read_json(path, "pool covariates")
+  if "vector" not in cov:
+    raise ValueError(f"{path}: no 'vector' entry (the flattened x_ features)")
+  return dict(cov["vector"])

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from causalmix_jax import artifacts
+from causalmix_jax.data import covariates as covariates_lib
 from causalmix_jax.metrics import MetricsWriter
 from causalmix_jax.optimise import constraints as cons
 from causalmix_jax.optimise.recommend import default_reference, recommend
@@ -133,10 +134,7 @@ def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
   cov_path = workdir / "pool" / "covariates.json"
   covariates = None
   if cov_path.exists():
-    cov = artifacts.read_json(cov_path, "pool covariates")
-    if "vector" not in cov:
-      raise ValueError(f"{cov_path}: no 'vector' entry (the flattened x_ features)")
-    covariates = dict(cov["vector"])
+    covariates = covariates_lib.read_vector(cov_path)
     for s in surfaces:
       missing = [f for f in s.features
                  if f not in covariates and f"x_{f}" not in covariates

@@ -31,7 +31,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,9 @@ class Conjugate:
 # residual degrees of freedom the data outweigh it as soon as the sweep can identify
 # the noise; it decides only when the design could interpolate.
 NOISE_PRIOR_DOF = 2.0
+# surface.pairs -> whether candidates use pairwise mixture features; surface.modifiers.
+PAIR_OPTIONS = {"auto": (False, True), "never": (False,), "always": (True,)}
+MODIFIERS = ("linear", "quadratic")
 NOISE_PRIOR_QUANTILE = 0.9
 # Floor on each group's prior precision (columns and y are standardised): a prior
 # coefficient sd of at most 10 outcome sds per column sd, far above any effect a sweep
@@ -678,6 +681,11 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   if inference not in INFERENCES:
     raise ValueError(f"surface.inference: unknown {inference!r}; known: "
                      f"{list(INFERENCES)}")
+  if str(cfg.pairs) not in PAIR_OPTIONS:
+    raise ValueError(f"surface.pairs: unknown {cfg.pairs!r}; known: {list(PAIR_OPTIONS)}")
+  bad_mods = [m for m in cfg.modifiers if m not in MODIFIERS]
+  if bad_mods:
+    raise ValueError(f"surface.modifiers: unknown {bad_mods}; known: {list(MODIFIERS)}")
   t0 = time.time()
   name = outcome[2:] if outcome.startswith("y_") else outcome
   y_all = runs.y(name)
@@ -703,8 +711,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
       tokens_known)
   if "repetition" in kinds and not tokens_known:
     kinds = tuple(k for k in kinds if k != "repetition")
-  pair_options = {"auto": (False, True), "never": (False,), "always": (True,)}[
-      str(cfg.pairs)]
+  pair_options = PAIR_OPTIONS[str(cfg.pairs)]
   if d * (d - 1) // 2 > int(cfg.max_pairs):
     pair_options = (False,)
   floors = tuple(float(f) for f in cfg.floors)
