@@ -197,11 +197,13 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
   key = jax.random.key(int(cfg.seed))
   iterator = make_iterator(local_batch, jax.process_index(), jax.process_count())
   start = 0
+  restored_loss = float("nan")
   if latest is None:
     state = fns.init(key)
   else:  # restore into the state's shapes and shardings; no fresh state is built
     abstract = checkpointing.abstract_like(jax.eval_shape(fns.init, key), state_sh)
-    state, data_state, _ = ckpt.restore(latest, abstract)
+    state, data_state, ckpt_meta = ckpt.restore(latest, abstract)
+    restored_loss = float(ckpt_meta.get("extra", {}).get("loss", float("nan")))
     if data_state is not None:
       iterator.set_state(data_state)
     start = int(latest)
@@ -220,7 +222,7 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
   writer.write(start, event="start", params=n_params,
                flops_per_token=flops_tok, tokens_per_step=tokens_per_step,
                mesh=str(dict(mesh.shape)), resumed=latest is not None)
-  last: dict[str, Any] = {"loss": float("nan")}
+  last: dict[str, Any] = {"loss": restored_loss}
   last_eval: dict[str, float] = {}
   window = {"t": time.time(), "steps": 0}
   t_start = time.time()
@@ -285,6 +287,9 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
     if pending is not None:
       finish(pending)
       pending = None
+    if not last_eval:  # nothing left to train (a finished run started again): evaluate
+      last_eval = evaluate.named(jax.device_get(eval_fn(state.params, eval_arrays)),
+                                 domains)
   finally:
     bar.close()
     ckpt.close()

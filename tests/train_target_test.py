@@ -90,6 +90,12 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
   np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-6)
   assert resumed["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=1e-6)
   assert resumed["target_loss"] == pytest.approx(full["target_loss"], rel=1e-6)
+  # Starting a finished run again trains nothing and reports the same figures.
+  again = run(cfg, tmp_path / "full")
+  assert again["steps_this_run"] == 0 and again["resumed_from"] == 6
+  assert again["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=1e-6)
+  assert again["target_loss"] == pytest.approx(full["target_loss"], rel=1e-6)
+  assert again["eval_loss"] == pytest.approx(full["eval_loss"], rel=1e-6)
   assert set(full["eval_loss"]) == set(DOMAINS)
   assert full["flops"] == full["flops_per_token"] * full["tokens"] > 0
   assert a[6] < a[1]  # it learns
