@@ -104,3 +104,31 @@ def test_untied_embeddings_project_onto_the_vocabulary():
   assert params["unembed"]["kernel"].shape == (cfg.d_model, cfg.vocab_size)
   logits = model.apply(cfg, params, jnp.zeros((2, 12), jnp.int32))
   assert logits.shape == (2, 12, 40)
+
+
+def test_forward_and_backward_matmuls_have_no_batch_dimensions():
+  # Projections fold leading axes into rows so XLA sees plain 2-D dots (3-D operands
+  # made XLA CPU add layout copies and batched dots worth a quarter of a step). Attention's two
+  # einsums are the only dots allowed batch dimensions.
+  cfg = tiny()
+  params = model.init_params(cfg, jax.random.key(0))
+  tokens = jnp.zeros((2, 12), jnp.int32)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda p: model.apply(cfg, p, tokens).sum()))(params)
+
+  def dots(jx):
+    for eqn in jx.eqns:
+      if eqn.primitive.name == "dot_general":
+        yield eqn
+      for v in eqn.params.values():
+        inner = getattr(v, "jaxpr", None)
+        if inner is not None:
+          yield from dots(getattr(inner, "jaxpr", inner))
+
+  found = list(dots(jaxpr.jaxpr))
+  batched = [e for e in found if e.params["dimension_numbers"][1] != ((), ())]
+  unbatched = [e for e in found if e.params["dimension_numbers"][1] == ((), ())]
+  assert unbatched and all(v.aval.ndim == 2 for e in unbatched for v in e.invars)
+  # Attention: scores and values, forward and their backward products, per layer.
+  assert len(batched) <= 6 * cfg.n_layers
+  for e in batched:
+    assert all(v.aval.ndim == 4 for v in e.invars)
