@@ -10,7 +10,13 @@ import ml_collections
 
 def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "dml"  # "dml" | "outcome" | "gp"
+  # "stack" (default): the DML, GP and scaling-law families stacked by leave-pools-out
+  # prediction of within-pool contrasts, intervals calibrated by split-conformal on
+  # the held-out pools (surface/robust.py). Or one family alone: "dml" | "outcome" |
+  # "gp" | "scaling".
+  c.method = "stack"
+  c.stack_members = ("dml", "scaling")
+  c.interval_level = 0.9  # the interval the stack's conformal calibration targets
   # "exact": closed-form Gaussian posterior with evidence-maximising prior scales (fast
   # default); "nuts" | "svi": NumPyro on the same model.
   c.inference = "exact"

@@ -48,11 +48,11 @@ except ImportError:  # optional: only limits BLAS threads for speed
 from causalmix_jax.surface import features as feats
 from causalmix_jax.surface import models
 from causalmix_jax.surface import nuisance as nuis
-from causalmix_jax.surface.surface import DesignSpec, Surface, modifier_basis
+from causalmix_jax.surface.surface import DesignSpec, Surface, SurfaceBase, modifier_basis
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dml", "outcome", "gp")
+METHODS = ("stack", "dml", "outcome", "gp", "scaling")
 INFERENCES = ("exact", "nuts", "svi")
 
 
@@ -657,15 +657,23 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis) -> dict[str
   return out
 
 
-def fit_surface(runs, outcome: str, method: str = "dml", config=None,
-                covariate_blind: bool = False) -> Surface:
+def fit_surface(runs, outcome: str, method: str = "stack", config=None,
+                covariate_blind: bool = False) -> SurfaceBase:
   """Fits a surface for outcome `outcome` (with or without the y_ prefix).
 
-  method: "dml" (default; cross-fitted nuisances, heterogeneous effect theta(X)),
+  method: "stack" (default; the families below stacked and calibrated on held-out
+  pools, `robust.py`), "scaling" (the structured scaling law, `scaling.py`),
+  "dml" (cross-fitted nuisances, heterogeneous effect theta(X)),
   "outcome" (Y ~ f(T, X) with T x X interactions) or "gp" (outcome model plus a
   random-Fourier-feature GP over (log-ratio mixture, X)). config: a ConfigDict like
   `configs.surface.section` (None: defaults; inference "exact"). covariate_blind: ignore
   X (the ablation): the surface then answers the same for every pool."""
+  if method not in METHODS:
+    raise ValueError(f"surface.method: unknown method {method!r}; known: {list(METHODS)}")
+  if method in ("stack", "scaling"):
+    from causalmix_jax.surface import robust
+    fn = robust.fit_stack if method == "stack" else robust.fit_scaling
+    return fn(runs, outcome, config, covariate_blind=covariate_blind)
   if threadpoolctl is None:
     return _fit_surface(runs, outcome, method, config, covariate_blind)
   with threadpoolctl.threadpool_limits(1, user_api="blas"):

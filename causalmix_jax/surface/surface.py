@@ -118,28 +118,41 @@ def _as_rows(a: Any, width: int, what: str) -> np.ndarray:
   return arr
 
 
-class Surface:
-  """A fitted surface. Construct with `fit_surface` or `load_surface`."""
+class SurfaceBase:
+  """What every fitted surface answers, given a pure jittable sampler: predict, CATE,
+  theta, support and the predictive distribution of a new run. Subclasses provide
+  `sampler(tokens, budget) -> (fn, params)` (fn(params, w_NxD, x_F) -> draws S x N),
+  `n_draws` and `save`; they may override `draws` with a faster path."""
 
-  def __init__(self, spec: DesignSpec, params: dict[str, Any], *, domains: Sequence[str],
-               features: Sequence[str], outcome: str, maximize: bool,
-               support_stats: dict[str, Any], info: dict[str, Any] | None = None):
-    self.spec = spec
-    self.params = jax.tree.map(jnp.asarray, params)
+  def __init__(self, *, domains: Sequence[str], features: Sequence[str], outcome: str,
+               maximize: bool, support_stats: dict[str, Any],
+               info: dict[str, Any] | None = None):
     self.domains = list(domains)
     self.features = list(features)
     self.outcome = outcome
     self.maximize = bool(maximize)
     self.support_stats = support_stats
     self.info = dict(info or {})
-    self._sampler_fn = functools.partial(surface_fn, spec)  # one object: warm jit cache
-    self._fn = jax.jit(self._sampler_fn)
-    sampler_fn = self._sampler_fn
+    self._jitted: dict[str, Any] = {}
 
-    def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
-      return jax.jacfwd(lambda wv: sampler_fn(params, wv[None, :], x_F)[:, 0])(w_D)
+  def sampler(self, tokens: Any = None, budget: float | None = None
+              ) -> tuple[SamplerFn, dict[str, Any]]:
+    raise NotImplementedError
 
-    self._jac_fn = jax.jit(jac)  # compiled once, reused by every theta() call
+  @property
+  def n_draws(self) -> int:
+    raise NotImplementedError
+
+  def _compiled(self) -> tuple[Any, Any]:
+    """(jit(fn), jit(jacobian of the draws at one mixture)), built once."""
+    if "fn" not in self._jitted:
+      fn = self.sampler()[0]
+
+      def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
+        return jax.jacfwd(lambda wv: fn(params, wv[None, :], x_F)[:, 0])(w_D)
+
+      self._jitted["fn"], self._jitted["jac"] = jax.jit(fn), jax.jit(jac)
+    return self._jitted["fn"], self._jitted["jac"]
 
   # -- defaults -------------------------------------------------------------------------
   @property
@@ -177,21 +190,24 @@ class Surface:
       raise ValueError("surface: mixture weights must be >= 0")
     return np.maximum(w, 0.0)
 
-  # -- answers --------------------------------------------------------------------------
-  def _params(self, tokens: Any, budget: Any) -> dict[str, Any]:
-    if tokens is None and budget is None:
-      return self.params
-    return self.sampler(tokens, budget)[1]
-
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
-    """Posterior draws of the expected outcome, S x N. tokens (length D) and budget
-    describe the pool's size for repetition features (default: the sweep's median)."""
-    # One-off queries evaluate the same `surface_fn` in NumPy: nothing to compile for
-    # each new surface or query shape (the jitted sampler serves the optimiser).
-    params = jax.tree.map(np.asarray, self._params(tokens, budget))
-    return np.asarray(surface_fn(self.spec, params, self._w(w), self._x(x)))
+    """Posterior draws of the expected outcome, S x N (pool size as in `sampler`)."""
+    fn, _ = self._compiled()
+    params = self.sampler(tokens, budget)[1]
+    return np.asarray(fn(params, jnp.asarray(self._w(w), jnp.float32),
+                         jnp.asarray(self._x(x), jnp.float32)), np.float64)
 
+  def theta(self, x: Any = None, ci: float = 0.9, w: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> Prediction:
+    """Marginal return of each domain at x: the derivative of the expected outcome
+    along e_d - w, at w (default the sweep's mean mixture). Length D."""
+    w0 = self.w_ref if w is None else self._w(w)[0]
+    _, jac = self._compiled()
+    g = np.asarray(jac(self.sampler(tokens, budget)[1], jnp.asarray(w0, jnp.float32),
+                       jnp.asarray(self._x(x), jnp.float32)), np.float64)
+    return Prediction.from_samples(g - np.sum(g * w0[None, :], axis=1, keepdims=True), ci)
+  # -- answers ----------------------------------------------------------------------
   def predict(self, w: Any, x: Any = None, ci: float = 0.9, *, tokens: Any = None,
               budget: float | None = None) -> Prediction:
     return Prediction.from_samples(self.draws(w, x, tokens=tokens, budget=budget), ci)
@@ -218,19 +234,6 @@ class Surface:
     wr = np.broadcast_to(self._w(w_ref), w.shape)
     kw = {"tokens": tokens, "budget": budget}
     return Prediction.from_samples(self.draws(w, x, **kw) - self.draws(wr, x, **kw), ci)
-
-  def theta(self, x: Any = None, ci: float = 0.9, w: Any = None, *, tokens: Any = None,
-            budget: float | None = None) -> Prediction:
-    """Marginal return of each domain at x: the derivative of the expected outcome
-    along e_d - w (mass moved into d proportionally from all domains), at w (default
-    the sweep's mean mixture). Length D."""
-    w0 = self.w_ref if w is None else self._w(w)[0]
-    x0 = jnp.asarray(self._x(x))
-
-    params = self._params(tokens, budget)
-    g = np.asarray(self._jac_fn(params, jnp.asarray(w0), x0))  # S x D
-    theta = g - np.sum(g * w0[None, :], axis=1, keepdims=True)
-    return Prediction.from_samples(theta, ci)
 
   def support(self, x: Any, residual_tol: float = 0.1) -> dict[str, Any]:
     """How far x lies outside the sweep's covariate support.
@@ -286,6 +289,54 @@ class Surface:
                outside=bool(d > sweep_d.max() * (1 + 1e-9) + 1e-9 or resid > res_limit
                             or outside))
     return out
+
+class Surface(SurfaceBase):
+  """A fitted linear-in-features surface. Construct with `fit_surface` or
+  `load_surface`."""
+
+  def __init__(self, spec: DesignSpec, params: dict[str, Any], *, domains: Sequence[str],
+               features: Sequence[str], outcome: str, maximize: bool,
+               support_stats: dict[str, Any], info: dict[str, Any] | None = None):
+    super().__init__(domains=domains, features=features, outcome=outcome,
+                     maximize=maximize, support_stats=support_stats, info=info)
+    self.spec = spec
+    self.params = jax.tree.map(jnp.asarray, params)
+    self._sampler_fn = functools.partial(surface_fn, spec)  # one object: warm jit cache
+    self._fn = jax.jit(self._sampler_fn)
+    sampler_fn = self._sampler_fn
+
+    def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
+      return jax.jacfwd(lambda wv: sampler_fn(params, wv[None, :], x_F)[:, 0])(w_D)
+
+    self._jac_fn = jax.jit(jac)  # compiled once, reused by every theta() call
+
+  # -- answers --------------------------------------------------------------------------
+  def _params(self, tokens: Any, budget: Any) -> dict[str, Any]:
+    if tokens is None and budget is None:
+      return self.params
+    return self.sampler(tokens, budget)[1]
+
+  def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> np.ndarray:
+    """Posterior draws of the expected outcome, S x N. tokens (length D) and budget
+    describe the pool's size for repetition features (default: the sweep's median)."""
+    # One-off queries evaluate the same `surface_fn` in NumPy: nothing to compile for
+    # each new surface or query shape (the jitted sampler serves the optimiser).
+    params = jax.tree.map(np.asarray, self._params(tokens, budget))
+    return np.asarray(surface_fn(self.spec, params, self._w(w), self._x(x)))
+
+  def theta(self, x: Any = None, ci: float = 0.9, w: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> Prediction:
+    """Marginal return of each domain at x: the derivative of the expected outcome
+    along e_d - w (mass moved into d proportionally from all domains), at w (default
+    the sweep's mean mixture). Length D."""
+    w0 = self.w_ref if w is None else self._w(w)[0]
+    x0 = jnp.asarray(self._x(x))
+
+    params = self._params(tokens, budget)
+    g = np.asarray(self._jac_fn(params, jnp.asarray(w0), x0))  # S x D
+    theta = g - np.sum(g * w0[None, :], axis=1, keepdims=True)
+    return Prediction.from_samples(theta, ci)
 
   def sampler(self, tokens: Any = None, budget: float | None = None
               ) -> tuple[SamplerFn, dict[str, Any]]:
@@ -347,9 +398,9 @@ def _rebuild(skeleton: Any, leaves: list[np.ndarray]) -> Any:
   return go(skeleton)
 
 
-def load_surface(directory: str | pathlib.Path) -> Surface:
-  """Reads a surface written by `Surface.save` (a directory with surface.json and
-  posterior.npz, or the path of surface.json)."""
+def load_surface(directory: str | pathlib.Path) -> SurfaceBase:
+  """Reads a surface written by a surface's `save` (a directory with surface.json and
+  its arrays, or the path of surface.json): linear, scaling-law or stacked."""
   directory = pathlib.Path(directory)
   if directory.name == "surface.json":
     directory = directory.parent
@@ -357,6 +408,9 @@ def load_surface(directory: str | pathlib.Path) -> Surface:
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{directory / 'surface.json'}: format_version "
                      f"{meta.get('format_version')} is not {FORMAT_VERSION}")
+  if meta.get("kind", "linear") != "linear":
+    from causalmix_jax.surface import robust  # scaling-law and stacked surfaces
+    return robust.load(directory, meta)
   npz_path = directory / "posterior.npz"
   if not npz_path.exists():
     raise FileNotFoundError(f"surface posterior not found: {npz_path}")

@@ -1,0 +1,447 @@
+"""Surfaces that stay honest on pools the sweep did not see: the scaling-law family as a
+surface, and a stack of families chosen and calibrated by leave-pools-out prediction.
+
+`fit_stack` answers the question users ask of a new pool. Runs are grouped by pool state
+(the distinct rows of the varying covariates; row folds when the sweep has fewer than
+four states) and every member family is refitted with each group held out:
+
+- members: the DML surface (`fit.py`, linear in physics features, effects modified by
+  the covariates), the GP surface (random Fourier features over mixture and covariates:
+  flexible in X) and the structured scaling law (`scaling.py`: power laws in effective
+  data with data-constrained repetition, so it extrapolates pool size physically);
+- stacking: non-negative weights summing to one that minimise the squared error of the
+  held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
+  uses), so a family that is wrong for this sweep gets no weight;
+- calibration: split-conformal on the same held-out contrasts. The spread of the
+  stacked draws around their mean is scaled so that the conformal quantile of the
+  normalised contrast errors sits on the edge of the interval (replicate runs' pure
+  error is taken out; without replicates the run noise stays in, erring wide), and a
+  pool-level shift, common to every mixture of a pool, gets the spread of the held-out
+  pools' level errors: it widens predictions of a new pool's outcome without touching
+  its effects.
+
+The result is an ordinary surface (`SurfaceBase`): predict, cate, theta, support, a
+pure jittable sampler for the optimiser, save and load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+from scipy import stats
+
+from causalmix_jax import artifacts
+from causalmix_jax.surface import nuisance as nuis
+from causalmix_jax.surface import scaling
+from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
+
+log = logging.getLogger(__name__)
+
+MEMBERS = ("dml", "gp", "scaling")
+MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
+
+
+# -- the scaling-law family as a surface ----------------------------------------------
+
+class ScalingSurface(SurfaceBase):
+  """The structured family of `scaling.py` with its Laplace posterior draws."""
+
+  def __init__(self, spec: scaling.ScalingSpec, params: dict[str, Any], **kw):
+    super().__init__(**kw)
+    self.spec = spec
+    self.params = {k: jnp.asarray(v) for k, v in params.items()}
+    self._fn = functools.partial(scaling.sampler_fn, spec)
+
+  def sampler(self, tokens: Any = None, budget: float | None = None):
+    params = dict(self.params)
+    if tokens is not None and self.spec.tokens_known:
+      params["tokens_D"] = jnp.asarray(np.asarray(tokens, np.float64).reshape(-1),
+                                       jnp.float32)
+    if budget is not None and self.spec.tokens_known:
+      params["budget"] = jnp.asarray(float(budget), jnp.float32)
+    return self._fn, params
+
+  @property
+  def n_draws(self) -> int:
+    return int(self.params["draws_SxP"].shape[0])
+
+  def save(self, directory: str | pathlib.Path) -> pathlib.Path:
+    directory = pathlib.Path(directory)
+    artifacts.write_npz(directory / "posterior.npz",
+                        **{k: np.asarray(v) for k, v in self.params.items()})
+    return artifacts.write_json(directory / "surface.json", {
+        **_meta(self, "scaling"), "spec": self.spec.to_dict()})
+
+  def __repr__(self) -> str:
+    return (f"ScalingSurface(outcome={self.outcome!r}, {len(self.domains)} domains, "
+            f"{len(self.features)} covariates, {self.n_draws} draws)")
+
+
+class StackedSurface(SurfaceBase):
+  """sum_k a_k [m_k + c (f_k - m_k)] + level: member draws f_k (means m_k) stacked with
+  weights a_k, their spread scaled by the conformal factor c, plus a pool-level shift
+  per draw (zero mean; the same for every mixture of a pool)."""
+
+  def __init__(self, members: Sequence[SurfaceBase], weights: Sequence[float],
+               scale: float, level_S: np.ndarray, **kw):
+    super().__init__(**kw)
+    self.members = list(members)
+    self.weights = np.asarray(weights, np.float64)
+    self.scale = float(scale)
+    self.level_S = np.asarray(level_S, np.float32)
+    fns = tuple(m.sampler()[0] for m in self.members)
+    n = min([m.n_draws for m in self.members] + [len(self.level_S)])
+
+    def fn(params, w_NxD, x_F):
+      out = params["level_S"][:n, None]
+      for f, p, a in zip(fns, params["members"], params["weights"]):
+        d = f(p, w_NxD, x_F)[:n]
+        m = d.mean(0, keepdims=True)
+        out = out + a * (m + params["scale"] * (d - m))
+      return out
+
+    self._fn = fn
+    self._n = n
+
+  def sampler(self, tokens: Any = None, budget: float | None = None):
+    params = {"members": tuple(m.sampler(tokens, budget)[1] for m in self.members),
+              "weights": jnp.asarray(self.weights, jnp.float32),
+              "scale": jnp.float32(self.scale), "level_S": jnp.asarray(self.level_S)}
+    return self._fn, params
+
+  @property
+  def n_draws(self) -> int:
+    return self._n
+
+  def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> np.ndarray:
+    out = np.asarray(self.level_S[:self._n, None], np.float64)
+    for m, a in zip(self.members, self.weights):
+      d = m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
+      mu = d.mean(0, keepdims=True)
+      out = out + a * (mu + self.scale * (d - mu))
+    return out
+
+  def save(self, directory: str | pathlib.Path) -> pathlib.Path:
+    directory = pathlib.Path(directory)
+    names = []
+    for i, m in enumerate(self.members):
+      names.append(f"member_{i}")
+      m.save(directory / names[-1])
+    artifacts.write_npz(directory / "stack.npz", level_S=self.level_S)
+    return artifacts.write_json(directory / "surface.json", {
+        **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
+        "scale": self.scale})
+
+  def __repr__(self) -> str:
+    kinds = [m.info.get("method", "?") for m in self.members]
+    return (f"StackedSurface(outcome={self.outcome!r}, members={kinds}, "
+            f"weights={np.round(self.weights, 3).tolist()}, scale={self.scale:.2f})")
+
+
+def _meta(s: SurfaceBase, kind: str) -> dict[str, Any]:
+  return {"format_version": FORMAT_VERSION, "kind": kind, "domains": s.domains,
+          "features": s.features, "outcome": s.outcome, "maximize": s.maximize,
+          "support": s.support_stats, "info": s.info, "n_draws": s.n_draws}
+
+
+def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
+  """Reads a scaling or stacked surface written by `save` (see `load_surface`)."""
+  from causalmix_jax.surface.surface import load_surface
+  kw = dict(domains=meta["domains"], features=meta["features"], outcome=meta["outcome"],
+            maximize=meta["maximize"], support_stats=meta["support"], info=meta.get("info"))
+  if meta["kind"] == "scaling":
+    return ScalingSurface(scaling.ScalingSpec(**meta["spec"]),
+                          scaling.load_params(directory), **kw)
+  members = [load_surface(directory / n) for n in meta["members"]]
+  with np.load(directory / "stack.npz") as z:
+    level = z["level_S"]
+  return StackedSurface(members, meta["weights"], meta["scale"], level, **kw)
+
+
+# -- data ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Data:
+  name: str
+  rows: np.ndarray  # indices of usable runs in the table
+  w: np.ndarray
+  x: np.ndarray
+  y: np.ndarray
+  tokens: np.ndarray | None
+  budget: np.ndarray | None
+  groups: np.ndarray  # pool state of every row
+  pools: np.ndarray  # distinct (covariates, tokens, budget) rows: what one query sees
+
+
+def _data(runs, outcome: str, min_runs: int) -> _Data:
+  name = outcome[2:] if outcome.startswith("y_") else outcome
+  y_all = runs.y(name)
+  rows = np.flatnonzero(np.isfinite(y_all) & np.asarray(runs.ok))
+  if len(rows) < min_runs:
+    raise ValueError(f"{runs.source}: outcome y_{name} has {len(rows)} usable runs; the "
+                     f"surface needs at least {min_runs}")
+  w = runs.W[rows]
+  w = w / w.sum(1, keepdims=True)
+  x = runs.X[rows]
+  tokens = runs.tokens[rows] if runs.tokens is not None else None
+  budget = runs.budget[rows] if runs.budget is not None else None
+  if tokens is None or budget is None:
+    tokens = budget = None
+  cols = nuis.varying_columns(x)
+  _, groups = np.unique(np.round(x[:, cols], 9), axis=0, return_inverse=True)
+  key = [x] + ([tokens, budget[:, None]] if tokens is not None else [])
+  _, pools = np.unique(np.round(np.concatenate(key, axis=1), 6), axis=0,
+                       return_inverse=True)
+  return _Data(name, rows, w, x, y_all[rows], tokens, budget,
+               np.asarray(groups).reshape(-1), np.asarray(pools).reshape(-1))
+
+
+def _folds(data: _Data, n_folds: int, seed: int) -> tuple[np.ndarray, str]:
+  """Fold of every row: by pool state when there are enough states, else by row."""
+  uniq = np.unique(data.groups)
+  if len(uniq) >= MIN_GROUPS:
+    k = min(n_folds, len(uniq))
+    f_g = nuis.fold_ids(len(uniq), k, seed)
+    return f_g[np.searchsorted(uniq, data.groups)], "pool states"
+  return nuis.fold_ids(len(data.y), n_folds, seed), "runs"
+
+
+def _member_draws(surface: SurfaceBase, data: _Data, rows: np.ndarray, n: int
+                  ) -> np.ndarray:
+  """Draws (n x len(rows)) of a surface at the given rows, one query per pool."""
+  out = np.empty((n, len(rows)))
+  for p in np.unique(data.pools[rows]):
+    sel = rows[data.pools[rows] == p]
+    i = sel[0]
+    kw = {}
+    if data.tokens is not None:
+      kw = {"tokens": data.tokens[i], "budget": float(data.budget[i])}
+    out[:, np.isin(rows, sel)] = surface.draws(data.w[sel], data.x[i], **kw)[:n]
+  return out
+
+
+# -- members ------------------------------------------------------------------------
+
+def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = False,
+                _masks: np.ndarray | None = None):
+  """Fits the scaling-law family (`scaling.py`). With `_masks` (M x N over the usable
+  runs) also returns the draws of the fit on each mask (for cross-validation)."""
+  from causalmix_jax.surface import fit as fit_lib
+  cfg = fit_lib.default_config() if config is None else config
+  t0 = time.time()
+  data = _data(runs, outcome, max(10, int(cfg.n_folds)))
+  xb = fit_lib.covariate_basis(np.zeros((len(data.y), 0)) if covariate_blind else data.x,
+                               int(cfg.max_x_components))
+  s = xb.scores(data.x) if xb.k else np.zeros((len(data.y), 0))
+  y_mu, y_sd = float(data.y.mean()), float(data.y.std()) or 1.0
+  u = None if data.tokens is None else data.tokens / data.budget[:, None]
+  masks = np.ones((1, len(data.y)), bool)
+  if _masks is not None:
+    masks = np.concatenate([np.asarray(_masks, bool), masks], axis=0)
+  maps, draws = scaling.fit_draws(data.w, u, s, (data.y - y_mu) / y_sd, masks,
+                                  int(cfg.num_samples), int(cfg.seed))
+  spec = scaling.ScalingSpec(data.w.shape[1], xb.k, u is not None)
+  tokens_med = None if u is None else np.median(data.tokens, axis=0)
+  budget_med = None if u is None else float(np.median(data.budget))
+  sigma = float(np.exp(maps[-1][-1]) * y_sd)  # log_sigma is the last site (sorted)
+  info = {"method": "scaling", "n_runs": int(len(data.y)), "noise_sd": sigma,
+          "covariates": {"components": xb.k, "pool_states": xb.n_states},
+          "fit_seconds": time.time() - t0}
+  surf = ScalingSurface(spec, scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med,
+                                                  draws[-1]),
+                        domains=runs.domains, features=runs.features, outcome=data.name,
+                        maximize=data.name in runs.maximize,
+                        support_stats=fit_lib._support_stats(data.x, data.w, xb),
+                        info=info)
+  if _masks is None:
+    return surf
+  return surf, [scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med, d)
+                for d in draws[:-1]]
+
+
+def _fold_config(cfg, surface):
+  """The member's config for fold refits: the hyperparameters its full fit chose, no
+  pool calibration (the stack calibrates), so each fold is one posterior."""
+  c = cfg.copy_and_resolve_references()
+  with c.unlocked():
+    chosen = surface.info.get("chosen", {})
+    if "floor" in chosen:
+      c.floors = (float(chosen["floor"]),)
+      c.pairs = "always" if "pairs" in chosen.get("kinds", ()) else "never"
+      c.modifiers = (chosen.get("modifiers", "linear"),)
+    c.calibrate_pools = False
+  return c
+
+
+def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
+  """Full fit and held-out draws of a `fit.py` family."""
+  from causalmix_jax.surface import fit as fit_lib
+  c = cfg.copy_and_resolve_references()
+  with c.unlocked():
+    c.calibrate_pools = False
+    if method == "gp":  # one lengthscale per fold refit: the full fit chose it
+      c.gp_lengthscales = tuple(c.gp_lengthscales)
+  full = fit_lib._fit_surface(runs, outcome, method, c, covariate_blind)
+  fc = _fold_config(c, full)
+  if method == "gp" and "ls" in full.info.get("chosen", {}):
+    with fc.unlocked():
+      fc.gp_lengthscales = (float(full.info["chosen"]["ls"]),)
+  n = int(cfg.num_samples)
+  oof = np.empty((n, len(data.y)))
+  for k in range(int(folds.max()) + 1):
+    te = np.flatnonzero(folds == k)
+    model = fit_lib._fit_surface(runs.select(data.rows[folds != k]), outcome, method, fc,
+                                 covariate_blind)
+    oof[:, te] = _member_draws(model, data, te, n)
+  return full, oof
+
+
+def _scaling_member(runs, outcome, cfg, covariate_blind, data, folds):
+  masks = np.stack([folds != k for k in range(int(folds.max()) + 1)])
+  full, fold_params = fit_scaling(runs, outcome, cfg, covariate_blind=covariate_blind,
+                                  _masks=masks)
+  n = full.n_draws
+  oof = np.empty((n, len(data.y)))
+  for k, params in enumerate(fold_params):
+    te = np.flatnonzero(folds == k)
+    fold_surface = ScalingSurface(full.spec, params, domains=full.domains,
+                                  features=full.features, outcome=full.outcome,
+                                  maximize=full.maximize, support_stats=full.support_stats)
+    oof[:, te] = _member_draws(fold_surface, data, te, n)
+  return full, oof
+
+
+# -- stacking and calibration ---------------------------------------------------------
+
+def _centre(v_N: np.ndarray, folds: np.ndarray, groups: np.ndarray) -> np.ndarray:
+  """v minus its mean within each held-out (fold, pool state) cell: contrasts."""
+  key = folds * (int(groups.max()) + 1) + groups
+  _, inv = np.unique(key, return_inverse=True)
+  inv = np.asarray(inv).reshape(-1)
+  counts = np.bincount(inv)
+  means = np.bincount(inv, weights=v_N) / counts
+  return v_N - means[inv], counts[inv]
+
+
+def stack_weights(contrasts_KxN: np.ndarray, target_N: np.ndarray) -> np.ndarray:
+  """Weights on the simplex minimising || target - sum_k a_k contrasts_k ||^2."""
+  k = contrasts_KxN.shape[0]
+  if k == 1:
+    return np.ones(1)
+  g = contrasts_KxN @ contrasts_KxN.T
+  b = contrasts_KxN @ target_N
+  scale = max(float(np.trace(g)) / k, 1e-300)
+  res = scipy.optimize.minimize(
+      lambda a: (a @ g @ a - 2 * a @ b) / scale, np.full(k, 1.0 / k),
+      jac=lambda a: (2 * g @ a - 2 * b) / scale, method="SLSQP",
+      bounds=[(0.0, 1.0)] * k,
+      constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1.0}])
+  a = np.clip(res.x, 0.0, None)
+  a[a < 1e-3] = 0.0
+  return a / a.sum()
+
+
+def conformal_scale(err2_N: np.ndarray, var_N: np.ndarray, level: float,
+                    noise_N: np.ndarray | None = None) -> float:
+  """Scale of the posterior spread so that the split-conformal `level` quantile of the
+  held-out errors, normalised by their posterior sd (after taking out known run
+  noise), sits on the edge of the central `level` interval."""
+  z = float(stats.norm.ppf(0.5 + level / 2))
+  r = err2_N - (0.0 if noise_N is None else noise_N)
+  r = np.maximum(r, 0.0) / np.maximum(var_N, 1e-30)
+  n = len(r)
+  q = min(1.0, np.ceil((n + 1) * level) / n)
+  return float(np.sqrt(np.quantile(r, q, method="higher")) / z)
+
+
+def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False):
+  """Fits every member family, stacks them by held-out contrasts and calibrates the
+  intervals by split-conformal on the same held-out pools (see the module docstring)."""
+  from causalmix_jax.surface import fit as fit_lib
+  cfg = fit_lib.default_config() if config is None else config
+  t0 = time.time()
+  seed = int(cfg.seed)
+  data = _data(runs, outcome, max(10, int(cfg.n_folds)))
+  folds, fold_by = _folds(data, int(cfg.n_folds), seed)
+  members, oofs, names, secs = [], [], [], {}
+  for name in tuple(cfg.stack_members):
+    if name not in MEMBERS:
+      raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
+                       f"{list(MEMBERS)}")
+    t1 = time.time()
+    if name == "scaling":
+      full, oof = _scaling_member(runs, outcome, cfg, covariate_blind, data, folds)
+    else:
+      full, oof = _linear_member(runs, outcome, name, cfg, covariate_blind, data, folds)
+    secs[name] = time.time() - t1
+    log.info("stack member %s: %.2fs", name, secs[name])
+    members.append(full)
+    oofs.append(oof)
+    names.append(name)
+  n = min(o.shape[0] for o in oofs)
+  oofs = [o[:n] for o in oofs]
+  yc, cell_n = _centre(data.y, folds, data.groups)
+  contrasts = np.stack([_centre(o.mean(0), folds, data.groups)[0] for o in oofs])
+  weights = stack_weights(contrasts, yc)
+  keep = weights > 0
+  stacked = sum(a * o for a, o in zip(weights, oofs))  # S x N held-out draws
+  mean = stacked.mean(0)
+  dev = stacked - mean
+  c_dev = np.stack([_centre(d, folds, data.groups)[0] for d in dev])  # contrast draws
+  c_mean = _centre(mean, folds, data.groups)[0]
+  ok = cell_n > 1
+  pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x], 1))
+  noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
+  level = float(cfg.interval_level)
+  scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
+                          None if noise is None else noise[ok])
+  # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
+  key = folds * (int(data.groups.max()) + 1) + data.groups
+  cells = np.unique(key)
+  lvl_err = np.array([np.mean(data.y[key == c] - mean[key == c]) for c in cells])
+  lvl_var = np.array([np.var(np.mean(dev[:, key == c], axis=1)) * scale ** 2
+                      for c in cells])
+  pure_cell = np.array([pure_var / np.sum(key == c) if pe_dof > 0 else 0.0
+                        for c in cells])
+  level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
+      if len(cells) >= MIN_GROUPS and fold_by == "pool states" else 0.0
+  heldout = {nm: {"contrast_mse": float(np.mean((yc - c) ** 2)),
+                  "spearman": float(stats.spearmanr(o.mean(0), data.y).statistic)}
+             for nm, c, o in zip(names, contrasts, oofs)}
+  noise_sd = float(np.sqrt(sum(a * m.noise_sd ** 2 for a, m in zip(weights, members))))
+  rng = np.random.default_rng([seed, 17])
+  info = {"method": "stack", "n_runs": int(len(data.y)), "members": names,
+          "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
+          "n_folds": int(folds.max()) + 1, "conformal_scale": scale,
+          "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
+          "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
+                                                 for nm, m in zip(names, members)},
+          "chosen": members[int(np.argmax(weights))].info.get("chosen", {}),
+          "nuisance": members[0].info.get("nuisance"),
+          "evidence": members[0].info.get("evidence", {}),
+          "pool_calibration": scale}
+  support = next((m.support_stats for m in members if m.info.get("method") == "dml"),
+                 members[0].support_stats)
+  info["fit_seconds"] = time.time() - t0
+  log.info("surface stack on y_%s: weights %s, conformal scale %.2f, level sd %.3g, "
+           "%.1fs", data.name, info["weights"], scale, level_sd, info["fit_seconds"])
+  return StackedSurface([m for m, k in zip(members, keep) if k], weights[keep], scale,
+                        level_sd * rng.standard_normal(n),
+                        domains=runs.domains, features=runs.features, outcome=data.name,
+                        maximize=data.name in runs.maximize, support_stats=support,
+                        info=info)
+
+
+def _summary_info(info: dict[str, Any]) -> dict[str, Any]:
+  keys = ("method", "chosen", "noise_sd", "fit_seconds", "covariates")
+  return {k: info[k] for k in keys if k in info}
