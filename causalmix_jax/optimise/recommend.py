@@ -3,6 +3,7 @@ constraints to a Recommendation (names at this boundary, arrays inside the searc
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -154,6 +155,37 @@ def _support_report(surface: Any, x_F: np.ndarray, names: list[str]) -> dict[str
 # ---------------------------------------------------------------- recommend
 
 
+def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
+                 constraints: cons.Constraints, ref: np.ndarray
+                 ) -> tuple[cons.Constraints, np.ndarray]:
+  """The `safe` objective's region and anchors: each domain's weight capped at the
+  largest the sweep tried (never below the reference's, never above the user's cap),
+  and the sweep's best-known mixtures (scored beside the search). Surfaces that do not
+  record their sweep's mixtures leave the constraints as they are."""
+  st = getattr(surfaces[0], "support_stats", None) or {}
+  if "w_max" not in st:
+    return constraints, np.zeros((0, len(domains)))
+  w_max = np.maximum(np.asarray(st["w_max"], np.float64), ref)
+  user = constraints.max_weight
+  user_d = np.asarray([float(user.get(d, 1.0)) if isinstance(user, Mapping) else float(user)
+                       for d in domains])
+  cap = np.minimum(user_d, w_max)
+  pinned = constraints.pinned or {}
+  cap = np.array([max(c, float(pinned.get(d, 0.0))) for c, d in zip(cap, domains)])
+  capped = dataclasses.replace(constraints,
+                               max_weight={d: float(c) for d, c in zip(domains, cap)})
+  try:
+    capped.resolve(domains, ref)
+  except ValueError as e:  # the cap conflicts with the user's constraints: keep theirs
+    log.info("safe objective: the sweep's weight range conflicts with the constraints "
+             "(%s); using the constraints alone", e)
+    capped = constraints
+  best = np.asarray(st.get("best_w", np.zeros((0, len(domains)))), np.float64)
+  uniform = np.full((1, len(domains)), 1.0 / len(domains))
+  return capped, np.concatenate([best.reshape(-1, len(domains)), uniform])
+
+
+
 def _summary(u_S: np.ndarray, ci: float) -> Interval:
   q = np.quantile(u_S, [0.5 * (1 - ci), 0.5 * (1 + ci)])
   return Interval(float(u_S.mean()), float(q[0]), float(q[1]))
@@ -167,7 +199,7 @@ def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float) -> Improvem
 
 def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               constraints: cons.Constraints | Mapping[str, Any] | None = None,
-              objective: str = "mean", method: str = "S", *, ci: float = 0.9,
+              objective: str = "safe", method: str = "S", *, ci: float = 0.9,
               outcome_weights: Sequence[float] | Mapping[str, float] | None = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
               n_steps: int = 300) -> Recommendation:
@@ -179,8 +211,16 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     sweep's reference pool. A warning is logged when outside the sweep's support.
   reference: {domain: weight} or a vector; None = the sweep's mean mixture.
   constraints: Constraints (or its dict); None = only the simplex.
-  objective: "mean", "bound" ("lcb": the risk-averse end of the `ci` credible interval:
-    the upper one for a loss) or "pi" (probability of improving on the reference).
+  objective: "safe" (default), "mean", "bound" ("lcb": the risk-averse end of the `ci`
+    credible interval: the upper one for a loss) or "pi" (probability of improving on
+    the reference). "safe" is "bound" inside the mixtures the sweep tried: each domain's
+    weight at most the largest the sweep gave it (or the reference's, if larger), with
+    the sweep's best-known mixtures, the reference and uniform scored beside the
+    search. So the
+    pick's upper bound is never above theirs: when the intervals hold, it is never
+    worse than the sweep's best-known mixture by more than that one's interval width.
+    Off the sweep's covariate support the surface's intervals widen, and the bound
+    steers the pick back towards what the sweep saw.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
   """
@@ -190,7 +230,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   for s in surfaces[1:]:
     if list(s.domains) != domains:
       raise ValueError(f"surfaces disagree on domains: {domains} vs {list(s.domains)}")
-  objective = search.canonical_objective(objective)
+  safe = str(objective).lower() == "safe"
+  objective = "bound" if safe else search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
@@ -227,6 +268,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     constraints = cons.Constraints()
   elif isinstance(constraints, Mapping):
     constraints = cons.Constraints.from_dict(constraints)
+  anchors = np.zeros((0, len(domains)))
+  if safe:
+    constraints, anchors = _safe_region(surfaces, domains, constraints, ref)
   fs = constraints.resolve(domains, ref)
 
   tokens_D = None
@@ -260,7 +304,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     w_s, _ = search.search_s(prob, settings, params, xs, coefs, jnp.asarray(cand), ref_j,
                              lo_j, hi_j, c_j, radius)
     pool_w.insert(0, np.asarray(w_s))
-  cands = np.concatenate(pool_w).astype(np.float64)
+  cands = np.concatenate(pool_w + [anchors, fs.ref[None]]).astype(np.float64)
   jax.block_until_ready(theta)
   search_seconds = time.time() - t_search
 

@@ -1,7 +1,8 @@
 """Baseline response models behind the surface interface: RegMix's LightGBM regression
-with its Monte-Carlo top-k recommendation, linear regression on the weights, and Olmix's
-log-linear mixing law. Each answers predict / cate / theta / support / sampler as far as
-it can, so benchmarks compare them with the causal surface in one harness.
+with its Monte-Carlo top-k recommendation (and a variant with per-domain epochs
+features), linear regression on the weights, and Olmix's log-linear mixing law. Each
+answers predict / cate / theta / support / sampler as far as it can, so benchmarks
+compare them with the causal surface in one harness.
 
 Intervals: linear uses exact OLS (Student-t) intervals for the mean; log-linear uses a
 Laplace (Gauss-Newton) approximation around the least-squares fit; LightGBM uses a
@@ -11,6 +12,7 @@ so its intervals reflect the spread of refits, not a posterior.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable
 
@@ -173,7 +175,7 @@ class LGBMBaseline(_Baseline):
     import lightgbm as lgb
     super().__init__(runs, outcome, use_covariates)
     rows, y = self._train_rows(runs)
-    X = self._design(runs.W[rows], runs.X[rows] if self.features else np.zeros((len(rows), 0)))
+    X = self._train_design(runs, rows)
     self.params = {**REGMIX_LGBM_PARAMS, **(params or {}), "seed": int(seed)}
     self.num_trees = int(num_trees)
     t0 = time.perf_counter()
@@ -186,6 +188,11 @@ class LGBMBaseline(_Baseline):
                                      lgb.Dataset(X[idx], y[idx]),
                                      num_boost_round=num_trees))
     self.fit_time_total = time.perf_counter() - t0
+
+  def _train_design(self, runs: Runs, rows: np.ndarray) -> np.ndarray:
+    """The training design of the runs `rows`: weights, then covariates if used."""
+    x = runs.X[rows] if self.features else np.zeros((len(rows), 0))
+    return self._design(runs.W[rows], x)
 
   def _features(self, w: Any, x: Any) -> np.ndarray:
     w = _as_rows(w, len(self.domains), "w")
@@ -223,6 +230,50 @@ def fit_regmix_lgbm(runs: Runs, outcome: str, seed: int = 0, *,
   `fit_time` times the full-data model; `fit_time_total` adds the bootstrap members."""
   return LGBMBaseline(runs, outcome, seed=seed, num_trees=num_trees, n_boot=n_boot,
                       use_covariates=use_covariates)
+
+
+class LGBMEpochsBaseline(LGBMBaseline):
+  """RegMix's LightGBM with one more feature per domain: epochs, the passes over the
+  domain's unique tokens, w_d * budget / tokens_d. Queries are for one pool's tokens
+  and budget: the sweep's median pool unless set by `at_pool`."""
+
+  kind = "lgbm_epochs"
+
+  def __init__(self, runs: Runs, outcome: str, **kwargs: Any):
+    if runs.tokens is None or runs.budget is None:
+      raise ValueError(f"{runs.source}: epochs features need tokens_<domain> and "
+                       "budget_tokens columns")
+    self.tokens_D = np.median(runs.tokens, axis=0)
+    self.budget = float(np.median(runs.budget))
+    super().__init__(runs, outcome, **kwargs)
+
+  def _train_design(self, runs: Runs, rows: np.ndarray) -> np.ndarray:
+    return np.concatenate([super()._train_design(runs, rows), runs.epochs()[rows]], axis=1)
+
+  def _features(self, w: Any, x: Any) -> np.ndarray:
+    w = _as_rows(w, len(self.domains), "w")
+    epochs_NxD = w * self.budget / self.tokens_D[None, :]
+    return np.concatenate([super()._features(w, x), epochs_NxD], axis=1)
+
+  def at_pool(self, tokens_D: Any, budget: float) -> "LGBMEpochsBaseline":
+    """The same boosters, answering for a pool with these unique tokens per domain
+    (length D) and this training budget."""
+    tokens_D = np.asarray(tokens_D, np.float64).reshape(-1)
+    if tokens_D.shape != (len(self.domains),) or np.any(tokens_D <= 0) or not budget > 0:
+      raise ValueError(f"at_pool: need {len(self.domains)} positive token counts and a "
+                       f"positive budget, got {tokens_D.shape} tokens, budget {budget!r}")
+    view = copy.copy(self)
+    view.tokens_D, view.budget = tokens_D, float(budget)
+    return view
+
+
+def fit_lgbm_epochs(runs: Runs, outcome: str, seed: int = 0, *,
+                    num_trees: int = REGMIX_NUM_TREES, n_boot: int = 8,
+                    use_covariates: bool = True) -> LGBMEpochsBaseline:
+  """RegMix's LightGBM on weights (+ covariates) and per-domain epochs
+  w * budget / tokens; the runs need tokens_<domain> and budget_tokens."""
+  return LGBMEpochsBaseline(runs, outcome, seed=seed, num_trees=num_trees, n_boot=n_boot,
+                            use_covariates=use_covariates)
 
 
 def sample_regmix_candidates(prior: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -630,7 +630,9 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
 
 # -- entry point --------------------------------------------------------------------------
 
-def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis) -> dict[str, Any]:
+def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
+                   y: np.ndarray | None = None, maximize: bool = False,
+                   n_best: int = 8) -> dict[str, Any]:
   """What `Surface.support` needs: the sweep's ranges over every covariate, and its
   spread in the standardised varying covariates, in the component scores
   (Mahalanobis) and off the component subspace (residual)."""
@@ -639,7 +641,7 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis) -> dict[str
   out: dict[str, Any] = {
       "mean": (x.mean(0) if f else z).tolist(), "sd": (x.std(0) if f else z).tolist(),
       "min": (x.min(0) if f else z).tolist(), "max": (x.max(0) if f else z).tolist(),
-      "w_mean": w.mean(0).tolist(),
+      "w_mean": w.mean(0).tolist(), "w_max": w.max(0).tolist(),
       "cols": xb.cols.tolist(), "x_mu": xb.mu_F.tolist(), "x_sd": xb.sd_F.tolist(),
       "basis": xb.basis_FxK.tolist(), "score_sd": xb.score_sd_K.tolist()}
   xs = xb.standardise(x) if len(xb.cols) else np.zeros((len(x), 0))
@@ -650,6 +652,20 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis) -> dict[str
   else:
     prec, sweep_d = np.zeros((0, 0)), np.zeros(len(x))
   resid = xs - (xs @ xb.basis_FxK) @ xb.basis_FxK.T if len(xb.cols) else xs
+  if y is not None:
+    # The sweep's best-known mixtures (anchors of the safe objective): best against
+    # their own pool state's mean, so a good pool does not pass for a good mixture.
+    _, g = np.unique(np.round(x, 9), axis=0, return_inverse=True)
+    g = np.asarray(g).reshape(-1)
+    rel = y - (np.bincount(g, weights=y) / np.bincount(g))[g]
+    order = np.argsort(-rel if maximize else rel, kind="stable")
+    seen: list[np.ndarray] = []
+    for i in order:
+      if not any(np.allclose(w[i], v) for v in seen):
+        seen.append(w[i])
+      if len(seen) == n_best:
+        break
+    out["best_w"] = [v.tolist() for v in seen]
   out.update({"score_precision": prec.tolist(), "sweep_mahalanobis": sweep_d.tolist(),
               "sweep_standardised": np.linalg.norm(xs, axis=1).tolist(),
               "sweep_residual_max": float(np.max(np.linalg.norm(resid, axis=1),
@@ -837,4 +853,5 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
            info["fit_seconds"])
   return Surface(best.spec, params, domains=runs.domains, features=runs.features,
                  outcome=name, maximize=name in runs.maximize,
-                 support_stats=_support_stats(x_full, w, xb), info=info)
+                 support_stats=_support_stats(x_full, w, xb, y, name in runs.maximize),
+                 info=info)

@@ -261,7 +261,8 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
                                                   draws[-1]),
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize,
-                        support_stats=fit_lib._support_stats(data.x, data.w, xb),
+                        support_stats=fit_lib._support_stats(data.x, data.w, xb, data.y,
+                                                             data.name in runs.maximize),
                         info=info)
   if _masks is None:
     return surf
@@ -289,8 +290,7 @@ def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
   c = cfg.copy_and_resolve_references()
   with c.unlocked():
     c.calibrate_pools = False
-    if method == "gp":  # one lengthscale per fold refit: the full fit chose it
-      c.gp_lengthscales = tuple(c.gp_lengthscales)
+    c.modifiers = tuple(cfg.stack_modifiers)
   full = fit_lib._fit_surface(runs, outcome, method, c, covariate_blind)
   fc = _fold_config(c, full)
   if method == "gp" and "ls" in full.info.get("chosen", {}):
@@ -368,7 +368,10 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   """Fits every member family, stacks them by held-out contrasts and calibrates the
   intervals by split-conformal on the same held-out pools (see the module docstring)."""
   from causalmix_jax.surface import fit as fit_lib
-  cfg = fit_lib.default_config() if config is None else config
+  cfg = (fit_lib.default_config() if config is None else config
+         ).copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.num_samples = min(int(cfg.num_samples), int(cfg.stack_draws))
   t0 = time.time()
   seed = int(cfg.seed)
   data = _data(runs, outcome, max(10, int(cfg.n_folds)))
@@ -384,10 +387,16 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     else:
       full, oof = _linear_member(runs, outcome, name, cfg, covariate_blind, data, folds)
     secs[name] = time.time() - t1
+    if not np.all(np.isfinite(oof)):
+      log.warning("stack member %s: non-finite held-out predictions; left out", name)
+      continue
     log.info("stack member %s: %.2fs", name, secs[name])
     members.append(full)
     oofs.append(oof)
     names.append(name)
+  if not members:
+    raise ValueError(f"{runs.source}: no surface family gave finite held-out "
+                     f"predictions of y_{data.name} (tried {list(cfg.stack_members)})")
   n = min(o.shape[0] for o in oofs)
   oofs = [o[:n] for o in oofs]
   yc, cell_n = _centre(data.y, folds, data.groups)

@@ -40,6 +40,7 @@ from numpyro.infer import util as infer_util
 # sweep move it by a factor of ~e either way.
 RSTAR_PRIOR = (float(np.log(15.4)), 1.0)
 N_STEPS = 1500
+PRIOR_MIN_PRECISION = 1.0 / 5.0 ** 2  # the broadest prior below: e0 ~ N(0, 5)
 LEARNING_RATE = 0.05
 
 
@@ -132,8 +133,9 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     hess = jax.hessian(potential)(flat, mask) * jnp.maximum(mask.sum(), 1.0)
     hess = 0.5 * (hess + hess.T)
     evals, evecs = jnp.linalg.eigh(hess)
-    floor = 1e-6 * jnp.maximum(jnp.max(evals), 1.0)
-    root = evecs * jax.lax.rsqrt(jnp.maximum(evals, floor))[None, :]
+    # Where the likelihood is flat or not convex at the MAP, the curvature is held at
+    # the broadest prior's precision: no direction is drawn wider than the prior.
+    root = evecs * jax.lax.rsqrt(jnp.maximum(evals, PRIOR_MIN_PRECISION))[None, :]
     z = jax.random.normal(key, (n_draws, flat.shape[0]))
     return flat, flat[None, :] + z @ root.T
 

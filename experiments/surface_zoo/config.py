@@ -1,0 +1,40 @@
+"""python experiments/surface_zoo/run.py --config=experiments/surface_zoo/config.py --workdir=/tmp/surface_zoo
+
+The surface zoo: every method of `surface/evaluation.py` fitted on a sweep of every
+synthetic world of `surface/worlds.py` and scored on new and shifted pools, then on the
+real peer sweeps (RegMix, Olmix). Append ":smoke" to the config path for a two-world
+run of a few minutes.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from causalmix_jax.surface import evaluation
+from causalmix_jax.surface import worlds
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  cfg = ml_collections.ConfigDict()
+  cfg.worlds = tuple(worlds.WORLDS)
+  cfg.methods = tuple(evaluation.METHOD_NAMES)
+  cfg.n_runs = 384
+  cfg.n_pools = 48
+  cfg.n_test_pools = 12
+  cfg.n_mixtures = 200
+  cfg.seeds = 1
+  cfg.seed = 0
+  cfg.data_dir = ""  # empty: <repo>/../shared/data
+  cfg.real = True
+
+  if arg == "smoke":
+    cfg.worlds = tuple(worlds.WORLDS)[:2]
+    cfg.n_runs = 96
+    cfg.n_pools = 16
+    cfg.n_test_pools = 3
+    cfg.n_mixtures = 50
+    cfg.methods = ("ours", "lightgbm", "uniform", "natural")
+    cfg.real = False
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; known: 'smoke'")
+  return cfg

@@ -1,0 +1,357 @@
+"""Tests of the surface evaluation harness (`surface/evaluation.py`) on a tiny fake
+world with a closed-form oracle, plus the real-sweep adapters on the peer data."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from causalmix_jax.runs import Runs
+from causalmix_jax.surface import baselines
+from causalmix_jax.surface import evaluation
+from causalmix_jax.surface.prediction import Prediction
+
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TIMING_KEYS = ("fit_s", "recommend_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class FakePool:
+  x_F: np.ndarray
+  tokens_D: np.ndarray
+  budget: float
+  latent: np.ndarray
+  kind: str
+
+
+class FakeWorld:
+  """loss = 3 + 0.1 * x_0 - sum_d a_d(x) log(eps + w_d), a = softplus(b + B x): the best
+  mixture is closed-form (w_d = a_d (1 + D eps) / sum(a) - eps). Domain and feature
+  names are not sorted, so the harness must map orders."""
+
+  name = "fake"
+  mechanism = "log returns"
+  eps = 1e-3
+
+  def __init__(self, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    self.domains = ["web", "code", "math"]
+    self.features = ["size", "q_web", "a_code"]
+    self.b_D = rng.normal(0.0, 0.5, 3)
+    self.B_DxF = rng.normal(0.0, 0.5, (3, 3))
+    self.A_DxF = rng.normal(0.0, 0.5, (3, 3))
+
+  def _a(self, pool) -> np.ndarray:
+    return 0.1 * np.log1p(np.exp(self.b_D + self.B_DxF @ pool.x_F))
+
+  def _pool(self, rng: np.random.Generator, kind: str, shift: float = 0.0) -> FakePool:
+    x_F = rng.normal(shift, 1.0, 3)
+    logits = self.A_DxF @ x_F
+    shares = np.exp(logits) / np.exp(logits).sum()
+    return FakePool(x_F, 1e9 * shares, 5e8, x_F.copy(), kind)
+
+  def sweep(self, n_runs=384, n_pools=48, seeds=1, seed=0) -> Runs:
+    rng = np.random.default_rng([seed, 1])
+    pools = [self._pool(rng, "sweep") for _ in range(n_pools)]
+    rows = []
+    for s in range(seeds):
+      for i in range(n_runs):
+        pool = pools[i % n_pools]
+        w = rng.dirichlet(3.0 * pool.tokens_D / pool.tokens_D.sum())
+        w = np.maximum(w, 1e-9)
+        w /= w.sum()
+        y = self.outcome(w[None], pool)[0] + 0.01 * rng.standard_normal()
+        row = {"run_id": f"r{i}-s{s}", "seed": s, "budget_tokens": pool.budget,
+               "y_loss": y}
+        row |= {f"w_{d}": w[j] for j, d in enumerate(self.domains)}
+        row |= {f"x_{f}": pool.x_F[k] for k, f in enumerate(self.features)}
+        row |= {f"tokens_{d}": pool.tokens_D[j] for j, d in enumerate(self.domains)}
+        rows.append(row)
+    return Runs(pd.DataFrame(rows), source="fake world")
+
+  def new_pools(self, n, seed=0):
+    rng = np.random.default_rng([seed, 2])
+    return [self._pool(rng, "new") for _ in range(n)]
+
+  def shifted_pools(self, n, seed=0):
+    rng = np.random.default_rng([seed, 3])
+    return [self._pool(rng, "rich", shift=1.5) for _ in range(n)]
+
+  def outcome(self, w_NxD, pool) -> np.ndarray:
+    w = np.atleast_2d(w_NxD)
+    return 3.0 + 0.1 * pool.x_F[0] - np.log(self.eps + w) @ self._a(pool)
+
+  def best_mixture(self, pool) -> np.ndarray:
+    a = self._a(pool)
+    return a * (1 + len(a) * self.eps) / a.sum() - self.eps
+
+  def regret(self, w_D, pool) -> float:
+    return float(self.outcome(w_D, pool)[0] - self.outcome(self.best_mixture(pool), pool)[0])
+
+
+def _no_fit(runs, outcome):
+  del runs, outcome
+
+
+def _oracle(world: FakeWorld) -> evaluation.Method:
+  """Recommends the world's best mixture (mapping the runs-order pool back to the
+  world's order)."""
+  def recommend(model, pool, runs):
+    f_idx = [runs.features.index(f) for f in world.features]
+    w_world = world.best_mixture(dataclasses.replace(pool, x_F=pool.x_F[f_idx]))
+    return np.asarray([w_world[world.domains.index(d)] for d in runs.domains])
+  return evaluation.Method("oracle", _no_fit, None, None, recommend)
+
+
+def _wide() -> evaluation.Method:
+  """Predicts 0 with huge intervals for everything."""
+  def wide(n):
+    return Prediction(np.zeros(n), np.full(n, -1e9), np.full(n, 1e9))
+  return evaluation.Method(
+      "wide", _no_fit, lambda m, w, pool: wide(len(w)),
+      lambda m, w, w_ref, pool: wide(len(w)),
+      lambda m, pool, runs: np.full(len(runs.domains), 1.0 / len(runs.domains)))
+
+
+def _my_uniform() -> evaluation.Method:
+  return evaluation.Method("my_uniform", _no_fit, None, None,
+                           lambda m, pool, runs: np.ones(len(runs.domains)) / 3.0)
+
+
+SIZES = dict(n_runs=60, n_pools=12, n_test_pools=2, n_mixtures=40)
+
+
+@pytest.fixture(name="fast_candidates")
+def fixture_fast_candidates(monkeypatch):
+  monkeypatch.setattr(evaluation, "N_CANDIDATES", 2000)
+
+
+def _strip(rows):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def test_evaluate_world_rows_deterministic(fast_candidates):
+  del fast_candidates
+  world = FakeWorld()
+  methods = (evaluation.default_methods(["linear", "loglinear", "uniform", "natural"])
+             + [_oracle(world), _my_uniform(), _wide()])
+  rows = evaluation.evaluate_world(world, methods, **SIZES)
+  assert [(r["split"], r["method"]) for r in rows] == [
+      (s, m.name) for m in methods for s in evaluation.SPLITS]
+  by = {(r["split"], r["method"]): r for r in rows}
+  for r in rows:
+    assert set(evaluation.WORLD_KEYS) <= set(r)
+    assert r["status"] == "ok" and r["world"] == "fake" and r["n_pools"] == 2
+    assert np.isfinite(r["regret"]) and r["regret"] >= -1e-9
+    assert np.isfinite(r["regret_sd"]) and r["fit_s"] >= 0 and r["recommend_s"] >= 0
+  for s in evaluation.SPLITS:
+    for m in ("linear", "loglinear"):
+      row = by[(s, m)]
+      assert -1 <= row["spearman"] <= 1
+      assert 0 <= row["pred_coverage90"] <= 1 and 0 <= row["effect_coverage90"] <= 1
+    assert by[(s, "uniform")]["spearman"] is None
+    assert by[(s, "uniform")]["effect_coverage90"] is None
+    assert abs(by[(s, "oracle")]["regret"]) < 1e-9
+    assert by[(s, "my_uniform")]["regret"] == pytest.approx(by[(s, "uniform")]["regret"],
+                                                            abs=1e-12)
+    assert by[(s, "wide")]["pred_coverage90"] == 1.0
+    assert by[(s, "wide")]["effect_coverage90"] == 1.0
+    assert by[(s, "natural")]["regret"] > 0
+  again = evaluation.evaluate_world(world, methods, **SIZES)
+  assert _strip(again) == _strip(rows)
+
+
+def test_lightgbm_methods_on_fake_world(fast_candidates):
+  del fast_candidates
+  world = FakeWorld()
+  methods = evaluation.default_methods(["lightgbm_epochs", "regmix"])
+  rows = evaluation.evaluate_world(world, methods, **SIZES)
+  assert len(rows) == 4
+  for r in rows:
+    assert r["status"] == "ok", r
+    for k in ("spearman", "pred_coverage90", "effect_coverage90", "regret"):
+      assert np.isfinite(r[k])
+
+
+def test_lgbm_epochs_answers_for_the_pool():
+  runs = FakeWorld().sweep(n_runs=60, n_pools=12)
+  model = baselines.fit_lgbm_epochs(runs, "loss", n_boot=2, num_trees=50)
+  assert model.boosters[0].num_feature() == 2 * len(runs.domains) + len(runs.features)
+  w = runs.W[:5]
+  base = model.point(w, runs.X[0])
+  scarce = model.at_pool(runs.tokens[0] / 100.0, runs.budget[0])
+  assert scarce.predict(w, runs.X[0]).mean.shape == (5,)
+  assert not np.allclose(scarce.point(w, runs.X[0]), base)
+  assert np.allclose(model.point(w, runs.X[0]), base)  # the original is unchanged
+  frame = runs.to_frame()
+  no_tokens = Runs(frame.drop(columns=[c for c in frame if c.startswith("tokens_")]))
+  with pytest.raises(ValueError, match="epochs features need"):
+    baselines.fit_lgbm_epochs(no_tokens, "loss")
+
+
+def test_ours_uses_library_defaults(monkeypatch):
+  """`ours` fits with fit_surface's defaults and recommends under the pool's tokens and
+  budget with recommend's default objective and method."""
+  calls = {}
+
+  class FakeSurface:
+    domains = ["code", "math", "web"]
+
+    def predict(self, w, x, ci, *, tokens, budget):
+      calls["predict"] = (np.asarray(x), np.asarray(tokens), budget)
+      return Prediction(np.zeros(len(w)), np.zeros(len(w)), np.zeros(len(w)))
+
+  def fake_fit(runs, outcome, *args, **kwargs):
+    calls["fit"] = (outcome, args, kwargs)
+    return FakeSurface()
+
+  def fake_recommend(surface, **kwargs):
+    calls["recommend"] = kwargs
+    return type("Rec", (), {"weights": {"code": 0.2, "math": 0.3, "web": 0.5}})()
+
+  monkeypatch.setattr(evaluation.fit_lib, "fit_surface", fake_fit)
+  monkeypatch.setattr(evaluation, "optimise_recommend", fake_recommend)
+  (ours,) = evaluation.default_methods(["ours"])
+  model = ours.fit(None, "loss")
+  assert calls["fit"] == ("loss", (), {})
+  pool = FakePool(np.arange(3.0), np.array([1e9, 2e9, 3e9]), 5e8, np.zeros(0), "new")
+  w = ours.recommend(model, pool, None)
+  np.testing.assert_allclose(w, [0.2, 0.3, 0.5])
+  assert set(calls["recommend"]) == {"covariates", "constraints"}
+  assert calls["recommend"]["constraints"] == {
+      "tokens": {"code": 1e9, "math": 2e9, "web": 3e9}, "budget_tokens": 5e8}
+  ours.predict(model, np.full((2, 3), 1 / 3), pool)
+  assert calls["predict"][2] == 5e8
+
+
+def test_econml_reported_skipped_when_absent(monkeypatch):
+  monkeypatch.setitem(sys.modules, "econml", None)
+  monkeypatch.setitem(sys.modules, "econml.dml", None)
+  (method,) = evaluation.default_methods(["econml"])
+  assert method.skipped == "econml not installed"
+  rows = evaluation.evaluate_world(FakeWorld(), [method], **SIZES)
+  assert [r["status"] for r in rows] == ["skipped: econml not installed"] * 2
+  assert "econml" in evaluation.summarise(rows)
+
+
+def test_unknown_method_named():
+  with pytest.raises(ValueError, match="unknown method"):
+    evaluation.default_methods(["ours", "nope"])
+
+
+def test_summarise_tables_and_counts():
+  rows = []
+  for world, regrets in (("w1", (0.01, 0.02, 0.05)), ("w2", (0.04, 0.03, 0.05))):
+    for split in evaluation.SPLITS:
+      for method, regret in zip(("ours", "lightgbm", "uniform"), regrets):
+        rows.append(evaluation._world_row(  # pylint: disable=protected-access
+            world, split, method, regret=regret, regret_sd=0.0, n_pools=2,
+            spearman=None if method == "uniform" else 0.8,
+            effect_coverage90=None if method == "uniform" else 0.9,
+            pred_coverage90=None if method == "uniform" else 0.5))
+  rows.append(evaluation._world_row(  # pylint: disable=protected-access
+      "w1", "new", "econml", status="skipped: econml not installed"))
+  rows.append(evaluation._real_row(  # pylint: disable=protected-access
+      "regmix", "cv5", "ours", "pile_cc", spearman=0.91, r2=0.8))
+  rows.append(evaluation._real_row(  # pylint: disable=protected-access
+      "regmix", "cv5", "lightgbm", "pile_cc", status="error: ValueError: boom"))
+  text = evaluation.summarise(rows)
+  assert "## New pools" in text and "## Shifted pools" in text
+  assert "| world | ours | lightgbm | uniform | econml |" in text
+  assert "| w1 | 0.0100 | 0.0200 | 0.0500 | skip |" in text
+  assert "| regmix | cv5 | 0.910 / 0.80 | err |" in text
+  assert "ours at or below the best baseline's regret on 1 of 2 worlds (new pools)" in text
+  assert "mean shifted-pool regret: ours 0.0250 vs lightgbm 0.0250" in text
+  assert "ours pred 0/4, effect 4/4" in text
+  head = evaluation.headline(rows)
+  assert head["ours_le_best_baseline_shifted"] == "1/2"
+  assert head["ours_effect_coverage90_in_band"] == "4/4"
+  assert head["real_ours_spearman"] == {"regmix/cv5": 0.91}
+
+
+def test_real_sweeps_missing_data_reported(tmp_path):
+  missing = tmp_path / "nowhere"
+  rows = evaluation.evaluate_real(missing, evaluation.default_methods(["linear"]))
+  assert rows[0]["status"] == f"skipped: data not found at {missing}"
+  assert "data not found" in evaluation.summarise(rows)
+
+
+@pytest.mark.skipif(not (DATA_DIR / "olmix").is_dir(),
+                    reason=f"peer data not found at {DATA_DIR} (CI lays shared/ beside "
+                    "the checkout)")
+def test_olmix_adapter_builds_runs():
+  runs = evaluation.olmix_runs(DATA_DIR / "olmix", "dclm")
+  assert len(runs) == 127 and len(runs.domains) == 24 and runs.X.shape[1] == 0
+  metrics = pd.read_csv(DATA_DIR / "olmix" / "dclm_metrics.csv")
+  ratios = pd.read_csv(DATA_DIR / "olmix" / "dclm_ratios.csv")
+  values = metrics.drop(columns=[c for c in metrics.columns
+                                 if c in ("run", "name", "index") or c.startswith("Unnamed")])
+  order = {r: i for i, r in enumerate(runs.run_ids)}
+  idx = [order[str(r)] for r in metrics["run"]]
+  np.testing.assert_allclose(runs.y("mean_bpb")[idx], values.to_numpy().mean(1))
+  np.testing.assert_allclose(runs.W.sum(1), 1.0)
+  assert runs.W[order[str(ratios["run"][0])], runs.domains.index("social_life")] == \
+      pytest.approx(0.7)
+  big = evaluation.olmix_runs(DATA_DIR / "olmix", "full_recomputation")
+  assert len(big) == 512 and len(big.domains) == 64
+
+
+@pytest.mark.skipif(not (DATA_DIR / "regmix").is_dir(),
+                    reason=f"peer data not found at {DATA_DIR}")
+def test_evaluate_real_with_a_fast_method():
+  methods = evaluation.default_methods(["linear", "uniform", "lightgbm_epochs"])
+  rows = evaluation.evaluate_real(DATA_DIR, methods)
+  keys = [(r["dataset"], r["split"], r["method"]) for r in rows]
+  assert ("regmix", "cv5", "linear") in keys
+  assert ("regmix", "heldout_last20", "linear") in keys
+  assert all(r["method"] != "uniform" for r in rows)
+  for swarm in evaluation.OLMIX_SWARMS:
+    for split in ("random_half", "extrapolate"):
+      (row,) = [r for r in rows if r["dataset"] == f"olmix_{swarm}" and
+                r["split"] == split and r["method"] == "linear"]
+      assert row["status"] == "ok" and np.isfinite(row["spearman"])
+      assert np.isfinite(row["r2"]) and row["n_train"] + row["n_test"] > 60
+  epochs = [r for r in rows if r["method"] == "lightgbm_epochs"]
+  assert epochs and all(r["status"].startswith("skipped: no token counts") for r in epochs)
+  held = [r for r in rows if r["split"] == "heldout_last20"][0]
+  assert held["n_test"] == 103 and held["n_train"] == 409
+
+
+def test_on_a_zoo_world_when_present():
+  worlds = pytest.importorskip("causalmix_jax.surface.worlds")
+  world = worlds.make_world(next(iter(worlds.WORLDS)), seed=0)
+  rows = evaluation.evaluate_world(
+      world, evaluation.default_methods(["natural", "linear"]), n_runs=48, n_pools=8,
+      n_test_pools=2, n_mixtures=30)
+  assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+  # natural's regret is the world's own regret of each pool's token shares.
+  pools = world.new_pools(2, seed=0)
+  expected = np.mean([world.regret(p.tokens_D / p.tokens_D.sum(), p) for p in pools])
+  (natural,) = [r for r in rows if r["split"] == "new" and r["method"] == "natural"]
+  assert natural["regret"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_failures_are_recorded_not_raised():
+  world = FakeWorld()
+
+  def bad_fit(runs, outcome):
+    raise RuntimeError("no luck")
+
+  def nan_predict(model, w, pool):
+    n = len(w)
+    return Prediction(np.full(n, np.nan), np.zeros(n), np.ones(n))
+
+  methods = [evaluation.Method("broken", bad_fit, None, None, None),
+             evaluation.Method("nan", _no_fit, nan_predict, None,
+                               lambda m, pool, runs: np.ones(3) / 3),
+             _my_uniform()]
+  rows = evaluation.evaluate_world(world, methods, **SIZES)
+  status = {(r["split"], r["method"]): r["status"] for r in rows}
+  assert status[("new", "broken")] == "error: RuntimeError: no luck"
+  assert status[("shifted", "nan")].startswith("error: ValueError: 40 of 40 predictions")
+  assert status[("new", "my_uniform")] == "ok"

@@ -1,0 +1,208 @@
+"""Tests for the world zoo: valid, deterministic and confounded sweeps, an exact oracle,
+shifted pools outside the sweep's range, the hidden feature, heavy-tailed noise."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from causalmix_jax.runs import Runs
+from causalmix_jax.surface import worlds
+
+NAMES = sorted(worlds.WORLDS)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def world(request):
+  return worlds.make_world(request.param, seed=0)
+
+
+def _sweep_pool_outcomes(world, n_pools=48):
+  runs = world.sweep(n_pools=n_pools)
+  state = runs.to_frame()["pool_state"].to_numpy()
+  pools = world.sweep_pools(n_pools)
+  return runs, state, pools
+
+
+def test_registry_and_interface():
+  assert len(worlds.WORLDS) >= 7
+  assert {"mixing_law", "data_constrained", "quality_transfer", "synergy", "threshold",
+          "heavy_tail", "hidden"} <= set(worlds.WORLDS)
+  for name, cls in worlds.WORLDS.items():
+    w = worlds.make_world(name, seed=3)
+    assert isinstance(w, cls) and w.name == name and w.seed == 3
+    assert w.mechanism and len(w.domains) == 5 and len(w.features) == 10
+    assert w.domains == ["web", "code", "math", "books", "chat"]
+
+
+def test_make_world_unknown_name_lists_known():
+  with pytest.raises(ValueError) as err:
+    worlds.make_world("no_such_world")
+  assert "no_such_world" in str(err.value)
+  for name in NAMES:
+    assert name in str(err.value)
+
+
+def test_sweep_is_valid_deterministic_and_confounded(world):
+  runs = world.sweep(n_runs=384, n_pools=48, seeds=2, seed=0)
+  assert isinstance(runs, Runs) and len(runs) == 768
+  frame = runs.to_frame()
+  expected = ({"run_id", "seed", "pool_state", "budget_tokens", "y_loss"}
+              | {f"w_{d}" for d in world.domains} | {f"x_{f}" for f in world.features}
+              | {f"tokens_{d}" for d in world.domains})
+  assert set(frame.columns) == expected
+  assert sorted(runs.domains) == sorted(world.domains)
+  np.testing.assert_allclose(runs.W.sum(1), 1.0, atol=1e-9)
+  assert set(frame["pool_state"]) == set(range(48)) and set(runs.seeds) == {0, 1}
+  # Replicates share mixtures and pools, and differ only by noise.
+  np.testing.assert_array_equal(runs.W[:384], runs.W[384:])
+  np.testing.assert_array_equal(runs.X[:384], runs.X[384:])
+  assert np.std(runs.y("loss")[:384] - runs.y("loss")[384:]) > 0
+  # Repetition happens at high weights in small pools.
+  assert runs.epochs().max() > 1.0
+  # Deterministic given (world seed, sweep seed); another seed differs.
+  again = worlds.make_world(world.name, seed=world.seed).sweep(n_runs=384, n_pools=48, seeds=2)
+  assert again.to_frame().equals(frame)
+  other = world.sweep(n_runs=384, n_pools=48, seeds=2, seed=1)
+  assert not np.allclose(other.W, runs.W)
+  # Confounded: a domain's weight rises with its pool's tokens.
+  corr = [np.corrcoef(runs.W[:, j], runs.X[:, runs.features.index(f"log_tokens_{d}")])[0, 1]
+          for j, d in enumerate(runs.domains)]
+  assert np.mean(corr) > 0.1 and np.min(corr) > 0.0, corr
+
+
+def test_pools_and_covariates(world):
+  pool = world.new_pools(1)[0]
+  assert pool.kind == "new" and pool.x_F.shape == (10,) and pool.tokens_D.shape == (5,)
+  np.testing.assert_allclose(pool.x_F[:5], np.log(pool.tokens_D / 1e9))
+  np.testing.assert_allclose(pool.x_F[5:], pool.latent[:5])
+  assert world.features[:5] == [f"log_tokens_{d}" for d in world.domains]
+  assert world.features[5:] == [f"quality_{d}" for d in world.domains]
+  a, b = world.new_pools(3, seed=4), world.new_pools(3, seed=4)
+  for p, q in zip(a, b):
+    np.testing.assert_array_equal(p.latent, q.latent)
+    np.testing.assert_array_equal(p.tokens_D, q.tokens_D)
+  assert not np.allclose(world.new_pools(3, seed=5)[0].x_F, a[0].x_F)
+
+
+def test_outcome_spread_well_above_noise(world):
+  runs, state, pools = _sweep_pool_outcomes(world)
+  spreads = [np.std(world.outcome(runs.W[state == p], pool))
+             for p, pool in enumerate(pools)]
+  assert 5 * world.noise_sd < np.median(spreads) < 0.5, spreads
+  # x moves y directly: the same mixture scores differently across pools.
+  uniform = np.full(5, 0.2)
+  assert np.ptp([world.outcome(uniform, p)[0] for p in pools]) > 0.02
+
+
+def test_best_mixture_is_optimal_and_moves_with_pool(world):
+  pools = world.new_pools(6, seed=1)
+  best = np.asarray([world.best_mixture(p) for p in pools])
+  assert np.all(best >= 0) and np.allclose(best.sum(1), 1.0, atol=1e-9)
+  rng = np.random.default_rng(0)
+  for pool in pools[:2] + world.shifted_pools(4, seed=1)[:2]:
+    w_best = world.best_mixture(pool)
+    cands = np.concatenate([rng.dirichlet(np.ones(5), 1000),
+                            rng.dirichlet(np.full(5, 0.3), 1000), np.full((1, 5), 0.2)])
+    assert np.all(world.regret(cands, pool) >= -1e-6)
+    assert world.regret(w_best, pool) == pytest.approx(0.0, abs=1e-12)
+    assert isinstance(world.regret(np.full(5, 0.2), pool), float)
+    # Local polish around the optimum finds nothing better.
+    near = np.clip(w_best + 0.01 * rng.standard_normal((500, 5)), 0.0, None)
+    near /= near.sum(1, keepdims=True)
+    assert np.all(world.regret(near, pool) >= -1e-6)
+  l1 = np.abs(best[:, None, :] - best[None, :, :]).sum(-1)
+  assert l1.max() > 0.1, l1
+
+
+def test_shifted_pools_leave_the_sweep_range(world):
+  runs = world.sweep()
+  lt = [runs.features.index(f"log_tokens_{d}") for d in world.domains]
+  qi = [runs.features.index(f"quality_{d}") for d in world.domains]
+  lo, hi = runs.X.min(0), runs.X.max(0)
+  sweep_total = runs.tokens.sum(1).max()
+  pools = world.shifted_pools(12, seed=2)
+  assert [p.kind for p in pools[:4]] == ["larger", "scarce", "rich", "quality"]
+  for p in pools:
+    log_tokens, quality = p.x_F[:5], p.x_F[5:]
+    if p.kind == "larger":
+      assert p.tokens_D.sum() > 3 * sweep_total
+      assert np.mean(log_tokens > hi[lt]) >= 0.6
+    elif p.kind == "scarce":
+      assert np.sum(log_tokens < lo[lt]) >= 1
+      assert p.budget / p.tokens_D.min() > 5  # forces repetition at modest weights
+    elif p.kind == "rich":
+      assert np.sum(log_tokens > hi[lt]) >= 1
+    else:
+      shifted = np.isin(quality, [0.05, 0.95])
+      assert 1 <= shifted.sum() <= 2
+      assert np.all(((quality < lo[qi]) | (quality > hi[qi]))[shifted])
+
+
+def test_hidden_feature_is_latent_only_and_moves_the_oracle():
+  world = worlds.make_world("hidden", seed=0)
+  assert not any("hidden" in f or "shift" in f for f in world.features)
+  pool = world.new_pools(1)[0]
+  assert pool.latent.shape == (6,) and pool.x_F.shape == (10,)
+  low, high = world.with_shift(pool, -2.0), world.with_shift(pool, 2.0)
+  np.testing.assert_array_equal(low.x_F, high.x_F)
+  w_low, w_high = world.best_mixture(low), world.best_mixture(high)
+  assert np.abs(w_low - w_high).sum() > 0.3
+  assert w_high[world.domains.index("code")] > w_low[world.domains.index("code")]
+  # h is unrelated to the covariates across sweep pools.
+  pools = world.sweep_pools(200)
+  h = np.asarray([world.hidden_shift(p) for p in pools])
+  x = np.asarray([p.x_F for p in pools])
+  assert np.abs([np.corrcoef(h, x[:, k])[0, 1] for k in range(10)]).max() < 0.3
+
+
+def test_data_constrained_value_depends_on_repetition():
+  world = worlds.make_world("data_constrained", seed=0)
+  pool = world.shifted_pools(2)[1]
+  assert pool.kind == "scarce"
+  d = int(np.argmin(pool.tokens_D / world.typical_tokens_D))
+  tokens = pool.tokens_D.copy()
+  tokens[d] = world.typical_tokens_D[d]
+  restored = worlds.Pool(x_F=np.concatenate([np.log(tokens / 1e9), pool.x_F[5:]]),
+                         tokens_D=tokens, budget=pool.budget, latent=pool.latent,
+                         kind="new")
+  assert world.best_mixture(pool)[d] < world.best_mixture(restored)[d] - 0.02
+
+
+def test_heavy_tail_noise_is_heavy_and_heteroscedastic():
+  world = worlds.make_world("heavy_tail", seed=0)
+  pools = world.new_pools(40)
+  small = min(pools, key=lambda p: p.x_F[0])
+  large = max(pools, key=lambda p: p.x_F[0])
+  rng = np.random.default_rng(0)
+  n = 20000
+  uniform = np.full((n, 5), 0.2)
+  e = world.noise(uniform, small, rng)
+  assert stats.kurtosis(e) > 2.0                      # Gaussian: 0
+  # Unit-variance t: the median |draw| is the t quartile / sqrt(df / (df - 2)).
+  median_abs = stats.t.ppf(0.75, 3) / np.sqrt(3.0)
+  scale = world.noise_scale(uniform[:1], small)[0]
+  assert np.median(np.abs(e)) == pytest.approx(median_abs * scale, rel=0.05)
+  # Scale grows with the covariate (log_tokens of the first domain) ...
+  e_large = world.noise(uniform, large, rng)
+  ratio = np.median(np.abs(e_large)) / np.median(np.abs(e))
+  expected = np.exp(world.noise_per_log_tokens * (large.x_F[0] - small.x_F[0]))
+  assert ratio == pytest.approx(expected, rel=0.1) and ratio > 1.3
+  # ... and with extreme mixtures.
+  extreme = np.tile([0.96, 0.01, 0.01, 0.01, 0.01], (n, 1))
+  e_extreme = world.noise(extreme, small, rng)
+  assert np.median(np.abs(e_extreme)) > 2.0 * np.median(np.abs(e))
+  # The default noise of the other worlds is Gaussian with noise_sd.
+  g = worlds.make_world("synergy").noise(uniform, small, rng)
+  assert abs(stats.kurtosis(g)) < 0.2 and np.std(g) == pytest.approx(0.01, rel=0.05)
+
+
+def test_pool_validation():
+  with pytest.raises(ValueError):
+    worlds.Pool(x_F=np.zeros(2), tokens_D=np.ones(2), budget=1.0, latent=np.zeros(2),
+                kind="bogus")
+  with pytest.raises(ValueError):
+    worlds.Pool(x_F=np.zeros(2), tokens_D=np.zeros(2), budget=1.0, latent=np.zeros(2),
+                kind="new")
+  world = worlds.make_world("synergy")
+  with pytest.raises(ValueError):
+    world.outcome(np.ones((3, 4)) / 4, world.new_pools(1)[0])
