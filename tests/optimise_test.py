@@ -196,7 +196,7 @@ def test_every_recommendation_satisfies_every_constraint(seed, method):
 
 def test_search_reaches_brute_force_optimum_mean():
   s = FakeSurface(n_domains=3, seed=0)
-  rec = recommend(s, constraints=Constraints(), method="S", **SMALL)
+  rec = recommend(s, constraints=Constraints(), objective="mean", method="S", **SMALL)
   w_bf, v_bf = _brute_force(lambda w: s.draws(w).mean(0))
   assert rec.predicted.mean <= v_bf + 1e-4
   assert np.abs(np.array(rec.weight_vector()) - w_bf).sum() < 2e-2
@@ -243,7 +243,8 @@ def test_probability_of_improvement_objective():
 def test_multi_objective_weighted_sum():
   a = FakeSurface(n_domains=3, seed=5, outcome="loss_a")
   b = FakeSurface(n_domains=3, seed=6, outcome="acc_b", maximize=True)
-  rec = recommend([a, b], outcome_weights={"loss_a": 1.0, "acc_b": 0.5}, **SMALL)
+  rec = recommend([a, b], outcome_weights={"loss_a": 1.0, "acc_b": 0.5}, objective="mean",
+                  **SMALL)
   w_bf, v_bf = _brute_force(lambda w: a.draws(w).mean(0) - 0.5 * b.draws(w).mean(0))
   assert rec.objective_value <= v_bf + 1e-4
   assert rec.outcome == "1*loss_a+0.5*acc_b"

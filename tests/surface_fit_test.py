@@ -88,7 +88,7 @@ def test_wide_covariates_few_states_fit_and_flag_new_directions():
   _, runs = _wide_runs()
   cfg = fit.default_config()
   cfg.floors = (1e-3,)
-  s = fit.fit_surface(runs, "loss", config=cfg)
+  s = fit.fit_surface(runs, "loss", method="dml", config=cfg)
   cov = s.info["covariates"]
   assert cov["pool_states"] == 4 and cov["components"] == 3 and cov["varying"] == 63
   assert s.info["chosen"]["modifiers"] == "linear"  # quadratic adds nothing here
@@ -159,7 +159,7 @@ def test_noise_does_not_collapse_on_a_small_wide_sweep():
   world = planted.PlantedWorld(n_domains=8, n_features=3, seed=3)
   noise = 0.05
   runs = world.sample_sweep(n_runs=220, n_pool_states=2, noise=noise, sample_seed=3)
-  s = fit.fit_surface(runs.select(np.arange(20)), "loss")
+  s = fit.fit_surface(runs.select(np.arange(20)), "loss", method="dml")
   assert s.info["noise_prior"]["source"] == "default"
   assert s.noise_sd > 0.5 * noise
   held = np.arange(20, 220)

@@ -126,8 +126,8 @@ def test_nuts_and_svi_agree_with_exact(inference):
   world = planted.PlantedWorld(n_domains=3, n_features=1, seed=4)
   runs = world.sample_sweep(n_runs=80, n_pool_states=1, noise=0.01)
   base = dict(floors=(1e-3,), pairs="never", heteroscedastic=False)
-  exact = fit.fit_surface(runs, "loss", config=_cfg(**base))
-  other = fit.fit_surface(runs, "loss", config=_cfg(
+  exact = fit.fit_surface(runs, "loss", method="dml", config=_cfg(**base))
+  other = fit.fit_surface(runs, "loss", method="dml", config=_cfg(
       inference=inference, num_warmup=100, num_samples=100, num_chains=1, svi_steps=1000,
       **base))
   w = np.random.default_rng(1).dirichlet(np.ones(3), size=20)

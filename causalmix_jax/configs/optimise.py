@@ -8,9 +8,11 @@ import ml_collections
 def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "S"  # "S" (search) | "A" (analytic step)
-  # "mean" | "bound" (alias "lcb": the risk-averse end of the `ci` credible interval, the
-  # upper one for a loss) | "pi" (probability of improving on the reference).
-  c.objective = "mean"
+  # "safe" (the upper end of the `ci` interval, within the weights the sweep tried, never
+  # above the sweep's best-known mixtures; see optimise/recommend.py) | "mean" | "bound"
+  # (alias "lcb": the risk-averse end of the `ci` credible interval, the upper one for a
+  # loss, without the cap) | "pi" (probability of improving on the reference).
+  c.objective = "safe"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -673,6 +673,24 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
   return out
 
 
+def check_config(method: str, cfg) -> None:
+  """Every surface setting that names a choice, checked up front with its key named."""
+  if method not in METHODS:
+    raise ValueError(f"surface.method: unknown method {method!r}; known: {list(METHODS)}")
+  if str(cfg.inference) not in INFERENCES:
+    raise ValueError(f"surface.inference: unknown {cfg.inference!r}; known: "
+                     f"{list(INFERENCES)}")
+  if str(cfg.pairs) not in PAIR_OPTIONS:
+    raise ValueError(f"surface.pairs: unknown {cfg.pairs!r}; known: {list(PAIR_OPTIONS)}")
+  for key in ("modifiers", "stack_modifiers"):
+    bad = [m for m in cfg[key] if m not in MODIFIERS]
+    if bad:
+      raise ValueError(f"surface.{key}: unknown {bad}; known: {list(MODIFIERS)}")
+  if not 0 < float(cfg.interval_level) < 1:
+    raise ValueError(f"surface.interval_level: must be in (0, 1), got "
+                     f"{cfg.interval_level}")
+
+
 def fit_surface(runs, outcome: str, method: str = "stack", config=None,
                 covariate_blind: bool = False) -> SurfaceBase:
   """Fits a surface for outcome `outcome` (with or without the y_ prefix).
@@ -684,8 +702,7 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   random-Fourier-feature GP over (log-ratio mixture, X)). config: a ConfigDict like
   `configs.surface.section` (None: defaults; inference "exact"). covariate_blind: ignore
   X (the ablation): the surface then answers the same for every pool."""
-  if method not in METHODS:
-    raise ValueError(f"surface.method: unknown method {method!r}; known: {list(METHODS)}")
+  check_config(method, default_config() if config is None else config)
   if method in ("stack", "scaling"):
     from causalmix_jax.surface import robust
     fn = robust.fit_stack if method == "stack" else robust.fit_scaling
@@ -699,17 +716,7 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
 def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
                  ) -> Surface:
   cfg = default_config() if config is None else config
-  if method not in METHODS:
-    raise ValueError(f"surface.method: unknown method {method!r}; known: {list(METHODS)}")
   inference = str(cfg.inference)
-  if inference not in INFERENCES:
-    raise ValueError(f"surface.inference: unknown {inference!r}; known: "
-                     f"{list(INFERENCES)}")
-  if str(cfg.pairs) not in PAIR_OPTIONS:
-    raise ValueError(f"surface.pairs: unknown {cfg.pairs!r}; known: {list(PAIR_OPTIONS)}")
-  bad_mods = [m for m in cfg.modifiers if m not in MODIFIERS]
-  if bad_mods:
-    raise ValueError(f"surface.modifiers: unknown {bad_mods}; known: {list(MODIFIERS)}")
   t0 = time.time()
   name = outcome[2:] if outcome.startswith("y_") else outcome
   y_all = runs.y(name)

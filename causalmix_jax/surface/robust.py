@@ -254,7 +254,8 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
   tokens_med = None if u is None else np.median(data.tokens, axis=0)
   budget_med = None if u is None else float(np.median(data.budget))
   sigma = float(np.exp(maps[-1][-1]) * y_sd)  # log_sigma is the last site (sorted)
-  info = {"method": "scaling", "n_runs": int(len(data.y)), "noise_sd": sigma,
+  info = {"method": "scaling", "inference": "laplace", "n_runs": int(len(data.y)),
+          "noise_sd": sigma,
           "covariates": {"components": xb.k, "pool_states": xb.n_states},
           "fit_seconds": time.time() - t0}
   surf = ScalingSurface(spec, scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med,
@@ -281,6 +282,7 @@ def _fold_config(cfg, surface):
       c.pairs = "always" if "pairs" in chosen.get("kinds", ()) else "never"
       c.modifiers = (chosen.get("modifiers", "linear"),)
     c.calibrate_pools = False
+    c.inference = "exact"
   return c
 
 
@@ -429,7 +431,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
              for nm, c, o in zip(names, contrasts, oofs)}
   noise_sd = float(np.sqrt(sum(a * m.noise_sd ** 2 for a, m in zip(weights, members))))
   rng = np.random.default_rng([seed, 17])
-  info = {"method": "stack", "n_runs": int(len(data.y)), "members": names,
+  info = {"method": "stack", "inference": "exact+laplace", "n_runs": int(len(data.y)),
+          "members": names,
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
           "n_folds": int(folds.max()) + 1, "conformal_scale": scale,
           "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,

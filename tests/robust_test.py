@@ -1,0 +1,169 @@
+"""Tests of the scaling-law family (`surface/scaling.py`), the stacked, conformally
+calibrated surface (`surface/robust.py`) and the safe default objective of `recommend`."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from causalmix_jax.optimise.recommend import recommend
+from causalmix_jax.runs import Runs
+from causalmix_jax.surface import fit, robust, scaling, worlds
+from causalmix_jax.surface.surface import load_surface
+
+
+def _cfg(**kw):
+  c = fit.default_config()
+  c.nuisance_models = ("ridge",)
+  for k, v in kw.items():
+    setattr(c, k, v)
+  return c
+
+
+@functools.lru_cache(maxsize=None)
+def _world_runs(name: str = "synergy"):
+  world = worlds.make_world(name, seed=0)
+  return world, world.sweep(n_runs=128, n_pools=16, seed=0)
+
+
+@functools.lru_cache(maxsize=None)
+def _stack():
+  _, runs = _world_runs()
+  return fit.fit_surface(runs, "loss", config=_cfg())
+
+
+def _scaling_truth_runs(n: int = 160, seed: int = 0) -> tuple[Runs, dict]:
+  """Runs drawn from the scaling model itself (the family's own planted truth)."""
+  rng = np.random.default_rng(seed)
+  d = 4
+  theta = {"a_D": np.log(np.array([0.3, 0.1, 0.2, 0.05])), "b_DxK": np.zeros((d, 0)),
+           "log_alpha_D": np.log(np.array([0.3, 0.5, 0.4, 0.3])),
+           "log_eps": np.log(0.02), "log_rstar": np.log(15.4), "e0": 1.0,
+           "e_K": np.zeros(0)}
+  w = rng.dirichlet(np.ones(d), n)
+  f = np.asarray(scaling.mean_fn(theta, w, None, np.zeros((n, 0))))
+  y = f + 0.01 * rng.standard_normal(n)
+  frame = pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "seed": 0})
+  for j in range(d):
+    frame[f"w_d{j}"] = w[:, j]
+  frame["y_loss"] = y
+  return Runs(frame, source="scaling-truth"), theta
+
+
+def test_scaling_family_recovers_its_own_law():
+  runs, theta = _scaling_truth_runs()
+  s = fit.fit_surface(runs, "loss", method="scaling", config=_cfg())
+  w_new = np.random.default_rng(5).dirichlet(np.ones(4), 200)
+  truth = np.asarray(scaling.mean_fn(theta, w_new, None, np.zeros((200, 0))))
+  p = s.predict(w_new)
+  assert stats.spearmanr(p.mean, truth).statistic > 0.97
+  assert np.mean(np.abs(p.mean - truth)) < 0.03
+  assert s.info["method"] == "scaling" and s.n_draws == int(_cfg().num_samples)
+
+
+def test_effective_share_follows_data_constrained_decay():
+  u = np.full((1, 3), 0.1)  # each domain holds a tenth of the budget
+  w = np.array([[0.05, 0.1, 0.85]])
+  eff = np.asarray(scaling.effective_share(w, u, np.log(15.4)))
+  assert eff[0, 0] == pytest.approx(0.05)  # under one epoch: all tokens count
+  assert eff[0, 1] == pytest.approx(0.1)
+  # 8.5 epochs: 7.5 repeated, each worth less than a fresh one, but more than none.
+  assert 0.1 < eff[0, 2] < 0.85
+  assert eff[0, 2] == pytest.approx(0.1 * (1 + 15.4 * (1 - np.exp(-7.5 / 15.4))),
+                                    rel=1e-5)
+
+
+def test_stack_weights_pick_the_true_member():
+  rng = np.random.default_rng(0)
+  target = rng.standard_normal(200)
+  good = target + 0.05 * rng.standard_normal(200)
+  bad = rng.standard_normal(200)
+  a = robust.stack_weights(np.stack([bad, good]), target)
+  assert a.sum() == pytest.approx(1.0)
+  assert a[1] > 0.95
+
+
+def test_conformal_scale_is_one_for_calibrated_errors():
+  rng = np.random.default_rng(1)
+  sd = rng.uniform(0.5, 2.0, 4000)
+  err = sd * rng.standard_normal(4000)
+  assert robust.conformal_scale(err ** 2, sd ** 2, 0.9) == pytest.approx(1.0, abs=0.06)
+  # Errors twice as wide as the posterior says: the spread is doubled.
+  assert robust.conformal_scale((2 * err) ** 2, sd ** 2, 0.9) == pytest.approx(2.0,
+                                                                              abs=0.12)
+
+
+def test_stack_is_a_calibrated_surface_on_new_pools():
+  world, _ = _world_runs()
+  s = _stack()
+  assert s.info["method"] == "stack"
+  assert set(s.info["weights"]) == {"dml", "scaling"}
+  assert sum(s.info["weights"].values()) == pytest.approx(1.0)
+  assert s.info["folds_by"] == "pool states"
+  rng = np.random.default_rng(3)
+  order = [world.domains.index(d) for d in s.domains]
+  covers, rhos = [], []
+  for pool in world.new_pools(6, seed=1):
+    shares = pool.tokens_D / pool.tokens_D.sum()
+    w = rng.dirichlet(shares * np.exp(rng.uniform(np.log(0.5), np.log(5.0))), 40)
+    truth = world.outcome(w, pool) - world.outcome(shares[None], pool)
+    x = dict(zip(world.features, pool.x_F))
+    p = s.cate(w[:, order], shares[order], x, tokens=pool.tokens_D[order],
+               budget=pool.budget)
+    covers.append(np.mean(p.covers(truth)))
+    rhos.append(stats.spearmanr(p.mean, truth).statistic)
+  print(f"stack on synergy: coverage {np.mean(covers):.3f}, Spearman {np.mean(rhos):.3f}")
+  assert np.mean(rhos) > 0.8
+  # A 128-run sweep over 16 pool states leaves the conformal quantile coarse; at the
+  # study's sizes (384 runs, 48 states) coverage sits in the 85-95% band.
+  assert 0.6 <= np.mean(covers) <= 1.0
+
+
+def test_stack_save_load_and_determinism(tmp_path):
+  _, runs = _world_runs()
+  s = _stack()
+  s.save(tmp_path / "surface")
+  back = load_surface(tmp_path / "surface")
+  w = runs.W[:7]
+  np.testing.assert_allclose(back.draws(w, runs.X[0]), s.draws(w, runs.X[0]), rtol=1e-5,
+                             atol=1e-6)
+  again = fit.fit_surface(runs, "loss", config=_cfg())
+  assert again.info["weights"] == s.info["weights"]
+  np.testing.assert_allclose(again.draws(w, runs.X[0]), s.draws(w, runs.X[0]),
+                             rtol=1e-5, atol=1e-6)
+  # The jittable sampler answers as the draws do.
+  fn, params = s.sampler()
+  np.testing.assert_allclose(np.asarray(fn(params, w, runs.X[0])),
+                             s.draws(w, runs.X[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_stack_member_is_named():
+  _, runs = _world_runs()
+  with pytest.raises(ValueError, match="surface.stack_members.*forest"):
+    fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest")))
+
+
+def test_safe_objective_stays_in_the_swept_range_and_beats_its_anchors():
+  world, runs = _world_runs()
+  s = _stack()
+  pool = world.shifted_pools(1, seed=2)[0]
+  order = [world.domains.index(d) for d in s.domains]
+  cons = {"tokens": dict(zip(s.domains, pool.tokens_D[order])),
+          "budget_tokens": pool.budget}
+  x = dict(zip(world.features, pool.x_F))
+  rec = recommend(s, covariates=x, constraints=cons, n_candidates=512, n_starts=8,
+                  n_steps=40)
+  assert rec.objective == "safe"
+  w = np.array([rec.weights[d] for d in s.domains])
+  w_max = np.maximum(np.asarray(s.support_stats["w_max"]), s.w_ref)
+  assert np.all(w <= w_max + 1e-6)
+  anchors = np.concatenate([np.asarray(s.support_stats["best_w"]),
+                            np.full((1, len(w)), 1 / len(w))])
+  tokens = pool.tokens_D[order]
+  hi_anchor = s.predict(anchors, x, tokens=tokens, budget=pool.budget).hi.min()
+  hi_rec = s.predict(w[None], x, tokens=tokens, budget=pool.budget).hi[0]
+  assert hi_rec <= hi_anchor + 1e-3
