@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 
 MEMBERS = ("dml", "gp", "scaling")
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
+# Below this many runs the members' fold refits (each on 4/5 of the runs) would fall
+# under the 10 runs a surface needs once the fit stage's own cross-validation holds
+# out a fifth: fit the DML surface alone.
+MIN_STACK_RUNS = 30
 
 
 # -- the scaling-law family as a surface ----------------------------------------------
@@ -137,7 +141,7 @@ class StackedSurface(SurfaceBase):
     for i, m in enumerate(self.members):
       names.append(f"member_{i}")
       m.save(directory / names[-1])
-    artifacts.write_npz(directory / "stack.npz", level_S=self.level_S)
+    artifacts.write_npz(directory / "posterior.npz", level_S=self.level_S)
     return artifacts.write_json(directory / "surface.json", {
         **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale})
@@ -163,7 +167,10 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     return ScalingSurface(scaling.ScalingSpec(**meta["spec"]),
                           scaling.load_params(directory), **kw)
   members = [load_surface(directory / n) for n in meta["members"]]
-  with np.load(directory / "stack.npz") as z:
+  path = directory / "posterior.npz"
+  if not path.exists():
+    raise FileNotFoundError(f"surface posterior not found: {path}")
+  with np.load(path) as z:
     level = z["level_S"]
   return StackedSurface(members, meta["weights"], meta["scale"], level, **kw)
 
@@ -377,6 +384,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   t0 = time.time()
   seed = int(cfg.seed)
   data = _data(runs, outcome, max(10, int(cfg.n_folds)))
+  if len(data.y) < MIN_STACK_RUNS:
+    # Too few runs to refit every family on held-out folds: the DML surface alone,
+    # with its own leave-pools-out calibration, says so in its info.
+    log.warning("surface: %d usable runs of y_%s; stacking needs %d, so the DML "
+                "surface is fitted alone", len(data.y), data.name, MIN_STACK_RUNS)
+    surface = fit_lib._fit_surface(runs, outcome, "dml", cfg, covariate_blind)
+    surface.info["stack"] = (f"skipped: {len(data.y)} runs, stacking needs "
+                             f"{MIN_STACK_RUNS}")
+    return surface
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
   members, oofs, names, secs = [], [], [], {}
   for name in tuple(cfg.stack_members):
