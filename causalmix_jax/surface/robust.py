@@ -260,7 +260,7 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
   spec = scaling.ScalingSpec(data.w.shape[1], xb.k, u is not None)
   tokens_med = None if u is None else np.median(data.tokens, axis=0)
   budget_med = None if u is None else float(np.median(data.budget))
-  sigma = float(np.exp(maps[-1][-1]) * y_sd)  # log_sigma is the last site (sorted)
+  sigma = float(np.exp(scaling.unflatten(spec, maps[-1])["log_sigma"]) * y_sd)
   info = {"method": "scaling", "inference": "laplace", "n_runs": int(len(data.y)),
           "noise_sd": sigma,
           "covariates": {"components": xb.k, "pool_states": xb.n_states},

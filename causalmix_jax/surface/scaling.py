@@ -5,14 +5,16 @@ by physics: every domain contributes a power law in its *effective* data, and
 repetition follows data-constrained scaling (Muennighoff et al., 2023), so a larger or
 scarcer pool moves the prediction the way more or repeated tokens do:
 
-  f(w, x) = e0 + e . s(x) + sum_d A_d(x) * (eff_d(w) + eps)^(-alpha_d)
-  A_d(x)  = exp(a_d + b_d . s(x))              (value of domain d in pool state x)
+  f(w, x) = e0 + e . c(s(x)) + sum_d A_d(x) * (eff_d(w) + eps)^(-alpha_d)
+  A_d(x)  = exp(a_d + b_d . c(s(x)))          (value of domain d in pool state x)
   eff_d   = u_d * h(w_d / u_d),  u_d = tokens_d / budget
   h(e)    = min(e, 1) + R* (1 - exp(-max(e - 1, 0) / R*))   (repeated epochs decay)
 
-s(x) are the principal-component scores of the sweep's pool states (`fit.covariate_basis`).
+s(x) are the principal-component scores of the sweep's pool states (`fit.covariate_basis`),
+c(s) = 3 tanh(s / 3) a soft clip (values saturate beyond the sweep's states).
 Without token counts eff_d = w_d: a mixing law with per-domain diminishing returns.
-All sites are real-valued Normals (positivity through exp), so the posterior is fitted
+All sites are real-valued Normals (A_d through exp, alpha_d in (0, 1) through a sigmoid,
+eps above 1e-4), so the posterior is fitted
 as a MAP point with a Laplace (Gaussian) approximation in the unconstrained space. The
 fit is one jitted program vmapped over row masks: the full fit and every
 cross-validation fold of `robust.py` train side by side. Priors are in units of the
@@ -40,6 +42,10 @@ from numpyro.infer import util as infer_util
 # sweep move it by a factor of ~e either way.
 RSTAR_PRIOR = (float(np.log(15.4)), 1.0)
 N_STEPS = 1500
+LOGIT_ALPHA0 = float(np.log(0.4 / 0.6))  # prior centre of the exponents: 0.4
+Z_TRUNC = 2.0
+SCORE_LIMIT = 3.0
+EPS_FLOOR = 1e-4  # below a ten-thousandth of the budget a domain counts as absent
 PRIOR_MIN_PRECISION = 1.0 / 5.0 ** 2  # the broadest prior below: e0 ~ N(0, 5)
 LEARNING_RATE = 0.05
 
@@ -73,9 +79,16 @@ def mean_fn(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray, u_NxD: jnp.ndarra
             s_NxK: jnp.ndarray) -> jnp.ndarray:
   """Expected standardised outcome, length N."""
   eff = effective_share(w_NxD, u_NxD, theta["log_rstar"])
-  amp = jnp.exp(theta["a_D"][None, :] + s_NxK @ theta["b_DxK"].T)
-  alpha = jnp.exp(theta["log_alpha_D"])
-  eps = jnp.exp(theta["log_eps"])
+  # Scores pass through a soft clip (linear within ~1.5 sd, at most SCORE_LIMIT sd):
+  # outside the sweep's pool states a domain's value saturates instead of growing
+  # exponentially with the distance.
+  s_NxK = SCORE_LIMIT * jnp.tanh(s_NxK / SCORE_LIMIT)
+  # Exponents in (0, 1) and a floor under eps keep every draw finite in float32: a
+  # Laplace draw along a direction the sweep barely constrains must not overflow.
+  amp = jnp.exp(jnp.clip(theta["a_D"][None, :] + s_NxK @ theta["b_DxK"].T,
+                         -30.0, 10.0))
+  alpha = jax.nn.sigmoid(theta["logit_alpha_D"])
+  eps = EPS_FLOOR + jnp.exp(theta["log_eps"])
   terms = amp * jnp.power(eff + eps, -alpha[None, :])
   return theta["e0"] + s_NxK @ theta["e_K"] + terms.sum(-1)
 
@@ -86,8 +99,8 @@ def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None):
   theta = {
       "a_D": numpyro.sample("a_D", dist.Normal(np.log(0.2), 1.5).expand([d]).to_event(1)),
       "b_DxK": numpyro.sample("b_DxK", dist.Normal(0.0, 0.5).expand([d, k]).to_event(2)),
-      "log_alpha_D": numpyro.sample("log_alpha_D", dist.Normal(np.log(0.4), 0.5)
-                                    .expand([d]).to_event(1)),
+      "logit_alpha_D": numpyro.sample("logit_alpha_D", dist.Normal(LOGIT_ALPHA0, 1.0)
+                                      .expand([d]).to_event(1)),
       "log_eps": numpyro.sample("log_eps", dist.Normal(np.log(1e-2), 1.5)),
       "log_rstar": numpyro.sample("log_rstar", dist.Normal(*RSTAR_PRIOR)),
       "e0": numpyro.sample("e0", dist.Normal(0.0, 5.0)),
@@ -101,7 +114,7 @@ def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None):
 
 def _init_theta(d: int, k: int) -> dict[str, jnp.ndarray]:
   return {"a_D": jnp.full((d,), np.log(0.2)), "b_DxK": jnp.zeros((d, k)),
-          "log_alpha_D": jnp.full((d,), np.log(0.4)), "log_eps": jnp.array(np.log(1e-2)),
+          "logit_alpha_D": jnp.full((d,), LOGIT_ALPHA0), "log_eps": jnp.array(np.log(1e-2)),
           "log_rstar": jnp.array(RSTAR_PRIOR[0]), "e0": jnp.array(0.0),
           "e_K": jnp.zeros((k,)), "log_sigma": jnp.array(0.0)}
 
@@ -136,11 +149,20 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     # Where the likelihood is flat or not convex at the MAP, the curvature is held at
     # the broadest prior's precision: no direction is drawn wider than the prior.
     root = evecs * jax.lax.rsqrt(jnp.maximum(evals, PRIOR_MIN_PRECISION))[None, :]
-    z = jax.random.normal(key, (n_draws, flat.shape[0]))
+    # Truncated at Z_TRUNC sd per coordinate: the Gaussian approximation is trusted
+    # near the mode only (pushed through exp and powers, its far tails give absurd
+    # losses); the stack's conformal step sets the interval width on held-out pools.
+    z = jax.random.truncated_normal(key, -Z_TRUNC, Z_TRUNC, (n_draws, flat.shape[0]))
     return flat, flat[None, :] + z @ root.T
 
   keys = jax.random.split(key, masks_MxN.shape[0])
   return jax.vmap(fit_one)(masks_MxN, keys)
+
+
+def unflatten(spec: ScalingSpec, flat_P: np.ndarray) -> dict[str, np.ndarray]:
+  """The named sites of a flat parameter vector."""
+  _, unravel = ravel_pytree(_init_theta(spec.n_domains, spec.n_x))
+  return {k: np.asarray(v) for k, v in unravel(jnp.asarray(flat_P)).items()}
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
