@@ -40,9 +40,10 @@ def _scaling_truth_runs(n: int = 160, seed: int = 0) -> tuple[Runs, dict]:
   """Runs drawn from the scaling model itself (the family's own planted truth)."""
   rng = np.random.default_rng(seed)
   d = 4
+  alpha = np.array([0.3, 0.5, 0.4, 0.3])
   theta = {"a_D": np.log(np.array([0.3, 0.1, 0.2, 0.05])), "b_DxK": np.zeros((d, 0)),
-           "log_alpha_D": np.log(np.array([0.3, 0.5, 0.4, 0.3])),
-           "log_eps": np.log(0.02), "log_rstar": np.log(15.4), "e0": 1.0,
+           "logit_alpha_D": np.log(alpha / (1 - alpha)),
+           "log_eps": np.log(0.02 - scaling.EPS_FLOOR), "log_rstar": np.log(15.4), "e0": 1.0,
            "e_K": np.zeros(0)}
   w = rng.dirichlet(np.ones(d), n)
   f = np.asarray(scaling.mean_fn(theta, w, None, np.zeros((n, 0))))
