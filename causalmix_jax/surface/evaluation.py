@@ -778,6 +778,17 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for m in ("ours", "lightgbm"):
       vals = [_ok(index.get((w, split, m)), "regret") for w in worlds]
       out[f"regret_{split}_{m}"] = _mean([v for v in vals if v is not None])
+  worse = []
+  for w in worlds:
+    for split in SPLITS:
+      ours = _ok(index.get((w, split, "ours")), "regret")
+      uni = _ok(index.get((w, split, "uniform")), "regret")
+      if ours is not None and uni is not None and ours > uni + 1e-12:
+        worse.append(f"{w}/{split}")
+  out["ours_worse_than_uniform"] = worse
+  ours_s, lgbm_s = out.get("regret_shifted_ours"), out.get("regret_shifted_lightgbm")
+  if ours_s is not None and lgbm_s:
+    out["regret_shifted_ratio_ours_over_lightgbm"] = ours_s / lgbm_s
   lo, hi = COVERAGE_BAND
   for key in ("pred_coverage90", "effect_coverage90"):
     vals = [_ok(index.get((w, s, "ours")), key) for w in worlds for s in SPLITS]
@@ -848,6 +859,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> str:
                    f"({split} pools)")
     parts.append(f"- mean shifted-pool regret: ours {_fmt(h['regret_shifted_ours'], '{:.4f}')}"
                  f" vs lightgbm {_fmt(h['regret_shifted_lightgbm'], '{:.4f}')}")
+    if "regret_shifted_ratio_ours_over_lightgbm" in h:
+      parts.append(f"- shifted-pool regret ratio ours / lightgbm: "
+                   f"{h['regret_shifted_ratio_ours_over_lightgbm']:.2f}")
+    parts.append("- ours worse than uniform on: "
+                 + (", ".join(h["ours_worse_than_uniform"]) or "no (world, split)"))
     band = []
     for m in methods:
       cells = []
