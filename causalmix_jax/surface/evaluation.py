@@ -802,6 +802,13 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
+def _r2_text(v: float | None) -> str:
+  """R^2 for a table: values below -1000 (a fit off by orders of magnitude) as such."""
+  if v is not None and np.isfinite(v) and v < -1000:
+    return "< -1000"
+  return _fmt(v, "{:.2f}")
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> str:
   """Markdown: per split, worlds x methods tables of regret, Spearman and effect
   coverage; the real-sweep table (Spearman / R^2); then the headline counts."""
@@ -842,7 +849,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> str:
           r = r_index.get((dataset, split, m))
           cells.append(_cell(r, "spearman", "{:.3f}") if r is None or
                        r.get("status") != "ok" else
-                       f"{_fmt(r['spearman'], '{:.3f}')} / {_fmt(r['r2'], '{:.2f}')}")
+                       f"{_fmt(r['spearman'], '{:.3f}')} / {_r2_text(r['r2'])}")
         body.append([dataset, split] + cells)
       parts += [""] + _table(["dataset", "split"] + r_methods, body)
     parts += [""] + [f"- {n}" for n in notes]
