@@ -157,14 +157,15 @@ def _support_report(surface: Any, x_F: np.ndarray, names: list[str]) -> dict[str
 
 def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
                  constraints: cons.Constraints, ref: np.ndarray
-                 ) -> tuple[cons.Constraints, np.ndarray]:
-  """The `safe` objective's region and anchors: each domain's weight capped at the
-  largest the sweep tried (never below the reference's, never above the user's cap),
-  and the sweep's best-known mixtures (scored beside the search). Surfaces that do not
-  record their sweep's mixtures leave the constraints as they are."""
+                 ) -> tuple[cons.Constraints, cons.FeasibleSet, np.ndarray]:
+  """The `safe` objective's constraints (and their feasible set) and anchors: each
+  domain's weight capped at the largest the sweep tried (never below the reference's,
+  never above the user's cap), and the sweep's best-known mixtures and uniform (scored
+  beside the search). Surfaces that do not record their sweep's mixtures leave the
+  constraints as they are, with no anchors."""
   st = getattr(surfaces[0], "support_stats", None) or {}
   if "w_max" not in st:
-    return constraints, np.zeros((0, len(domains)))
+    return constraints, constraints.resolve(domains, ref), np.zeros((0, len(domains)))
   w_max = np.maximum(np.asarray(st["w_max"], np.float64), ref)
   user = constraints.max_weight
   user_d = np.asarray([float(user.get(d, 1.0)) if isinstance(user, Mapping) else float(user)
@@ -175,14 +176,14 @@ def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
   capped = dataclasses.replace(constraints,
                                max_weight={d: float(c) for d, c in zip(domains, cap)})
   try:
-    capped.resolve(domains, ref)
+    fs = capped.resolve(domains, ref)
   except ValueError as e:  # the cap conflicts with the user's constraints: keep theirs
     log.info("safe objective: the sweep's weight range conflicts with the constraints "
              "(%s); using the constraints alone", e)
-    capped = constraints
+    capped, fs = constraints, constraints.resolve(domains, ref)
   best = np.asarray(st.get("best_w", np.zeros((0, len(domains)))), np.float64)
   uniform = np.full((1, len(domains)), 1.0 / len(domains))
-  return capped, np.concatenate([best.reshape(-1, len(domains)), uniform])
+  return capped, fs, np.concatenate([best.reshape(-1, len(domains)), uniform])
 
 
 
@@ -270,8 +271,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     constraints = cons.Constraints.from_dict(constraints)
   anchors = np.zeros((0, len(domains)))
   if safe:
-    constraints, anchors = _safe_region(surfaces, domains, constraints, ref)
-  fs = constraints.resolve(domains, ref)
+    constraints, fs, anchors = _safe_region(surfaces, domains, constraints, ref)
+  else:
+    fs = constraints.resolve(domains, ref)
 
   tokens_D = None
   if constraints.tokens is not None:

@@ -106,12 +106,8 @@ class StackedSurface(SurfaceBase):
     n = min([m.n_draws for m in self.members] + [len(self.level_S)])
 
     def fn(params, w_NxD, x_F):
-      out = params["level_S"][:n, None]
-      for f, p, a in zip(fns, params["members"], params["weights"]):
-        d = f(p, w_NxD, x_F)[:n]
-        m = d.mean(0, keepdims=True)
-        out = out + a * (m + params["scale"] * (d - m))
-      return out
+      return _combine([f(p, w_NxD, x_F)[:n] for f, p in zip(fns, params["members"])],
+                      params["weights"], params["scale"], params["level_S"][:n])
 
     self._fn = fn
     self._n = n
@@ -128,12 +124,9 @@ class StackedSurface(SurfaceBase):
 
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
-    out = np.asarray(self.level_S[:self._n, None], np.float64)
-    for m, a in zip(self.members, self.weights):
-      d = m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
-      mu = d.mean(0, keepdims=True)
-      out = out + a * (mu + self.scale * (d - mu))
-    return out
+    return _combine([m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
+                     for m in self.members], self.weights, self.scale,
+                    np.asarray(self.level_S[:self._n], np.float64))
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     directory = pathlib.Path(directory)
@@ -150,6 +143,15 @@ class StackedSurface(SurfaceBase):
     kinds = [m.info.get("method", "?") for m in self.members]
     return (f"StackedSurface(outcome={self.outcome!r}, members={kinds}, "
             f"weights={np.round(self.weights, 3).tolist()}, scale={self.scale:.2f})")
+
+
+def _combine(draws_K: Sequence[Any], weights_K: Any, scale: Any, level_S: Any) -> Any:
+  """sum_k a_k [m_k + c (f_k - m_k)] + level, S x N; NumPy or jax.numpy arrays alike."""
+  out = level_S[:, None]
+  for d, a in zip(draws_K, weights_K):
+    m = d.mean(0, keepdims=True)
+    out = out + a * (m + scale * (d - m))
+  return out
 
 
 def _meta(s: SurfaceBase, kind: str) -> dict[str, Any]:
@@ -302,9 +304,6 @@ def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
     c.modifiers = tuple(cfg.stack_modifiers)
   full = fit_lib._fit_surface(runs, outcome, method, c, covariate_blind)
   fc = _fold_config(c, full)
-  if method == "gp" and "ls" in full.info.get("chosen", {}):
-    with fc.unlocked():
-      fc.gp_lengthscales = (float(full.info["chosen"]["ls"]),)
   n = int(cfg.num_samples)
   oof = np.empty((n, len(data.y)))
   for k in range(int(folds.max()) + 1):
@@ -332,14 +331,17 @@ def _scaling_member(runs, outcome, cfg, covariate_blind, data, folds):
 
 # -- stacking and calibration ---------------------------------------------------------
 
-def _centre(v_N: np.ndarray, folds: np.ndarray, groups: np.ndarray) -> np.ndarray:
-  """v minus its mean within each held-out (fold, pool state) cell: contrasts."""
-  key = folds * (int(groups.max()) + 1) + groups
-  _, inv = np.unique(key, return_inverse=True)
-  inv = np.asarray(inv).reshape(-1)
-  counts = np.bincount(inv)
-  means = np.bincount(inv, weights=v_N) / counts
-  return v_N - means[inv], counts[inv]
+def _cells(folds: np.ndarray, groups: np.ndarray) -> np.ndarray:
+  """Dense id of each row's held-out (fold, pool state) cell."""
+  _, inv = np.unique(folds * (int(groups.max()) + 1) + groups, return_inverse=True)
+  return np.asarray(inv).reshape(-1)
+
+
+def _centre(v_N: np.ndarray, cells_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """v minus its mean within each cell (contrasts), and each row's cell size."""
+  counts = np.bincount(cells_N)
+  means = np.bincount(cells_N, weights=v_N) / counts
+  return v_N - means[cells_N], counts[cells_N]
 
 
 def stack_weights(contrasts_KxN: np.ndarray, target_N: np.ndarray) -> np.ndarray:
@@ -417,15 +419,16 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                      f"predictions of y_{data.name} (tried {list(cfg.stack_members)})")
   n = min(o.shape[0] for o in oofs)
   oofs = [o[:n] for o in oofs]
-  yc, cell_n = _centre(data.y, folds, data.groups)
-  contrasts = np.stack([_centre(o.mean(0), folds, data.groups)[0] for o in oofs])
+  cells = _cells(folds, data.groups)
+  yc, cell_n = _centre(data.y, cells)
+  contrasts = np.stack([_centre(o.mean(0), cells)[0] for o in oofs])
   weights = stack_weights(contrasts, yc)
   keep = weights > 0
   stacked = sum(a * o for a, o in zip(weights, oofs))  # S x N held-out draws
   mean = stacked.mean(0)
   dev = stacked - mean
-  c_dev = np.stack([_centre(d, folds, data.groups)[0] for d in dev])  # contrast draws
-  c_mean = _centre(mean, folds, data.groups)[0]
+  c_dev = np.stack([_centre(d, cells)[0] for d in dev])  # contrast draws
+  c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
   pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x], 1))
   noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
@@ -433,15 +436,14 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
                           None if noise is None else noise[ok])
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
-  key = folds * (int(data.groups.max()) + 1) + data.groups
-  cells = np.unique(key)
-  lvl_err = np.array([np.mean(data.y[key == c] - mean[key == c]) for c in cells])
-  lvl_var = np.array([np.var(np.mean(dev[:, key == c], axis=1)) * scale ** 2
-                      for c in cells])
-  pure_cell = np.array([pure_var / np.sum(key == c) if pe_dof > 0 else 0.0
-                        for c in cells])
+  n_cells = int(cells.max()) + 1
+  counts = np.bincount(cells)
+  lvl_err = np.bincount(cells, weights=data.y - mean) / counts
+  lvl_var = np.var(np.stack([np.bincount(cells, weights=d, minlength=n_cells)
+                             for d in dev]) / counts, axis=0) * scale ** 2
+  pure_cell = pure_var / counts if pe_dof > 0 else 0.0
   level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
-      if len(cells) >= MIN_GROUPS and fold_by == "pool states" else 0.0
+      if n_cells >= MIN_GROUPS and fold_by == "pool states" else 0.0
   heldout = {nm: {"contrast_mse": float(np.mean((yc - c) ** 2)),
                   "spearman": float(stats.spearmanr(o.mean(0), data.y).statistic)}
              for nm, c, o in zip(names, contrasts, oofs)}

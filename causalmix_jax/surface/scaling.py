@@ -119,12 +119,17 @@ def _init_theta(d: int, k: int) -> dict[str, jnp.ndarray]:
           "e_K": jnp.zeros((k,)), "log_sigma": jnp.array(0.0)}
 
 
+def _flat_init(d: int, k: int):
+  """(initial parameters as one flat vector, the function naming its sites)."""
+  return ravel_pytree(_init_theta(d, k))
+
+
 @functools.partial(jax.jit, static_argnames=("tokens_known", "n_draws"))
 def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
                n_draws: int):
   """MAP and Laplace draws of the parameters for every row mask, side by side."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
-  flat0, unravel = ravel_pytree(_init_theta(d, k))
+  flat0, unravel = _flat_init(d, k)
   u = u_NxD if tokens_known else None
 
   def potential(flat, mask):
@@ -161,14 +166,14 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
 
 def unflatten(spec: ScalingSpec, flat_P: np.ndarray) -> dict[str, np.ndarray]:
   """The named sites of a flat parameter vector."""
-  _, unravel = ravel_pytree(_init_theta(spec.n_domains, spec.n_x))
+  _, unravel = _flat_init(spec.n_domains, spec.n_x)
   return {k: np.asarray(v) for k, v in unravel(jnp.asarray(flat_P)).items()}
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _predict_std(spec: ScalingSpec, draws_SxP, w_NxD, u_NxD, s_NxK):
   """Draws of the standardised expected outcome, S x N."""
-  _, unravel = ravel_pytree(_init_theta(spec.n_domains, spec.n_x))
+  _, unravel = _flat_init(spec.n_domains, spec.n_x)
   u = u_NxD if spec.tokens_known else None
   return jax.vmap(lambda p: mean_fn(unravel(p), w_NxD, u, s_NxK))(draws_SxP)
 

@@ -190,6 +190,7 @@ class SurfaceBase:
       raise ValueError("surface: mixture weights must be >= 0")
     return np.maximum(w, 0.0)
 
+  # -- answers --------------------------------------------------------------------------
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
     """Posterior draws of the expected outcome, S x N (pool size as in `sampler`)."""
@@ -201,13 +202,14 @@ class SurfaceBase:
   def theta(self, x: Any = None, ci: float = 0.9, w: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> Prediction:
     """Marginal return of each domain at x: the derivative of the expected outcome
-    along e_d - w, at w (default the sweep's mean mixture). Length D."""
+    along e_d - w (mass moved into d proportionally from all domains), at w (default
+    the sweep's mean mixture). Length D."""
     w0 = self.w_ref if w is None else self._w(w)[0]
     _, jac = self._compiled()
     g = np.asarray(jac(self.sampler(tokens, budget)[1], jnp.asarray(w0, jnp.float32),
                        jnp.asarray(self._x(x), jnp.float32)), np.float64)
     return Prediction.from_samples(g - np.sum(g * w0[None, :], axis=1, keepdims=True), ci)
-  # -- answers ----------------------------------------------------------------------
+
   def predict(self, w: Any, x: Any = None, ci: float = 0.9, *, tokens: Any = None,
               budget: float | None = None) -> Prediction:
     return Prediction.from_samples(self.draws(w, x, tokens=tokens, budget=budget), ci)
@@ -290,6 +292,7 @@ class SurfaceBase:
                             or outside))
     return out
 
+
 class Surface(SurfaceBase):
   """A fitted linear-in-features surface. Construct with `fit_surface` or
   `load_surface`."""
@@ -301,14 +304,9 @@ class Surface(SurfaceBase):
                      maximize=maximize, support_stats=support_stats, info=info)
     self.spec = spec
     self.params = jax.tree.map(jnp.asarray, params)
-    self._sampler_fn = functools.partial(surface_fn, spec)  # one object: warm jit cache
-    self._fn = jax.jit(self._sampler_fn)
-    sampler_fn = self._sampler_fn
-
-    def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
-      return jax.jacfwd(lambda wv: sampler_fn(params, wv[None, :], x_F)[:, 0])(w_D)
-
-    self._jac_fn = jax.jit(jac)  # compiled once, reused by every theta() call
+    # One object for the life of the surface: jit's cache (SurfaceBase._compiled, the
+    # optimiser) stays warm across calls.
+    self._sampler_fn = functools.partial(surface_fn, spec)
 
   # -- answers --------------------------------------------------------------------------
   def _params(self, tokens: Any, budget: Any) -> dict[str, Any]:
@@ -324,19 +322,6 @@ class Surface(SurfaceBase):
     # each new surface or query shape (the jitted sampler serves the optimiser).
     params = jax.tree.map(np.asarray, self._params(tokens, budget))
     return np.asarray(surface_fn(self.spec, params, self._w(w), self._x(x)))
-
-  def theta(self, x: Any = None, ci: float = 0.9, w: Any = None, *, tokens: Any = None,
-            budget: float | None = None) -> Prediction:
-    """Marginal return of each domain at x: the derivative of the expected outcome
-    along e_d - w (mass moved into d proportionally from all domains), at w (default
-    the sweep's mean mixture). Length D."""
-    w0 = self.w_ref if w is None else self._w(w)[0]
-    x0 = jnp.asarray(self._x(x))
-
-    params = self._params(tokens, budget)
-    g = np.asarray(self._jac_fn(params, jnp.asarray(w0), x0))  # S x D
-    theta = g - np.sum(g * w0[None, :], axis=1, keepdims=True)
-    return Prediction.from_samples(theta, ci)
 
   def sampler(self, tokens: Any = None, budget: float | None = None
               ) -> tuple[SamplerFn, dict[str, Any]]:
