@@ -268,6 +268,14 @@ def test_summarise_tables_and_counts():
   assert "ours at or below the best baseline's regret on 1 of 2 worlds (new pools)" in text
   assert "mean shifted-pool regret: ours 0.0250 vs lightgbm 0.0250" in text
   assert "ours pred 0/4, effect 4/4" in text
+  # ours (0.01, 0.04) against uniform (0.05, 0.05): never worse, ratio to LightGBM 1.0.
+  assert "ours worse than uniform on: no (world, split)" in text
+  h = evaluation.headline(rows)
+  assert h["ours_worse_than_uniform"] == []
+  assert h["regret_shifted_ratio_ours_over_lightgbm"] == pytest.approx(1.0)
+  worse = [dict(r, regret=0.06) if r.get("world") == "w2" and r["method"] == "ours"
+           and r["split"] == "shifted" else r for r in rows]
+  assert evaluation.headline(worse)["ours_worse_than_uniform"] == ["w2/shifted"]
   head = evaluation.headline(rows)
   assert head["ours_le_best_baseline_shifted"] == "1/2"
   assert head["ours_effect_coverage90_in_band"] == "4/4"

@@ -142,6 +142,13 @@ def test_stack_save_load_and_determinism(tmp_path):
                              s.draws(w, runs.X[0]), rtol=1e-4, atol=1e-5)
 
 
+def test_small_sweep_falls_back_to_dml_and_says_so():
+  _, runs = _world_runs()
+  s = fit.fit_surface(runs.select(np.arange(20)), "loss", config=_cfg())
+  assert s.info["method"] == "dml"
+  assert s.info["stack"].startswith("skipped: 20 runs")
+
+
 def test_unknown_stack_member_is_named():
   _, runs = _world_runs()
   with pytest.raises(ValueError, match="surface.stack_members.*forest"):
