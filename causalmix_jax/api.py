@@ -5,6 +5,9 @@ and compute the covariates of a pool. Everything a notebook needs, in one import
   runs = api.load_runs("runs.parquet")
   surface = api.fit_surface(runs, outcome="target")
   rec = api.recommend(surface, covariates=api.pool_covariates("workdir/pool"))
+
+  study = api.open_study("workdir")   # every artifact of a pipeline run, typed
+  study.runs, study.surface(), study.mixture.weights
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ from typing import Any, Mapping
 
 from causalmix_jax.optimise import recommend
 from causalmix_jax.runs import Runs, load_runs
+from causalmix_jax.study import Study
 from causalmix_jax.surface.fit import fit_surface
 from causalmix_jax.surface.surface import Surface, load_surface
 
-__all__ = ["Runs", "Surface", "load_runs", "fit_surface", "load_surface", "recommend",
-           "pool_covariates"]
+__all__ = ["Runs", "Study", "Surface", "load_runs", "fit_surface", "load_surface",
+           "recommend", "open_study", "pool_covariates"]
+
+
+def open_study(workdir: str | os.PathLike[str]) -> Study:
+  """A typed, lazy view of a pipeline workdir (pool, design, runs, surfaces, mixture,
+  target); nothing is read until asked."""
+  return Study(workdir)
 
 
 def pool_covariates(pool_dir: str | os.PathLike[str]) -> Mapping[str, float]:

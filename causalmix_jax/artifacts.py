@@ -24,10 +24,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
   tmp_path = pathlib.Path(tmp)
   try:
     yield tmp_path
+    if tmp_path.exists():
+      # mkstemp creates 0600; a finished artifact gets the mode a plain open() would.
+      os.chmod(tmp_path, 0o666 & ~_umask())
     os.replace(tmp_path, path)
   finally:
     if tmp_path.exists():
       tmp_path.unlink()
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def is_writer() -> bool:
+  """Whether this process writes shared artifacts: process 0 of a multi-process job (and
+  the only process otherwise)."""
+  try:
+    import jax  # pylint: disable=import-outside-toplevel
+    return jax.process_index() == 0
+  except Exception:  # pylint: disable=broad-except
+    return True
 
 
 def _default(o: Any) -> Any:
@@ -71,6 +90,15 @@ def write_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> pathlib.Pat
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, **arrays)
+  return pathlib.Path(path)
+
+
+def write_figure(path: str | os.PathLike[str], fig: Any, dpi: int = 110) -> pathlib.Path:
+  """Saves a matplotlib figure as PNG atomically, then closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=dpi)
+  plt.close(fig)
   return pathlib.Path(path)
 
 

@@ -11,20 +11,19 @@ state). Every mixture respects the weight bounds and the repetition cap (max epo
 domain given the proxy's token budget and the tokens the state exposes). Seed replicate
 s uses the same init and data-order keys for every mixture (common random numbers).
 
-`run_stage` writes `design/interventions.npz` (one row per run) and `design/design.json`.
+The `design` stage (`stages/design.py`) writes them as `design/interventions.npz` (one row
+per run) and `design/design.json`.
 """
 
 from __future__ import annotations
 
 import logging
-import pathlib
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 from scipy.stats import qmc
 
-from causalmix_jax import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -244,36 +243,20 @@ def build_design(cfg: ml_collections.ConfigDict, domains: Sequence[str],
   }
 
 
-def load_design(workdir: pathlib.Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """Reads `design/interventions.npz` and `design/design.json`."""
-  path = pathlib.Path(workdir) / "design" / "interventions.npz"
-  if not path.exists():
-    raise FileNotFoundError(f"design not found: {path} (run --stage=design first)")
-  with np.load(path, allow_pickle=False) as z:
-    arrays = {k: z[k] for k in z.files}
-  meta = artifacts.read_json(pathlib.Path(workdir) / "design" / "design.json", "design")
-  return arrays, meta
-
-
-def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-  """Builds pool states and mixtures, computes each state's covariates, and writes
-  `design/interventions.npz` + `design/design.json`."""
+def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.ConfigDict,
+                    full_vector: dict[str, float]
+                    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+  """(tokens per state and domain, duplicate rate per state and domain, one record per
+  state with its covariate vector). The unshifted state reuses `full_vector`."""
   # pylint: disable=import-outside-toplevel
   from causalmix_jax.data import covariates as covariates_lib
-  from causalmix_jax.data import pool as pool_lib
   from causalmix_jax.data import pool_shift
   from causalmix_jax.data import token_pool
-  workdir = pathlib.Path(workdir)
-  pool = pool_lib.load_pool(workdir / "pool")
   domains = list(pool.domains)
-  rng = np.random.default_rng([int(cfg.seed), 0x57A7E])
-  seq_len = int(cfg.proxy.model.seq_len)
-  states = make_states(pool, cfg.design, seq_len=seq_len, rng=rng)
   n_tokens_SxD = np.zeros((len(states), len(domains)), np.int64)
   dup_rate_SxD = np.zeros((len(states), len(domains)), np.float32)
-  state_meta = []
+  records = []
   full_n_D, _ = pool_shift.full(pool).to_arrays(domains)
-  full_vector = covariates_lib.read_vector(workdir / "pool" / "covariates.json")
   for s, st in enumerate(states):
     n_D, r_D = st.to_arrays(domains)
     n_tokens_SxD[s], dup_rate_SxD[s] = n_D, r_D
@@ -289,20 +272,27 @@ def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
       log.info("design: covariates of pool state %s", st.name)
       vector = covariates_lib.feature_vector(covariates_lib.compute_covariates(
           pool_shift.materialise(pool, st), cfg.covariates, state=st))
-    state_meta.append({
+    records.append({
         "name": st.name,
         "n_tokens": {d: int(n) for d, n in zip(domains, n_D)},
         "dup_rate": {d: float(r) for d, r in zip(domains, r_D)},
         "covariates": vector,
     })
-  arrays = build_design(cfg, domains, n_tokens_SxD, dup_rate_SxD)
+  return n_tokens_SxD, dup_rate_SxD, records
+
+
+def design_meta(cfg: ml_collections.ConfigDict, domains: Sequence[str],
+                n_tokens_SxD: np.ndarray, arrays: dict[str, np.ndarray],
+                states: list[dict[str, Any]]) -> dict[str, Any]:
+  """design.json: domains, prior, weight bounds, budget, counts and the pool states."""
   budget = int(arrays["budget_tokens"])
   lo, hi = weight_bounds(n_tokens_SxD[0], budget, min_weight=cfg.design.min_weight,
                          max_weight=cfg.design.max_weight,
                          max_epochs=cfg.design.max_epochs)
-  meta = {
-      "domains": domains,
-      "prior": {d: float(v) for d, v in zip(domains, n_tokens_SxD[0] / n_tokens_SxD[0].sum())},
+  prior = n_tokens_SxD[0] / n_tokens_SxD[0].sum()
+  return {
+      "domains": list(domains),
+      "prior": {d: float(v) for d, v in zip(domains, prior)},
       "bounds": {"min_weight": float(cfg.design.min_weight),
                  "max_weight": float(cfg.design.max_weight),
                  "max_epochs": float(cfg.design.max_epochs),
@@ -314,11 +304,5 @@ def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.
       "n_runs": int(len(arrays["run_id_N"])),
       "n_interventions": int(arrays["intervention_N"].max() + 1),
       "seeds": int(cfg.design.seeds),
-      "states": state_meta,
+      "states": states,
   }
-  out = workdir / "design" / "interventions.npz"
-  artifacts.write_npz(out, **arrays)
-  artifacts.write_json(workdir / "design" / "design.json", meta)
-  log.info("design: %d runs = %d states x %d mixtures x %d seeds, budget %d tokens/run",
-           meta["n_runs"], len(states), cfg.design.n_mixtures, cfg.design.seeds, budget)
-  return out

@@ -1,88 +1,95 @@
-"""The stage registry: what each stage reads, writes and depends on, and the runner that
-skips a stage whose artifact is up to date (same config sections, same input data)."""
+"""The stage graph and its runner: what each stage reads, writes and depends on; a stage
+whose artifact is up to date (same config sections, same input data) is skipped, a stale
+upstream is named instead of silently reused, and a workdir stays bound to its study."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import pathlib
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_collections
 
 from causalmix_jax import artifacts
+from causalmix_jax import study as study_lib
+from causalmix_jax.stages import design
+from causalmix_jax.stages import fit
+from causalmix_jax.stages import optimise
+from causalmix_jax.stages import pool
+from causalmix_jax.stages import report
+from causalmix_jax.stages import sweep
+from causalmix_jax.stages import target
 
 log = logging.getLogger(__name__)
 
 StageFn = Callable[[ml_collections.ConfigDict, pathlib.Path], pathlib.Path]
+STUDY_JSON = "study.json"
+
+
+class StaleUpstreamError(RuntimeError):
+  """An upstream stage's artifact no longer matches the config or its own inputs."""
+
+
+class StudyMismatchError(RuntimeError):
+  """The workdir holds another study's artifacts."""
 
 
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
   """A pipeline stage.
 
-  target: "module:function" implementing `run(config, workdir) -> artifact path`.
+  fn: `run(config, workdir) -> artifact path`.
   output: the stage's main artifact, relative to the workdir.
   inputs: upstream artifacts (relative paths) whose contents feed the stage.
   config_keys: config sections (or dotted keys, "a.b") that affect the stage.
+  fingerprint: maps the config to a string describing external inputs (e.g. the pool's
+    source files), hashed into the stage's stamp.
+  optional_inputs: upstream artifacts used (and hashed) when present, but not required.
   """
   name: str
-  target: str
+  fn: StageFn
   output: str
   inputs: tuple[str, ...]
   config_keys: tuple[str, ...]
-  # Optional "module:function" mapping the config to a string describing external
-  # inputs (e.g. the pool's source files), hashed into the stage's stamp.
-  fingerprint: str | None = None
-  # Upstream artifacts that are used (and hashed) when present, but not required.
+  fingerprint: Callable[[ml_collections.ConfigDict], str] | None = None
   optional_inputs: tuple[str, ...] = ()
-
-  def load(self) -> StageFn:
-    module, fn = self.target.split(":")
-    return getattr(importlib.import_module(module), fn)
 
   @property
   def stage_dir(self) -> str:
     return pathlib.PurePosixPath(self.output).parts[0]
 
 
+S = study_lib
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
-    StageSpec("pool", "causalmix_jax.data.pool_stage:run", "pool/pool.json", (),
-              ("seed", "pool", "covariates"),
-              fingerprint="causalmix_jax.data.pool_stage:source_fingerprint"),
-    StageSpec("design", "causalmix_jax.interventions:run_stage",
-              "design/interventions.npz", ("pool/pool.json", "pool/covariates.json"),
+    StageSpec("pool", pool.run, S.POOL_JSON, (), ("seed", "pool", "covariates"),
+              fingerprint=pool.source_fingerprint),
+    StageSpec("design", design.run, S.DESIGN_NPZ, (S.POOL_JSON, S.COVARIATES_JSON),
               ("seed", "design", "proxy")),
-    StageSpec("sweep", "causalmix_jax.sweep:run_stage", "sweep/runs.parquet",
-              ("pool/pool.json", "design/interventions.npz"),
+    StageSpec("sweep", sweep.run, S.RUNS_PARQUET, (S.POOL_JSON, S.DESIGN_NPZ),
               ("seed", "proxy", "sweep", "mesh")),
-    StageSpec("fit", "causalmix_jax.surface.stage:run", "surface/surface.json",
-              ("sweep/runs.parquet",),
+    StageSpec("fit", fit.run, S.SURFACE_JSON, (S.RUNS_PARQUET,),
               ("seed", "surface", "outcome", "optimise.outcome_weights")),
-    StageSpec("optimise", "causalmix_jax.optimise:run_stage", "optimise/mixture.json",
-              ("surface/surface.json", "pool/covariates.json"),
+    StageSpec("optimise", optimise.run, S.MIXTURE_JSON, (S.SURFACE_JSON, S.COVARIATES_JSON),
               ("seed", "optimise", "outcome", "target"),
-              optional_inputs=("pool/pool.json", "surface/posterior.npz")),
+              optional_inputs=(S.POOL_JSON, S.POSTERIOR_NPZ)),
     # The mixture comes from optimise/mixture.json unless target.weights or
     # target.mixture_path say otherwise (train_target names what is missing).
-    StageSpec("target", "causalmix_jax.train_target:run_stage", "target/summary.json",
-              ("pool/pool.json",), ("seed", "target", "mixing", "mesh"),
-              optional_inputs=("optimise/mixture.json",)),
-    StageSpec("report", "causalmix_jax.report:run_stage", "report/report.md",
-              ("surface/surface.json", "optimise/mixture.json"), ("report", "outcome"),
-              optional_inputs=("pool/pool.json", "pool/covariates.json",
-                               "sweep/runs.parquet", "surface/posterior.npz",
-                               "target/summary.json")),
+    StageSpec("target", target.run, S.TARGET_SUMMARY, (S.POOL_JSON,),
+              ("seed", "target", "mixing", "mesh"), optional_inputs=(S.MIXTURE_JSON,)),
+    StageSpec("report", report.run, S.REPORT_MD, (S.SURFACE_JSON, S.MIXTURE_JSON),
+              ("report", "outcome"),
+              optional_inputs=(S.POOL_JSON, S.COVARIATES_JSON, S.RUNS_PARQUET,
+                               S.POSTERIOR_NPZ, S.TARGET_SUMMARY)),
 ]}
 
 ORDER: tuple[str, ...] = tuple(STAGES)
 
 
-def config_digest(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> str:
+def _config_section(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> dict[str, Any]:
   d = cfg.to_dict()
   sub = {}
   for k in keys:  # "a" or a dotted path "a.b"
@@ -90,17 +97,25 @@ def config_digest(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> str:
     for part in k.split("."):
       v = v.get(part) if isinstance(v, dict) else None
     sub[k] = v
-  return hashlib.sha256(
-      json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()
+  return json.loads(json.dumps(sub, sort_keys=True, default=str))
+
+
+def config_digest(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> str:
+  return hashlib.sha256(json.dumps(_config_section(cfg, keys), sort_keys=True
+                                   ).encode()).hexdigest()
+
+
+def _fingerprint_digest(spec: StageSpec, cfg: ml_collections.ConfigDict) -> str:
+  return hashlib.sha256(spec.fingerprint(cfg).encode()).hexdigest() if spec.fingerprint \
+      else ""
 
 
 def stage_digest(spec: StageSpec, cfg: ml_collections.ConfigDict,
                  workdir: pathlib.Path) -> str:
-  """Hash of the stage's config sections and of the contents of its inputs."""
+  """Hash of the stage's config sections, external inputs and the contents of its inputs."""
   h = hashlib.sha256(config_digest(cfg, spec.config_keys).encode())
   if spec.fingerprint:
-    module, fn = spec.fingerprint.split(":")
-    h.update(getattr(importlib.import_module(module), fn)(cfg).encode())
+    h.update(spec.fingerprint(cfg).encode())
   for rel in spec.inputs + spec.optional_inputs:
     p = workdir / rel
     if p.exists():
@@ -109,12 +124,102 @@ def stage_digest(spec: StageSpec, cfg: ml_collections.ConfigDict,
   return h.hexdigest()
 
 
-def _is_writer() -> bool:
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  if not isinstance(d, dict):
+    return {prefix: d}
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def changed_keys(old: Any, new: Any, limit: int = 8) -> str:
+  """The dotted keys whose values differ, as "a.b: 1 -> 2; ..." (at most `limit`)."""
+  fo, fn = _flat(old), _flat(new)
+  keys = sorted(k for k in set(fo) | set(fn) if fo.get(k) != fn.get(k))
+  text = "; ".join(f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in keys[:limit])
+  return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _read_stamp(workdir: pathlib.Path, spec: StageSpec) -> dict[str, Any] | None:
+  path = workdir / spec.stage_dir / "stamp.json"
+  if not path.exists():
+    return None
   try:
-    import jax
-    return jax.process_index() == 0
-  except Exception:  # pylint: disable=broad-except
-    return True
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def upstream_stages(spec: StageSpec, optional: bool = False) -> list[StageSpec]:
+  """The stages that write one of `spec`'s required (or, with `optional`, its optional)
+  inputs, in pipeline order."""
+  rels = spec.optional_inputs if optional else spec.inputs
+  dirs = {pathlib.PurePosixPath(rel).parts[0] for rel in rels}
+  return [s for s in STAGES.values() if s.stage_dir in dirs and s.name != spec.name]
+
+
+def staleness(spec: StageSpec, cfg: ml_collections.ConfigDict,
+              workdir: pathlib.Path) -> str | None:
+  """Why `spec`'s finished artifact no longer matches the config, or None if it does (or
+  it was never stamped)."""
+  stamp = _read_stamp(workdir, spec)
+  if stamp is None or not (workdir / spec.output).exists():
+    return None
+  section = _config_section(cfg, spec.config_keys)
+  if "config" in stamp and stamp["config"] != section:
+    return f"its config changed ({changed_keys(stamp['config'], section)})"
+  if "fingerprint" in stamp and stamp["fingerprint"] != _fingerprint_digest(spec, cfg):
+    return "its input files on disk changed"
+  if stamp.get("digest") != stage_digest(spec, cfg, workdir):
+    return "its inputs changed"
+  return None
+
+
+def _check_upstream(spec: StageSpec, cfg: ml_collections.ConfigDict,
+                    workdir: pathlib.Path, force: bool) -> dict[str, str]:
+  """Upstream digests for the stamp. A stale required upstream is an error unless
+  `force`; a stale optional one is a warning."""
+  digests = {}
+  required = {s.name for s in upstream_stages(spec)}
+  ups = {s.name: s for s in upstream_stages(spec) + upstream_stages(spec, optional=True)}
+  for up in ups.values():
+    why = staleness(up, cfg, workdir)
+    if why is not None:
+      msg = (f"stage {spec.name!r} reads {up.stage_dir}/, which is stale: {why} since "
+             f"{up.stage_dir}/ was built. Run --stage={up.name} first (or --stage=all), or "
+             "pass --force to use it as it is")
+      if up.name in required and not force:
+        raise StaleUpstreamError(msg)
+      log.warning("%s (%s: continuing)", msg, "--force" if force else "optional input")
+    stamp = _read_stamp(workdir, up)
+    if stamp is not None:
+      digests[up.name] = str(stamp.get("digest"))
+  return digests
+
+
+def bind_study(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
+               study_id: str | None, force: bool) -> None:
+  """Binds the workdir to `study_id` (e.g. the config file) on first use; later runs of
+  another study are refused unless `force`, naming the config keys that differ."""
+  if study_id is None:
+    return
+  path = workdir / STUDY_JSON
+  current = json.loads(json.dumps(cfg.to_dict(), default=str))
+  if path.exists():
+    bound = artifacts.read_json(path, "study binding")
+    if bound.get("study") != study_id:
+      diff = changed_keys(bound.get("config", {}), current)
+      msg = (f"workdir {workdir} belongs to study {bound.get('study')!r}, not "
+             f"{study_id!r} (config keys that differ: {diff or 'none'}); use another "
+             "--workdir, or pass --force to rebind it")
+      if not force:
+        raise StudyMismatchError(msg)
+      log.warning("%s (--force: rebinding)", msg)
+    elif bound.get("config") == current:
+      return
+  if artifacts.is_writer():
+    artifacts.write_json(path, {"study": study_id, "config": current})
 
 
 def run_stage(name: str, cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path,
@@ -129,36 +234,41 @@ def run_stage(name: str, cfg: ml_collections.ConfigDict, workdir: str | pathlib.
       raise FileNotFoundError(
           f"stage {name!r} needs {workdir / rel}; run the stage that writes it first "
           f"(launch/main.py --stage=all runs them in order)")
+  upstream = _check_upstream(spec, cfg, workdir, force)
   out = workdir / spec.output
   stage_dir = workdir / spec.stage_dir
   stamp_path = stage_dir / "stamp.json"
   digest = stage_digest(spec, cfg, workdir)
-  if not force and out.exists() and stamp_path.exists():
-    stamp = json.loads(stamp_path.read_text())
-    if stamp.get("digest") == digest:
-      log.info("stage %s: up to date (%s), skipped", name, out)
-      return out
+  stamp = _read_stamp(workdir, spec)
+  if not force and out.exists() and stamp is not None and stamp.get("digest") == digest:
+    log.info("stage %s: up to date (%s), skipped", name, out)
+    return out
   stage_dir.mkdir(parents=True, exist_ok=True)
-  if _is_writer():
-    artifacts.write_json(stage_dir / "config.json", cfg.to_dict())
   t0 = time.time()
   log.info("stage %s: running", name)
-  result = spec.load()(cfg, workdir)
-  if _is_writer():
-    artifacts.write_json(stamp_path, {"stage": name, "digest": digest,
-                                      "seconds": time.time() - t0,
-                                      "artifact": spec.output})
+  result = spec.fn(cfg, workdir)
+  if artifacts.is_writer():  # only once the stage has succeeded
+    artifacts.write_json(stage_dir / "config.json", cfg.to_dict())
+    artifacts.write_json(stamp_path, {
+        "stage": name, "digest": digest, "seconds": time.time() - t0,
+        "artifact": spec.output, "config": _config_section(cfg, spec.config_keys),
+        "fingerprint": _fingerprint_digest(spec, cfg), "upstream": upstream})
   log.info("stage %s: done in %.1fs -> %s", name, time.time() - t0, result)
   return pathlib.Path(result)
 
 
 def run_stages(names: Sequence[str], cfg: ml_collections.ConfigDict,
-               workdir: str | pathlib.Path, *, force: bool = False) -> list[pathlib.Path]:
-  """Runs stages in pipeline order. `names` may contain "all"."""
+               workdir: str | pathlib.Path, *, force: bool = False,
+               study_id: str | None = None) -> list[pathlib.Path]:
+  """Runs stages in pipeline order. `names` may contain "all". `study_id` (the launch
+  script passes the config file and variant) binds the workdir to one study."""
   if "all" in names:
     names = ORDER
   unknown = [n for n in names if n not in STAGES]
   if unknown:
     raise KeyError(f"unknown stage(s) {unknown}; known: all, {', '.join(ORDER)}")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  bind_study(cfg, workdir, study_id, force)
   ordered = [n for n in ORDER if n in names]
   return [run_stage(n, cfg, workdir, force=force) for n in ordered]

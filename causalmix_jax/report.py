@@ -1,5 +1,5 @@
-"""The `report` stage: one Markdown report (and a self-contained HTML copy) of a study,
-from the pool to the target run, with PNG figures beside it.
+"""The report of a study: one Markdown report (and a self-contained HTML copy), from the
+pool to the target run, with PNG figures beside it (the `report` stage writes it).
 
 Reads, under the workdir: `surface/` and `optimise/mixture.json` (required: a missing one
 fails naming the file); `pool/pool.json`, `pool/covariates.json`, `sweep/runs.parquet`,
@@ -22,7 +22,6 @@ import math
 import pathlib
 import re
 import shutil
-import time
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -31,10 +30,11 @@ import numpy as np
 from causalmix_jax import artifacts
 from causalmix_jax import interpret
 from causalmix_jax import metrics
+from causalmix_jax import study as study_lib
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "report"
+REPORT_DIR = study_lib.REPORT_DIR
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,17 +186,6 @@ def _read_optional_json(path: pathlib.Path, what: str, notes: list[str]) -> Any 
 
 # ----------------------------------------------------------------------------------------
 # upstream pieces
-
-
-def _load_surface(surface_dir: pathlib.Path) -> Any:
-  """The fitted surface (required)."""
-  marker = surface_dir / "surface.json"
-  if not marker.exists():
-    raise FileNotFoundError(
-        f"surface not found: {marker} (the report needs the fit stage's output; run "
-        "--stage=fit first)")
-  from causalmix_jax.surface.surface import load_surface
-  return load_surface(surface_dir)
 
 
 def _weights_vector(w: Any, domains: Sequence[str], what: str) -> np.ndarray:
@@ -375,8 +364,8 @@ def plot_target_metrics(records: Sequence[Mapping[str, Any]],
 
 def _pool_section(workdir: pathlib.Path, notes: list[str]) -> list[Block]:
   blocks: list[Block] = [Heading("Pool")]
-  pool = _read_optional_json(workdir / "pool" / "pool.json", "pool.json", notes)
-  cov = _read_optional_json(workdir / "pool" / "covariates.json", "covariates.json", notes)
+  pool = _read_optional_json(workdir / study_lib.POOL_JSON, "pool.json", notes)
+  cov = _read_optional_json(workdir / study_lib.COVARIATES_JSON, "covariates.json", notes)
   if pool is None and cov is None:
     blocks.append(Para("The pool's artifacts (`pool/pool.json`, `pool/covariates.json`) "
                        "were not found."))
@@ -413,7 +402,7 @@ def _sweep_section(workdir: pathlib.Path, features: Sequence[str], outcome: str,
                    notes: list[str]) -> tuple[list[Block], np.ndarray | None]:
   """The sweep's summary and its covariate rows aligned to the surface's features."""
   blocks: list[Block] = [Heading("Sweep")]
-  path = workdir / "sweep" / "runs.parquet"
+  path = workdir / study_lib.RUNS_PARQUET
   if not path.exists():
     notes.append(f"sweep runs table not found ({path}); the sweep section is left out "
                  "and the CATE interpreter has no pool states to explain.")
@@ -471,12 +460,12 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
                      f"({'lower' if interpret.lower_is_better(surface) else 'higher'} is "
                      f"better) over {len(surface.domains)} domains and "
                      f"{len(surface.features)} covariates."))
-  diag = _read_optional_json(workdir / "surface" / "diagnostics.json",
+  diag = _read_optional_json(workdir / study_lib.SURFACE_DIAGNOSTICS,
                              "surface diagnostics", notes)
   if diag is not None:
     blocks.append(Para("Diagnostics:"))
     blocks.append(_kv_table(diag))
-  fig = workdir / "surface" / "pred_vs_actual.png"
+  fig = workdir / study_lib.SURFACE_DIR / "pred_vs_actual.png"
   if fig.exists():
     shutil.copyfile(fig, out_dir / "pred_vs_actual.png")
     blocks.append(Image("pred_vs_actual.png", "Surface: predicted vs actual outcome"))
@@ -577,7 +566,7 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
 def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,
                     notes: list[str]) -> list[Block]:
   blocks: list[Block] = [Heading("Target run")]
-  summary = _read_optional_json(workdir / "target" / "summary.json", "target summary",
+  summary = _read_optional_json(workdir / study_lib.TARGET_SUMMARY, "target summary",
                                 notes)
   if summary is None:
     blocks.append(Para("The target run's summary (`target/summary.json`) was not found."))
@@ -601,7 +590,7 @@ def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,
       elif v:
         blocks.append(Para(f"{k}:"))
         blocks.append(_kv_table(v))
-  recs = metrics.read_metrics(workdir / "target" / "metrics.jsonl")
+  recs = metrics.read_metrics(workdir / study_lib.TARGET_DIR / "metrics.jsonl")
   if recs:
     fig = plot_target_metrics(recs, out_dir / "target_losses.png")
     if fig is not None:
@@ -690,11 +679,6 @@ def _cate_section(surface: Any, x_NxF: np.ndarray | None, w_ref: np.ndarray | No
 # the stage
 
 
-def _is_writer() -> bool:
-  import jax
-  return jax.process_index() == 0
-
-
 def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                  surface: Any) -> tuple[list[Block], dict[str, Any]]:
   """Builds the report's blocks (writing its figures into workdir/report)."""
@@ -703,7 +687,7 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   out_dir = workdir / REPORT_DIR
   out_dir.mkdir(parents=True, exist_ok=True)
   notes: list[str] = []
-  mix = artifacts.read_json(workdir / "optimise" / "mixture.json", "mixture.json")
+  mix = artifacts.read_json(workdir / study_lib.MIXTURE_JSON, "mixture.json")
   blocks: list[Block] = [Heading(str(rcfg.title), 1),
                          Para(f"Study outcome `{surface.outcome}`; workdir `{workdir}`.")]
   blocks += _pool_section(workdir, notes)
@@ -722,27 +706,3 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
           "top_covariate": res.ranking[0].feature if res and res.ranking else None,
           "n_figures": len(list(out_dir.glob("*.png")))}
   return blocks, info
-
-
-def run_stage(cfg: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> pathlib.Path:
-  """Writes workdir/report/report.md (+ report.html and PNGs); returns report.md."""
-  workdir = pathlib.Path(workdir)
-  out = workdir / REPORT_DIR / "report.md"
-  mixture_path = workdir / "optimise" / "mixture.json"
-  if not mixture_path.exists():
-    raise FileNotFoundError(f"mixture.json not found: {mixture_path} (the report needs "
-                            "the optimise stage's output; run --stage=optimise first)")
-  surface = _load_surface(workdir / "surface")
-  if not _is_writer():
-    return out
-  t0 = time.time()
-  blocks, info = build_report(cfg, workdir, surface)
-  with artifacts.atomic_path(out) as tmp:
-    tmp.write_text(render_markdown(blocks))
-  with artifacts.atomic_path(out.with_suffix(".html")) as tmp:
-    tmp.write_text(render_html(blocks, out.parent, str(cfg.report.title)))
-  writer = metrics.MetricsWriter(out.parent / "metrics.jsonl")
-  writer.write(seconds=time.time() - t0, **info)
-  writer.close()
-  log.info("report: %s (%d figures, %d notes)", out, info["n_figures"], info["n_notes"])
-  return out

@@ -183,10 +183,6 @@ def _to_host(tree: Any) -> Any:
   return jax.tree.map(np.asarray, tree)
 
 
-def _is_writer() -> bool:
-  return jax.process_index() == 0
-
-
 def diverged(loss_T: np.ndarray, heldout_ND: np.ndarray, target_N: np.ndarray,
              threshold: float) -> np.ndarray:
   """Runs whose final training loss or any evaluation loss is NaN/Inf or > threshold."""
@@ -285,7 +281,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
 
   digest = _design_digest(cfg, design, meta)
   key_path = chunks_dir / "design_digest.json"
-  if _is_writer():
+  if artifacts.is_writer():
     if key_path.exists() and artifacts.read_json(key_path).get("digest") != digest:
       log.info("sweep: design or config changed; discarding old chunks in %s", chunks_dir)
       for p in chunks_dir.glob("chunk_*.parquet"):
@@ -348,7 +344,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
     compiled = fn.lower(data, *inputs(padded_idx(todo[0])[1])).compile()
     log.info("sweep: compiled in %.1fs", time.time() - t0)
     bar = None
-    if cfg.sweep.progress and _is_writer():
+    if cfg.sweep.progress and artifacts.is_writer():
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       bar = tqdm(total=n_runs, initial=n_runs - sum(
           min((i + 1) * chunk, n_runs) - i * chunk for i in todo), unit="run",
@@ -364,7 +360,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
       frame = chunk_frame(idx, out, design, meta, params=params,
                           threshold=float(cfg.sweep.divergence_loss),
                           heldout_domains=heldout_domains)
-      if _is_writer():
+      if artifacts.is_writer():
         _write_parquet(frame, chunk_path(i))
       trained += len(idx)
       tok_s = len(idx) * cost["budget_tokens_per_run"] / max(dt, 1e-9)
@@ -387,7 +383,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
              trained * cost["budget_tokens_per_run"] / max(total, 1e-9))
 
   out_path = out_dir / "runs.parquet"
-  if _is_writer():
+  if artifacts.is_writer():
     frames = [pd.read_parquet(chunk_path(i)) for i in range(n_chunks)]
     frame = pd.concat(frames, ignore_index=True)
     ids = frame["run_id"].to_numpy().astype(str)
@@ -404,24 +400,3 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
       metrics.write(runs=len(frame), diverged=n_div, **{f"cost_{k}": v
                                                          for k, v in cost.items()})
   return out_path
-
-
-def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-  """The `sweep` stage: reads the pool and the design, writes `sweep/runs.parquet`."""
-  # pylint: disable=import-outside-toplevel
-  from causalmix_jax import metrics as metrics_lib
-  from causalmix_jax.data import pool as pool_lib
-  workdir = pathlib.Path(workdir)
-  pool = pool_lib.load_pool(workdir / "pool")
-  design, meta = interventions.load_design(workdir)
-  tp = token_pool_lib.from_pool(
-      pool, seq_len=int(cfg.proxy.model.seq_len),
-      eval_batch_size=int(cfg.proxy.optim.batch_size),
-      eval_batches=int(cfg.sweep.eval_batches))
-  writer = metrics_lib.MetricsWriter(workdir / "sweep" / "metrics.jsonl",
-                                     enabled=_is_writer())
-  try:
-    return run_sweep(cfg, tp, design, meta, workdir / "sweep",
-                     vocab_size=int(pool.vocab_size), metrics=writer)
-  finally:
-    writer.close()

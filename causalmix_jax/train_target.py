@@ -1,13 +1,13 @@
-"""The target stage: sharded training of the target model on a chosen mixture.
+"""Sharded training of the target model on a chosen mixture.
 
-`run_stage(cfg, workdir)` reads the mixture (`cfg.target.weights`, else
-`cfg.target.mixture_path`, else `<workdir>/optimise/mixture.json`) and the pool, builds the
-weighted grain mixture, and runs `train(...)`: the loop that overlaps host logging with
+`read_mixture` resolves the mixture (`cfg.target.weights`, else `cfg.target.mixture_path`,
+else `<workdir>/optimise/mixture.json`); `mixture_iterator_factory` binds the pool and
+weights to the weighted grain mixture; `train(...)` is the loop that overlaps host logging with
 device work (metrics of step t-1 are fetched while step t runs), stops on a non-finite
 loss keeping the last good checkpoint, evaluates per-domain held-out and target losses
 every `eval_every` steps, logs model FLOPs per token and achieved FLOP/s, and resumes
-exactly from the latest checkpoint. Writes `<workdir>/target/summary.json`,
-`metrics.jsonl` and `checkpoints/`.
+exactly from the latest checkpoint, writing `metrics.jsonl` and `checkpoints/` into its
+output directory. The `target` stage (`stages/target.py`) writes `summary.json`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from causalmix_jax import artifacts
 from causalmix_jax import checkpointing
 from causalmix_jax import evaluate
+from causalmix_jax import study as study_lib
 from causalmix_jax import metrics as metrics_lib
 from causalmix_jax import model
 from causalmix_jax import sharding
@@ -64,7 +65,7 @@ def read_mixture(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   if len(cfg.target.weights):
     raw, source = dict(cfg.target.weights.to_dict()), "config key target.weights"
   else:
-    path = pathlib.Path(cfg.target.mixture_path or workdir / "optimise" / "mixture.json")
+    path = pathlib.Path(cfg.target.mixture_path or workdir / study_lib.MIXTURE_JSON)
     doc = artifacts.read_json(path, "mixture (target.mixture_path)")
     if not isinstance(doc, dict) or not isinstance(doc.get("weights"), dict):
       raise ValueError(f"mixture {path} has no 'weights' object (domain -> weight)")
@@ -169,7 +170,7 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
   """
   tcfg = cfg.target
   out_dir = pathlib.Path(out_dir)
-  writer_process = jax.process_index() == 0
+  writer_process = artifacts.is_writer()
   spec = dataclasses.replace(model.ModelSpec.from_config(tcfg.model), vocab_size=vocab_size)
   optim_cfg = tcfg.optim
   n_domains = len(domains)
@@ -336,7 +337,7 @@ class _ProcessRows:
     self._it.set_state(state)
 
 
-def _mixture_iterator_factory(cfg: ml_collections.ConfigDict, pool: Any,
+def mixture_iterator_factory(cfg: ml_collections.ConfigDict, pool: Any,
                               weights_D: np.ndarray) -> Callable[[int, int, int],
                                                                  BatchIterator]:
   """Binds the pool and weights to `causalmix_jax.data.mixing`'s weighted mixture."""
@@ -350,26 +351,3 @@ def _mixture_iterator_factory(cfg: ml_collections.ConfigDict, pool: Any,
     return _ProcessRows(it, process_index, local_batch)
 
   return make
-
-
-def run_stage(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-  """The `target` stage; returns `<workdir>/target/summary.json`."""
-  from causalmix_jax.data import pool as pool_lib  # pylint: disable=import-outside-toplevel
-
-  workdir = pathlib.Path(workdir)
-  out_dir = workdir / "target"
-  pool = pool_lib.load_pool(workdir / "pool")
-  w_D, source = read_mixture(cfg, workdir, pool.domains)
-  log.info("target: mixture from %s: %s", source,
-           {d: round(float(w), 4) for d, w in zip(pool.domains, w_D)})
-  eval_host = evaluate.eval_arrays(
-      pool, seq_len=int(cfg.target.model.seq_len),
-      batch_size=int(cfg.target.optim.batch_size), n_batches=int(cfg.target.eval_batches))
-  summary = train(cfg, out_dir, domains=pool.domains, vocab_size=int(pool.vocab_size),
-                  weights_D=w_D, make_iterator=_mixture_iterator_factory(cfg, pool, w_D),
-                  eval_host=eval_host)
-  summary["mixture_source"] = source
-  path = out_dir / "summary.json"
-  if jax.process_index() == 0:
-    artifacts.write_json(path, summary)
-  return path

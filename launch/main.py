@@ -57,7 +57,19 @@ def main(argv: list[str]) -> None:
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   sharding.log_hosts()
   cfg = _CONFIG.value
-  pipeline.run_stages(_STAGE.value, cfg, _WORKDIR.value, force=_FORCE.value)
+  pipeline.run_stages(_STAGE.value, cfg, _WORKDIR.value, force=_FORCE.value,
+                      study_id=study_id(config_flags.get_config_filename(flags.FLAGS["config"])))
+
+
+def study_id(config_arg: str) -> str:
+  """The study a config file (and variant) defines: "experiments/x/config.py:smoke" ->
+  "experiments/x/config.py:smoke", with the path made relative to the repository when it
+  lies inside it, so the same study run from another directory keeps its identity."""
+  path, sep, variant = config_arg.partition(":")
+  full = os.path.abspath(path)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rel = os.path.relpath(full, root) if full.startswith(root + os.sep) else full
+  return rel + (sep + variant if sep else "")
 
 
 if __name__ == "__main__":

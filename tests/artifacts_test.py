@@ -1,5 +1,8 @@
 """Tests for atomic artifact writes and content digests."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -33,3 +36,15 @@ def test_digest_changes_with_content(tmp_path):
   d1 = artifacts.file_digest(tmp_path / "d")
   (tmp_path / "d" / "f").write_text("2")
   assert artifacts.file_digest(tmp_path / "d") != d1
+
+
+def test_artifacts_get_the_mode_the_umask_gives(tmp_path):
+  old = os.umask(0o022)
+  try:
+    p = artifacts.write_json(tmp_path / "a.json", {"x": 1})
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644
+    os.umask(0o077)
+    q = artifacts.write_json(tmp_path / "b.json", {"x": 1})
+    assert stat.S_IMODE(q.stat().st_mode) == 0o600
+  finally:
+    os.umask(old)

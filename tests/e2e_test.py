@@ -1,5 +1,6 @@
-"""End to end: the whole pipeline through launch/main.py on the tiny config, then a second
-invocation that finds every stage up to date."""
+"""End to end: the whole pipeline through launch/main.py on the tiny config; the study read
+back through `api.open_study`; a second invocation that finds every stage up to date; a
+stale upstream refused by name; another study's config refused in the same workdir."""
 
 import json
 import os
@@ -7,15 +8,19 @@ import pathlib
 import subprocess
 import sys
 
+from causalmix_jax import api
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _main(workdir: pathlib.Path, *extra: str) -> subprocess.CompletedProcess:
+def _main(workdir: pathlib.Path, *extra: str, stage: str = "all",
+          config: str = "experiments/quickstart/config.py:smoke"
+          ) -> subprocess.CompletedProcess:
   env = dict(os.environ)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
   return subprocess.run(
-      [sys.executable, "launch/main.py", "--config=experiments/quickstart/config.py:smoke",
-       f"--workdir={workdir}", "--stage=all", *extra],
+      [sys.executable, "launch/main.py", f"--config={config}",
+       f"--workdir={workdir}", f"--stage={stage}", *extra],
       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
@@ -36,6 +41,23 @@ def test_pipeline_end_to_end(tmp_path):
   report = (tmp_path / "report/report.md").read_text()
   for d in pool["domains"]:
     assert d in report
+  study = api.open_study(tmp_path)
+  assert study.pool.domains == pool["domains"]
+  assert study.mixture.weights == mixture["weights"]
+  assert study.surface().outcome == study.mixture.outcome
+  assert len(study.runs.run_ids) == len(study.design[0]["run_id_N"])
+  assert all(f"x_{f}" in study.covariate_vector for f in study.surface().features)
+  assert study.target["steps"] == summary["steps"]
   again = _main(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stderr.count("up to date") == 7, again.stderr[-3000:]
+  stale = _main(tmp_path, "--config.pool.heldout_fraction=0.1",
+                stage="design,sweep,fit,optimise")
+  assert stale.returncode != 0
+  assert ("reads pool/, which is stale: its config changed (pool.heldout_fraction: 0.05 "
+          "-> 0.1)") in stale.stderr, stale.stderr[-3000:]
+  other = _main(tmp_path, stage="report", config="experiments/quickstart/config.py")
+  assert other.returncode != 0
+  assert ("belongs to study 'experiments/quickstart/config.py:smoke', not "
+          "'experiments/quickstart/config.py'") in other.stderr, other.stderr[-3000:]
+  assert study.mixture.weights == api.open_study(tmp_path).mixture.weights  # untouched

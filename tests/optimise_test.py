@@ -16,7 +16,9 @@ from causalmix_jax import artifacts
 from causalmix_jax.configs import base
 from causalmix_jax.optimise import Constraints, InfeasibleConstraintsError, recommend
 from causalmix_jax.optimise import constraints as cons
-from causalmix_jax.optimise import stage
+from causalmix_jax.optimise import settings
+from causalmix_jax.stages import optimise as optimise_stage
+from causalmix_jax.surface import surface as surface_lib
 
 SMALL = dict(n_candidates=512, n_starts=8, n_steps=120)
 
@@ -325,7 +327,7 @@ def _stage_workdir(tmp_path: pathlib.Path) -> pathlib.Path:
 
 def test_run_stage_writes_mixture_with_constraints(tmp_path, monkeypatch):
   surface = FakeSurface(n_domains=3, seed=0)
-  monkeypatch.setattr(stage, "load_surface", lambda d: surface)
+  monkeypatch.setattr(surface_lib, "load_surface", lambda d: surface)
   wd = _stage_workdir(tmp_path)
   cfg = base.get_config("smoke")
   cfg.optimise.max_epochs = 1.0
@@ -333,10 +335,10 @@ def test_run_stage_writes_mixture_with_constraints(tmp_path, monkeypatch):
   cfg.optimise.n_candidates = 512
   cfg.optimise.n_starts = 8
   cfg.optimise.n_steps = 120
-  path = stage.run_stage(cfg, wd)
+  path = optimise_stage.run(cfg, wd)
   assert path == wd / "optimise" / "mixture.json"
   mix = json.loads(path.read_text())
-  budget = stage.target_budget_tokens(cfg)
+  budget = settings.target_budget_tokens(cfg)
   assert budget == cfg.target.optim.steps * cfg.target.optim.batch_size * \
       cfg.target.model.seq_len
   w = mix["weights"]
@@ -353,15 +355,15 @@ def test_run_stage_writes_mixture_with_constraints(tmp_path, monkeypatch):
 def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):
   surface = FakeSurface(n_domains=3)
   surface.features = ["size", "depth"]
-  monkeypatch.setattr(stage, "load_surface", lambda d: surface)
+  monkeypatch.setattr(surface_lib, "load_surface", lambda d: surface)
   wd = _stage_workdir(tmp_path)
   with pytest.raises(ValueError, match=r"covariates\.json.*\['depth'\]"):
-    stage.run_stage(base.get_config("smoke"), wd)
+    optimise_stage.run(base.get_config("smoke"), wd)
   cfg = base.get_config("smoke")
   cfg.optimise.pinned = "web:0.1"
   surface.features = ["size"]
   with pytest.raises(ValueError, match=r"optimise\.pinned.*'web'"):
-    stage.run_stage(cfg, wd)
+    optimise_stage.run(cfg, wd)
 
 
 def test_run_stage_multi_objective_reads_one_surface_per_outcome(tmp_path, monkeypatch):
@@ -371,17 +373,18 @@ def test_run_stage_multi_objective_reads_one_surface_per_outcome(tmp_path, monke
   for name in surfaces:
     (wd / "surface" / name).mkdir()
     (wd / "surface" / name / "surface.json").write_text("{}")
-  monkeypatch.setattr(stage, "load_surface",
+  monkeypatch.setattr(surface_lib, "load_surface",
                       lambda d: surfaces.get(d.name, surfaces["loss_a"]))
   cfg = base.get_config("smoke")
   cfg.optimise.outcome_weights = "loss_a:1.0,acc_b:0.5"
   cfg.optimise.method = "A"
-  mix = json.loads(stage.run_stage(cfg, wd).read_text())
+  mix = json.loads(optimise_stage.run(cfg, wd).read_text())
   assert mix["outcome"] == "1*loss_a+0.5*acc_b"
   assert mix["diagnostics"]["outcome_weights"] == [1.0, 0.5]
   cfg.optimise.outcome_weights = "loss_a:1.0,nosuch:1.0"
-  with pytest.raises(FileNotFoundError, match=r"outcome_weights.*'nosuch'"):
-    stage.run_stage(cfg, wd)
+  with pytest.raises(FileNotFoundError,
+                     match=r"no surface for outcome 'nosuch'.*optimise\.outcome_weights"):
+    optimise_stage.run(cfg, wd)
 
 
 def test_with_a_fitted_baseline_surface_on_the_planted_world():

@@ -1,5 +1,5 @@
 """Tests for the stage runner: skipping up-to-date stages, re-running on changed config or
-input data, and naming missing inputs."""
+input data, naming missing inputs and stale upstreams, and binding a workdir to its study."""
 
 import json
 import pathlib
@@ -27,8 +27,8 @@ def _fake_down(cfg, workdir: pathlib.Path) -> pathlib.Path:
 @pytest.fixture
 def fake_stages(monkeypatch):
   stages = {
-      "up": pipeline.StageSpec("up", f"{__name__}:_fake_up", "up/out.json", (), ("seed",)),
-      "down": pipeline.StageSpec("down", f"{__name__}:_fake_down", "down/out.json",
+      "up": pipeline.StageSpec("up", _fake_up, "up/out.json", (), ("seed",)),
+      "down": pipeline.StageSpec("down", _fake_down, "down/out.json",
                                  ("up/out.json",), ("surface",)),
   }
   monkeypatch.setattr(pipeline, "STAGES", stages)
@@ -50,6 +50,11 @@ def test_skip_and_rerun(tmp_path, fake_stages):
   pipeline.run_stages(["all"], cfg, tmp_path)
   assert CALLS == ["up", "down", "down"]
   cfg.seed = 3  # changes "up"'s output, so "down"'s input hash changes too
+  with pytest.raises(pipeline.StaleUpstreamError,
+                     match=r"reads up/, which is stale: its config changed \(seed: 0 -> 3\)"
+                           r".*--stage=up"):
+    pipeline.run_stages(["down"], cfg, tmp_path)  # without "up": refused, not reused
+  assert CALLS == ["up", "down", "down"]
   pipeline.run_stages(["all"], cfg, tmp_path)
   assert CALLS == ["up", "down", "down", "up", "down"]
   pipeline.run_stages(["down"], cfg, tmp_path, force=True)
@@ -67,10 +72,45 @@ def test_unknown_stage(tmp_path):
     pipeline.run_stages(["nope"], base.get_config("smoke"), tmp_path)
 
 
-def test_registry_targets_are_named_modules():
-  for spec in pipeline.STAGES.values():
-    module, fn = spec.target.split(":")
-    assert module.startswith("causalmix_jax.") and fn
+def test_registry_refers_to_stage_functions():
+  for name, spec in pipeline.STAGES.items():
+    assert spec.fn.__module__.startswith("causalmix_jax.stages."), name
+    assert spec.fn.__name__ == "run"
+  assert [s.name for s in pipeline.upstream_stages(pipeline.STAGES["design"])] == ["pool"]
+
+
+def _failing(cfg, workdir: pathlib.Path) -> pathlib.Path:
+  del cfg
+  (workdir / "up").mkdir(parents=True, exist_ok=True)
+  raise RuntimeError("boom")
+
+
+def test_config_and_stamp_written_only_on_success(tmp_path, monkeypatch):
+  spec = pipeline.StageSpec("up", _failing, "up/out.json", (), ("seed",))
+  monkeypatch.setattr(pipeline, "STAGES", {"up": spec})
+  monkeypatch.setattr(pipeline, "ORDER", ("up",))
+  with pytest.raises(RuntimeError, match="boom"):
+    pipeline.run_stages(["up"], base.get_config("smoke"), tmp_path)
+  assert not (tmp_path / "up" / "config.json").exists()
+  assert not (tmp_path / "up" / "stamp.json").exists()
+
+
+def test_workdir_is_bound_to_its_study(tmp_path, fake_stages):
+  del fake_stages
+  cfg = base.get_config("smoke")
+  pipeline.run_stages(["all"], cfg, tmp_path, study_id="a/config.py:smoke")
+  other = base.get_config("")
+  with pytest.raises(pipeline.StudyMismatchError,
+                     match=r"belongs to study 'a/config.py:smoke', not 'b/config.py'.*"
+                           r"config keys that differ: .*design.n_mixtures: 8 -> 48"):
+    pipeline.run_stages(["all"], other, tmp_path, study_id="b/config.py")
+  assert CALLS == ["up", "down"]  # nothing of the other study ran
+  # The same study with an edited key is not another study.
+  cfg.surface.method = "gp"
+  pipeline.run_stages(["all"], cfg, tmp_path, study_id="a/config.py:smoke")
+  assert CALLS == ["up", "down", "down"]
+  pipeline.run_stages(["up"], other, tmp_path, study_id="b/config.py", force=True)
+  assert json.loads((tmp_path / "study.json").read_text())["study"] == "b/config.py"
 
 
 FINGERPRINT = {"value": "a"}
@@ -82,8 +122,8 @@ def _fingerprint(cfg) -> str:
 
 
 def test_fingerprint_of_external_inputs_triggers_rerun(tmp_path, monkeypatch):
-  spec = pipeline.StageSpec("up", f"{__name__}:_fake_up", "up/out.json", (), ("seed",),
-                            fingerprint=f"{__name__}:_fingerprint")
+  spec = pipeline.StageSpec("up", _fake_up, "up/out.json", (), ("seed",),
+                            fingerprint=_fingerprint)
   monkeypatch.setattr(pipeline, "STAGES", {"up": spec})
   monkeypatch.setattr(pipeline, "ORDER", ("up",))
   CALLS.clear()

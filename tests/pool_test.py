@@ -13,7 +13,7 @@ from causalmix_jax.configs import base
 from causalmix_jax.configs import data as data_cfg
 import fixture_pool
 from causalmix_jax.data import pool as pool_lib
-from causalmix_jax.data import pool_stage
+from causalmix_jax.stages import pool as pool_stage
 from causalmix_jax.data.sources import DataError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pool"

@@ -13,12 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from causalmix_jax import artifacts
 from causalmix_jax import report
+from causalmix_jax import study as study_lib
 from causalmix_jax.configs import base
+from causalmix_jax.stages import report as report_stage
+from causalmix_jax.surface import surface as surface_lib
 
 Prediction = collections.namedtuple("Prediction", "mean lo hi")
 DOMAINS = ("code", "math", "web")
-_REAL_LOAD_SURFACE = report._load_surface
 FEATURES = ("share__code", "share__math")
 
 
@@ -122,10 +125,9 @@ def cfg():
 @pytest.fixture(autouse=True)
 def fake_surface(monkeypatch):
   def load(surface_dir):
-    if not (surface_dir / "surface.json").exists():
-      raise FileNotFoundError(f"surface not found: {surface_dir / 'surface.json'}")
+    del surface_dir  # Study names a missing surface.json before loading
     return FakeSurface()
-  monkeypatch.setattr(report, "_load_surface", load)
+  monkeypatch.setattr(surface_lib, "load_surface", load)
 
 
 def _table(md: str, first_header: str) -> list[list[str]]:
@@ -141,7 +143,7 @@ def _table(md: str, first_header: str) -> list[list[str]]:
 
 def test_report_on_full_fake_workdir(tmp_path, cfg):
   wd = _workdir(tmp_path)
-  out = report.run_stage(cfg, wd)
+  out = report_stage.run(cfg, wd)
   assert out == wd / "report" / "report.md"
   md = out.read_text()
   # mixture table: one row per domain, recommended / reference / uniform columns
@@ -180,7 +182,7 @@ def test_report_on_full_fake_workdir(tmp_path, cfg):
 
 def test_missing_optional_pieces_are_stated(tmp_path, cfg):
   wd = _workdir(tmp_path, optional=False)
-  md = report.run_stage(cfg, wd).read_text()
+  md = report_stage.run(cfg, wd).read_text()
   assert "## Missing pieces" in md
   for piece in ("pool.json", "covariates.json", "runs table", "diagnostics",
                 "pred_vs_actual", "target summary"):
@@ -193,16 +195,16 @@ def test_missing_required_pieces_fail_naming_the_file(tmp_path, cfg):
   wd = _workdir(tmp_path, optional=False)
   (wd / "optimise" / "mixture.json").unlink()
   with pytest.raises(FileNotFoundError, match=r"optimise/mixture\.json"):
-    report.run_stage(cfg, wd)
+    report_stage.run(cfg, wd)
   wd = _workdir(tmp_path / "b", optional=False)
   (wd / "surface" / "surface.json").unlink()
   with pytest.raises(FileNotFoundError, match=r"surface/surface\.json"):
-    report.run_stage(cfg, wd)
+    report_stage.run(cfg, wd)
 
 
 def test_real_surface_loader_names_the_file(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"surface/surface\.json.*--stage=fit"):
-    _REAL_LOAD_SURFACE(tmp_path / "surface")
+    study_lib.Study(tmp_path).surface()
 
 
 def test_mixture_domains_must_match_surface(tmp_path, cfg):
@@ -211,7 +213,7 @@ def test_mixture_domains_must_match_surface(tmp_path, cfg):
   mix["weights"] = {"code": 0.5, "web": 0.5}
   (wd / "optimise" / "mixture.json").write_text(json.dumps(mix))
   with pytest.raises(ValueError, match=r"no weight for domain\(s\) \['math'\]"):
-    report.run_stage(cfg, wd)
+    report_stage.run(cfg, wd)
 
 
 def test_markdown_and_html_render_blocks(tmp_path):
@@ -239,7 +241,7 @@ def test_mixture_json_from_the_recommendation_writer(tmp_path, cfg):
       support={"inside": True, "max_distance_sd": 0.0}, zeroed=("web",),
       theta={"code": -0.05, "math": -0.1, "web": -0.02})
   rec.write(wd / "optimise")
-  md = report.run_stage(cfg, wd).read_text()
+  md = report_stage.run(cfg, wd).read_text()
   rows = {r[0]: r[1:] for r in _table(md, "domain | recommended")}
   assert rows["math"] == ["0.5", "0.2", "0.3333", "-0.1"]
   pred = {r[0]: r for r in _table(md, "mixture")}
@@ -252,8 +254,8 @@ def test_mixture_json_from_the_recommendation_writer(tmp_path, cfg):
 
 def test_only_process_zero_writes(tmp_path, cfg, monkeypatch):
   wd = _workdir(tmp_path, optional=False)
-  monkeypatch.setattr(report, "_is_writer", lambda: False)
-  out = report.run_stage(cfg, wd)
+  monkeypatch.setattr(artifacts, "is_writer", lambda: False)
+  out = report_stage.run(cfg, wd)
   assert out == wd / "report" / "report.md"
   assert not (wd / "report").exists()
 
@@ -264,4 +266,4 @@ def test_bad_report_config_names_the_key(tmp_path, cfg, key, value):
   wd = _workdir(tmp_path, optional=False)
   cfg.report[key] = value
   with pytest.raises(ValueError, match=f"config key report.{key}"):
-    report.run_stage(cfg, wd)
+    report_stage.run(cfg, wd)

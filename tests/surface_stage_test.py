@@ -6,7 +6,8 @@ import pytest
 
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.configs import base
-from causalmix_jax.surface import planted, stage
+from causalmix_jax.stages import fit as stage
+from causalmix_jax.surface import planted
 from causalmix_jax.surface.surface import load_surface
 
 

@@ -16,6 +16,7 @@ from causalmix_jax import checkpointing
 from causalmix_jax import metrics as metrics_lib
 from causalmix_jax import train_target
 from causalmix_jax.configs import base
+from causalmix_jax.stages import target as target_stage
 import fixture_pool
 
 DOMAINS = ["code", "prose", "qa"]
@@ -152,7 +153,7 @@ def test_stage_on_a_real_pool(tmp_path):
     cfg.pool.heldout_fraction = 0.2
   pool_lib.build_pool(cfg, tmp_path / "pool")
   cfg.target.weights = {"code": 0.5, "prose": 0.25, "qa": 0.25}
-  path = train_target.run_stage(cfg, tmp_path)
+  path = target_stage.run(cfg, tmp_path)
   summary = json.loads(path.read_text())
   assert path == tmp_path / "target" / "summary.json"
   assert summary["steps"] == 6 and np.isfinite(summary["final_train_loss"])

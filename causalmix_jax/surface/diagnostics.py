@@ -123,3 +123,25 @@ def cross_validate(runs, outcome: str, fit_fn: Callable[[Any], Any], n_folds: in
   if np.all(np.isfinite(plo)):
     out["predictive_coverage"] = coverage(plo, phi, yk)
   return out
+
+
+def summary(surface: Any, cv: dict[str, Any] | None,
+            n_folds: int | None = None) -> dict[str, Any]:
+  """diagnostics.json: the fit's own figures and, when `cv` is given, the held-out
+  checks of `cross_validate`."""
+  info = surface.info
+  if cv is None:
+    return {"outcome": surface.outcome, "method": info["method"],
+            "n_runs": info["n_runs"], "fit_seconds": info["fit_seconds"],
+            "chosen": info["chosen"], "nuisance": info["nuisance"],
+            "pool_calibration": info["pool_calibration"]}
+  return {"outcome": surface.outcome, "method": info["method"],
+          "inference": info["inference"], "n_runs": info["n_runs"],
+          "fit_seconds": info["fit_seconds"],
+          "rhat_max": info.get("rhat_max"), "ess_min": info.get("ess_min"),
+          "heldout_r2": cv["r2"], "heldout_spearman": cv["spearman"],
+          "heldout_interval_coverage": cv["coverage"],
+          "heldout_predictive_coverage": cv.get("predictive_coverage"),
+          "noise_sd": info.get("noise_sd"), "cv_folds": n_folds,
+          "chosen": info["chosen"], "nuisance": info["nuisance"],
+          "evidence": info["evidence"], "pool_calibration": info["pool_calibration"]}

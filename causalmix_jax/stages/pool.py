@@ -1,4 +1,4 @@
-"""The `pool` pipeline stage: builds the pool and writes the covariates of its full state.
+"""The `pool` stage: builds the pool and writes the covariates of its full state.
 
 Writes `pool/pool.json`, `pool/tokens/`, `pool/covariates.json` (with the flattened
 feature vector under "vector") and timings in `pool/metrics.jsonl`.
@@ -14,6 +14,7 @@ import ml_collections
 
 from causalmix_jax import artifacts
 from causalmix_jax import metrics
+from causalmix_jax import study as study_lib
 from causalmix_jax.data import covariates as covariates_lib
 from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data import sources
@@ -35,7 +36,7 @@ def source_fingerprint(cfg: ml_collections.ConfigDict) -> str:
 
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   """Builds `workdir/pool` and returns the path of pool.json."""
-  out_dir = pathlib.Path(workdir) / "pool"
+  out_dir = pathlib.Path(workdir) / study_lib.POOL_DIR
   out_dir.mkdir(parents=True, exist_ok=True)
   writer = metrics.MetricsWriter(out_dir / "metrics.jsonl")
   t0 = time.time()
@@ -51,11 +52,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   t1 = time.time()
   cov = covariates_lib.compute_covariates(pool, cfg.covariates)
   cov["vector"] = covariates_lib.feature_vector(cov)
-  artifacts.write_json(out_dir / "covariates.json", cov)
+  artifacts.write_json(pathlib.Path(workdir) / study_lib.COVARIATES_JSON, cov)
   t_cov = time.time() - t1
   writer.write(event="covariates", seconds=t_cov, features=len(cov["vector"]))
   log.info("pool: %d covariates in %.1fs -> %s", len(cov["vector"]), t_cov,
-           out_dir / "covariates.json")
+           study_lib.COVARIATES_JSON)
   for d in pool.domains:
     f = cov["per_domain"][d]
     log.info("  %-16s tokens=%-9d share=%.3f docs=%-6d H=%.2f zr=%.2f ttr=%.3f dup=%.3f",

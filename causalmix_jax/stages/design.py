@@ -1,0 +1,35 @@
+"""The `design` stage: the pool states, their covariates and the mixtures and seeds of
+every proxy run -> `design/interventions.npz` (one row per run) + `design/design.json`."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from causalmix_jax import artifacts
+from causalmix_jax import interventions
+from causalmix_jax import study as study_lib
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+  study = study_lib.Study(workdir)
+  pool = study.pool
+  rng = np.random.default_rng([int(cfg.seed), 0x57A7E])
+  states = interventions.make_states(pool, cfg.design, seq_len=int(cfg.proxy.model.seq_len),
+                                     rng=rng)
+  n_tokens_SxD, dup_rate_SxD, records = interventions.describe_states(
+      pool, states, cfg, study.covariate_vector)
+  arrays = interventions.build_design(cfg, list(pool.domains), n_tokens_SxD, dup_rate_SxD)
+  meta = interventions.design_meta(cfg, list(pool.domains), n_tokens_SxD, arrays, records)
+  out = study.path(study_lib.DESIGN_NPZ)
+  artifacts.write_npz(out, **arrays)
+  artifacts.write_json(study.path(study_lib.DESIGN_JSON), meta)
+  log.info("design: %d runs = %d states x %d mixtures x %d seeds, budget %d tokens/run",
+           meta["n_runs"], len(states), cfg.design.n_mixtures, cfg.design.seeds,
+           meta["budget_tokens"])
+  return out
