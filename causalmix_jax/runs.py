@@ -5,7 +5,11 @@ Schema (see docs/architecture.md, "Runs table"): `run_id` (str), `seed` (int),
 `w_<domain>` (weights on the simplex), `x_<feature>` (pool covariates), optional
 `tokens_<domain>` (unique tokens available), `budget_tokens` (tokens trained), `params`,
 `status` ("ok" / "diverged" / ...), and `y_<metric>` outcomes. Every problem raises a
-`RunsTableError` naming the file, the column and the row.
+`RunsTableError` naming the file, the column and the row. Outcomes are checked for
+NaN/inf only in runs with status "ok", and only those named by `outcomes=` when a
+loader is given it (sparse tables: per-task scores where each run has only its own);
+`DegenerateRunsError` is raised by the surface fit for a valid table it cannot learn
+from (a constant outcome, one mixture, too few runs).
 """
 
 from __future__ import annotations
@@ -32,11 +36,22 @@ _NUMERIC_PREFIXES = ("w_", "x_", "y_", "tokens_")
 _NUMERIC_COLUMNS = ("seed", "budget_tokens", "params")
 _REGMIX_DOMAIN_PREFIX = "train_the_pile_"
 _REGMIX_METRIC = re.compile(r"^metric/the_pile_(.+)_val_loss$")
+# Columns named in a warning before "and N more".
+_LIST_LIMIT = 5
+# (source, constant columns) already warned about in this process: a table is
+# revalidated by every `select` / `with_outcome`, and each would warn again.
+_WARNED_CONSTANT: set[tuple[str, tuple[str, ...]]] = set()
 
 
 class RunsTableError(ValueError):
   """A runs table (or an importer's input) is malformed; the message names the file,
   column and row."""
+
+
+class DegenerateRunsError(ValueError):
+  """A well-formed runs table that a surface cannot be fitted to for one outcome (too
+  few usable runs, a constant outcome, no variation in the mixtures); the message names
+  the table's source and the outcome column."""
 
 
 def _where(source: str, column: str | None = None, row: int | None = None,
@@ -49,13 +64,45 @@ def _where(source: str, column: str | None = None, row: int | None = None,
   return ", ".join(parts)
 
 
-def _rows_text(rows: Sequence[int], limit: int = 5) -> str:
+def _rows_text(rows: Sequence[Any], limit: int = _LIST_LIMIT) -> str:
   shown = ", ".join(str(r) for r in rows[:limit])
   return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
-def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, ...]]:
-  """Checks and canonicalises a runs frame. Returns it and its constant x_ columns."""
+def _bare(name: str) -> str:
+  return name[2:] if name.startswith("y_") else name
+
+
+def _domain_hint(meta: dict[str, Any] | None) -> tuple[str, ...]:
+  """The domains a table's metadata says it has (a sweep records them), or ()."""
+  domains = (meta or {}).get("domains")
+  if isinstance(domains, (list, tuple)) and all(isinstance(d, str) for d in domains):
+    return tuple(domains)
+  return ()
+
+
+def _warn_constant(source: str, constant: tuple[str, ...]) -> None:
+  """Warns once per process for each (source, constant columns)."""
+  key = (source, constant)
+  if not constant or key in _WARNED_CONSTANT:
+    return
+  _WARNED_CONSTANT.add(key)
+  log.warning("%s: %d constant covariate column(s) carry no information: %s", source,
+              len(constant), _rows_text(list(constant)))
+
+
+def _validate(df: pd.DataFrame, source: str, outcomes: Sequence[str] | None = None,
+              domains: Sequence[str] = (), others: Sequence[str] = ()
+              ) -> tuple[pd.DataFrame, tuple[str, ...]]:
+  """Checks and canonicalises a runs frame. Returns it and its constant x_ columns.
+
+  outcomes: the outcomes (with or without y_) whose values must be finite in every
+    "ok" run; None = every y_ column. Other outcome columns may hold NaN.
+  domains: domains the table must have (its metadata's list): a missing w_<domain>
+    column is reported as such, as is one whose tokens_<domain> column is present.
+  others: domains of the tables loaded with it; one of them without a w_ column here
+    is named as the missing column when no row's weights reach 1.
+  """
   df = df.reset_index(drop=True).copy()
   for col in ("run_id", "seed"):
     if col not in df.columns:
@@ -69,6 +116,28 @@ def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, .
                          "(a runs table needs at least one w_<domain> column)")
   if df.empty:
     raise RunsTableError(f"{source}: the runs table has no rows")
+  y_present = [str(c) for c in df.columns if str(c).startswith("y_")]
+  if outcomes is None:
+    checked = set(y_present)
+  else:
+    checked = {f"y_{_bare(str(o))}" for o in outcomes}
+    absent = sorted(checked - set(y_present))
+    if absent:
+      raise RunsTableError(
+          f"{_where(source, absent[0])}: outcome column is missing (outcomes asked for: "
+          f"{sorted(_bare(c) for c in checked)}; present: "
+          f"{_rows_text([_bare(c) for c in y_present])})")
+  w_domains = {str(c)[2:] for c in w_cols}
+  tok_domains = {str(c)[len("tokens_"):] for c in df.columns
+                 if str(c).startswith("tokens_")}
+  no_w = sorted((set(domains) | tok_domains) - w_domains)
+  if no_w:
+    why = ("its tokens_ column is present" if no_w[0] in tok_domains else
+           "the table's metadata lists this domain")
+    raise RunsTableError(
+        f"{_where(source, f'w_{no_w[0]}')}: required column is missing ({why}; "
+        f"{len(no_w)} weight column(s) missing: {_rows_text([f'w_{d}' for d in no_w])}; "
+        f"present: {_rows_text(sorted(map(str, w_cols)))})")
   run_ids = df["run_id"]
   if run_ids.isna().any():
     row = int(np.flatnonzero(run_ids.isna().to_numpy())[0])
@@ -109,6 +178,8 @@ def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, .
     values = df[col].to_numpy(dtype=np.float64)
     missing = ~np.isfinite(values)
     if str(col).startswith("y_"):
+      if col not in checked:
+        continue
       missing &= ok
     if missing.any():
       r = int(np.flatnonzero(missing)[0])
@@ -118,7 +189,21 @@ def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, .
                            f"({int(missing.sum())} such rows: "
                            f"{_rows_text(np.flatnonzero(missing).tolist())})")
 
-  _check_simplex(df[w_cols].to_numpy(dtype=np.float64), w_cols, SIMPLEX_TOL, "w_*",
+  W = df[w_cols].to_numpy(dtype=np.float64)
+  sums = W.sum(axis=1)
+  if np.all(sums < 1.0 - SIMPLEX_TOL) and (W >= 0).all():
+    # Every row short of 1: far likelier a dropped column than bad weights.
+    short = f"every row's weights sum below 1 (from {sums.min():.6g} to {sums.max():.6g})"
+    absent = sorted(set(others) - w_domains)
+    if absent:
+      raise RunsTableError(
+          f"{_where(source, f'w_{absent[0]}')}: required column is missing ({short}; "
+          f"the tables loaded with it have {_rows_text([f'w_{d}' for d in absent])}; "
+          f"present: {_rows_text(sorted(map(str, w_cols)))})")
+    raise RunsTableError(
+        f"{_where(source, 'w_*')}: {short}: a w_<domain> column looks missing "
+        f"(present: {_rows_text(sorted(map(str, w_cols)))})")
+  _check_simplex(W, w_cols, SIMPLEX_TOL, "w_*",
                  lambda col, r: _where(source, col, r, ids[r]))
 
   for col in [c for c in df.columns if str(c).startswith("tokens_")] + (
@@ -129,9 +214,6 @@ def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, .
       r = int(bad[0])
       raise RunsTableError(
           f"{_where(source, col, r, ids[r])}: token counts must be > 0, got {values[r]!r}")
-  tok_domains = {str(c)[len("tokens_"):] for c in df.columns
-                 if str(c).startswith("tokens_")}
-  w_domains = {str(c)[2:] for c in w_cols}
   if tok_domains and tok_domains != w_domains:
     missing_tok = sorted(w_domains - tok_domains)
     extra_tok = sorted(tok_domains - w_domains)
@@ -151,9 +233,7 @@ def _validate(df: pd.DataFrame, source: str) -> tuple[pd.DataFrame, tuple[str, .
   x_cols = [c for c in df.columns if str(c).startswith("x_")]
   constant = tuple(sorted(str(c) for c in x_cols
                           if np.ptp(df[c].to_numpy(dtype=np.float64)) == 0.0))
-  if constant:
-    log.warning("%s: constant covariate columns carry no information: %s",
-                source, ", ".join(constant))
+  _warn_constant(source, constant)
 
   # Canonical column order: ids, sorted weights, sorted covariates, tokens, outcomes.
   domains = sorted(w_domains)
@@ -172,10 +252,19 @@ class Runs:
   """A validated runs table. Construct with `Runs(frame, source=...)` or a loader."""
 
   def __init__(self, frame: pd.DataFrame, *, source: str = "<runs frame>",
-               maximize: Iterable[str] = (), meta: dict[str, Any] | None = None):
-    self._frame, self.constant_features = _validate(frame, source)
+               maximize: Iterable[str] = (), meta: dict[str, Any] | None = None,
+               outcomes: Sequence[str] | None = None, domains: Sequence[str] = ()):
+    """outcomes: the outcomes that must be finite in every "ok" run (None: all of
+    them); the others may hold NaN (sparse tables) and are checked by the surface fit
+    when fitted. domains: domains of tables loaded with this one, named when the
+    weights here fall short of 1 for lack of their column (`meta["domains"]`, which a
+    sweep writes, must all have a w_ column)."""
     self.source = str(source)
     self.meta: dict[str, Any] = dict(meta or {})
+    self._frame, self.constant_features = _validate(
+        frame, self.source, outcomes, _domain_hint(self.meta), tuple(domains))
+    self.checked_outcomes: tuple[str, ...] | None = (
+        None if outcomes is None else tuple(sorted({_bare(str(o)) for o in outcomes})))
     names = {m[2:] if m.startswith("y_") else m for m in maximize}
     unknown = sorted(names - set(self.outcomes))
     if unknown:
@@ -274,7 +363,7 @@ class Runs:
                          f"({len(self)},)")
       idx = np.flatnonzero(idx)
     return Runs(self._frame.iloc[idx], source=self.source, maximize=self.maximize,
-                meta=self.meta)
+                meta=self.meta, outcomes=self.checked_outcomes)
 
   def with_outcome(self, name: str, values: np.ndarray, *,
                    maximize: bool | None = None) -> "Runs":
@@ -291,7 +380,9 @@ class Runs:
       mx.add(name)
     elif maximize is False:
       mx.discard(name)
-    return Runs(frame, source=self.source, maximize=mx, meta=self.meta)
+    checked = (None if self.checked_outcomes is None
+               else self.checked_outcomes + (name,))
+    return Runs(frame, source=self.source, maximize=mx, meta=self.meta, outcomes=checked)
 
   def to_frame(self) -> pd.DataFrame:
     return self._frame.copy()
@@ -315,33 +406,70 @@ def _read_table(path: pathlib.Path) -> tuple[pd.DataFrame, dict[str, Any]]:
                        "(expected .parquet, .csv or .tsv)")
 
 
-def _load_one(path: pathlib.Path, maximize: Iterable[str]) -> Runs:
+def _table_path(path: pathlib.Path) -> pathlib.Path | None:
+  """The runs table file a path stands for (itself, or a directory's runs.parquet /
+  runs.csv); None for an importer's directory."""
+  if not path.is_dir():
+    return path
+  for name in ("runs.parquet", "runs.csv"):
+    if (path / name).exists():
+      return path / name
+  return None
+
+
+def _peek_domains(path: pathlib.Path) -> set[str]:
+  """The w_ domains of a runs table file from its header alone (empty if unreadable or
+  not a table file: the full read reports the problem)."""
+  table = _table_path(path) if path.exists() else None
+  if table is None:
+    return set()
+  try:
+    if table.suffix.lower() == ".parquet":
+      import pyarrow.parquet as pq
+      names = pq.read_schema(table).names
+    elif table.suffix.lower() in (".csv", ".tsv"):
+      names = pd.read_csv(table, sep="\t" if table.suffix.lower() == ".tsv" else ",",
+                          nrows=0).columns
+    else:
+      return set()
+  except (OSError, ValueError):
+    return set()
+  return {str(c)[2:] for c in names if str(c).startswith("w_")}
+
+
+def _load_one(path: pathlib.Path, maximize: Iterable[str],
+              outcomes: Sequence[str] | None = None,
+              domains: Sequence[str] = ()) -> Runs:
   if not path.exists():
     raise RunsTableError(f"{path}: no such file or directory")
-  if path.is_dir():
-    if (path / "runs.parquet").exists():
-      return _load_one(path / "runs.parquet", maximize)
-    if (path / "runs.csv").exists():
-      return _load_one(path / "runs.csv", maximize)
+  table = _table_path(path)
+  if table is None:
     if (path / "ratios.csv").exists() and (path / "metrics.csv").exists():
-      return from_olmix(path, maximize=maximize)
+      return from_olmix(path, maximize=maximize, outcomes=outcomes)
     mixtures = sorted(path.glob("train_mixture_*.csv"))
     losses = sorted(path.glob("train_pile_loss_*.csv"))
     if len(mixtures) == 1 and len(losses) == 1:
-      return from_regmix(mixtures[0], losses[0], maximize=maximize)
+      return from_regmix(mixtures[0], losses[0], maximize=maximize, outcomes=outcomes)
     raise RunsTableError(
         f"{path}: directory holds no runs table (looked for runs.parquet, runs.csv, an "
         "Olmix swarm ratios.csv + metrics.csv, or one RegMix pair "
         "train_mixture_*.csv + train_pile_loss_*.csv)")
-  frame, meta = _read_table(path)
+  frame, meta = _read_table(table)
   mx = set(maximize) | set(meta.get("maximize", []))
-  return Runs(frame, source=str(path), maximize=mx, meta=meta.get("meta", {}))
+  return Runs(frame, source=str(table), maximize=mx, meta=meta.get("meta", {}),
+              outcomes=outcomes, domains=domains)
 
 
 def load_runs(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-              *, maximize: Iterable[str] = ()) -> Runs:
+              *, maximize: Iterable[str] = (),
+              outcomes: Sequence[str] | None = None) -> Runs:
   """Loads a runs table from a CSV/Parquet file, a directory (runs.parquet, an Olmix
-  swarm or a RegMix CSV pair), or several of these concatenated (same domains)."""
+  swarm or a RegMix CSV pair), or several of these concatenated (same domains).
+
+  outcomes: the outcomes (with or without y_) that must be finite in every run with
+  status "ok"; the table's other outcome columns may hold NaN (sparse tables, such as
+  per-task scores where each run has only its own task). None checks every outcome.
+  """
   if isinstance(path_or_paths, (str, os.PathLike)):
     paths = [pathlib.Path(path_or_paths)]
   else:
@@ -349,7 +477,12 @@ def load_runs(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike
   if not paths:
     raise RunsTableError("load_runs: no paths given")
   maximize = tuple(maximize)
-  parts = [_load_one(p, maximize) for p in paths]
+  if outcomes is not None:
+    outcomes = tuple(outcomes)
+  # Every table's domains, read from the headers first, so that a table that lacks one
+  # is told which w_ column is missing (not that its weights sum short of 1).
+  known = sorted(set().union(*map(_peek_domains, paths))) if len(paths) > 1 else []
+  parts = [_load_one(p, maximize, outcomes, known) for p in paths]
   if len(parts) == 1:
     return parts[0]
   first = parts[0]
@@ -373,7 +506,7 @@ def load_runs(path_or_paths: str | os.PathLike[str] | Sequence[str | os.PathLike
   mx = set().union(*(p.maximize for p in parts))
   source = " + ".join(p.source for p in parts)
   return Runs(frame, source=source, maximize=mx,
-              meta={"parts": [p.source for p in parts]})
+              meta={"parts": [p.source for p in parts]}, outcomes=outcomes)
 
 
 def _check_simplex(W: np.ndarray, w_cols: Sequence[str], tol: float, sum_column: str,
@@ -410,11 +543,13 @@ def _renormalise(frame: pd.DataFrame, w_cols: list[str], source: str,
 
 
 def from_regmix(mixture_csv: str | os.PathLike[str], loss_csv: str | os.PathLike[str],
-                *, maximize: Iterable[str] = ()) -> Runs:
+                *, maximize: Iterable[str] = (),
+                outcomes: Sequence[str] | None = None) -> Runs:
   """Imports RegMix's pair of CSVs (joined on `index`): `train_the_pile_<d>` weights
   become w_<d>, `metric/the_pile_<m>_val_loss` become y_<m>. RegMix rounds weights to
   3 decimals; rows within 0.01 of the simplex are renormalised (count in
-  `runs.meta["n_renormalised"]`). Runs without losses get status "missing"."""
+  `runs.meta["n_renormalised"]`). Runs without losses (without those in `outcomes`,
+  when given) get status "missing"."""
   mixture_csv, loss_csv = pathlib.Path(mixture_csv), pathlib.Path(loss_csv)
   frames = {}
   for path in (mixture_csv, loss_csv):
@@ -450,7 +585,7 @@ def from_regmix(mixture_csv: str | os.PathLike[str], loss_csv: str | os.PathLike
                          f"losses but no mixture in {mixture_csv}")
   frame = mix.merge(loss, on="index", how="left", validate="one_to_one")
   frame = frame.rename(columns=rename)
-  y_cols = [rename[c] for c in y_src]
+  y_cols = _required(sorted(rename[c] for c in y_src), outcomes, loss_csv)
   has_y = frame[y_cols].notna().all(axis=1).to_numpy()
   out = pd.DataFrame({"run_id": [f"regmix-{i}" for i in frame["index"]],
                       "seed": np.zeros(len(frame), np.int64)})
@@ -461,7 +596,21 @@ def from_regmix(mixture_csv: str | os.PathLike[str], loss_csv: str | os.PathLike
     log.info("%s: renormalised %d of %d rows onto the simplex", mixture_csv, n_fixed,
              len(out))
   return Runs(out, source=f"{mixture_csv} + {loss_csv}", maximize=maximize,
-              meta={"format": "regmix", "n_renormalised": n_fixed})
+              meta={"format": "regmix", "n_renormalised": n_fixed}, outcomes=outcomes)
+
+
+def _required(y_cols: list[str], outcomes: Sequence[str] | None,
+              source: Any) -> list[str]:
+  """The importer's outcome columns a run needs to count as "ok": `outcomes` (checked
+  to exist), or all of them."""
+  if outcomes is None:
+    return y_cols
+  want = [f"y_{_bare(str(o))}" for o in outcomes]
+  absent = [c for c in want if c not in y_cols]
+  if absent:
+    raise RunsTableError(f"{_where(source, absent[0])}: outcome column is missing "
+                         f"(present: {_rows_text([_bare(c) for c in y_cols])})")
+  return want
 
 
 def _clean_name(name: str) -> str:
@@ -471,13 +620,15 @@ def _clean_name(name: str) -> str:
 
 
 def from_olmix(swarm_dir: str | os.PathLike[str], *,
-               maximize: Iterable[str] = ()) -> Runs:
+               maximize: Iterable[str] = (),
+               outcomes: Sequence[str] | None = None) -> Runs:
   """Imports an Olmix swarm directory: `ratios.csv` (run_id, optional name, one column
   per domain), `metrics.csv` (run_id, optional name, one column per metric), and a
   `meta.json` (or Olmix's launch `metadata.json`) whose `priors.token_counts` become
   tokens_<domain>; optional keys `budget_tokens`, `maximize`, `seed`.
   Metric names are made column-safe; the original names are in
-  `runs.meta["outcome_names"]`."""
+  `runs.meta["outcome_names"]`. Runs without metrics (without those in `outcomes`,
+  cleaned names, when given) get status "missing"."""
   swarm_dir = pathlib.Path(swarm_dir)
   ratios_path, metrics_path = swarm_dir / "ratios.csv", swarm_dir / "metrics.csv"
   for p in (ratios_path, metrics_path):
@@ -544,16 +695,19 @@ def from_olmix(swarm_dir: str | os.PathLike[str], *,
     budget = meta["config"].get("budget_tokens", meta["config"].get("max_tokens"))
   if budget is not None:
     out["budget_tokens"] = float(budget)
-  has_y = merged[metric_cols].notna().all(axis=1).to_numpy()
-  if not has_y.all():
-    out["status"] = np.where(has_y, "ok", "missing")
   for c in metric_cols:
     out[f"y_{y_names[c]}"] = merged[c].to_numpy(np.float64)
+  y_cols = _required(sorted(f"y_{y_names[c]}" for c in metric_cols), outcomes,
+                     metrics_path)
+  has_y = out[y_cols].notna().all(axis=1).to_numpy()
+  if not has_y.all():
+    out["status"] = np.where(has_y, "ok", "missing")
   mx = set(maximize) | {y_names.get(m, _clean_name(m)) for m in meta.get("maximize", [])}
   return Runs(out, source=str(swarm_dir), maximize=mx,
               meta={"format": "olmix", "n_renormalised": n_fixed,
                     "outcome_names": {v: k for k, v in y_names.items()},
-                    "domain_names": {v: k for k, v in d_names.items()}})
+                    "domain_names": {v: k for k, v in d_names.items()}},
+              outcomes=outcomes)
 
 
 def write_runs(runs: Runs, parquet_path: str | os.PathLike[str]) -> pathlib.Path:

@@ -10,7 +10,8 @@ import pytest
 
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.configs import base
-from causalmix_jax.surface import fit, planted, stage
+from causalmix_jax.stages import fit as fit_stage
+from causalmix_jax.surface import fit, planted
 from causalmix_jax.surface.surface import load_surface
 
 
@@ -123,7 +124,7 @@ def test_stage_fits_each_weighted_outcome(tmp_path):
   cfg.surface.n_folds = 3
   cfg.optimise.outcome_weights = "loss:1,other:0.5"
   cfg.lock()
-  stage.run(cfg, tmp_path)
+  fit_stage.run(cfg, tmp_path)
   d = tmp_path / "surface"
   assert load_surface(d).outcome == "loss"
   for name in ("loss", "other"):
@@ -133,7 +134,7 @@ def test_stage_fits_each_weighted_outcome(tmp_path):
   cfg.optimise.outcome_weights = "loss:1,nope:1"
   cfg.lock()
   with pytest.raises(KeyError, match="outcome_weights"):
-    stage.run(cfg, tmp_path)
+    fit_stage.run(cfg, tmp_path)
 
 
 def test_pure_error_prior_from_replicates():

@@ -6,6 +6,10 @@ On disk (`<out_dir>`):
   tokens/<domain>/{train,train_mask,doc_starts,heldout,heldout_mask,heldout_doc_starts}.npy
   tokens/_target/{target,target_mask,doc_starts}.npy
 Each document is stored as `BOS doc EOS`; masks are 1 where a token counts in the loss.
+
+`build_pool` refuses domains the sweep cannot use: names that differ only in case or
+punctuation, two domains with the same documents, and a domain with fewer training
+tokens than one proxy window (`min_domain_tokens`).
 """
 
 from __future__ import annotations
@@ -114,7 +118,87 @@ def domain_specs(cfg: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any],
     if not _DOMAIN_RE.match(name):
       raise DataError(f"domain name {name!r} (pool.domains) must be letters, digits, "
                       "'_', '.', '-' and start with a letter or digit")
+  seen: dict[str, str] = {}
+  for name in sorted(specs):
+    key = re.sub(r"[^0-9a-z]", "", name.lower())
+    if key in seen:
+      raise DataError(f"domain names {seen[key]!r} and {name!r} (pool.domains) differ "
+                      "only in case or punctuation; rename one, or merge them into one "
+                      "domain")
+    seen[key] = name
   return specs, target, base
+
+
+def min_domain_tokens(cfg: Any) -> int:
+  """Fewest training tokens a domain may have: one proxy training window
+  (`proxy.model.seq_len` + 1 tokens), which every pool state of the sweep must expose
+  in every domain. 1 when the config has no proxy model."""
+  try:
+    return int(cfg.proxy.model.seq_len) + 1
+  except (AttributeError, KeyError, TypeError):
+    return 1
+
+
+def _read_settings(name: str, spec: Mapping[str, Any], base: pathlib.Path
+                   ) -> tuple[Any, ...]:
+  """What a domain reads: its resolved files and format settings."""
+  from causalmix_jax.data.sources import resolve_paths  # pylint: disable=import-outside-toplevel
+  files = tuple(str(f.resolve()) for f in resolve_paths(spec, base, name))
+  return (files,) + tuple(str(spec.get(k, "") or "") for k in (
+      "format", "separator", "text_field", "prompt_field", "response_field"))
+
+
+def _check_distinct_sources(specs: Mapping[str, Mapping[str, Any]],
+                            base: pathlib.Path) -> None:
+  """Refuses two domains that read the same files with the same settings."""
+  seen: dict[tuple[Any, ...], str] = {}
+  for name in sorted(specs):
+    key = _read_settings(name, specs[name], base)
+    if key in seen:
+      raise DataError(f"domains {seen[key]!r} and {name!r} read the same files with the "
+                      f"same settings ({_short_list(key[0])}); drop one")
+    seen[key] = name
+
+
+def _short_list(items: Iterable[Any], limit: int = 3) -> str:
+  items = [str(i) for i in items]
+  return ", ".join(items[:limit]) + (f" and {len(items) - limit} more"
+                                     if len(items) > limit else "")
+
+
+def _check_built(per_domain: Mapping[str, dict[str, Any]], digests: Mapping[str, str],
+                 capped: Mapping[str, bool], min_tokens: int) -> None:
+  """Refuses domains below `min_tokens` training tokens, and two domains with the same
+  documents (warns when they agree only up to pool.max_tokens_per_domain)."""
+  small = [d for d in sorted(per_domain) if per_domain[d]["tokens"] < min_tokens]
+  if small:
+    parts = []
+    for d in small:
+      e = per_domain[d]
+      held = (f", {e['heldout_documents']} more held out ({e['heldout_tokens']} tokens)"
+              if e["heldout_documents"] else "")
+      cap = " (cut at pool.max_tokens_per_domain)" if capped[d] else ""
+      parts.append(f"{d!r}: {e['tokens']} training tokens{cap} in {e['documents']} "
+                   f"document(s){held}, from {_short_list(e['sources'])}")
+    raise DataError(
+        f"domain {small[0]!r} is too small: {len(small)} domain(s) below the minimum of "
+        f"{min_tokens} training tokens (one proxy window, proxy.model.seq_len + 1): "
+        + "; ".join(parts) + ". Add data, merge the domain into another, or lower "
+        "pool.heldout_fraction or raise pool.max_tokens_per_domain")
+  seen: dict[str, str] = {}
+  for d in sorted(per_domain):
+    other = seen.setdefault(digests[d], d)
+    if other == d:
+      continue
+    what = (f"domains {other!r} and {d!r} hold identical documents "
+            f"({per_domain[d]['documents'] + per_domain[d]['heldout_documents']} "
+            f"documents, {_short_list(per_domain[other]['sources'])} and "
+            f"{_short_list(per_domain[d]['sources'])})")
+    if capped[d] or capped[other]:
+      log.warning("pool: %s up to pool.max_tokens_per_domain; is one a copy of the "
+                  "other?", what)
+      continue
+    raise DataError(f"{what}: one is a copy of the other; drop one")
 
 
 # ----------------------------------------------------------------------------- writing
@@ -210,18 +294,22 @@ def _relative(paths: Iterable[pathlib.Path], base: pathlib.Path) -> list[str]:
 
 def _write_domain(name: str, spec: Mapping[str, Any], base: pathlib.Path,
                   tok: tokenize.Tokenizer, directory: pathlib.Path, *, seed: int,
-                  heldout_fraction: float, max_tokens: int) -> dict[str, Any]:
-  """Tokenises one domain into `directory`; returns its pool.json entry."""
+                  heldout_fraction: float, max_tokens: int
+                  ) -> tuple[dict[str, Any], str, bool]:
+  """Tokenises one domain into `directory`; returns its pool.json entry, a digest of
+  its documents, and whether pool.max_tokens_per_domain stopped the reading."""
   from causalmix_jax.data.sources import resolve_paths  # pylint: disable=import-outside-toplevel
   files = resolve_paths(spec, base, name)
   train = _StreamWriter(directory, "train")
   held = _StreamWriter(directory, "heldout")
   pending: tuple[np.ndarray, np.ndarray] | None = None  # last train doc, not yet written
   pending_tokens = 0
-  truncated = False
+  truncated = capped = False
+  digest = hashlib.blake2b(digest_size=16)
   t0 = time.time()
   docs = iter_documents(spec, base, domain=name)
   for doc in docs:
+    _digest_update(digest, doc)
     ids, mask = tokenize.encode_document(tok, doc.text, doc.prompt)
     if _is_heldout(doc, seed, name, heldout_fraction):
       held.add(ids, mask)
@@ -232,6 +320,7 @@ def _write_domain(name: str, spec: Mapping[str, Any], base: pathlib.Path,
         train.add(*pending)
       pending, pending_tokens = (ids[:room], mask[:room]), room
       truncated = len(ids) > room
+      capped = True
       break
     if pending is not None:
       train.add(*pending)
@@ -243,6 +332,7 @@ def _write_domain(name: str, spec: Mapping[str, Any], base: pathlib.Path,
     # The cap may have stopped reading early: hold out the next unread document.
     extra = next(docs, None)
     if extra is not None:
+      _digest_update(digest, extra)
       held.add(*tokenize.encode_document(tok, extra.text, extra.prompt))
   if pending is not None:
     # Keep at least one held-out document when the domain has more than one.
@@ -257,9 +347,18 @@ def _write_domain(name: str, spec: Mapping[str, Any], base: pathlib.Path,
   held.finish()
   log.info("pool: domain %s: %d train documents (%d tokens), %d held out (%.1fs)", name,
            train.documents, train.n_tokens, held.documents, time.time() - t0)
-  return {"documents": train.documents, "tokens": train.n_tokens,
-          "heldout_documents": held.documents, "heldout_tokens": held.n_tokens,
-          "truncated": truncated, "sources": _relative(files, base)}
+  entry = {"documents": train.documents, "tokens": train.n_tokens,
+           "heldout_documents": held.documents, "heldout_tokens": held.n_tokens,
+           "truncated": truncated, "sources": _relative(files, base)}
+  return entry, digest.hexdigest(), capped
+
+
+def _digest_update(h: Any, doc: Document) -> None:
+  """Adds one document (length-prefixed prompt and text) to a content digest."""
+  for part in (doc.prompt, doc.text):
+    b = part.encode("utf-8", "surrogatepass")
+    h.update(len(b).to_bytes(8, "little"))
+    h.update(b)
 
 
 def _write_target(spec: Mapping[str, Any], base: pathlib.Path, tok: tokenize.Tokenizer,
@@ -299,11 +398,16 @@ def build_pool(cfg: Any, out_dir: str | os.PathLike[str]) -> pathlib.Path:
   if tmp.exists():
     shutil.rmtree(tmp)
   domains = sorted(specs)
+  _check_distinct_sources(specs, base)
   per_domain: dict[str, Any] = {}
+  digests: dict[str, str] = {}
+  capped: dict[str, bool] = {}
   try:
     for d in domains:
-      per_domain[d] = _write_domain(d, specs[d], base, tok, tmp / d, seed=seed,
-                                    heldout_fraction=fraction, max_tokens=max_tokens)
+      per_domain[d], digests[d], capped[d] = _write_domain(
+          d, specs[d], base, tok, tmp / d, seed=seed, heldout_fraction=fraction,
+          max_tokens=max_tokens)
+    _check_built(per_domain, digests, capped, min_domain_tokens(cfg))
     target = _write_target(target_spec, base, tok, tmp / TARGET_DIR, max_tokens)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

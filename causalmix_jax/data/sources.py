@@ -6,7 +6,10 @@ Formats (see `causalmix_jax.configs.data.domain_spec`):
            `response_field` for instruction data (only response tokens count in the loss);
   parquet  a `text_field` column (or prompt/response columns), read in row-group batches.
 Text and JSONL files ending in `.gz` are decompressed on the fly. Everything streams, so a
-domain larger than memory can be read; errors are `DataError`s naming the file and line.
+domain larger than memory can be read; errors are `DataError`s naming the file and line,
+and a file that cannot be read as what it claims to be (a truncated or non-gzip `.gz`,
+bad UTF-8, a line that is not JSON, an unreadable Parquet file) raises `SourceError`,
+which also names the domain and the byte offset.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import gzip
 import json
 import os
 import pathlib
+import zlib
 from typing import IO, Any, Iterator, Mapping
 
 _READ_BYTES = 1 << 20
@@ -26,6 +30,12 @@ FORMATS = ("text", "jsonl", "parquet")
 
 class DataError(ValueError):
   """Bad input data: the message names the file, line, field or domain at fault."""
+
+
+class SourceError(DataError):
+  """A source file is not readable as its format: truncated or non-gzip `.gz`, bad
+  UTF-8, a line that is not JSON. The message names the file, the line, the domain and
+  the byte offset (in the decompressed stream for `.gz`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,35 +91,116 @@ def _open_binary(path: pathlib.Path) -> IO[bytes]:
   return open(path, "rb")
 
 
-def _decode_line(raw: bytes, path: pathlib.Path, lineno: int) -> str:
+def _context(path: pathlib.Path, domain: str, offset: int) -> str:
+  """" (domain 'd', byte offset N)": where a SourceError happened."""
+  unit = "decompressed byte" if path.suffix == ".gz" else "byte"
+  label = f"domain {domain!r}, " if domain else ""
+  return f" ({label}{unit} offset {offset})"
+
+
+class _Reader:
+  """A source file's bytes, counting the offset; read errors (a truncated or non-gzip
+  `.gz`, corrupt compressed data, I/O) become SourceErrors naming the file, the line,
+  the domain and the offset reached."""
+
+  def __init__(self, path: pathlib.Path, domain: str):
+    self.path, self.domain, self.offset = path, domain, 0
+    self._f: IO[bytes] | None = None
+
+  def __enter__(self) -> "_Reader":
+    try:
+      self._f = _open_binary(self.path)
+    except OSError as e:
+      raise SourceError(f"{self.path}: cannot be opened ({e})"
+                        f"{_context(self.path, self.domain, 0)}") from None
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    try:
+      self._f.close()
+    except (EOFError, OSError, zlib.error):
+      pass
+
+  def error(self, e: BaseException, line: int) -> SourceError:
+    if isinstance(e, EOFError):
+      what = ("truncated gzip file: the compressed stream ends before its end marker"
+              if self.path.suffix == ".gz" else f"unexpected end of file ({e})")
+    elif isinstance(e, gzip.BadGzipFile):
+      what = f"not a gzip file although its name ends in .gz ({e})"
+    elif isinstance(e, zlib.error):
+      what = f"corrupt gzip data ({e})"
+    else:
+      what = f"read error ({e})"
+    return SourceError(f"{self.path}:{line}: {what}"
+                       f"{_context(self.path, self.domain, self.offset)}")
+
+  def read(self, n: int, line: int) -> bytes:
+    """Up to n bytes, b"" only at the end; `line` is the line being read. One read of
+    the underlying file a call (read1), so a truncated `.gz` yields what it holds before
+    the error, and the error's offset is where the data stop."""
+    try:
+      block = self._f.read1(n)
+    except (EOFError, OSError, zlib.error) as e:
+      raise self.error(e, line) from None
+    self.offset += len(block)
+    return block
+
+  def lines(self) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset of the line, raw line) for every line."""
+    lineno = 0
+    while True:
+      start = self.offset
+      raw = self._readline(lineno + 1)
+      if not raw:
+        return
+      lineno += 1
+      yield lineno, start, raw
+
+  def _readline(self, line: int) -> bytes:
+    try:
+      raw = self._f.readline()
+    except (EOFError, OSError, zlib.error) as e:
+      raise self.error(e, line) from None
+    self.offset += len(raw)
+    return raw
+
+
+def _decode_line(raw: bytes, path: pathlib.Path, lineno: int, domain: str = "",
+                 offset: int = 0) -> str:
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte "
-                    f"{e.start} of the line)") from None
+    raise SourceError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte "
+                      f"{e.start} of the line)"
+                      f"{_context(path, domain, offset + e.start)}") from None
 
 
 def _decode_block(decoder: codecs.IncrementalDecoder, block: bytes, final: bool,
-                  path: pathlib.Path, line: int) -> str:
-  """Decodes the next block; on bad UTF-8 names the line (`line` = line at block start)."""
+                  path: pathlib.Path, line: int, domain: str = "",
+                  offset: int = 0) -> str:
+  """Decodes the next block; on bad UTF-8 names the line (`line` = line at block start)
+  and the byte offset (`offset` = offset of the block's first byte)."""
   pending = decoder.getstate()[0]
   try:
     return decoder.decode(block, final=final)
   except UnicodeDecodeError as e:
     bad = line + (pending + block)[:e.start].count(b"\n")
-    raise DataError(f"{path}:{bad}: not valid UTF-8 ({e.reason})") from None
+    at = offset - len(pending) + e.start
+    raise SourceError(f"{path}:{bad}: not valid UTF-8 ({e.reason})"
+                      f"{_context(path, domain, at)}") from None
 
 
-def _iter_text_whole(path: pathlib.Path) -> Iterator[Document]:
+def _iter_text_whole(path: pathlib.Path, domain: str = "") -> Iterator[Document]:
   """The whole file is one document (decoded incrementally, so errors name the line)."""
   decoder = codecs.getincrementaldecoder("utf-8")()
   pieces: list[str] = []
   lineno = 1
-  with _open_binary(path) as f:
+  with _Reader(path, domain) as f:
     while True:
-      block = f.read(_READ_BYTES)
+      start = f.offset
+      block = f.read(_READ_BYTES, lineno)
       final = not block
-      text = _decode_block(decoder, block, final, path, lineno)
+      text = _decode_block(decoder, block, final, path, lineno, domain, start)
       lineno += text.count("\n")
       pieces.append(text)
       if final:
@@ -119,16 +210,19 @@ def _iter_text_whole(path: pathlib.Path) -> Iterator[Document]:
     yield Document(text=text, where=f"{path}:1")
 
 
-def _iter_text_split(path: pathlib.Path, separator: str) -> Iterator[Document]:
+def _iter_text_split(path: pathlib.Path, separator: str,
+                     domain: str = "") -> Iterator[Document]:
   """Documents separated by `separator`, streamed block by block."""
   decoder = codecs.getincrementaldecoder("utf-8")()
   buf = ""
   line = 1  # line where `buf` starts
-  with _open_binary(path) as f:
+  with _Reader(path, domain) as f:
     while True:
-      block = f.read(_READ_BYTES)
+      start = f.offset
+      block = f.read(_READ_BYTES, line + buf.count("\n"))
       final = not block
-      buf += _decode_block(decoder, block, final, path, line + buf.count("\n"))
+      buf += _decode_block(decoder, block, final, path, line + buf.count("\n"), domain,
+                           start)
       while True:
         i = buf.find(separator)
         if i < 0:
@@ -166,20 +260,22 @@ def _field(record: Mapping[str, Any], key: str, where: str) -> str:
   return value
 
 
-def _iter_jsonl(path: pathlib.Path, spec: Any) -> Iterator[Document]:
+def _iter_jsonl(path: pathlib.Path, spec: Any, domain: str = "") -> Iterator[Document]:
   text_field, prompt_field, response_field = _fields(spec)
-  with _open_binary(path) as f:
-    for lineno, raw in enumerate(f, 1):
-      line = _decode_line(raw, path, lineno)
+  with _Reader(path, domain) as f:
+    for lineno, start, raw in f.lines():
+      line = _decode_line(raw, path, lineno, domain, start)
       if not line.strip():
         continue
       where = f"{path}:{lineno}"
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg})") from None
+        raise SourceError(f"{where}: not valid JSON ({e.msg} at column {e.colno})"
+                          f"{_context(path, domain, start + e.pos)}") from None
       if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise SourceError(f"{where}: expected a JSON object, got "
+                          f"{type(record).__name__}{_context(path, domain, start)}")
       if prompt_field:
         prompt = _field(record, prompt_field, where)
         text = _field(record, response_field, where)
@@ -189,14 +285,15 @@ def _iter_jsonl(path: pathlib.Path, spec: Any) -> Iterator[Document]:
         yield Document(text=text, prompt=prompt, where=where)
 
 
-def _iter_parquet(path: pathlib.Path, spec: Any) -> Iterator[Document]:
+def _iter_parquet(path: pathlib.Path, spec: Any, domain: str = "") -> Iterator[Document]:
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   text_field, prompt_field, response_field = _fields(spec)
   columns = [prompt_field, response_field] if prompt_field else [text_field]
   try:
     pf = pq.ParquetFile(path)
   except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    label = f" (domain {domain!r})" if domain else ""
+    raise SourceError(f"{path}: not a readable Parquet file ({e}){label}") from None
   names = set(pf.schema_arrow.names)
   for c in columns:
     if c not in names:
@@ -235,11 +332,12 @@ def iter_documents(spec: Any, base_dir: str | os.PathLike[str] | None = None, *,
   count = 0
   for path in files:
     if fmt == "text":
-      docs = _iter_text_split(path, separator) if separator else _iter_text_whole(path)
+      docs = (_iter_text_split(path, separator, domain) if separator
+              else _iter_text_whole(path, domain))
     elif fmt == "jsonl":
-      docs = _iter_jsonl(path, spec)
+      docs = _iter_jsonl(path, spec, domain)
     else:
-      docs = _iter_parquet(path, spec)
+      docs = _iter_parquet(path, spec, domain)
     for doc in docs:
       count += 1
       yield doc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import numbers
 import time
 import weakref
 from typing import Any, Mapping, Sequence
@@ -119,6 +120,9 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
     v = np.asarray(ref, np.float64).reshape(-1)
     if v.shape != (len(domains),):
       raise ValueError(f"reference has {v.shape[0]} weights; expected {len(domains)}")
+  if not np.all(np.isfinite(v)):
+    bad = [d for d, x in zip(domains, v) if not np.isfinite(x)]
+    raise ValueError(f"reference: non-finite weight for domain(s) {bad}")
   if np.any(v < 0) or abs(v.sum() - 1) > 1e-6:
     raise ValueError(f"reference mixture must be >= 0 and sum to 1 (sum={v.sum():.6g})")
   return v / v.sum()
@@ -186,6 +190,42 @@ def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
   return capped, fs, np.concatenate([best.reshape(-1, len(domains)), uniform])
 
 
+def _check_int(name: str, value: Any, least: int) -> int:
+  """An integer argument (an integral float passes), at least `least`."""
+  integral = isinstance(value, numbers.Integral) or (
+      isinstance(value, numbers.Real) and np.isfinite(value) and float(value).is_integer())
+  if isinstance(value, bool) or not integral:
+    raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+  if int(value) < least:
+    raise ValueError(f"{name} must be >= {least}, got {value!r}")
+  return int(value)
+
+
+def _check_arguments(ci: Any, seed: Any, n_candidates: Any, n_starts: Any,
+                     n_steps: Any) -> tuple[float, int, int, int, int]:
+  """recommend's numeric arguments, each checked with its name."""
+  n_candidates = _check_int("n_candidates", n_candidates, 1)
+  n_starts = _check_int("n_starts", n_starts, 1)
+  n_steps = _check_int("n_steps", n_steps, 0)
+  seed = _check_int("seed", seed, 0)
+  try:
+    ci_f = float(ci)
+  except (TypeError, ValueError):
+    raise ValueError(f"ci must be a number in (0, 1), got {ci!r}") from None
+  if not 0 < ci_f < 1:  # NaN fails too
+    raise ValueError(f"ci must be in (0, 1), got {ci!r}")
+  return ci_f, seed, n_candidates, n_starts, n_steps
+
+
+def _check_pool_size(constraints: cons.Constraints) -> None:
+  """The pool's token counts and the budget, when given, are finite and positive."""
+  budget = constraints.budget_tokens
+  if budget is not None and not (np.isfinite(float(budget)) and float(budget) > 0):
+    raise ValueError(f"constraints.budget_tokens must be > 0, got {budget!r}")
+  for d, v in (constraints.tokens or {}).items():
+    if not (np.isfinite(float(v)) and float(v) > 0):
+      raise ValueError(f"constraints.tokens[{d!r}] must be > 0, got {v!r}")
+
 
 def _summary(u_S: np.ndarray, ci: float) -> Interval:
   q = np.quantile(u_S, [0.5 * (1 - ci), 0.5 * (1 + ci)])
@@ -224,8 +264,12 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     steers the pick back towards what the sweep saw.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
+  n_candidates (>= 1), n_starts (>= 1), n_steps (>= 0): the search's size; seed >= 0.
+  Bad arguments raise ValueError naming the argument.
   """
   t0 = time.time()
+  ci, seed, n_candidates, n_starts, n_steps = _check_arguments(
+      ci, seed, n_candidates, n_starts, n_steps)
   surfaces = list(surface) if isinstance(surface, (list, tuple)) else [surface]
   domains = list(surfaces[0].domains)
   for s in surfaces[1:]:
@@ -236,8 +280,6 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
-  if not 0 < ci < 1:
-    raise ValueError(f"ci must be in (0, 1), got {ci}")
   if outcome_weights is None:
     ow = [1.0] * len(surfaces)
   elif isinstance(outcome_weights, Mapping):
@@ -250,6 +292,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     ow = [float(v) for v in outcome_weights]
   if len(ow) != len(surfaces):
     raise ValueError(f"{len(ow)} outcome weights for {len(surfaces)} surfaces")
+  if not all(np.isfinite(ow)):
+    raise ValueError(f"outcome_weights must be finite, got {ow}")
   single = len(surfaces) == 1
   signs = [-1.0 if s.maximize else 1.0 for s in surfaces]
   s_out = signs[0] if single else 1.0  # loss -> reported units
@@ -259,6 +303,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   xs, cov_report, supports = [], {}, {}
   for s in surfaces:
     x = covariate_vector(s, covariates)
+    if not np.all(np.isfinite(x)):
+      bad = [f for f, v in zip(s.features, x) if not np.isfinite(v)]
+      raise ValueError(f"covariates: non-finite value for feature(s) {bad}")
     xs.append(jnp.asarray(x, jnp.float32))
     cov_report.update(dict(zip(list(s.features), x.tolist())))
     supports[s.outcome] = _support_report(s, x, list(s.features))
@@ -269,6 +316,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     constraints = cons.Constraints()
   elif isinstance(constraints, Mapping):
     constraints = cons.Constraints.from_dict(constraints)
+  _check_pool_size(constraints)
   anchors = np.zeros((0, len(domains)))
   if safe:
     constraints, fs, anchors = _safe_region(surfaces, domains, constraints, ref)

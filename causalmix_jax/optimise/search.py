@@ -201,7 +201,8 @@ def search_s(prob: Problem, settings: SearchSettings, params, xs, coefs, cand_Cx
   mirror descent from the best and some random candidates, keep each start's best
   iterate.
 
-  Returns (w_KxD, loss_K): the n_keep best points (relaxed-feasible) and their losses.
+  Returns (w_KxD, loss_K): the n_keep best points (relaxed-feasible) and their losses;
+  K = min(n_keep, points searched) when there are fewer starts and candidates than that.
   """
   zref_S = combined_draws(prob.fns, params, xs, coefs, ref_D[None])[:, 0]
   cand = make_feasible_relaxed(prob, cand_CxD, lo_D, hi_D, c_D, ref_D, radius)
@@ -248,7 +249,9 @@ def search_s(prob: Problem, settings: SearchSettings, params, xs, coefs, cand_Cx
                                         jnp.arange(n_steps, dtype=jnp.float32))
   all_w = jnp.concatenate([best_w, cand[top[:settings.n_keep]]])
   all_l = jnp.concatenate([best_l, cand_loss[top[:settings.n_keep]]])
-  _, keep = jax.lax.top_k(-all_l, settings.n_keep)
+  # n_starts descents and at most n_top candidates: fewer than n_keep when n_starts is
+  # small (4 starts keep 4 + 3 points).
+  _, keep = jax.lax.top_k(-all_l, min(settings.n_keep, all_l.shape[0]))
   return all_w[keep], all_l[keep]
 
 

@@ -45,6 +45,7 @@ try:
 except ImportError:  # optional: only limits BLAS threads for speed
   threadpoolctl = None
 
+from causalmix_jax.runs import DegenerateRunsError, RunsTableError
 from causalmix_jax.surface import features as feats
 from causalmix_jax.surface import models
 from causalmix_jax.surface import nuisance as nuis
@@ -54,6 +55,10 @@ log = logging.getLogger(__name__)
 
 METHODS = ("stack", "dml", "outcome", "gp", "scaling")
 INFERENCES = ("exact", "nuts", "svi")
+# Fewest usable runs any method fits (the folds need at least surface.n_folds).
+MIN_RUNS = 10
+# Singular values of the centred weight matrix below this count as no variation.
+MIXTURE_RANK_TOL = 1e-8
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -691,6 +696,64 @@ def check_config(method: str, cfg) -> None:
                      f"{cfg.interval_level}")
 
 
+def min_runs(cfg) -> int:
+  """Usable runs every surface method needs: MIN_RUNS, and one per fold."""
+  return max(MIN_RUNS, int(cfg.n_folds))
+
+
+def check_runs(runs, outcome: str, method: str, cfg) -> np.ndarray:
+  """Checks that `runs` can identify a surface for `outcome`; returns the mask of usable
+  runs (status "ok"). Only this outcome's values are checked (a sparse table's other
+  outcomes may be NaN).
+
+  Raises RunsTableError for a NaN/inf value of the outcome in a run with status "ok",
+  DegenerateRunsError for too few usable runs, a constant outcome, or mixtures that do
+  not vary; each message names the table's source and the outcome column. KeyError for
+  an outcome the table does not have."""
+  name = outcome[2:] if outcome.startswith("y_") else outcome
+  col, src = f"y_{name}", runs.source
+  y_all = np.asarray(runs.y(name), np.float64)
+  ok = np.asarray(runs.ok, bool)
+  bad = np.flatnonzero(ok & ~np.isfinite(y_all))
+  if len(bad):
+    rows = ", ".join(str(r) for r in bad[:5]) + (
+        f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise RunsTableError(
+        f"{src}, column {col!r}: NaN/inf outcome in {len(bad)} of {int(ok.sum())} runs "
+        f"with status 'ok' (rows {rows}; first run_id {runs.run_ids[bad[0]]!r}); give "
+        "failed runs another status, or fit an outcome every run has")
+  need = min_runs(cfg)
+  n = int(ok.sum())
+  if n < need:
+    other = len(ok) - n
+    raise DegenerateRunsError(
+        f"{src}, column {col!r}: {n} usable runs"
+        + (f" ({other} more with a status other than 'ok')" if other else "")
+        + f"; the {method!r} surface needs at least {need} (max of {MIN_RUNS} and "
+        f"surface.n_folds={int(cfg.n_folds)})")
+  y = y_all[ok]
+  if np.ptp(y) <= 1e-12 * max(1.0, float(np.max(np.abs(y)))):
+    raise DegenerateRunsError(
+        f"{src}, column {col!r}: the outcome is constant ({float(y[0]):.9g} in all {n} "
+        "usable runs): no mixture effect can be estimated")
+  w = runs.W[ok]
+  w = w / w.sum(1, keepdims=True)
+  sv = np.linalg.svd(w - w.mean(0), compute_uv=False)
+  rank = int(np.sum(sv > MIXTURE_RANK_TOL * np.sqrt(n)))
+  distinct = len(np.unique(np.round(w, 9), axis=0))
+  if rank < 1:
+    raise DegenerateRunsError(
+        f"{src}, column {col!r}: the mixture effect is unidentifiable: the {n} usable "
+        f"runs use {distinct} distinct mixture(s) (centred weight matrix of rank "
+        f"{rank}; the surface needs the mixtures to vary)")
+  d = w.shape[1]
+  if rank < min(d - 1, n - 1):
+    log.warning("%s, column %r: the %d runs' %d distinct mixtures vary along only %d "
+                "of the simplex's %d directions; the effects along the others rest on "
+                "the prior", src, col, n, distinct, rank, d - 1)
+  return ok
+
+
 def fit_surface(runs, outcome: str, method: str = "stack", config=None,
                 covariate_blind: bool = False) -> SurfaceBase:
   """Fits a surface for outcome `outcome` (with or without the y_ prefix).
@@ -701,8 +764,14 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   "outcome" (Y ~ f(T, X) with T x X interactions) or "gp" (outcome model plus a
   random-Fourier-feature GP over (log-ratio mixture, X)). config: a ConfigDict like
   `configs.surface.section` (None: defaults; inference "exact"). covariate_blind: ignore
-  X (the ablation): the surface then answers the same for every pool."""
-  check_config(method, default_config() if config is None else config)
+  X (the ablation): the surface then answers the same for every pool.
+
+  The runs are checked once, up front, for every method (`check_runs`): a NaN outcome
+  in an "ok" run raises RunsTableError; too few usable runs, a constant outcome or
+  mixtures that never vary raise DegenerateRunsError."""
+  cfg = default_config() if config is None else config
+  check_config(method, cfg)
+  check_runs(runs, outcome, method, cfg)
   if method in ("stack", "scaling"):
     from causalmix_jax.surface import robust
     fn = robust.fit_stack if method == "stack" else robust.fit_scaling
@@ -721,9 +790,9 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   name = outcome[2:] if outcome.startswith("y_") else outcome
   y_all = runs.y(name)
   keep = np.isfinite(y_all) & np.asarray(runs.ok)
-  if keep.sum() < max(10, int(cfg.n_folds)):
-    raise ValueError(f"{runs.source}: outcome y_{name} has {int(keep.sum())} usable runs; "
-                     f"the surface needs at least {max(10, int(cfg.n_folds))}")
+  if keep.sum() < min_runs(cfg):
+    raise DegenerateRunsError(f"{runs.source}: outcome y_{name} has {int(keep.sum())} "
+                              f"usable runs; the surface needs at least {min_runs(cfg)}")
   w = runs.W[keep]
   w = w / w.sum(1, keepdims=True)
   x_full = runs.X[keep]

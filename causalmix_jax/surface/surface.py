@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import pathlib
 from typing import Any, Callable, Sequence
 
@@ -27,6 +28,8 @@ from causalmix_jax import artifacts
 from causalmix_jax.surface import features as feats
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface.prediction import Prediction
+
+log = logging.getLogger(__name__)
 
 SamplerFn = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 FORMAT_VERSION = 1
@@ -134,6 +137,7 @@ class SurfaceBase:
     self.support_stats = support_stats
     self.info = dict(info or {})
     self._jitted: dict[str, Any] = {}
+    self._range_warned = False
 
   def sampler(self, tokens: Any = None, budget: float | None = None
               ) -> tuple[SamplerFn, dict[str, Any]]:
@@ -190,6 +194,31 @@ class SurfaceBase:
       raise ValueError("surface: mixture weights must be >= 0")
     return np.maximum(w, 0.0)
 
+  def _warn_outside_range(self, x: Any) -> None:
+    """Logs once per surface when x leaves the sweep's per-covariate [min, max]: the
+    covariate furthest out, as its standardised distance |x - mean| / sd."""
+    if getattr(self, "_range_warned", False) or not self.features or x is None:
+      return
+    x = self._x(x)
+    st = self.support_stats
+    lo, hi = np.asarray(st["min"], np.float64), np.asarray(st["max"], np.float64)
+    mu, sd = np.asarray(st["mean"], np.float64), np.asarray(st["sd"], np.float64)
+    tol = 1e-6 * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), 1.0)
+    out = (x < lo - tol) | (x > hi + tol)
+    if not out.any():
+      return
+    self._range_warned = True
+    varies = sd > 1e-9 * np.maximum(np.abs(mu), 1.0)
+    dist = np.where(varies, np.abs(x - mu) / np.where(varies, sd, 1.0), np.inf)
+    i = int(np.argmax(np.where(out, dist, -1.0)))
+    far = (f"{dist[i]:.3g} sweep sd from its mean" if np.isfinite(dist[i]) else
+           "the sweep held it constant")
+    log.warning("surface y_%s: covariates outside the sweep's range in %d of %d features; "
+                "furthest: %s = %.6g (sweep range [%.6g, %.6g], %s); predictions "
+                "there extrapolate (warned once per surface)", self.outcome,
+                int(out.sum()), len(self.features), self.features[i], x[i], lo[i], hi[i],
+                far)
+
   # -- answers --------------------------------------------------------------------------
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
@@ -212,6 +241,7 @@ class SurfaceBase:
 
   def predict(self, w: Any, x: Any = None, ci: float = 0.9, *, tokens: Any = None,
               budget: float | None = None) -> Prediction:
+    self._warn_outside_range(x)
     return Prediction.from_samples(self.draws(w, x, tokens=tokens, budget=budget), ci)
 
   @property
@@ -225,6 +255,7 @@ class SurfaceBase:
     """Posterior predictive of the outcome of a new run at (w, x): the expected
     outcome's draws plus the run noise (`noise_sd`). `predict` is the expected outcome
     (what the optimiser ranks); this is what a single new run should fall in."""
+    self._warn_outside_range(x)
     d = self.draws(w, x, tokens=tokens, budget=budget)
     e = np.random.default_rng(seed).standard_normal(d.shape)
     return Prediction.from_samples(d + self.noise_sd * e, ci)
@@ -232,6 +263,7 @@ class SurfaceBase:
   def cate(self, w: Any, w_ref: Any, x: Any = None, ci: float = 0.9, *,
            tokens: Any = None, budget: float | None = None) -> Prediction:
     """Effect of mixture w against w_ref at pool x (rows of w; w_ref broadcasts)."""
+    self._warn_outside_range(x)
     w = self._w(w)
     wr = np.broadcast_to(self._w(w_ref), w.shape)
     kw = {"tokens": tokens, "budget": budget}
