@@ -93,6 +93,13 @@ def write_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> pathlib.Pat
   return pathlib.Path(path)
 
 
+def write_parquet(path: str | os.PathLike[str], frame: Any) -> pathlib.Path:
+  """Writes a pandas DataFrame as Parquet atomically (no index)."""
+  with atomic_path(path) as tmp:
+    frame.to_parquet(tmp, index=False)
+  return pathlib.Path(path)
+
+
 def write_figure(path: str | os.PathLike[str], fig: Any, dpi: int = 110) -> pathlib.Path:
   """Saves a matplotlib figure as PNG atomically, then closes it."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

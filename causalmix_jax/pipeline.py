@@ -23,6 +23,7 @@ from causalmix_jax.stages import pool
 from causalmix_jax.stages import report
 from causalmix_jax.stages import sweep
 from causalmix_jax.stages import target
+from causalmix_jax.stages import validate
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,11 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("optimise", optimise.run, S.MIXTURE_JSON, (S.SURFACE_JSON, S.COVARIATES_JSON),
               ("seed", "optimise", "outcome", "target"),
               optional_inputs=(S.POOL_JSON, S.POSTERIOR_NPZ)),
+    StageSpec("validate", validate.run, S.VALIDATE_SUMMARY,
+              (S.POOL_JSON, S.COVARIATES_JSON, S.RUNS_PARQUET, S.SURFACE_JSON,
+               S.MIXTURE_JSON),
+              ("seed", "validate", "proxy", "target", "sweep", "optimise", "surface",
+               "outcome", "mesh")),
     # The mixture comes from optimise/mixture.json unless target.weights or
     # target.mixture_path say otherwise (train_target names what is missing).
     StageSpec("target", target.run, S.TARGET_SUMMARY, (S.POOL_JSON,),
@@ -83,7 +89,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("report", report.run, S.REPORT_MD, (S.SURFACE_JSON, S.MIXTURE_JSON),
               ("report", "outcome"),
               optional_inputs=(S.POOL_JSON, S.COVARIATES_JSON, S.RUNS_PARQUET,
-                               S.POSTERIOR_NPZ, S.TARGET_SUMMARY)),
+                               S.POSTERIOR_NPZ, S.VALIDATE_SUMMARY, S.TARGET_SUMMARY)),
 ]}
 
 ORDER: tuple[str, ...] = tuple(STAGES)

@@ -31,6 +31,7 @@ from causalmix_jax import artifacts
 from causalmix_jax import interpret
 from causalmix_jax import metrics
 from causalmix_jax import study as study_lib
+from causalmix_jax.analysis import plots
 
 log = logging.getLogger(__name__)
 
@@ -563,6 +564,43 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
   return "support: " + "; ".join(parts)
 
 
+def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path,
+                        notes: list[str]) -> list[Block]:
+  """The validate stage's realized outcomes against its predictions, if it ran."""
+  summary = _read_optional_json(workdir / study_lib.VALIDATE_SUMMARY, "validation summary",
+                                notes)
+  if summary is None:
+    return []
+  rows, pct = summary["table"], f"{summary['ci']:.0%}"
+  blocks: list[Block] = [Heading("Validation: the recommendation trained beside its "
+                                 "baselines"), Para(
+      f"Each mixture trained for {summary['seeds']} seeds (common random numbers) at "
+      f"{summary['scale']} scale ({summary['budget_tokens']} tokens per run). Realized "
+      f"`{summary['outcome']}`: mean and {pct} interval over seeds; the paired difference "
+      "is the mixture's outcome minus the recommendation's on the same seeds.")]
+  has_pred = all("predicted" in r for r in rows)
+  header = ("mixture", "realized", f"{pct} interval", "diff vs recommended",
+            f"{pct} interval") + (("predicted", "predictive interval") if has_pred else ())
+  blocks.append(Table(header, tuple(
+      (r["mixture"] + (" (best)" if r["best"] else ""), _fmt(r["mean"]),
+       f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]", _fmt(r["diff_vs_recommended"]),
+       f"[{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]")
+      + ((_fmt(r["predicted"]), f"[{_fmt(r['predicted_lo'])}, {_fmt(r['predicted_hi'])}]")
+         if has_pred else ()) for r in rows)))
+  artifacts.write_figure(out_dir / "validation.png",
+                         plots.plot_validation(rows, summary["outcome"]))
+  blocks.append(Image("validation.png", "Realized outcome per mixture (bars, interval "
+                      "over seeds) and the surface's predictive interval (points)."))
+  if has_pred:
+    rec = next(r for r in rows if r["mixture"] == "recommended")
+    inside = rec["predicted_lo"] <= rec["mean"] <= rec["predicted_hi"]
+    blocks.append(Para(
+        f"The recommendation was predicted at {_fmt(rec['predicted'])} and realized "
+        f"{_fmt(rec['mean'])}: {'inside' if inside else 'OUTSIDE'} the predictive "
+        "interval."))
+  return blocks
+
+
 def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,
                     notes: list[str]) -> list[Block]:
   blocks: list[Block] = [Heading("Target run")]
@@ -697,6 +735,7 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   blocks += _surface_section(workdir, surface, out_dir, notes)
   mix_blocks, _, w_ref = _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
   blocks += mix_blocks
+  blocks += _validation_section(workdir, out_dir, notes)
   blocks += _target_section(workdir, out_dir, notes)
   cate_blocks, res = _cate_section(surface, x_NxF, w_ref, rcfg, out_dir, notes)
   blocks += cate_blocks

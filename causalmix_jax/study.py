@@ -34,6 +34,9 @@ SURFACE_JSON = "surface/surface.json"
 POSTERIOR_NPZ = "surface/posterior.npz"
 SURFACE_DIAGNOSTICS = "surface/diagnostics.json"
 MIXTURE_JSON = "optimise/mixture.json"
+VALIDATE_DIR = "validate"
+VALIDATE_RESULTS = "validate/results.parquet"
+VALIDATE_SUMMARY = "validate/summary.json"
 TARGET_DIR = "target"
 TARGET_SUMMARY = "target/summary.json"
 REPORT_DIR = "report"
@@ -41,7 +44,7 @@ REPORT_MD = "report/report.md"
 
 # Which stage writes each artifact (its first path component), for error messages.
 _WRITER = {"pool": "pool", "design": "design", "sweep": "sweep", "surface": "fit",
-           "optimise": "optimise", "target": "target", "report": "report"}
+           "optimise": "optimise", "validate": "validate", "target": "target", "report": "report"}
 
 
 class MissingArtifactError(FileNotFoundError):
@@ -58,7 +61,8 @@ class Study:
   def __repr__(self) -> str:
     done = [s for s, rel in (("pool", POOL_JSON), ("design", DESIGN_NPZ),
                              ("sweep", RUNS_PARQUET), ("fit", SURFACE_JSON),
-                             ("optimise", MIXTURE_JSON), ("target", TARGET_SUMMARY),
+                             ("optimise", MIXTURE_JSON), ("validate", VALIDATE_SUMMARY),
+                             ("target", TARGET_SUMMARY),
                              ("report", REPORT_MD)) if self.has(rel)]
     return f"Study({str(self.workdir)!r}, stages done: {', '.join(done) or 'none'})"
 
@@ -171,7 +175,22 @@ class Study:
     from causalmix_jax.recommendation import load_recommendation  # pylint: disable=import-outside-toplevel
     return load_recommendation(self.require(MIXTURE_JSON, "mixture.json"))
 
-  # -- target ----------------------------------------------------------------------------
+  # -- validation and target -------------------------------------------------------------
+
+  @functools.cached_property
+  def validation(self) -> Any:
+    """The validate stage's table: one row per mixture (realized mean and interval over
+    seeds, paired difference to the recommendation, prediction where made)."""
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    doc = artifacts.read_json(self.require(VALIDATE_SUMMARY, "validation summary"),
+                              "validation summary")
+    return pd.DataFrame(doc["table"])
+
+  @functools.cached_property
+  def validation_runs(self) -> Any:
+    """Every validation run (one row per mixture and seed, with its `mixture` names)."""
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    return pd.read_parquet(self.require(VALIDATE_RESULTS, "validation results"))
 
   @functools.cached_property
   def target(self) -> dict[str, Any]:

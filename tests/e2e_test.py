@@ -29,8 +29,9 @@ def test_pipeline_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-5000:]
   for rel in ("pool/pool.json", "pool/covariates.json", "design/interventions.npz",
               "sweep/runs.parquet", "sweep/runs.csv", "surface/surface.json",
-              "optimise/mixture.json", "optimise/mixture.yaml", "target/summary.json",
-              "report/report.md"):
+              "optimise/mixture.json", "optimise/mixture.yaml", "validate/results.parquet",
+              "validate/summary.json", "validate/table.md", "target/summary.json",
+              "report/report.md", "report/validation.png"):
     assert (tmp_path / rel).exists(), rel
   pool = json.loads((tmp_path / "pool/pool.json").read_text())
   mixture = json.loads((tmp_path / "optimise/mixture.json").read_text())
@@ -48,9 +49,15 @@ def test_pipeline_end_to_end(tmp_path):
   assert len(study.runs.run_ids) == len(study.design[0]["run_id_N"])
   assert all(f"x_{f}" in study.covariate_vector for f in study.surface().features)
   assert study.target["steps"] == summary["steps"]
+  table = study.validation.set_index("mixture")
+  assert table.loc["recommended", "seeds"] == 3
+  assert table.loc["recommended", "diff_vs_recommended"] == 0.0
+  assert {"uniform", "natural", "regmix", "regmix_topk", "blind"} <= set(table.index)
+  assert len(study.validation_runs) >= 3 * len(set(study.validation_runs["mixture"]))
+  assert "## Validation: the recommendation trained beside its baselines" in report
   again = _main(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("up to date") == 7, again.stderr[-3000:]
+  assert again.stderr.count("up to date") == 8, again.stderr[-3000:]
   stale = _main(tmp_path, "--config.pool.heldout_fraction=0.1",
                 stage="design,sweep,fit,optimise")
   assert stale.returncode != 0

@@ -107,6 +107,15 @@ def _workdir(root: pathlib.Path, *, optional: bool = True) -> pathlib.Path:
       "steps": 100, "final_train_loss": 2.9, "target_loss": 3.05, "domains": list(DOMAINS),
       "eval_loss": {"code": 2.5, "math": 3.1, "web": 3.3},
       "weights": {"code": 0.25, "math": 0.55, "web": 0.2}, "mesh": {"data": 1}})
+  row = lambda name, mean, diff: {  # noqa: E731
+      "mixture": name, "seeds": 3, "mean": mean, "lo": mean - 0.1, "hi": mean + 0.1,
+      "diff_vs_recommended": diff, "diff_lo": diff - 0.02, "diff_hi": diff + 0.02,
+      "predicted": 3.0, "predicted_lo": 2.95, "predicted_hi": 3.2,
+      "runs_in_predicted_interval": 1.0, "best": name == "recommended"}
+  _write(wd / "validate" / "summary.json", {
+      "outcome": "target", "scale": "proxy", "seeds": 3, "budget_tokens": 4096, "ci": 0.9,
+      "domains": list(DOMAINS), "table": [row("recommended", 3.1, 0.0),
+                                          row("uniform", 3.25, 0.15)]})
   (wd / "target" / "metrics.jsonl").write_text("".join(
       json.dumps({"step": s, "loss": 4.0 - s / 100, "train_loss/code": 4.1 - s / 100,
                   "eval_loss/code": 3.0 - s / 200, "target_loss": 3.2 - s / 300})
@@ -161,6 +170,9 @@ def test_report_on_full_fake_workdir(tmp_path, cfg):
   assert "heldout_r2" in md and "| final_train_loss | 2.9 |" in md
   assert "| math | 0.55 | 3.1 |" in md  # weight trained and held-out loss per domain
   assert "Missing pieces" not in md
+  assert "| recommended (best) | 3.1 | [3, 3.2] | 0 | [-0.02, 0.02] | 3 | [2.95, 3.2] |" in md
+  assert "realized 3.1: inside the predictive interval" in md
+  assert (wd / "report" / "validation.png").exists()
   # the interpreter names math as favoured where share__code is high
   rules = re.findall(r"`(if .*?)`", md)
   assert any("share__code >" in r and "favour math" in r for r in rules)

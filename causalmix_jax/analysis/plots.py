@@ -33,3 +33,34 @@ def plot_pred_vs_actual(cv: Mapping[str, Any], title: str, ax: Any = None) -> An
   ax.set_title(f"{title}\nR^2 {cv['r2']:.3f}, Spearman {cv['spearman']:.3f}")
   fig.tight_layout()
   return fig
+
+
+def plot_validation(rows: Any, outcome: str, ax: Any = None) -> Any:
+  """Realized outcome per validated mixture (mean over seeds, with its interval) and,
+  where made, the surface's predictive interval beside it.
+
+  rows: the validate stage's table (records or a DataFrame with mixture, mean, lo, hi
+  and optionally predicted, predicted_lo, predicted_hi).
+  """
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  t = pd.DataFrame(rows)
+  fig, ax = _axes(ax, (1.0 + 0.7 * len(t), 3.6))
+  x = np.arange(len(t))
+  mean = t["mean"].to_numpy(float)
+  err = np.abs(np.stack([mean - t["lo"].to_numpy(float), t["hi"].to_numpy(float) - mean]))
+  ax.bar(x, mean, yerr=np.nan_to_num(err), capsize=3, color="#4c72b0", label="realized")
+  if "predicted" in t:
+    p = t["predicted"].to_numpy(float)
+    ax.errorbar(x + 0.25, p, yerr=np.abs(np.stack([p - t["predicted_lo"].to_numpy(float),
+                                                   t["predicted_hi"].to_numpy(float) - p])),
+                fmt="o", color="#dd8452", ms=4, label="predicted (one run)")
+  lo = np.nanmin(t["lo"].to_numpy(float)) if np.isfinite(t["lo"]).any() else mean.min()
+  hi = np.nanmax(t["hi"].to_numpy(float)) if np.isfinite(t["hi"]).any() else mean.max()
+  pad = 0.5 * (hi - lo) + 1e-6
+  ax.set_ylim(lo - pad, hi + pad)
+  ax.set_xticks(x)
+  ax.set_xticklabels(t["mixture"], rotation=35, ha="right")
+  ax.set_ylabel(outcome)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig

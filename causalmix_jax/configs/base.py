@@ -17,6 +17,7 @@ from causalmix_jax.configs import optimise as optimise_cfg
 from causalmix_jax.configs import report as report_cfg
 from causalmix_jax.configs import surface as surface_cfg
 from causalmix_jax.configs import sweep as sweep_cfg
+from causalmix_jax.configs import validate as validate_cfg
 
 KNOWN_VARIANTS = frozenset({"smoke", "cpu"})
 
@@ -49,6 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.sweep = sweep_cfg.sweep_section(variants)
   cfg.surface = surface_cfg.section(variants)
   cfg.optimise = optimise_cfg.section(variants)
+  cfg.validate = validate_cfg.section(variants)
   cfg.report = report_cfg.section(variants)
   cfg.lock()
   return cfg

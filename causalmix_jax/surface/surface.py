@@ -306,8 +306,13 @@ class SurfaceBase:
       out.update(mahalanobis=d, quantile=float(np.mean(sweep_d <= d)),
                  outside=bool(d > sweep_d.max() or outside))
       return out
-    cols = np.asarray(st["cols"], np.int64)
+    cols = np.asarray(st["cols"], np.int64).reshape(-1)
     xs = (x[cols] - np.asarray(st["x_mu"])) / np.asarray(st["x_sd"])
+    if len(cols) == 0:  # no covariate varies (or a covariate-blind surface)
+      out.update(mahalanobis=0.0, quantile=1.0, standardised_distance=0.0,
+                 max_sweep_standardised_distance=0.0, residual=0.0,
+                 max_sweep_residual=0.0, outside=bool(outside))
+      return out
     basis = np.asarray(st["basis"], np.float64).reshape(len(cols), -1)
     proj = xs @ basis
     scores = proj / np.asarray(st["score_sd"]) if basis.shape[1] else proj

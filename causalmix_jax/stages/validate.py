@@ -1,0 +1,80 @@
+"""The `validate` stage: trains the recommendation beside its baselines (uniform, natural,
+RegMix, the covariate-blind pick, the optimiser's other variants), several seeds each with
+common random numbers, in one vmapped program through the sweep's machinery ->
+`validate/results.parquet` (one row per run), `validate/summary.json` and
+`validate/table.md` (per mixture: realized mean and interval, paired difference to the
+recommendation, and at proxy scale the surface's prediction)."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from causalmix_jax import artifacts
+from causalmix_jax import interventions
+from causalmix_jax import metrics
+from causalmix_jax import study as study_lib
+from causalmix_jax import sweep
+from causalmix_jax import validation
+from causalmix_jax.data import token_pool
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+  study, vc = study_lib.Study(workdir), cfg.validate
+  validation.check_config(vc)
+  surface, rec, pool = study.surface(), study.mixture, study.pool
+  domains = list(pool.domains)
+  tokens_D = np.array([study.tokens[d] for d in domains])
+  pick = validation.make_picker(cfg, study.runs, surface, study.covariate_vector,
+                                study.tokens)
+  mixtures = validation.candidate_mixtures(
+      vc.mixtures, domains, recommended=[rec.weights[d] for d in domains],
+      tokens_D=tokens_D, pick=pick)
+  w_MxD, index = validation.distinct(mixtures)
+  vcfg = validation.scaled_config(cfg)
+  budget = interventions.budget_tokens(vcfg)
+  log.info("validate: %d mixtures (%d distinct) x %d seeds at %s scale, %d tokens each",
+           len(mixtures), len(w_MxD), vc.seeds, vc.scale, budget)
+  arrays = validation.design(w_MxD, int(vc.seeds), tokens_D, budget)
+  meta = {"domains": domains,
+          "states": [{"name": "full", "covariates": study.covariate_vector}]}
+  tp = token_pool.from_pool(pool, seq_len=int(vcfg.proxy.model.seq_len),
+                            eval_batch_size=int(vcfg.proxy.optim.batch_size),
+                            eval_batches=int(cfg.sweep.eval_batches))
+  out_dir = study.path(study_lib.VALIDATE_DIR)
+  writer = metrics.MetricsWriter(out_dir / "metrics.jsonl", enabled=artifacts.is_writer())
+  try:
+    runs_path = sweep.run_sweep(vcfg, tp, arrays, meta, out_dir,
+                                vocab_size=int(pool.vocab_size), metrics=writer)
+  finally:
+    writer.close()
+  if not artifacts.is_writer():
+    return study.path(study_lib.VALIDATE_SUMMARY)
+  frame = pd.read_parquet(runs_path)
+  names = {row: [n for n, r in index.items() if r == row] for row in range(len(w_MxD))}
+  frame["mixture"] = [",".join(names[int(r.split("-")[0][1:])]) for r in frame["run_id"]]
+  predicted = None
+  if str(vc.scale) == "proxy":  # the surface predicts the proxies' outcome
+    p = surface.predictive(w_MxD, study.covariate_vector, float(vc.ci),
+                           tokens=tokens_D, budget=float(budget))
+    predicted = {n: (float(p.mean[r]), float(p.lo[r]), float(p.hi[r]))
+                 for n, r in index.items()}
+  table = validation.table(frame, index, str(cfg.outcome), ci=float(vc.ci),
+                           maximize=bool(surface.maximize), predicted=predicted)
+  artifacts.write_parquet(study.path(study_lib.VALIDATE_RESULTS), frame)
+  with artifacts.atomic_path(out_dir / "table.md") as tmp:
+    tmp.write_text(validation.markdown(table, mixtures, domains, str(cfg.outcome),
+                                       float(vc.ci)))
+  artifacts.write_json(study.path(study_lib.VALIDATE_SUMMARY), {
+      "outcome": str(cfg.outcome), "scale": str(vc.scale), "seeds": int(vc.seeds),
+      "budget_tokens": budget, "ci": float(vc.ci), "domains": domains,
+      "mixtures": {n: dict(zip(domains, map(float, w))) for n, w in mixtures.items()},
+      "table": table.to_dict(orient="records")})
+  log.info("validate: %s\n%s", out_dir / "table.md", (out_dir / "table.md").read_text())
+  return study.path(study_lib.VALIDATE_SUMMARY)
