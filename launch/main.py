@@ -72,5 +72,40 @@ def study_id(config_arg: str) -> str:
   return rel + (sep + variant if sep else "")
 
 
+def unknown_override(argv: list[str]) -> str | None:
+  """A one-line error for the first `--config.<key>` override that names no config key
+  (with the closest key as a suggestion), or None. Run before absl parses the flags, so
+  a typo is not reported as a long traceback from the config library."""
+  import difflib  # pylint: disable=import-outside-toplevel
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if not config_arg or not keys:
+    return None
+  path, _, variant = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_study_config", path)
+  if spec is None or spec.loader is None or not os.path.exists(path):
+    return f"--config={config_arg}: no such config file {path!r}"
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  cfg = module.get_config(variant) if variant else module.get_config()
+  for key in keys:
+    node, done = cfg, []
+    for part in key.split("."):
+      children = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in children:
+        near = difflib.get_close_matches(part, children, n=1)
+        where = ".".join(done) or "the config"
+        hint = f"; did you mean --config.{'.'.join(done + near)}?" if near else (
+            f"; {where} has keys: {', '.join(sorted(children))}" if children else
+            f"; {where} is a value, not a section")
+        return f"--config.{key}: unknown config key {part!r} in {where}{hint}"
+      node, done = node[part], done + [part]
+  return None
+
+
 if __name__ == "__main__":
+  _error = unknown_override(sys.argv[1:])
+  if _error:
+    sys.exit(f"error: {_error}")
   app.run(main)

@@ -41,10 +41,13 @@ def test_experiment_docstring_starts_with_its_command():
 def test_cli_rejects_unknown_override(tmp_path):
   proc = subprocess.run(
       [sys.executable, "launch/main.py", "--config=experiments/quickstart/config.py:smoke",
-       f"--workdir={tmp_path}", "--stage=pool", "--config.surface.not_a_key=3"],
+       f"--workdir={tmp_path}", "--stage=pool", "--config.surface.methd=3"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert "not_a_key" in proc.stderr
+  # One line, the full key, a suggestion; no traceback.
+  assert proc.stderr.strip() == ("error: --config.surface.methd: unknown config key "
+                                 "'methd' in surface; did you mean --config.surface.method?")
+  assert not (tmp_path / "pool").exists()
 
 
 def test_cli_rejects_unknown_stage(tmp_path):
