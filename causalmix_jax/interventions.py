@@ -18,6 +18,7 @@ per run) and `design/design.json`.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Sequence
 
 import ml_collections
@@ -113,8 +114,7 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
   def floor_factor(d: str, f: float) -> float:
     return float(min(f, max(full_n[d] / min_tokens, 1.0)))
 
-  for i in range(1, int(design_cfg.n_pool_states)):
-    kind = kinds[(i - 1) % len(kinds)]
+  def draw(kind: str) -> Any:
     st = base
     picked = list(rng.choice(domains, size=min(2, len(domains)), replace=False))
     f = float(rng.choice(factors))
@@ -134,7 +134,24 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
       for d in domains:
         frac = float(rng.uniform(1.0 / f, 1.0))
         st = pool_shift.subsample(st, d, max(min_tokens, int(full_n[d] * frac)))
-    st = _renamed(pool_shift, st, f"{i:02d}_{kind}")
+    return st
+
+  def key(st: Any) -> tuple[Any, ...]:
+    n_D, r_D = st.to_arrays(domains)
+    return tuple(n_D.tolist()) + tuple(np.round(r_D, 9).tolist())
+
+  seen = {key(base)}
+  for i in range(1, int(design_cfg.n_pool_states)):
+    kind = kinds[(i - 1) % len(kinds)]
+    # Every state distinct (each gives its runs their own covariates): redraw a repeat,
+    # then fall back to a random subsample, which is distinct with probability one.
+    for attempt in range(8):
+      used = kind if attempt < 7 else "subsample"
+      st = draw(used)
+      if key(st) not in seen:
+        break
+    seen.add(key(st))
+    st = _renamed(pool_shift, st, f"{i:02d}_{used}")
     states.append(st)
   for st in states:
     for d in domains:
@@ -156,6 +173,56 @@ def _renamed(pool_shift: Any, state: Any, name: str) -> Any:
 # ----------------------------------------------------------------------------- design
 
 
+def _state_box(design_cfg: ml_collections.ConfigDict, n_tokens_D: np.ndarray,
+               budget_tokens: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+  lo, hi = weight_bounds(n_tokens_D, budget_tokens, min_weight=design_cfg.min_weight,
+                         max_weight=design_cfg.max_weight,
+                         max_epochs=design_cfg.max_epochs)
+  if lo.sum() > 1 + 1e-9 or hi.sum() < 1 - 1e-9:
+    raise DesignError(
+        f"state {s}: no mixture satisfies design.min_weight={design_cfg.min_weight}, "
+        f"design.max_weight={design_cfg.max_weight} and design.max_epochs="
+        f"{design_cfg.max_epochs} (sum of lower bounds {lo.sum():.3f}, of upper bounds "
+        f"{hi.sum():.3f}, budget {budget_tokens} tokens)")
+  return lo, hi
+
+
+def _one_mixture_per_state(rng: np.random.Generator, design_cfg: ml_collections.ConfigDict,
+                           n_tokens_SxD: np.ndarray, budget_tokens: int, seed: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """One mixture per pool state (the paper's unit: every intervention has its own pool
+  state). The mixture kinds are shared out over all states in the configured fractions
+  and assigned at random, so the kind does not follow the state's kind."""
+  n_states, d = n_tokens_SxD.shape
+  n_flat = int(round(n_states * float(design_cfg.flat_fraction)))
+  n_space = int(round(n_states * float(design_cfg.space_filling_fraction)))
+  n_prior = n_states - n_flat - n_space
+  if n_prior < 0:
+    raise DesignError("design.flat_fraction + design.space_filling_fraction exceed 1")
+  concentrations = tuple(float(c) for c in design_cfg.concentrations)
+  if n_prior and not concentrations:
+    raise DesignError("design.concentrations is empty")
+  kind_E = rng.permutation(np.array([MIX_PRIOR] * n_prior + [MIX_FLAT] * n_flat
+                                    + [MIX_SPACE] * n_space, np.int32))
+  space = sobol_simplex(n_space, d, seed) if n_space else np.zeros((0, d))
+  w_ExD = np.zeros((n_states, d))
+  conc_E = np.zeros(n_states)
+  n_seen = {MIX_PRIOR: 0, MIX_SPACE: 0}
+  for s in range(n_states):
+    if kind_E[s] == MIX_PRIOR:
+      conc_E[s] = concentrations[n_seen[MIX_PRIOR] % len(concentrations)]
+      prior = n_tokens_SxD[s] / n_tokens_SxD[s].sum()
+      w = dirichlet_around(rng, prior, conc_E[s], 1)[0]
+    elif kind_E[s] == MIX_FLAT:
+      w = rng.dirichlet(np.ones(d))
+    else:
+      w = space[n_seen[MIX_SPACE]]
+    n_seen[int(kind_E[s])] = n_seen.get(int(kind_E[s]), 0) + 1
+    lo, hi = _state_box(design_cfg, n_tokens_SxD[s], budget_tokens, s)
+    w_ExD[s] = project_to_box_simplex(w[None], lo, hi)[0]
+  return w_ExD, np.arange(n_states, dtype=np.int32), kind_E, conc_E
+
+
 def draw_mixtures(rng: np.random.Generator, design_cfg: ml_collections.ConfigDict,
                   n_tokens_SxD: np.ndarray, budget_tokens: int, seed: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -166,6 +233,8 @@ def draw_mixtures(rng: np.random.Generator, design_cfg: ml_collections.ConfigDic
   their state.
   """
   n_states, d = n_tokens_SxD.shape
+  if bool(design_cfg.state_per_mixture):
+    return _one_mixture_per_state(rng, design_cfg, n_tokens_SxD, budget_tokens, seed)
   m = int(design_cfg.n_mixtures)
   n_flat = int(round(m * float(design_cfg.flat_fraction)))
   n_space = int(round(m * float(design_cfg.space_filling_fraction)))
@@ -186,16 +255,7 @@ def draw_mixtures(rng: np.random.Generator, design_cfg: ml_collections.ConfigDic
     prior_draws = np.stack([dirichlet_around(rng, prior, c, 1)[0] for c in conc]) \
         if n_prior else np.zeros((0, d))
     w = np.concatenate([prior_draws, shared])
-    lo, hi = weight_bounds(n_tokens_SxD[s], budget_tokens,
-                           min_weight=design_cfg.min_weight,
-                           max_weight=design_cfg.max_weight,
-                           max_epochs=design_cfg.max_epochs)
-    if lo.sum() > 1 + 1e-9 or hi.sum() < 1 - 1e-9:
-      raise DesignError(
-          f"state {s}: no mixture satisfies design.min_weight={design_cfg.min_weight}, "
-          f"design.max_weight={design_cfg.max_weight} and design.max_epochs="
-          f"{design_cfg.max_epochs} (sum of lower bounds {lo.sum():.3f}, of upper bounds "
-          f"{hi.sum():.3f}, budget {budget_tokens} tokens)")
+    lo, hi = _state_box(design_cfg, n_tokens_SxD[s], budget_tokens, s)
     w_list.append(project_to_box_simplex(w, lo, hi))
     state_list.append(np.full(m, s, np.int32))
     kind_list.append(np.concatenate([np.full(n_prior, MIX_PRIOR, np.int32), shared_kind]))
@@ -231,7 +291,8 @@ def build_design(cfg: ml_collections.ConfigDict, domains: Sequence[str],
   seed_N = np.tile(np.arange(seeds, dtype=np.int32), n_int)
   inter_N = rep(np.arange(n_int, dtype=np.int32))
   state_N = rep(state_E)
-  run_id = np.array([f"s{state_E[e]:02d}-m{e % int(dc.n_mixtures):03d}-r{r}"
+  per_state = 1 if bool(dc.state_per_mixture) else int(dc.n_mixtures)
+  run_id = np.array([f"s{state_E[e]:02d}-m{e % per_state:03d}-r{r}"
                      for e in range(n_int) for r in range(seeds)])
   return {
       "w_NxD": rep(w_ExD), "state_N": state_N, "intervention_N": inter_N,
@@ -257,7 +318,10 @@ def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.Config
   dup_rate_SxD = np.zeros((len(states), len(domains)), np.float32)
   records = []
   full_n_D, _ = pool_shift.full(pool).to_arrays(domains)
-  for s, st in enumerate(states):
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  t0, n_computed = time.time(), 0
+  for s, st in enumerate(tqdm(states, desc="design: pool-state covariates", unit="state",
+                              disable=len(states) < 8)):
     n_D, r_D = st.to_arrays(domains)
     n_tokens_SxD[s], dup_rate_SxD[s] = n_D, r_D
     # Host and device must agree on how many tokens are duplicates.
@@ -269,15 +333,18 @@ def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.Config
     if np.array_equal(n_D, full_n_D) and not np.any(r_D):
       vector = full_vector  # the unshifted pool: the pool stage computed these already
     else:
-      log.info("design: covariates of pool state %s", st.name)
+      log.debug("design: covariates of pool state %s", st.name)
       vector = covariates_lib.feature_vector(covariates_lib.compute_covariates(
           pool_shift.materialise(pool, st), cfg.covariates, state=st))
+      n_computed += 1
     records.append({
         "name": st.name,
         "n_tokens": {d: int(n) for d, n in zip(domains, n_D)},
         "dup_rate": {d: float(r) for d, r in zip(domains, r_D)},
         "covariates": vector,
     })
+  log.info("design: covariates of %d pool states computed in %.1fs", n_computed,
+           time.time() - t0)
   return n_tokens_SxD, dup_rate_SxD, records
 
 

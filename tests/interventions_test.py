@@ -8,6 +8,7 @@ import pytest
 
 from causalmix_jax import interventions
 from causalmix_jax.configs import base
+from causalmix_jax.data import covariates as covariates_lib
 from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data import pool_shift
 
@@ -17,6 +18,7 @@ DOMAINS = ["a", "b", "c", "d"]
 def _cfg(**design):
   cfg = base.get_config("smoke")
   cfg.unlock()
+  cfg.design.state_per_mixture = False  # n_mixtures per state unless a test says
   for k, v in design.items():
     cfg.design[k] = v
   return cfg
@@ -149,3 +151,36 @@ def test_make_states_varies_the_pool_and_keeps_windows():
   mat = pool_shift.materialise(pool, states[3])
   assert all(len(mat.train[d]) == n[3, i] for i, d in enumerate(pool.domains))
 
+
+
+def test_one_mixture_per_state_gives_every_intervention_its_own_state():
+  rng = np.random.default_rng(0)
+  n = np.stack([rng.integers(5_000, 100_000, 4) for _ in range(20)]).astype(np.int64)
+  cfg = _cfg(state_per_mixture=True, n_pool_states=20, flat_fraction=0.2,
+             space_filling_fraction=0.2, seeds=2, n_mixtures=7)
+  d = interventions.build_design(cfg, DOMAINS, n, np.zeros(n.shape, np.float32))
+  assert len(d["run_id_N"]) == 40 and len(set(d["run_id_N"].tolist())) == 40
+  np.testing.assert_array_equal(d["state_N"], np.repeat(np.arange(20), 2))
+  kinds = np.bincount(d["mixture_kind_N"][::2], minlength=3)
+  assert kinds.tolist() == [12, 4, 4]  # prior-centred / flat / space-filling
+  # Prior-centred draws still follow their own state's token shares (confounding).
+  prior = d["mixture_kind_N"][::2] == interventions.MIX_PRIOR
+  shares = (n / n.sum(1, keepdims=True))[prior]
+  assert np.corrcoef(shares[:, 0], d["w_NxD"][::2][prior, 0])[0, 1] > 0.3
+
+
+def test_per_run_design_gives_a_distinct_covariate_vector_per_intervention():
+  rng = np.random.default_rng(0)
+  docs = {d: ["".join(rng.choice(list("abcdefgh" + d * 3), 400)) for _ in range(60)]
+          for d in DOMAINS}
+  pool = pool_lib.from_documents(docs, ["target"])
+  cfg = _cfg(state_per_mixture=True, n_pool_states=12, min_tokens_per_domain=2048)
+  states = interventions.make_states(pool, cfg.design, seq_len=32,
+                                     rng=np.random.default_rng(1))
+  full = covariates_lib.feature_vector(covariates_lib.compute_covariates(pool,
+                                                                         cfg.covariates))
+  n_SxD, r_SxD, records = interventions.describe_states(pool, states, cfg, full)
+  d = interventions.build_design(cfg, DOMAINS, n_SxD, r_SxD)
+  vectors = [tuple(sorted(records[s]["covariates"].items())) for s in d["state_N"][::1]]
+  assert len(vectors) == len(d["run_id_N"])
+  assert len(set(vectors)) == len(set(d["intervention_N"].tolist())) == 12

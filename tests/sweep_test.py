@@ -44,6 +44,7 @@ def make_cfg(**sweep_kw):
   cfg.proxy.optim.steps = 12
   cfg.proxy.optim.batch_size = 4
   cfg.proxy.model.seq_len = 16
+  cfg.design.state_per_mixture = False
   cfg.design.n_mixtures = 4
   cfg.design.seeds = 2
   cfg.sweep.chunk_size = 6

@@ -16,8 +16,14 @@ def design_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c.concentrations = (1.0, 5.0, 25.0)
   c.flat_fraction = 0.2
   c.space_filling_fraction = 0.2
+  # One mixture per pool state (every intervention its own pool state, as in the
+  # paper): n_pool_states interventions, n_mixtures unused. Otherwise every state gets
+  # n_mixtures mixtures.
+  c.state_per_mixture = True
   # Pool states: the full pool, then scarce / rich / duplicated / subsampled variants.
-  c.n_pool_states = 2 if smoke else 4
+  # Runs = n_pool_states * seeds (one mixture per state) or n_pool_states * n_mixtures
+  # * seeds.
+  c.n_pool_states = 16 if smoke else (40 if "cpu" in variants else 192)
   # Factors by which scarce/rich/subsampled states shrink or grow a domain.
   c.shift_factors = (2.0, 4.0, 8.0)
   c.dup_rates = (0.25, 0.5)

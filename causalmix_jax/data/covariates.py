@@ -385,7 +385,7 @@ def compute_covariates(pool: Pool, cov_cfg: Any = None, state: Any = None, *,
     agg["dups"] += int(flags.sum())
     agg["examined"] += len(flags)
     agg["lengths"].append(lengths)
-    log.info("covariates: domain %s done (%d tokens, %.1fs)", d, n, time.time() - t0)
+    log.debug("covariates: domain %s done (%d tokens, %.1fs)", d, n, time.time() - t0)
   lengths = np.concatenate(agg["lengths"])
   shares = np.array([per[d]["token_share"] for d in pool.domains])
   pooled = {

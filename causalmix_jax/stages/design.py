@@ -29,7 +29,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   out = study.path(study_lib.DESIGN_NPZ)
   artifacts.write_npz(out, **arrays)
   artifacts.write_json(study.path(study_lib.DESIGN_JSON), meta)
-  log.info("design: %d runs = %d states x %d mixtures x %d seeds, budget %d tokens/run",
-           meta["n_runs"], len(states), cfg.design.n_mixtures, cfg.design.seeds,
-           meta["budget_tokens"])
+  log.info("design: %d runs = %d interventions over %d pool states x %d seeds, budget %d "
+           "tokens/run", meta["n_runs"], meta["n_interventions"], len(states),
+           cfg.design.seeds, meta["budget_tokens"])
   return out
