@@ -16,6 +16,7 @@ import ml_collections
 
 from causalmix_jax import artifacts
 from causalmix_jax import study as study_lib
+from causalmix_jax.stages import analyse
 from causalmix_jax.stages import design
 from causalmix_jax.stages import fit
 from causalmix_jax.stages import optimise
@@ -82,6 +83,9 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
                S.MIXTURE_JSON),
               ("seed", "validate", "proxy", "target", "sweep", "optimise", "surface",
                "outcome", "mesh")),
+    StageSpec("analyse", analyse.run, S.INTERPRETATION_JSON,
+              (S.SURFACE_JSON, S.MIXTURE_JSON, S.RUNS_PARQUET), ("report", "outcome"),
+              optional_inputs=(S.POSTERIOR_NPZ,)),
     # The mixture comes from optimise/mixture.json unless target.weights or
     # target.mixture_path say otherwise (train_target names what is missing).
     StageSpec("target", target.run, S.TARGET_SUMMARY, (S.POOL_JSON,),
@@ -89,7 +93,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("report", report.run, S.REPORT_MD, (S.SURFACE_JSON, S.MIXTURE_JSON),
               ("report", "outcome"),
               optional_inputs=(S.POOL_JSON, S.COVARIATES_JSON, S.RUNS_PARQUET,
-                               S.POSTERIOR_NPZ, S.VALIDATE_SUMMARY, S.TARGET_SUMMARY)),
+                               S.POSTERIOR_NPZ, S.VALIDATE_SUMMARY, S.TARGET_SUMMARY,
+                               S.INTERPRETATION_JSON)),
 ]}
 
 ORDER: tuple[str, ...] = tuple(STAGES)

@@ -3,13 +3,16 @@ pool to the target run, with PNG figures beside it (the `report` stage writes it
 
 Reads, under the workdir: `surface/` and `optimise/mixture.json` (required: a missing one
 fails naming the file); `pool/pool.json`, `pool/covariates.json`, `sweep/runs.parquet`,
-`surface/diagnostics.json`, `surface/pred_vs_actual.png`, `target/summary.json` and
-`target/metrics.jsonl` (optional: a missing one is stated in the report). Writes
-`report/report.md`, `report/report.html`, `report/*.png` and `report/metrics.jsonl`;
-only process 0 writes.
+`surface/diagnostics.json`, `surface/pred_vs_actual.png`, `validate/summary.json`,
+`target/summary.json`, `target/metrics.jsonl` and the analyse stage's
+`analysis/interpretation.json` with its `analysis/cate_*.png` figures (optional: a missing
+one is stated in the report). Writes `report/report.md`, `report/report.html`,
+`report/*.png` and `report/metrics.jsonl`; only process 0 writes.
 
-The report is built as a list of blocks (headings, paragraphs, tables, images) and
-rendered twice, so the Markdown and the HTML always say the same thing.
+The report renders artifacts: the CATE section shows the interpretation the analyse
+stage computed, and computes none. It is built as a list of blocks (headings,
+paragraphs, tables, images) and rendered twice, so the Markdown and the HTML always say
+the same thing.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ import ml_collections
 import numpy as np
 
 from causalmix_jax import artifacts
-from causalmix_jax import interpret
 from causalmix_jax import metrics
 from causalmix_jax import study as study_lib
+from causalmix_jax.analysis import interpretation
 from causalmix_jax.analysis import plots
 
 log = logging.getLogger(__name__)
@@ -285,52 +288,17 @@ def mixture_rows(mix: Mapping[str, Any], surface: Any, x_F: np.ndarray | None,
 # figures
 
 
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+def _write_figure(path: pathlib.Path, fig: Any) -> pathlib.Path:
+  """Saves one of the report's own figures, cropped to what is drawn."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  with matplotlib.rc_context(plots.SAVE_RC):
+    return artifacts.write_figure(path, fig)
 
 
-def _save(fig: Any, path: pathlib.Path) -> pathlib.Path:
-  with artifacts.atomic_path(path) as tmp:
-    with open(tmp, "wb") as f:
-      fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-  _pyplot().close(fig)
-  return path
-
-
-def plot_mixtures(rows: Sequence[MixtureRow], domains: Sequence[str], outcome: str,
-                  path: pathlib.Path) -> pathlib.Path:
-  """Grouped bars of the mixtures, and their predicted outcomes with intervals."""
-  plt = _pyplot()
-  d = len(domains)
-  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(max(6.0, 0.8 * d + 4), 3.4),
-                                 gridspec_kw={"width_ratios": [3, 1.3]},
-                                 layout="constrained")
-  width = 0.8 / len(rows)
-  for i, r in enumerate(rows):
-    ax0.bar(np.arange(d) + (i - (len(rows) - 1) / 2) * width, r.weights_D, width,
-            label=r.name, color=f"C{i}")
-  ax0.set_xticks(np.arange(d))
-  ax0.set_xticklabels(domains, rotation=30, ha="right")
-  ax0.set_ylabel("weight")
-  ax0.legend(fontsize=8)
-  ax0.set_title("Mixtures")
-  for i, r in enumerate(rows):
-    if r.predicted is not None:
-      m, lo, hi = r.predicted
-      ax1.errorbar([i], [m], yerr=[[m - lo], [hi - m]], fmt="o", color=f"C{i}", capsize=4)
-  ax1.set_xticks(range(len(rows)))
-  ax1.set_xticklabels([r.name for r in rows], rotation=30, ha="right")
-  ax1.set_ylabel(f"predicted {outcome}")
-  ax1.set_title("Predicted outcome")
-  return _save(fig, path)
-
-
-def plot_target_metrics(records: Sequence[Mapping[str, Any]],
-                        path: pathlib.Path) -> pathlib.Path | None:
-  """Loss curves from the target run's metrics.jsonl (every numeric key with 'loss')."""
+def loss_series(records: Sequence[Mapping[str, Any]]
+                ) -> dict[str, tuple[list[float], list[float]]]:
+  """Loss curves from a run's metrics.jsonl records: every finite numeric key with
+  'loss' in its (flattened) name -> (steps, values)."""
   series: dict[str, tuple[list[float], list[float]]] = {}
   for i, rec in enumerate(records):
     step = rec.get("step", i)
@@ -340,23 +308,7 @@ def plot_target_metrics(records: Sequence[Mapping[str, Any]],
         xs, ys = series.setdefault(k, ([], []))
         xs.append(float(step))
         ys.append(float(v))
-  if not series:
-    return None
-  plt = _pyplot()
-  held = lambda k: "eval" in k or k.startswith("target")  # noqa: E731
-  train = {k: v for k, v in series.items() if not held(k)}
-  evals = {k: v for k, v in series.items() if held(k)}
-  panels = [(t, s) for t, s in (("training", train), ("evaluation", evals)) if s]
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.4), squeeze=False,
-                           layout="constrained")
-  for ax, (title, s) in zip(axes[0], panels):
-    for k, (xs, ys) in sorted(s.items()):
-      ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, ms=3, label=k)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"Target run: {title} loss")
-    ax.legend(fontsize=7)
-  return _save(fig, path)
+  return series
 
 
 # ----------------------------------------------------------------------------------------
@@ -400,22 +352,22 @@ def _pool_section(workdir: pathlib.Path, notes: list[str]) -> list[Block]:
 
 
 def _sweep_section(workdir: pathlib.Path, features: Sequence[str], outcome: str,
-                   notes: list[str]) -> tuple[list[Block], np.ndarray | None]:
-  """The sweep's summary and its covariate rows aligned to the surface's features."""
+                   notes: list[str]) -> list[Block]:
+  """The sweep's summary (and whether its runs table has the surface's covariates)."""
   blocks: list[Block] = [Heading("Sweep")]
   path = workdir / study_lib.RUNS_PARQUET
   if not path.exists():
     notes.append(f"sweep runs table not found ({path}); the sweep section is left out "
                  "and the CATE interpreter has no pool states to explain.")
     blocks.append(Para(f"The sweep's runs table (`{path}`) was not found."))
-    return blocks, None
+    return blocks
   from causalmix_jax import runs as runs_lib
   try:
     runs = runs_lib.load_runs(path)
   except (runs_lib.RunsTableError, ValueError, OSError) as e:
     notes.append(f"sweep runs table {path} could not be read: {e}")
     blocks.append(Para(f"The sweep's runs table (`{path}`) could not be read: {e}"))
-    return blocks, None
+    return blocks
   frame = runs.to_frame()
   ok = runs.ok
   n_states = (len(np.unique(runs.X, axis=0)) if runs.X.shape[1] else 1)
@@ -441,24 +393,18 @@ def _sweep_section(workdir: pathlib.Path, features: Sequence[str], outcome: str,
     blocks.append(Para("Outcome spread over the successful runs:"))
     blocks.append(Table(("outcome", "runs", "min", "q25", "median", "q75", "max", "std"),
                         tuple(rows)))
-  if not features:
-    return blocks, None
-  have = {f: i for i, f in enumerate(runs.features)}
-  keys = [f[2:] if f.startswith("x_") else f for f in features]
-  missing = [f for f, k in zip(features, keys) if k not in have]
+  _, missing = interpretation.sweep_rows(runs, features)
   if missing:
     notes.append(f"the runs table {path} lacks the surface's covariate(s) {missing}; the "
                  "CATE interpreter is left out.")
-    return blocks, None
-  x = runs.X[:, [have[k] for k in keys]]
-  return blocks, x[ok] if ok.any() else x
+  return blocks
 
 
 def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
                      notes: list[str]) -> list[Block]:
   blocks: list[Block] = [Heading("Causal response surface")]
-  blocks.append(Para(f"Outcome `{surface.outcome}` "
-                     f"({'lower' if interpret.lower_is_better(surface) else 'higher'} is "
+  better = "lower" if interpretation.lower_is_better(surface) else "higher"
+  blocks.append(Para(f"Outcome `{surface.outcome}` ({better} is "
                      f"better) over {len(surface.domains)} domains and "
                      f"{len(surface.features)} covariates."))
   diag = _read_optional_json(workdir / study_lib.SURFACE_DIAGNOSTICS,
@@ -476,9 +422,8 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
 
 
 def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path,
-                     ci: float, notes: list[str]) -> tuple[list[Block], np.ndarray | None,
-                                                           np.ndarray | None]:
-  """The mixture table; returns the blocks, the covariate vector and the reference."""
+                     ci: float, notes: list[str]) -> list[Block]:
+  """The mixture tables and figure."""
   blocks: list[Block] = [Heading("Recommended mixture")]
   x_F = None
   cov = mix.get("covariates")
@@ -503,7 +448,7 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
     m, lo, hi = r.predicted
     delta = "-" if r.name == "recommended" or rec is None else _fmt(rec[0] - m)
     pred_rows.append((r.name, _fmt(m), f"[{_fmt(lo)}, {_fmt(hi)}]", delta, r.source))
-  better = "negative" if interpret.lower_is_better(surface) else "positive"
+  better = "negative" if interpretation.lower_is_better(surface) else "positive"
   blocks.append(Para(f"Predicted `{surface.outcome}` with {ci:.0%} credible intervals; "
                      f"'recommended - this' is {better} where the recommended mixture is "
                      f"predicted to be better:"))
@@ -541,10 +486,10 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
   if mix.get("constraints"):
     blocks.append(Para("Constraints:"))
     blocks.append(_kv_table(mix["constraints"]))
-  plot_mixtures(rows, domains, surface.outcome, out_dir / "mixture.png")
+  _write_figure(out_dir / "mixture.png",
+                plots.plot_mixtures(rows, domains, surface.outcome))
   blocks.append(Image("mixture.png", "Recommended vs reference vs uniform mixture"))
-  ref = next((r.weights_D for r in rows if r.name == "reference"), None)
-  return blocks, x_F, ref
+  return blocks
 
 
 def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
@@ -630,50 +575,40 @@ def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,
         blocks.append(_kv_table(v))
   recs = metrics.read_metrics(workdir / study_lib.TARGET_DIR / "metrics.jsonl")
   if recs:
-    fig = plot_target_metrics(recs, out_dir / "target_losses.png")
-    if fig is not None:
+    series = loss_series(recs)
+    if series:
+      _write_figure(out_dir / "target_losses.png", plots.plot_losses(series))
       blocks.append(Image("target_losses.png", "Target run losses"))
   elif summary is not None:
     notes.append("target/metrics.jsonl not found or empty; no loss curves.")
   return blocks
 
 
-def check_config(rcfg: ml_collections.ConfigDict) -> None:
-  """Rejects report settings the interpreter cannot use, naming the config key."""
-  checks = [("tree_depth", rcfg.tree_depth >= 0, ">= 0"),
-            ("min_samples_leaf", rcfg.min_samples_leaf >= 1, ">= 1"),
-            ("n_grid", rcfg.n_grid >= 2, ">= 2"),
-            ("grid_quantile_lo", 0.0 <= rcfg.grid_quantile_lo <= rcfg.grid_quantile_hi,
-             "in [0, report.grid_quantile_hi]"),
-            ("grid_quantile_hi", rcfg.grid_quantile_hi <= 1.0, "<= 1"),
-            ("max_rows", rcfg.max_rows >= 0, ">= 0 (0 = all)"),
-            ("pd_rows", rcfg.pd_rows >= 0, ">= 0 (0 = all)"),
-            ("ci", 0.0 < rcfg.ci < 1.0, "in (0, 1)"),
-            ("max_pd_plots", rcfg.max_pd_plots >= 0, ">= 0")]
-  for key, ok, want in checks:
-    if not ok:
-      raise ValueError(f"config key report.{key} must be {want}; got {rcfg[key]!r}")
+_CATE_FIGURES = (  # (artifact, caption); the partial dependence may not be drawn
+    (study_lib.THETA_PNG, "Marginal return of each domain over the sweep's pool states"),
+    (study_lib.PARTIAL_DEPENDENCE_PNG, "Partial dependence of the marginal returns on the "
+                                       "covariates that move the mixture most (bands: "
+                                       "average pointwise {ci:.0%} intervals)"),
+    (study_lib.RANKING_PNG, "Covariates ranked by mixture shift"))
 
 
-def _cate_section(surface: Any, x_NxF: np.ndarray | None, w_ref: np.ndarray | None,
-                  rcfg: ml_collections.ConfigDict, out_dir: pathlib.Path,
-                  notes: list[str]) -> tuple[list[Block], interpret.Interpretation | None]:
+def _cate_section(workdir: pathlib.Path, out_dir: pathlib.Path, notes: list[str]
+                  ) -> tuple[list[Block], interpretation.Interpretation | None]:
+  """The analyse stage's interpretation, as written (nothing is computed here)."""
   blocks: list[Block] = [Heading("What the pool state changes (CATE interpreter)")]
-  if not surface.features:
-    blocks.append(Para("The surface has no covariates, so its marginal returns do not "
-                       "depend on the pool state."))
+  study = study_lib.Study(workdir)
+  if not study.has(study_lib.INTERPRETATION_JSON):
+    path = study.path(study_lib.INTERPRETATION_JSON)
+    notes.append(f"CATE interpretation not found ({path}); that section is left out "
+                 "(run --stage=analyse).")
+    blocks.append(Para(f"The CATE interpretation (`{study_lib.INTERPRETATION_JSON}`) was "
+                       "not found."))
     return blocks, None
-  if x_NxF is None or x_NxF.shape[0] < 2:
-    blocks.append(Para("No sweep covariate rows were available, so the interpreter has no "
-                       "pool states to explain."))
-    return blocks, None
-  res = interpret.interpret(
-      surface, x_NxF, tree_depth=int(rcfg.tree_depth),
-      min_samples_leaf=int(rcfg.min_samples_leaf), n_grid=int(rcfg.n_grid),
-      q_lo=float(rcfg.grid_quantile_lo), q_hi=float(rcfg.grid_quantile_hi),
-      ci=float(rcfg.ci), max_rows=int(rcfg.max_rows), pd_rows=int(rcfg.pd_rows),
-      w_ref=w_ref, progress=True)
-  n_rows = res.theta.x_NxF.shape[0]
+  res = study.interpretation
+  if res.skipped:
+    blocks.append(Para(res.skipped))
+    return blocks, res
+  n_rows = res.n_rows
   blocks.append(Para(
       f"theta_d(x) is the marginal return of domain d: the change in `{res.outcome}` per "
       f"unit increase of d's log-ratio, at pool state x. It was evaluated at {n_rows} "
@@ -681,8 +616,8 @@ def _cate_section(surface: Any, x_NxF: np.ndarray | None, w_ref: np.ndarray | No
       (f" (evenly thinned from {res.n_rows_total})" if res.n_rows_total > n_rows else "") +
       ". On the simplex only differences between domains move the outcome, so the rules "
       "below are fitted on returns relative to the average domain."))
-  blocks.append(Para(f"Rules (regression tree of depth {rcfg.tree_depth} over the "
-                     f"covariates, at least {rcfg.min_samples_leaf} pool states per "
+  blocks.append(Para(f"Rules (regression tree of depth {res.tree_depth} over the "
+                     f"covariates, at least {res.min_samples_leaf} pool states per "
                      f"leaf):"))
   blocks.append(Bullets(tuple(f"`{r.text}`" for r in res.rules)))
   blocks.append(Para("Covariates ranked by how much they move the recommended mixture "
@@ -696,20 +631,17 @@ def _cate_section(surface: Any, x_NxF: np.ndarray | None, w_ref: np.ndarray | No
       tuple((e.feature, _fmt(e.mixture_shift, 3), _fmt(e.theta_range, 3),
              _fmt(e.tree_importance, 3), e.favoured_lo, e.favoured_hi)
             for e in res.ranking)))
-  figs = interpret.write_figures(res, out_dir, max_pd_panels=int(rcfg.max_pd_plots))
-  captions = {"theta": "Marginal return of each domain over the sweep's pool states",
-              "partial_dependence": "Partial dependence of the marginal returns on the "
-                                    "covariates that move the mixture most (bands: "
-                                    f"average pointwise {rcfg.ci:.0%} intervals)",
-              "ranking": "Covariates ranked by mixture shift"}
-  for name in ("theta", "partial_dependence", "ranking"):
-    if name in figs:
-      blocks.append(Image(figs[name].name, captions[name]))
-  lines = []
-  for d, tree in res.domain_trees.items():
-    lines.append(f"{d}: " + "; ".join(interpret.tree_rule_lines(tree)))
+  ci = res.theta.ci if res.theta is not None else math.nan
+  for rel, caption in _CATE_FIGURES:
+    src = study.path(rel)
+    if src.exists():
+      shutil.copyfile(src, out_dir / src.name)
+      blocks.append(Image(src.name, caption.format(ci=ci)))
+    elif rel != study_lib.PARTIAL_DEPENDENCE_PNG:
+      notes.append(f"CATE figure not found ({src}).")
   blocks.append(Para("Per-domain trees of theta_d itself (absolute, not relative):"))
-  blocks.append(Bullets(tuple(f"`{ln}`" for ln in lines)))
+  blocks.append(Bullets(tuple(f"`{d}: " + "; ".join(lines) + "`"
+                              for d, lines in res.domain_rules.items())))
   return blocks, res
 
 
@@ -721,7 +653,7 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                  surface: Any) -> tuple[list[Block], dict[str, Any]]:
   """Builds the report's blocks (writing its figures into workdir/report)."""
   rcfg = cfg.report
-  check_config(rcfg)
+  interpretation.check_config(rcfg)
   out_dir = workdir / REPORT_DIR
   out_dir.mkdir(parents=True, exist_ok=True)
   notes: list[str] = []
@@ -729,15 +661,12 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   blocks: list[Block] = [Heading(str(rcfg.title), 1),
                          Para(f"Study outcome `{surface.outcome}`; workdir `{workdir}`.")]
   blocks += _pool_section(workdir, notes)
-  sweep_blocks, x_NxF = _sweep_section(workdir, list(surface.features), surface.outcome,
-                                       notes)
-  blocks += sweep_blocks
+  blocks += _sweep_section(workdir, list(surface.features), surface.outcome, notes)
   blocks += _surface_section(workdir, surface, out_dir, notes)
-  mix_blocks, _, w_ref = _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
-  blocks += mix_blocks
+  blocks += _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
   blocks += _validation_section(workdir, out_dir, notes)
   blocks += _target_section(workdir, out_dir, notes)
-  cate_blocks, res = _cate_section(surface, x_NxF, w_ref, rcfg, out_dir, notes)
+  cate_blocks, res = _cate_section(workdir, out_dir, notes)
   blocks += cate_blocks
   if notes:
     blocks += [Heading("Missing pieces"), Bullets(tuple(notes))]

@@ -37,6 +37,11 @@ MIXTURE_JSON = "optimise/mixture.json"
 VALIDATE_DIR = "validate"
 VALIDATE_RESULTS = "validate/results.parquet"
 VALIDATE_SUMMARY = "validate/summary.json"
+ANALYSIS_DIR = "analysis"
+INTERPRETATION_JSON = "analysis/interpretation.json"
+THETA_PNG = "analysis/cate_theta.png"
+PARTIAL_DEPENDENCE_PNG = "analysis/cate_partial_dependence.png"
+RANKING_PNG = "analysis/cate_ranking.png"
 TARGET_DIR = "target"
 TARGET_SUMMARY = "target/summary.json"
 REPORT_DIR = "report"
@@ -44,7 +49,8 @@ REPORT_MD = "report/report.md"
 
 # Which stage writes each artifact (its first path component), for error messages.
 _WRITER = {"pool": "pool", "design": "design", "sweep": "sweep", "surface": "fit",
-           "optimise": "optimise", "validate": "validate", "target": "target", "report": "report"}
+           "optimise": "optimise", "validate": "validate", "analysis": "analyse",
+           "target": "target", "report": "report"}
 
 
 class MissingArtifactError(FileNotFoundError):
@@ -62,7 +68,7 @@ class Study:
     done = [s for s, rel in (("pool", POOL_JSON), ("design", DESIGN_NPZ),
                              ("sweep", RUNS_PARQUET), ("fit", SURFACE_JSON),
                              ("optimise", MIXTURE_JSON), ("validate", VALIDATE_SUMMARY),
-                             ("target", TARGET_SUMMARY),
+                             ("analyse", INTERPRETATION_JSON), ("target", TARGET_SUMMARY),
                              ("report", REPORT_MD)) if self.has(rel)]
     return f"Study({str(self.workdir)!r}, stages done: {', '.join(done) or 'none'})"
 
@@ -174,6 +180,17 @@ class Study:
     """The optimise stage's recommendation (`recommendation.Recommendation`)."""
     from causalmix_jax.recommendation import load_recommendation  # pylint: disable=import-outside-toplevel
     return load_recommendation(self.require(MIXTURE_JSON, "mixture.json"))
+
+  # -- analysis --------------------------------------------------------------------------
+
+  @functools.cached_property
+  def interpretation(self) -> Any:
+    """The analyse stage's CATE interpretation of the surface over the sweep's pool
+    states (`analysis.interpretation.Interpretation`)."""
+    from causalmix_jax.analysis.interpretation import Interpretation  # pylint: disable=import-outside-toplevel
+    doc = artifacts.read_json(self.require(INTERPRETATION_JSON, "CATE interpretation"),
+                              "CATE interpretation")
+    return Interpretation.from_dict(doc)
 
   # -- validation and target -------------------------------------------------------------
 

@@ -57,7 +57,8 @@ def test_pipeline_end_to_end(tmp_path):
   assert "## Validation: the recommendation trained beside its baselines" in report
   again = _main(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("up to date") == 8, again.stderr[-3000:]
+  assert again.stderr.count("up to date") == 9, again.stderr[-3000:]
+  assert (tmp_path / "analysis/interpretation.json").exists()
   stale = _main(tmp_path, "--config.pool.heldout_fraction=0.1",
                 stage="design,sweep,fit,optimise")
   assert stale.returncode != 0

@@ -4,12 +4,13 @@ domain effects depend on known covariates, partial dependence and the covariate 
 from __future__ import annotations
 
 import collections
-import itertools
 
 import numpy as np
 import pytest
 
-from causalmix_jax import interpret
+from causalmix_jax.analysis import interpretation
+from causalmix_jax.analysis import tree as tree_lib
+from causalmix_jax.configs import report as report_config
 
 Prediction = collections.namedtuple("Prediction", "mean lo hi")
 
@@ -44,6 +45,18 @@ def _rows(n=120, seed=0):
   return np.random.default_rng(seed).uniform(0.0, 1.0, size=(n, 3))
 
 
+def _cfg(**overrides):
+  """The report section's default (non-smoke) settings, with overrides."""
+  cfg = report_config.section(frozenset())
+  cfg.update(overrides)
+  return cfg
+
+
+def _interpret(surface, x, w_ref=None, recommend_fn=None, **overrides):
+  return interpretation.interpret(surface, x, w_ref, _cfg(**overrides),
+                                  recommend_fn=recommend_fn)
+
+
 # ---------------------------------------------------------------- CART
 
 
@@ -68,7 +81,7 @@ def test_cart_recovers_step_function_exactly():
   rng = np.random.default_rng(1)
   x = rng.uniform(size=(200, 3))
   y = np.where(x[:, 1] > 0.3, 2.0, -1.0)
-  tree = interpret.fit_tree(x, y, max_depth=1, feature_names=["p", "q", "r"])
+  tree = tree_lib.fit_tree(x, y, max_depth=1, feature_names=["p", "q", "r"])
   root = tree.root
   assert root.feature == 1
   below = x[x[:, 1] <= 0.3, 1].max()
@@ -86,7 +99,7 @@ def test_cart_two_level_step_and_min_leaf():
   rng = np.random.default_rng(2)
   x = rng.uniform(size=(300, 4))
   y = np.where(x[:, 0] > 0.5, 1.0, 0.0) + np.where(x[:, 2] > 0.2, 0.5, 0.0)
-  tree = interpret.fit_tree(x, y, max_depth=2, min_samples_leaf=10)
+  tree = tree_lib.fit_tree(x, y, max_depth=2, min_samples_leaf=10)
   np.testing.assert_allclose(tree.predict(x)[:, 0], y, atol=1e-12)
   assert sum(nd.sse for nd in tree.nodes if nd.is_leaf) == pytest.approx(0.0, abs=1e-18)
   assert all(nd.n >= 10 for nd in tree.nodes if nd.is_leaf)
@@ -101,7 +114,7 @@ def test_cart_root_split_matches_brute_force(seed, min_leaf):
   rng = np.random.default_rng(seed)
   x = rng.integers(0, 12, size=(60, 3)).astype(float)  # ties in x
   y = rng.normal(size=(60, 2)) + x[:, :1] * 0.2
-  tree = interpret.fit_tree(x, y, max_depth=1, min_samples_leaf=min_leaf)
+  tree = tree_lib.fit_tree(x, y, max_depth=1, min_samples_leaf=min_leaf)
   f, t, g = _brute_force_root(x, y, min_leaf)
   assert tree.root.feature == f
   assert tree.root.threshold == pytest.approx(t)
@@ -112,18 +125,18 @@ def test_cart_root_split_matches_brute_force(seed, min_leaf):
 
 def test_cart_constant_target_is_a_leaf_and_bad_input_errors():
   x = np.arange(20.0)[:, None]
-  tree = interpret.fit_tree(x, np.ones(20), max_depth=3)
+  tree = tree_lib.fit_tree(x, np.ones(20), max_depth=3)
   assert len(tree.nodes) == 1 and tree.root.is_leaf
   with pytest.raises(ValueError, match="NaN"):
-    interpret.fit_tree(np.array([[np.nan], [1.0]]), np.ones(2), max_depth=1)
+    tree_lib.fit_tree(np.array([[np.nan], [1.0]]), np.ones(2), max_depth=1)
   with pytest.raises(ValueError, match="fit_tree needs"):
-    interpret.fit_tree(np.ones((3, 1)), np.ones(4), max_depth=1)
+    tree_lib.fit_tree(np.ones((3, 1)), np.ones(4), max_depth=1)
 
 
 def test_rule_conditions_are_simplified():
   x = np.linspace(0, 1, 64)[:, None]
   y = np.floor(x[:, 0] * 4)  # four steps on one feature
-  tree = interpret.fit_tree(x, y, max_depth=3, feature_names=["u"])
+  tree = tree_lib.fit_tree(x, y, max_depth=3, feature_names=["u"])
   for conds, _ in tree.leaves():
     assert len(conds) <= 2  # at most one upper and one lower bound on u
     assert len({c.op for c in conds}) == len(conds)
@@ -135,7 +148,7 @@ def test_rule_conditions_are_simplified():
 @pytest.mark.parametrize("batched", [True, False])
 def test_planted_surface_first_split_and_rule(batched):
   surf = PlantedSurface(batched=batched)
-  res = interpret.interpret(surf, _rows(), tree_depth=2, min_samples_leaf=5, n_grid=7)
+  res = _interpret(surf, _rows(), tree_depth=2, min_samples_leaf=5, n_grid=7)
   root = res.favour_tree.root
   assert res.favour_tree.feature_names[root.feature] == "x_share__a"
   # the rows above the first split favour domain a, through a rule on covariate 0
@@ -159,7 +172,7 @@ def test_planted_surface_first_split_and_rule(batched):
 def test_maximised_outcome_flips_favour():
   class Gain(PlantedSurface):
     maximize = True
-  res = interpret.interpret(Gain(), _rows(), tree_depth=1, n_grid=5)
+  res = _interpret(Gain(), _rows(), tree_depth=1, n_grid=5)
   high = [r for r in res.rules if r.conditions[0].op == ">"][0]
   assert high.favour != "a" and high.avoid == "a"
   assert all(r.favour != "a" for r in res.rules)  # theta_a <= 0 never raises a gain
@@ -168,26 +181,26 @@ def test_maximised_outcome_flips_favour():
 def test_partial_dependence_monotone_and_grid():
   surf = PlantedSurface()
   x = _rows(80, seed=3)
-  pd0 = interpret.partial_dependence(surf, x, "x_share__a", n_grid=11, q_lo=0.1, q_hi=0.9)
+  pd0 = interpretation.partial_dependence(surf, x, "x_share__a", n_grid=11, q_lo=0.1, q_hi=0.9)
   np.testing.assert_allclose(pd0.grid_G[[0, -1]], np.quantile(x[:, 0], [0.1, 0.9]))
   assert pd0.grid_G.size == 11
   assert np.all(np.diff(pd0.mean_GxD[:, 0]) < 0)  # theta_a falls with covariate 0
   np.testing.assert_allclose(pd0.mean_GxD[:, 0], -pd0.grid_G)
   assert np.ptp(pd0.mean_GxD[:, 1]) < 1e-12  # theta_b does not depend on covariate 0
   assert np.all(pd0.lo_GxD <= pd0.mean_GxD) and np.all(pd0.mean_GxD <= pd0.hi_GxD)
-  pd1 = interpret.partial_dependence(surf, x, 1, n_grid=9)
+  pd1 = interpretation.partial_dependence(surf, x, 1, n_grid=9)
   assert np.all(np.diff(pd1.mean_GxD[:, 1]) > 0)  # nonlinear but increasing
   assert pd1.ice_GxRxD.shape == (9, 80, 3)
 
 
 def test_select_rows_dedupes_and_thins():
   x = np.repeat(_rows(30, seed=4), 3, axis=0)
-  rows, n = interpret.select_rows(x, max_rows=0)
+  rows, n = interpretation.select_rows(x, max_rows=0)
   assert n == 30 and rows.shape == (30, 3)
-  rows, n = interpret.select_rows(x, max_rows=10)
+  rows, n = interpretation.select_rows(x, max_rows=10)
   assert n == 30 and rows.shape == (10, 3)
   with pytest.raises(ValueError, match="covariate row"):
-    interpret.select_rows(np.zeros((0, 3)), 5)
+    interpretation.select_rows(np.zeros((0, 3)), 5)
 
 
 def test_theta_shape_errors_are_named():
@@ -195,9 +208,9 @@ def test_theta_shape_errors_are_named():
     def theta(self, x=None, ci=0.9):
       return Prediction(np.zeros(5), np.zeros(5), np.zeros(5))
   with pytest.raises(ValueError, match="surface.theta returned mean"):
-    interpret.theta_over_rows(Bad(batched=False), _rows(4))
+    interpretation.theta_over_rows(Bad(batched=False), _rows(4))
   with pytest.raises(ValueError, match="3 features"):
-    interpret.theta_over_rows(PlantedSurface(), np.zeros((4, 2)))
+    interpretation.theta_over_rows(PlantedSurface(), np.zeros((4, 2)))
 
 
 def test_recommend_fn_ranking_matches_its_own_movement():
@@ -207,8 +220,7 @@ def test_recommend_fn_ranking_matches_its_own_movement():
   def rec(row):
     w = np.array([1.0, 1.0, 1.0 + 4 * row[2]])
     return w / w.sum()
-  res = interpret.interpret(surf, x, tree_depth=1, min_samples_leaf=2, n_grid=5,
-                            recommend_fn=rec)
+  res = _interpret(surf, x, tree_depth=1, min_samples_leaf=2, n_grid=5, recommend_fn=rec)
   assert res.ranking[0].feature == "x_noise"
   assert res.ranking[0].mixture_shift > 0
   assert all(e.mixture_shift == pytest.approx(0.0) for e in res.ranking[1:])
@@ -216,19 +228,21 @@ def test_recommend_fn_ranking_matches_its_own_movement():
 
 def test_step_recommendation_moves_towards_better_domain():
   rel = np.array([[-1.0, 0.5, 0.5]])
-  w = interpret.step_recommendation(rel, np.full(3, 1 / 3), 1.0, lower_is_better=True)
+  w = interpretation.step_recommendation(rel, np.full(3, 1 / 3), 1.0, lower_is_better=True)
   assert w[0, 0] > 1 / 3 and w.sum() == pytest.approx(1.0)
-  w = interpret.step_recommendation(rel, np.full(3, 1 / 3), 1.0, lower_is_better=False)
+  w = interpretation.step_recommendation(rel, np.full(3, 1 / 3), 1.0, lower_is_better=False)
   assert w[0, 0] < 1 / 3
 
 
-def test_figures_are_written(tmp_path):
-  res = interpret.interpret(PlantedSurface(), _rows(40), tree_depth=2, n_grid=5)
-  figs = interpret.write_figures(res, tmp_path, max_pd_panels=2)
-  assert set(figs) == {"theta", "ranking", "partial_dependence"}
-  for p in figs.values():
-    assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert not list(itertools.chain(tmp_path.glob(".*.tmp")))
+def test_nothing_to_interpret_says_why():
+  class Blind(PlantedSurface):
+    features = ()
+  res = _interpret(Blind(), None)
+  assert res.skipped == interpretation.NO_COVARIATES
+  assert res.theta is None and res.favour_tree is None and not res.rules and not res.ranking
+  assert _interpret(PlantedSurface(), None).skipped == interpretation.NO_ROWS
+  assert _interpret(PlantedSurface(), _rows(1)).skipped == interpretation.NO_ROWS
+  assert _interpret(PlantedSurface(), _rows(2), n_grid=3).skipped == ""
 
 
 def test_flat_surface_has_one_rule_with_no_favourite():
@@ -238,7 +252,7 @@ def test_flat_surface_has_one_rule_with_no_favourite():
       m = np.full((x2.shape[0], 3), -0.1)
       m = m[0] if np.ndim(x) == 1 else m
       return Prediction(m, m - 0.01, m + 0.01)
-  res = interpret.interpret(Flat(), _rows(20), tree_depth=3, n_grid=4)
+  res = _interpret(Flat(), _rows(20), tree_depth=3, n_grid=4)
   assert len(res.rules) == 1 and res.rules[0].favour == ""
   assert res.rules[0].text.startswith("always: no domain stands out")
   assert all(e.mixture_shift == 0.0 for e in res.ranking)
@@ -248,8 +262,8 @@ def test_float_noise_does_not_split():
   rng = np.random.default_rng(6)
   x = rng.uniform(size=(50, 2))
   y = np.array([0.7, -0.3]) + rng.normal(scale=1e-9, size=(50, 2))  # float32-level noise
-  tree = interpret.fit_tree(x, y, max_depth=3)
+  tree = tree_lib.fit_tree(x, y, max_depth=3)
   assert len(tree.nodes) == 1
   y[:, 0] += 1e-3 * (x[:, 1] > 0.5)  # a small but real effect still splits
-  tree = interpret.fit_tree(x, y, max_depth=1)
+  tree = tree_lib.fit_tree(x, y, max_depth=1)
   assert tree.root.feature == 1

@@ -1,6 +1,7 @@
 """Tests for the report stage on a tiny fake workdir: the Markdown holds the mixture table
-and the interpreter's rules, the PNGs exist, the HTML is self-contained, optional pieces
-that are missing are stated and required ones fail naming the file."""
+and the interpreter's rules (rendered from the analyse stage's interpretation.json, never
+recomputed), the PNGs exist, the HTML is self-contained, optional pieces that are missing
+are stated and required ones fail naming the file."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import pytest
 from causalmix_jax import artifacts
 from causalmix_jax import report
 from causalmix_jax import study as study_lib
+from causalmix_jax.analysis import interpretation
+from causalmix_jax.analysis import tree as tree_lib
 from causalmix_jax.configs import base
+from causalmix_jax.stages import analyse as analyse_stage
 from causalmix_jax.stages import report as report_stage
 from causalmix_jax.surface import surface as surface_lib
 
@@ -53,8 +57,6 @@ class FakeSurface:
 
 
 def _png(path: pathlib.Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(2, 2))
   ax.plot([0, 1], [0, 1])
@@ -152,6 +154,7 @@ def _table(md: str, first_header: str) -> list[list[str]]:
 
 def test_report_on_full_fake_workdir(tmp_path, cfg):
   wd = _workdir(tmp_path)
+  analyse_stage.run(cfg, wd)
   out = report_stage.run(cfg, wd)
   assert out == wd / "report" / "report.md"
   md = out.read_text()
@@ -197,10 +200,50 @@ def test_missing_optional_pieces_are_stated(tmp_path, cfg):
   md = report_stage.run(cfg, wd).read_text()
   assert "## Missing pieces" in md
   for piece in ("pool.json", "covariates.json", "runs table", "diagnostics",
-                "pred_vs_actual", "target summary"):
+                "pred_vs_actual", "target summary", "CATE interpretation not found"):
     assert piece in md
   assert "| domain | recommended | reference | uniform |" in md
   assert (wd / "report" / "mixture.png").exists()
+
+
+def _no_computing(monkeypatch):
+  """Makes every CATE computation (and the surface's theta) fail."""
+  def boom(*args, **kwargs):
+    raise AssertionError("the report computed part of the CATE interpretation")
+  for name in ("interpret", "theta_over_rows", "partial_dependence", "rank_covariates"):
+    monkeypatch.setattr(interpretation, name, boom)
+  monkeypatch.setattr(tree_lib, "fit_tree", boom)
+  monkeypatch.setattr(FakeSurface, "theta", boom)
+
+
+def test_cate_section_renders_the_written_interpretation(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  analyse_stage.run(cfg, wd)
+  path = wd / study_lib.INTERPRETATION_JSON
+  doc = json.loads(path.read_text())
+  doc["rules"][0]["text"] = "if share__code > 0.5: favour planted"
+  doc["domain_rules"]["web"] = ["always: +0.123 [8 rows]"]
+  path.write_text(json.dumps(doc))
+  _no_computing(monkeypatch)
+  md = report_stage.run(cfg, wd).read_text()
+  assert "- `if share__code > 0.5: favour planted`" in md
+  assert "- `web: always: +0.123 [8 rows]`" in md
+  assert _table(md, "covariate | mixture shift")[0][0] == "share__code"
+  for name in ("cate_theta.png", "cate_partial_dependence.png", "cate_ranking.png"):
+    assert (wd / "report" / name).read_bytes() == (wd / "analysis" / name).read_bytes()
+    assert f"]({name})" in md
+  assert "Missing pieces" not in md
+
+
+def test_skipped_interpretation_states_why(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  with monkeypatch.context() as m:
+    m.setattr(FakeSurface, "features", ())
+    analyse_stage.run(cfg, wd)
+  _no_computing(monkeypatch)
+  md = report_stage.run(cfg, wd).read_text()
+  assert interpretation.NO_COVARIATES in md
+  assert "cate_theta.png" not in md and "Missing pieces" not in md
 
 
 def test_missing_required_pieces_fail_naming_the_file(tmp_path, cfg):
