@@ -108,7 +108,15 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
   states = [base]
   min_tokens = max(int(design_cfg.min_tokens_per_domain), seq_len + 1)
   factors = tuple(design_cfg.shift_factors)
-  kinds = ("scarce", "rich", "dup", "subsample")
+  kinds = tuple(design_cfg.state_kinds)
+  unknown = sorted(set(kinds) - {"scarce", "rich", "dup", "subsample"})
+  if unknown or not kinds:
+    raise DesignError(f"config key design.state_kinds={kinds}: unknown kind(s) {unknown}; "
+                      "known: scarce, rich, dup, subsample")
+  max_frac = float(design_cfg.subsample_max_fraction)
+  if not 0 < max_frac <= 1:
+    raise DesignError(f"config key design.subsample_max_fraction={max_frac} must lie in "
+                      "(0, 1]")
   full_n = {d: int(base.n_tokens[d]) for d in domains}
 
   def floor_factor(d: str, f: float) -> float:
@@ -132,7 +140,7 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
         st = pool_shift.inject_duplicates(st, d, rate)
     else:
       for d in domains:
-        frac = float(rng.uniform(1.0 / f, 1.0))
+        frac = float(rng.uniform(min(1.0 / f, max_frac), max_frac))
         st = pool_shift.subsample(st, d, max(min_tokens, int(full_n[d] * frac)))
     return st
 
@@ -141,8 +149,11 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
     return tuple(n_D.tolist()) + tuple(np.round(r_D, 9).tolist())
 
   seen = {key(base)}
-  for i in range(1, int(design_cfg.n_pool_states)):
-    kind = kinds[(i - 1) % len(kinds)]
+  first = 1 if bool(design_cfg.include_full_pool) else 0
+  if not first:
+    states = []
+  for i in range(first, int(design_cfg.n_pool_states)):
+    kind = kinds[(i - first) % len(kinds)]
     # Every state distinct (each gives its runs their own covariates): redraw a repeat,
     # then fall back to a random subsample, which is distinct with probability one.
     for attempt in range(8):
@@ -349,14 +360,16 @@ def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.Config
 
 
 def design_meta(cfg: ml_collections.ConfigDict, domains: Sequence[str],
-                n_tokens_SxD: np.ndarray, arrays: dict[str, np.ndarray],
+                full_n_D: np.ndarray, arrays: dict[str, np.ndarray],
                 states: list[dict[str, Any]]) -> dict[str, Any]:
-  """design.json: domains, prior, weight bounds, budget, counts and the pool states."""
+  """design.json: domains, prior (the full pool's token shares), weight bounds, budget,
+  counts and the pool states."""
   budget = int(arrays["budget_tokens"])
-  lo, hi = weight_bounds(n_tokens_SxD[0], budget, min_weight=cfg.design.min_weight,
+  full_n_D = np.asarray(full_n_D, np.float64)
+  lo, hi = weight_bounds(full_n_D, budget, min_weight=cfg.design.min_weight,
                          max_weight=cfg.design.max_weight,
                          max_epochs=cfg.design.max_epochs)
-  prior = n_tokens_SxD[0] / n_tokens_SxD[0].sum()
+  prior = full_n_D / full_n_D.sum()
   return {
       "domains": list(domains),
       "prior": {d: float(v) for d, v in zip(domains, prior)},

@@ -26,6 +26,7 @@ from causalmix_jax import artifacts
 POOL_DIR = "pool"
 POOL_JSON = "pool/pool.json"
 COVARIATES_JSON = "pool/covariates.json"
+DEPLOY_JSON = "pool/deploy.json"
 DESIGN_NPZ = "design/interventions.npz"
 DESIGN_JSON = "design/design.json"
 RUNS_PARQUET = "sweep/runs.parquet"
@@ -128,6 +129,27 @@ class Study:
       raise ValueError(f"{self.path(COVARIATES_JSON)}: no 'vector' entry (the flattened "
                        "x_ features)")
     return dict(self.covariates["vector"])
+
+  @functools.cached_property
+  def deploy(self) -> dict[str, Any]:
+    """The pool the recommendation is for (`pool.deploy`): {"state": {"name",
+    "n_tokens", "dup_rate"}, "covariates": {x_...}}. Workdirs built before it was
+    recorded answer with the full pool."""
+    if self.has(DEPLOY_JSON):
+      return artifacts.read_json(self.path(DEPLOY_JSON), "deploy pool state")
+    return {"state": {"name": "full", "n_tokens": dict(self.tokens),
+                      "dup_rate": {d: 0.0 for d in self.tokens}},
+            "covariates": self.covariate_vector}
+
+  @property
+  def deploy_tokens(self) -> dict[str, float]:
+    """Unique tokens per domain of the pool the recommendation is for."""
+    return {d: float(v) for d, v in self.deploy["state"]["n_tokens"].items()}
+
+  @property
+  def deploy_covariates(self) -> dict[str, float]:
+    """The covariate vector of the pool the recommendation is for."""
+    return dict(self.deploy["covariates"])
 
   # -- design and sweep ------------------------------------------------------------------
 

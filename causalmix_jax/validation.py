@@ -148,10 +148,11 @@ def distinct(mixtures: Mapping[str, np.ndarray], decimals: int = 6
   return np.stack(rows), index
 
 
-def design(w_MxD: np.ndarray, seeds: int, n_tokens_D: np.ndarray,
-           budget: int) -> dict[str, np.ndarray]:
-  """Per-run arrays in the sweep's layout: every mixture x seed on the pool's full state
-  (state 0, no duplicates); seed r uses the same keys for every mixture."""
+def design(w_MxD: np.ndarray, seeds: int, n_tokens_D: np.ndarray, budget: int,
+           dup_rate_D: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Per-run arrays in the sweep's layout: every mixture x seed on one pool state (the
+  pool the recommendation is for: tokens and duplicate rate per domain); seed r uses
+  the same keys for every mixture."""
   m, d = w_MxD.shape
   rep = lambda a: np.repeat(a, seeds, axis=0)  # noqa: E731
   return {
@@ -161,7 +162,8 @@ def design(w_MxD: np.ndarray, seeds: int, n_tokens_D: np.ndarray,
       "run_id_N": np.array([f"v{i}-r{r}" for i in range(m) for r in range(seeds)]),
       "heldout_N": np.zeros(m * seeds, bool),
       "n_tokens_SxD": np.asarray(n_tokens_D, np.int64).reshape(1, d),
-      "dup_rate_SxD": np.zeros((1, d), np.float32),
+      "dup_rate_SxD": (np.zeros((1, d), np.float32) if dup_rate_D is None else
+                       np.asarray(dup_rate_D, np.float32).reshape(1, d)),
       "budget_tokens": np.array(int(budget), np.int64),
   }
 

@@ -49,6 +49,8 @@ def test_pipeline_end_to_end(tmp_path):
   assert len(study.runs.run_ids) == len(study.design[0]["run_id_N"])
   assert all(f"x_{f}" in study.covariate_vector for f in study.surface().features)
   assert study.target["steps"] == summary["steps"]
+  assert study.deploy["state"]["name"] == "full"  # no pool.deploy: the built pool
+  assert study.deploy_covariates == study.covariate_vector
   table = study.validation.set_index("mixture")
   assert table.loc["recommended", "seeds"] == 3
   assert table.loc["recommended", "diff_vs_recommended"] == 0.0

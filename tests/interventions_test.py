@@ -184,3 +184,23 @@ def test_per_run_design_gives_a_distinct_covariate_vector_per_intervention():
   vectors = [tuple(sorted(records[s]["covariates"].items())) for s in d["state_N"][::1]]
   assert len(vectors) == len(d["run_id_N"])
   assert len(set(vectors)) == len(set(d["intervention_N"].tolist())) == 12
+
+
+def test_shift_study_sweeps_only_small_subsamples():
+  from experiments.shift import config as shift_config  # pylint: disable=import-outside-toplevel
+  cfg = shift_config.get_config("smoke")
+  rng = np.random.default_rng(0)
+  docs = {d: ["".join(rng.choice(list("abcdefgh"), 400)) for _ in range(80)]
+          for d in DOMAINS}
+  pool = pool_lib.from_documents(docs, ["target"])
+  with cfg.unlocked():
+    cfg.design.min_tokens_per_domain = 64
+  states = interventions.make_states(pool, cfg.design, seq_len=32,
+                                     rng=np.random.default_rng(1))
+  full = np.array([len(pool.train[d]) for d in pool.domains])
+  n = np.stack([s.to_arrays(pool.domains)[0] for s in states])
+  assert len(states) == cfg.design.n_pool_states
+  assert all(s.name.endswith("_subsample") for s in states)
+  assert np.all(n <= 0.5 * full + 1) and np.all(n >= full / 8 - 1)
+  assert len({tuple(r) for r in n}) == len(states)
+  assert cfg.pool.deploy.fraction.math == 1 / 16 and cfg.pool.deploy.dup_rate.code == 0.25

@@ -98,3 +98,23 @@ def test_host_rule_matches_device_rule(n, rate):
   src = np.asarray(token_pool.source_positions(pos, np.int32(n_D[0]), r_D[0]))[:n]
   np.testing.assert_array_equal(host, stream[src])
   assert pool_shift.dup_count(n, rate) == int(token_pool.dup_tokens(n, r_D[0]))
+
+
+def test_deploy_state_applies_fractions_and_duplicates_and_names_bad_keys():
+  rng = np.random.default_rng(0)
+  docs = {d: ["".join(rng.choice(list("abcdefgh"), 300)) for _ in range(40)]
+          for d in ("a", "b", "c")}
+  pool = pool_lib.from_documents(docs, ["target"])
+  full = pool_shift.full(pool)
+  same = pool_shift.deploy_state(pool, {}, {})
+  assert same.name == "full" and same.n_tokens == full.n_tokens
+  st = pool_shift.deploy_state(pool, {"a": 0.25}, {"b": 0.5})
+  assert st.name == "deploy"
+  assert st.n_tokens["a"] == int(full.n_tokens["a"] * 0.25)
+  assert st.n_tokens["b"] == full.n_tokens["b"] and st.dup_rate["b"] == 0.5
+  with pytest.raises(DataError, match=r"pool\.deploy\.fraction names unknown.*'z'"):
+    pool_shift.deploy_state(pool, {"z": 0.5}, {})
+  with pytest.raises(DataError, match=r"pool\.deploy\.fraction\.a=1\.5"):
+    pool_shift.deploy_state(pool, {"a": 1.5}, {})
+  with pytest.raises(DataError, match=r"pool\.deploy\.dup_rate\.b=1"):
+    pool_shift.deploy_state(pool, {}, {"b": 1.0})

@@ -37,6 +37,12 @@ def pool_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c.heldout_fraction = 0.05
   # Cap per domain on tokens kept (0 = everything).
   c.max_tokens_per_domain = 0
+  # The pool the recommendation is for, relative to the built pool: per domain, the
+  # fraction of its tokens it exposes (< 1: scarcer) and an injected duplicate rate.
+  # Empty: the built pool itself. The optimise and validate stages answer for it; the
+  # sweep's pool states are drawn from the built pool (see `design`).
+  c.deploy = ml_collections.ConfigDict(dict(fraction=ml_collections.ConfigDict(),
+                                            dup_rate=ml_collections.ConfigDict()))
   if "smoke" in variants:
     c.max_tokens_per_domain = 60_000
   return c

@@ -160,3 +160,30 @@ def materialise(pool: Pool, state: PoolState) -> Pool:
   meta["pool_state"] = state.to_dict()
   return dataclasses.replace(pool, train=train, train_mask=mask, doc_starts=starts,
                              meta=meta)
+
+
+def deploy_state(pool: Pool, fraction: Mapping[str, float],
+                 dup_rate: Mapping[str, float]) -> PoolState:
+  """The pool a recommendation is for (config `pool.deploy`): each domain keeps
+  `fraction[d]` of its tokens (default 1) with duplicate rate `dup_rate[d]` (default 0).
+  Unknown domains and out-of-range values are errors naming the config key."""
+  st = full(pool)
+  for key, values in (("fraction", fraction), ("dup_rate", dup_rate)):
+    unknown = sorted(set(values) - set(pool.domains))
+    if unknown:
+      raise DataError(f"config key pool.deploy.{key} names unknown domain(s) {unknown}; "
+                      f"domains: {list(pool.domains)}")
+  changed = False
+  for d, f in fraction.items():
+    if not 0 < float(f) <= 1:
+      raise DataError(f"config key pool.deploy.fraction.{d}={f} must lie in (0, 1]")
+    if float(f) < 1:
+      st = subsample(st, d, max(1, int(st.n_tokens[d] * float(f))))
+      changed = True
+  for d, r in dup_rate.items():
+    if not 0 <= float(r) < 1:
+      raise DataError(f"config key pool.deploy.dup_rate.{d}={r} must lie in [0, 1)")
+    if float(r) > 0:
+      st = inject_duplicates(st, d, float(r))
+      changed = True
+  return dataclasses.replace(st, name="deploy" if changed else "full")

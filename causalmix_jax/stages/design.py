@@ -25,7 +25,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   n_tokens_SxD, dup_rate_SxD, records = interventions.describe_states(
       pool, states, cfg, study.covariate_vector)
   arrays = interventions.build_design(cfg, list(pool.domains), n_tokens_SxD, dup_rate_SxD)
-  meta = interventions.design_meta(cfg, list(pool.domains), n_tokens_SxD, arrays, records)
+  full_n_D = np.array([study.tokens[d] for d in pool.domains])
+  meta = interventions.design_meta(cfg, list(pool.domains), full_n_D, arrays, records)
   out = study.path(study_lib.DESIGN_NPZ)
   artifacts.write_npz(out, **arrays)
   artifacts.write_json(study.path(study_lib.DESIGN_JSON), meta)

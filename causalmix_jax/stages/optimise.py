@@ -1,5 +1,6 @@
-"""The `optimise` stage: the fitted surface(s), the pool's covariates and token counts and
-the configured constraints -> `optimise/mixture.json` (+ mixture.yaml, metrics.jsonl)."""
+"""The `optimise` stage: the fitted surface(s), the covariates and token counts of the pool
+the recommendation is for (`pool.deploy`; the built pool by default) and the configured
+constraints -> `optimise/mixture.json` (+ mixture.yaml, metrics.jsonl)."""
 
 from __future__ import annotations
 
@@ -27,14 +28,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
     if list(study.pool_json.get("domains", domains)) != domains:
       raise ValueError(f"{study.path(study_lib.POOL_JSON)}: domains "
                        f"{study.pool_json.get('domains')} differ from the surface's {domains}")
-    tokens = study.tokens
+    tokens = study.deploy_tokens
   elif oc.max_epochs > 0:
     raise FileNotFoundError(f"config key optimise.max_epochs={oc.max_epochs} needs token "
                             f"counts from {study.path(study_lib.POOL_JSON)} (run the pool "
                             "stage first)")
   covariates = None
   if study.has(study_lib.COVARIATES_JSON):
-    covariates = study.covariate_vector
+    covariates = study.deploy_covariates
     for s in surfaces:
       missing = [f for f in s.features if f not in covariates and f"x_{f}" not in covariates
                  and f.removeprefix("x_") not in covariates]

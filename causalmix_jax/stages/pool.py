@@ -1,4 +1,5 @@
-"""The `pool` stage: builds the pool and writes the covariates of its full state.
+"""The `pool` stage: builds the pool and writes the covariates of its full state, and the
+state and covariates of the pool the recommendation is for (`pool.deploy`).
 
 Writes `pool/pool.json`, `pool/tokens/`, `pool/covariates.json` (with the flattened
 feature vector under "vector") and timings in `pool/metrics.jsonl`.
@@ -17,6 +18,7 @@ from causalmix_jax import metrics
 from causalmix_jax import study as study_lib
 from causalmix_jax.data import covariates as covariates_lib
 from causalmix_jax.data import pool as pool_lib
+from causalmix_jax.data import pool_shift
 from causalmix_jax.data import sources
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,13 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   writer.write(event="covariates", seconds=t_cov, features=len(cov["vector"]))
   log.info("pool: %d covariates in %.1fs -> %s", len(cov["vector"]), t_cov,
            study_lib.COVARIATES_JSON)
+  deploy = pool_shift.deploy_state(pool, cfg.pool.deploy.fraction.to_dict(),
+                                   cfg.pool.deploy.dup_rate.to_dict())
+  deploy_vector = cov["vector"] if deploy.name == "full" else covariates_lib.feature_vector(
+      covariates_lib.compute_covariates(pool_shift.materialise(pool, deploy),
+                                        cfg.covariates, state=deploy))
+  artifacts.write_json(pathlib.Path(workdir) / study_lib.DEPLOY_JSON,
+                       {"state": deploy.to_dict(), "covariates": deploy_vector})
   for d in pool.domains:
     f = cov["per_domain"][d]
     log.info("  %-16s tokens=%-9d share=%.3f docs=%-6d H=%.2f zr=%.2f ttr=%.3f dup=%.3f",

@@ -30,9 +30,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   validation.check_config(vc)
   surface, rec, pool = study.surface(), study.mixture, study.pool
   domains = list(pool.domains)
-  tokens_D = np.array([study.tokens[d] for d in domains])
-  pick = validation.make_picker(cfg, study.runs, surface, study.covariate_vector,
-                                study.tokens)
+  deploy = study.deploy  # the pool the recommendation is for; the runs train on it
+  tokens_D = np.array([study.deploy_tokens[d] for d in domains])
+  dup_D = np.array([float(deploy["state"]["dup_rate"].get(d, 0.0)) for d in domains])
+  pick = validation.make_picker(cfg, study.runs, surface, study.deploy_covariates,
+                                study.deploy_tokens)
   mixtures = validation.candidate_mixtures(
       vc.mixtures, domains, recommended=[rec.weights[d] for d in domains],
       tokens_D=tokens_D, pick=pick)
@@ -41,9 +43,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   budget = interventions.budget_tokens(vcfg)
   log.info("validate: %d mixtures (%d distinct) x %d seeds at %s scale, %d tokens each",
            len(mixtures), len(w_MxD), vc.seeds, vc.scale, budget)
-  arrays = validation.design(w_MxD, int(vc.seeds), tokens_D, budget)
-  meta = {"domains": domains,
-          "states": [{"name": "full", "covariates": study.covariate_vector}]}
+  arrays = validation.design(w_MxD, int(vc.seeds), tokens_D, budget, dup_D)
+  meta = {"domains": domains, "states": [{"name": deploy["state"]["name"],
+                                          "covariates": study.deploy_covariates}]}
   tp = token_pool.from_pool(pool, seq_len=int(vcfg.proxy.model.seq_len),
                             eval_batch_size=int(vcfg.proxy.optim.batch_size),
                             eval_batches=int(cfg.sweep.eval_batches))
@@ -61,7 +63,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   frame["mixture"] = [",".join(names[int(r.split("-")[0][1:])]) for r in frame["run_id"]]
   predicted = None
   if str(vc.scale) == "proxy":  # the surface predicts the proxies' outcome
-    p = surface.predictive(w_MxD, study.covariate_vector, float(vc.ci),
+    p = surface.predictive(w_MxD, study.deploy_covariates, float(vc.ci),
                            tokens=tokens_D, budget=float(budget))
     predicted = {n: (float(p.mean[r]), float(p.lo[r]), float(p.hi[r]))
                  for n, r in index.items()}

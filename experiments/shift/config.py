@@ -1,0 +1,36 @@
+"""python launch/main.py --config=experiments/shift/config.py --workdir=workdir/shift --stage=pool,design,sweep,fit,optimise,validate
+
+The pool-shift study (CausalMix's claim): sweep proxies on small sampled sub-pools of the
+embedded pool only, then recommend, with no new sweep, for a larger, shifted pool the
+sweep never saw, and train the recommendation beside the baselines on that pool.
+
+- Sweep: 40 pool states, each a random subsample keeping 1/8 to 1/2 of every domain's
+  tokens (so no proxy ever sees the full pool), one mixture per state, 2 seeds.
+- Deploy pool (`pool.deploy`): the full pool (every domain larger than in any sweep
+  state), except `math` cut to 1/16 of its tokens, which forces repetition at any
+  sizeable math weight, and `code` with a quarter of its tokens duplicated.
+- Validate: the recommendation, its variants, uniform, natural, RegMix's LightGBM picks
+  and the covariate-blind pick, 3 seeds each, on the deploy pool, at the proxies' scale
+  (so the surface's predictions are checked too).
+Sized for a 2-core CPU; ":smoke" is a tiny variant for tests.
+"""
+
+from causalmix_jax.configs import base
+
+
+def get_config(arg: str | None = None):
+  variants = ",".join(v for v in ("cpu", arg or "") if v)
+  cfg = base.get_config(variants)
+  with cfg.unlocked():
+    # The sweep: small sampled sub-pools only.
+    cfg.design.include_full_pool = False
+    cfg.design.state_kinds = ("subsample",)
+    cfg.design.shift_factors = (8.0,)
+    cfg.design.subsample_max_fraction = 0.5
+    # The pool the recommendation is for: bigger than every sweep state, one domain
+    # scarce enough to force repetition, one partly duplicated.
+    cfg.pool.deploy.fraction.math = 1.0 / 16
+    cfg.pool.deploy.dup_rate.code = 0.25
+    cfg.validate.scale = "proxy"
+  cfg.lock()
+  return cfg
