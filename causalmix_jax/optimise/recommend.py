@@ -56,14 +56,14 @@ def surface_sampler(surface: Any, tokens_D: np.ndarray | None = None,
 def default_covariates(surface: Any) -> np.ndarray:
   """The surface's default covariates (the sweep's reference pool)."""
   if not surface.features:
-    return np.zeros(0, np.float32)
+    return np.zeros(0, np.float64)
   for name in ("x_default", "x_ref", "x_mean", "default_x"):
     v = getattr(surface, name, None)
     if v is not None:
       v = v() if callable(v) else v
       if isinstance(v, Mapping):
         return covariate_vector(surface, v)
-      return np.asarray(v, np.float32).reshape(len(surface.features))
+      return np.asarray(v, np.float64).reshape(len(surface.features))
   raise ValueError("covariates=None but the surface exposes no default covariates; pass "
                    f"covariates for its features {list(surface.features)}")
 
@@ -86,8 +86,8 @@ def covariate_vector(surface: Any, covariates: Any) -> np.ndarray:
         missing.append(f)
     if missing:
       raise ValueError(f"covariates are missing feature(s) the surface uses: {missing}")
-    return np.asarray(out, np.float32)
-  arr = np.asarray(covariates, np.float32).reshape(-1)
+    return np.asarray(out, np.float64)
+  arr = np.asarray(covariates, np.float64).reshape(-1)
   if arr.shape[0] != len(feats):
     raise ValueError(f"covariates have {arr.shape[0]} values; the surface uses "
                      f"{len(feats)} features {feats}")
@@ -254,14 +254,16 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   constraints: Constraints (or its dict); None = only the simplex.
   objective: "safe" (default), "mean", "bound" ("lcb": the risk-averse end of the `ci`
     credible interval: the upper one for a loss) or "pi" (probability of improving on
-    the reference). "safe" is "bound" inside the mixtures the sweep tried: each domain's
-    weight at most the largest the sweep gave it (or the reference's, if larger), with
-    the sweep's best-known mixtures, the reference and uniform scored beside the
-    search. So the
-    pick's upper bound is never above theirs: when the intervals hold, it is never
-    worse than the sweep's best-known mixture by more than that one's interval width.
-    Off the sweep's covariate support the surface's intervals widen, and the bound
-    steers the pick back towards what the sweep saw.
+    the reference). "safe" searches on the bound inside the mixtures the sweep tried
+    (each domain's weight at most the largest the sweep gave it, or the reference's if
+    larger), scores the sweep's best-known mixtures, the reference and uniform beside
+    the search's candidates, and picks the one with the lowest bound. When the pool's
+    covariates lie outside the sweep's support, that pick must also have its paired
+    difference to uniform <= 0 at the upper (1+ci)/2 bound; otherwise the candidate
+    whose difference has the lowest upper bound is taken. Uniform's own bound is 0, so
+    off the support the pick moves away from uniform only with that confidence: when
+    the intervals hold, it is not worse than uniform. Off the sweep's covariate support the surface's
+    intervals widen, and the pick stays closer to uniform.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
   n_candidates (>= 1), n_starts (>= 1), n_steps (>= 0): the search's size; seed >= 0.
@@ -373,8 +375,21 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   z_w, z_ref, z_uni = z[:, :-2], z[:, -2], z[:, -1]
   loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
                                            smooth=False), np.float64)
+  contrast_ub = np.quantile(z_w - z_uni[:, None], 0.5 * (1 + ci), axis=0)
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
+  elif safe:
+    # Inside the sweep's covariate support the best-bound candidate is taken (the
+    # surface was checked on held-out pools like this one). Off it, the pick must also
+    # be no worse than uniform at the upper bound of their paired difference
+    # (uncertainty about the pool's level, shared by every mixture, cancels); if it is
+    # not, the candidate whose difference has the lowest upper bound is taken instead.
+    # Uniform is a candidate (bound 0), so off the support the pick is not worse than
+    # uniform unless the interval of that difference is wrong.
+    best = int(np.argmin(loss))
+    off_support = any(not r.get("inside", True) for r in supports.values())
+    if off_support and contrast_ub[best] > 0:
+      best = int(np.argmin(np.round(contrast_ub, 12)))
   else:
     best = int(np.argmin(loss))
   w_best = w_all[best]
@@ -411,5 +426,6 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "n_candidates_final": int(len(cands)), "projection": info["how"],
                    "moved_l1_by_projection": info["moved_l1"],
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
+                   "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )

@@ -12,7 +12,9 @@ four states) and every member family is refitted with each group held out:
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
   uses), so a family that is wrong for this sweep gets no weight;
-- calibration: split-conformal on the same held-out contrasts. The spread of the
+- calibration: split-conformal on the same held-out contrasts (within a held-out pool
+  state when pool states hold several mixtures; within a held-out fold of pool states
+  when each state holds one mixture, as with a pool state per intervention). The spread of the
   stacked draws around their mean is scaled so that the conformal quantile of the
   normalised contrast errors sits on the edge of the interval (replicate runs' pure
   error is taken out; without replicates the run noise stays in, erring wide), and a
@@ -337,6 +339,22 @@ def _cells(folds: np.ndarray, groups: np.ndarray) -> np.ndarray:
   return np.asarray(inv).reshape(-1)
 
 
+def _contrast_cells(data: _Data, folds: np.ndarray) -> tuple[np.ndarray, str]:
+  """The cells within which held-out contrasts are taken, and what they are: the held-out
+  (fold, pool state) cells when most runs share their pool state with a different
+  mixture; otherwise (e.g. one mixture per pool state, where a pool's runs are only
+  seed replicates) the held-out folds, so contrasts compare different mixtures, across
+  the fold's pool states."""
+  cells = _cells(folds, data.groups)
+  _, mix = np.unique(np.round(data.w, 9), axis=0, return_inverse=True)
+  mix = np.asarray(mix).reshape(-1)
+  distinct = np.array([len(np.unique(mix[cells == c])) for c in range(cells.max() + 1)])
+  if np.mean(distinct[cells] > 1) >= 0.5:
+    return cells, "pool states"
+  _, fold_cells = np.unique(folds, return_inverse=True)
+  return np.asarray(fold_cells).reshape(-1), "folds"
+
+
 def _centre(v_N: np.ndarray, cells_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """v minus its mean within each cell (contrasts), and each row's cell size."""
   counts = np.bincount(cells_N)
@@ -419,7 +437,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                      f"predictions of y_{data.name} (tried {list(cfg.stack_members)})")
   n = min(o.shape[0] for o in oofs)
   oofs = [o[:n] for o in oofs]
-  cells = _cells(folds, data.groups)
+  cells, contrasts_within = _contrast_cells(data, folds)
   yc, cell_n = _centre(data.y, cells)
   contrasts = np.stack([_centre(o.mean(0), cells)[0] for o in oofs])
   weights = stack_weights(contrasts, yc)
@@ -452,7 +470,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   info = {"method": "stack", "inference": "exact+laplace", "n_runs": int(len(data.y)),
           "members": names,
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
-          "n_folds": int(folds.max()) + 1, "conformal_scale": scale,
+          "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
+          "conformal_scale": scale,
           "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
