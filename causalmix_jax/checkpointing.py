@@ -4,6 +4,12 @@ the data iterator's state and a config fingerprint, keeping the last k.
 A checkpoint written under one config fingerprint is refused under another, with an error
 that names the directory and the differing config entries, so a changed model, optimiser
 or mixture never silently resumes from a stale run.
+
+A checkpoint that cannot be read back (a file truncated or garbled after it was
+finalised) is named in a warning and moved aside to `<directory>.unreadable/<step>`;
+`restore_latest` then falls back to the previous step, or to a fresh start when no step
+can be read. Temporary directories of saves cut short by a killed process are removed
+when the manager opens the directory.
 """
 
 from __future__ import annotations
@@ -12,17 +18,33 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any, Mapping
+import shutil
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from causalmix_jax import artifacts
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint directory holds a run with a different config fingerprint."""
+
+
+class Restored(NamedTuple):
+  """A checkpoint read back by `Checkpointer.restore_latest`."""
+  step: int
+  state: Any
+  data_state: Any
+  meta: dict[str, Any]
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+  text = (str(e).strip().splitlines() or [""])[0]
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -61,9 +83,12 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save),
         item_names=("state", "meta"))
+
+  def step_dir(self, step: int) -> pathlib.Path:
+    return self.directory / str(int(step))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -109,6 +134,65 @@ class Checkpointer:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"], meta.get("data"), meta
+
+  def check_resumable(self) -> int | None:
+    """The newest step whose meta can be read, raising CheckpointMismatchError if it was
+    written under another config (cheap: no state is read); None if there is none."""
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        self.read_meta(step)
+      except Exception:  # pylint: disable=broad-except
+        continue  # reported by restore_latest
+      self.check_compatible(step)
+      return step
+    return None
+
+  def restore_latest(self, abstract_state: Any) -> Restored | None:
+    """The newest checkpoint that can be read back, or None (start afresh).
+
+    A step that fails to restore (other than for a config mismatch, which is raised) is
+    named in a warning and moved aside, and the step before it is tried.
+    """
+    unreadable: list[int] = []
+    found: Restored | None = None
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, data_state, meta = self.restore(step, abstract_state)
+      except (CheckpointMismatchError, MemoryError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning("checkpoint %s cannot be read back (%s); falling back to an earlier "
+                    "checkpoint", self.step_dir(step), _first_line(e))
+        unreadable.append(step)
+        continue
+      found = Restored(step, state, data_state, meta)
+      break
+    if unreadable:
+      self._set_aside(unreadable)
+    if found is None and unreadable:
+      log.warning("no checkpoint under %s can be read back; training starts over from "
+                  "step 0", self.directory)
+    elif unreadable:
+      log.warning("resuming from %s instead; the steps after %d are trained again",
+                  self.step_dir(found.step), found.step)
+    return found
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable steps to `<directory>.unreadable/` (kept for inspection, out of
+    the manager's way, so the steps can be saved again)."""
+    if artifacts.is_writer():
+      aside = self.directory.with_name(self.directory.name + ".unreadable")
+      aside.mkdir(parents=True, exist_ok=True)
+      for step in steps:
+        src = self.step_dir(step)
+        if not src.exists():
+          continue
+        dst, n = aside / str(step), 1
+        while dst.exists():
+          dst, n = aside / f"{step}.{n}", n + 1
+        shutil.move(str(src), str(dst))
+        log.warning("moved unreadable checkpoint %s to %s", src, dst)
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

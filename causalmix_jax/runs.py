@@ -391,12 +391,21 @@ class Runs:
 # -- readers ------------------------------------------------------------------------------
 def _read_table(path: pathlib.Path) -> tuple[pd.DataFrame, dict[str, Any]]:
   suffix = path.suffix.lower()
-  try:
-    if suffix == ".parquet":
-      import pyarrow.parquet as pq
+  if suffix == ".parquet":
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
       table = pq.read_table(path)
       raw = (table.schema.metadata or {}).get(_META_KEY)
       return table.to_pandas(), (json.loads(raw) if raw else {})
+    except (OSError, ValueError, pa.ArrowException) as e:
+      first = (str(e).strip().splitlines() or [""])[0]
+      raise RunsTableError(
+          f"{path}: cannot be read as a runs table: the Parquet file is "
+          f"{_parquet_damage(path)} ({type(e).__name__}: {first}). If the sweep stage "
+          "wrote it, re-run that stage to rewrite it from its finished chunks "
+          "(--stage=sweep --force)") from e
+  try:
     if suffix in (".csv", ".tsv"):
       return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",",
                          dtype={"run_id": str, "status": str}), {}
@@ -404,6 +413,20 @@ def _read_table(path: pathlib.Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     raise RunsTableError(f"{path}: cannot be read as a runs table: {e}") from e
   raise RunsTableError(f"{path}: unknown runs-table format {suffix!r} "
                        "(expected .parquet, .csv or .tsv)")
+
+
+def _parquet_damage(path: pathlib.Path) -> str:
+  """'truncated' (no Parquet footer), 'corrupt' (a footer, unreadable contents) or
+  'unreadable' (the file cannot be opened)."""
+  try:
+    with open(path, "rb") as f:
+      size = f.seek(0, os.SEEK_END)
+      if size < 12:
+        return "truncated"
+      f.seek(size - 4)
+      return "corrupt" if f.read(4) == b"PAR1" else "truncated"
+  except OSError:
+    return "unreadable"
 
 
 def _table_path(path: pathlib.Path) -> pathlib.Path | None:
@@ -721,8 +744,22 @@ def write_runs(runs: Runs, parquet_path: str | os.PathLike[str]) -> pathlib.Path
   info = {"maximize": sorted(runs.maximize), "meta": runs.meta, "source": runs.source}
   table = table.replace_schema_metadata(
       {**(table.schema.metadata or {}), _META_KEY: artifacts.to_json(info, None).encode()})
-  with artifacts.atomic_path(parquet_path) as tmp:
-    pq.write_table(table, tmp)
-  with artifacts.atomic_path(parquet_path.with_suffix(".csv")) as tmp:
-    frame.to_csv(tmp, index=False, float_format="%.17g")
+  csv_path = parquet_path.with_suffix(".csv")
+  try:
+    with artifacts.atomic_path(parquet_path) as tmp:
+      pq.write_table(table, tmp)
+  except OSError as e:
+    raise _write_error(parquet_path, e) from e
+  try:
+    with artifacts.atomic_path(csv_path) as tmp:
+      frame.to_csv(tmp, index=False, float_format="%.17g")
+  except OSError as e:
+    raise _write_error(csv_path, e) from e
   return parquet_path
+
+
+def _write_error(path: pathlib.Path, e: OSError) -> OSError:
+  """`e` (disk full, permission denied) again, naming the file whose write failed; the
+  previous file, if any, is left as it was."""
+  text = f"could not write {path}: {e.strerror or e} (any previous {path.name} is intact)"
+  return OSError(text) if e.errno is None else OSError(e.errno, text)

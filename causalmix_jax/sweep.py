@@ -6,19 +6,23 @@ axis that spans all devices and hosts, in resumable chunks, into the runs table.
 init from the key, a `lax.scan` over the shared `train_step` (the same step the target
 uses) on batches sampled on device by the run's own weights and pool state, then the
 held-out loss per domain and the target-evaluation loss. Each chunk of runs is written
-atomically to `sweep/chunks/chunk_<i>.parquet`; a restarted sweep skips finished chunks,
-and `runs.parquet` / `runs.csv` hold every run exactly once. A run whose loss is NaN/Inf
-or above `sweep.divergence_loss` is recorded with status "diverged" and NaN outcomes.
+atomically (with page checksums) to `sweep/chunks/chunk_<i>.parquet`; a restarted sweep
+skips finished chunks, reads each one back in full and recomputes, with a warning that
+names the file, any chunk that is unreadable or does not hold its runs with the expected
+columns; `runs.parquet` / `runs.csv` hold every run exactly once. A failed write raises
+an OSError that names the file. A run whose loss is NaN/Inf or above
+`sweep.divergence_loss` is recorded with status "diverged" and NaN outcomes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -227,9 +231,54 @@ def chunk_frame(idx: np.ndarray, out: dict[str, np.ndarray], design: dict[str, n
   return pd.DataFrame(cols)
 
 
+@contextlib.contextmanager
+def _writing(path: pathlib.Path) -> Iterator[None]:
+  """Re-raises an OSError of the block (disk full, permission denied) naming `path`."""
+  try:
+    yield
+  except OSError as e:
+    text = f"sweep: could not write {path}: {e.strerror or e}"
+    raise (OSError(text) if e.errno is None else OSError(e.errno, text)) from e
+
+
 def _write_parquet(frame: pd.DataFrame, path: pathlib.Path) -> None:
-  with artifacts.atomic_path(path) as tmp:
-    frame.to_parquet(tmp, index=False)
+  with _writing(path), artifacts.atomic_path(path) as tmp:
+    frame.to_parquet(tmp, index=False, write_page_checksum=True)
+
+
+def _read_chunk(path: pathlib.Path, run_ids: np.ndarray,
+                template: pd.DataFrame) -> pd.DataFrame | None:
+  """The finished chunk at `path`, or None (with a warning naming the file) when it is
+  unreadable, fails its page checksums, or does not hold `run_ids` in order with the
+  columns and types of `template`."""
+  try:
+    frame = pd.read_parquet(path, page_checksum_verification=True)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    log.warning("sweep: chunk file %s is corrupt or truncated (%s: %s); recomputing it",
+                path, type(e).__name__, first)
+    return None
+  if list(frame.columns) != list(template.columns) or not frame.dtypes.equals(
+      template.dtypes):
+    log.warning("sweep: chunk file %s has other columns than this sweep writes; "
+                "recomputing it", path)
+    return None
+  ids = frame["run_id"].to_numpy().astype(str)
+  if not np.array_equal(ids, run_ids):
+    log.warning("sweep: chunk file %s does not hold the runs of its chunk; "
+                "recomputing it", path)
+    return None
+  return frame
+
+
+def _remove_partial_writes(out_dir: pathlib.Path, chunks_dir: pathlib.Path) -> None:
+  """Deletes the temporary files of writes cut short by a killed sweep."""
+  stems = {chunks_dir: (".chunk_*.parquet", ".design_digest.json"),
+           out_dir: (".runs.parquet", ".runs.csv")}  # atomic_path's ".<name>.*.tmp"
+  for d, names in stems.items():
+    for p in [p for name in names for p in d.glob(f"{name}.*.tmp")]:
+      log.info("sweep: removing %s, left by an interrupted write", p)
+      p.unlink(missing_ok=True)
 
 
 def _design_digest(cfg: ml_collections.ConfigDict, design: dict[str, np.ndarray],
@@ -282,11 +331,22 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
   digest = _design_digest(cfg, design, meta)
   key_path = chunks_dir / "design_digest.json"
   if artifacts.is_writer():
-    if key_path.exists() and artifacts.read_json(key_path).get("digest") != digest:
-      log.info("sweep: design or config changed; discarding old chunks in %s", chunks_dir)
-      for p in chunks_dir.glob("chunk_*.parquet"):
-        p.unlink()
-    artifacts.write_json(key_path, {"digest": digest, "n_runs": n_runs, "chunk_size": chunk})
+    _remove_partial_writes(out_dir, chunks_dir)
+    if key_path.exists():
+      try:
+        old = artifacts.read_json(key_path).get("digest")
+      except (OSError, ValueError, AttributeError) as e:
+        log.warning("sweep: %s is unreadable (%s); discarding old chunks in %s", key_path,
+                    e, chunks_dir)
+        old = None
+      if old != digest:
+        log.info("sweep: design or config changed; discarding old chunks in %s",
+                 chunks_dir)
+        for p in chunks_dir.glob("chunk_*.parquet"):
+          p.unlink()
+    with _writing(key_path):
+      artifacts.write_json(key_path, {"digest": digest, "n_runs": n_runs,
+                                      "chunk_size": chunk})
 
   model_cfg = proxy_model_config(cfg, vocab_size)
   params = model_lib.param_count(model_cfg)
@@ -307,17 +367,21 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
   def chunk_ids(i: int) -> np.ndarray:
     return design["run_id_N"][i * chunk:(i + 1) * chunk].astype(str)
 
-  def done(i: int) -> bool:
-    p = chunk_path(i)
-    if not p.exists():
-      return False
-    try:
-      ids = pd.read_parquet(p, columns=["run_id"])["run_id"].to_numpy().astype(str)
-    except Exception:  # pylint: disable=broad-except
-      return False
-    return np.array_equal(ids, chunk_ids(i))
+  finished: dict[int, pd.DataFrame] = {}  # chunk -> its rows, read back or computed
+  existing = [i for i in range(n_chunks) if chunk_path(i).exists()]
+  if existing:
+    # Columns and types every chunk has: a chunk_frame of one placeholder run.
+    template = chunk_frame(np.arange(1), {
+        "loss_T": np.zeros((1, 1), np.float32),
+        "heldout_D": np.zeros((1, len(domains)), np.float32),
+        "target": np.zeros(1, np.float32)}, design, meta, params=params,
+        threshold=float(cfg.sweep.divergence_loss), heldout_domains=heldout_domains)
+    for i in existing:
+      frame = _read_chunk(chunk_path(i), chunk_ids(i), template)
+      if frame is not None:
+        finished[i] = frame
 
-  todo = [i for i in range(n_chunks) if not done(i)]
+  todo = [i for i in range(n_chunks) if i not in finished]
   if len(todo) < n_chunks:
     log.info("sweep: %d of %d chunks already done, resuming", n_chunks - len(todo), n_chunks)
 
@@ -362,6 +426,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
                           heldout_domains=heldout_domains)
       if artifacts.is_writer():
         _write_parquet(frame, chunk_path(i))
+      finished[i] = frame
       trained += len(idx)
       tok_s = len(idx) * cost["budget_tokens_per_run"] / max(dt, 1e-9)
       n_div = int((frame["status"] != "ok").sum())
@@ -384,8 +449,7 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
 
   out_path = out_dir / "runs.parquet"
   if artifacts.is_writer():
-    frames = [pd.read_parquet(chunk_path(i)) for i in range(n_chunks)]
-    frame = pd.concat(frames, ignore_index=True)
+    frame = pd.concat([finished[i] for i in range(n_chunks)], ignore_index=True)
     ids = frame["run_id"].to_numpy().astype(str)
     expected = design["run_id_N"].astype(str)
     if len(ids) != len(expected) or not np.array_equal(np.sort(ids), np.sort(expected)):

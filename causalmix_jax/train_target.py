@@ -6,8 +6,10 @@ weights to the weighted grain mixture; `train(...)` is the loop that overlaps ho
 device work (metrics of step t-1 are fetched while step t runs), stops on a non-finite
 loss keeping the last good checkpoint, evaluates per-domain held-out and target losses
 every `eval_every` steps, logs model FLOPs per token and achieved FLOP/s, and resumes
-exactly from the latest checkpoint, writing `metrics.jsonl` and `checkpoints/` into its
-output directory. The `target` stage (`stages/target.py`) writes `summary.json`.
+exactly from the latest checkpoint that can be read back (an unreadable one is named and
+set aside), writing `metrics.jsonl` (each step once, also across resumes) and
+`checkpoints/` into its output directory. The `target` stage (`stages/target.py`)
+writes `summary.json`.
 """
 
 from __future__ import annotations
@@ -190,25 +192,27 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
   ckpt = checkpointing.Checkpointer(
       out_dir / "checkpoints", fingerprint=fingerprint(fp_cfg), fingerprint_config=fp_cfg,
       max_to_keep=int(tcfg.keep_checkpoints))
-  latest = ckpt.latest_step()
-  if latest is not None:
-    ckpt.check_compatible(latest)  # before compiling anything: fail fast
+  ckpt.check_resumable()  # another config's checkpoint: fail before compiling anything
   fns = _compiled(spec, _frozen(optim_cfg), n_domains, mesh, rules)
   state_sh = fns.state_sh
   key = jax.random.key(int(cfg.seed))
   iterator = make_iterator(local_batch, jax.process_index(), jax.process_count())
+  restored = None
+  if ckpt.all_steps():  # restore into the state's shapes and shardings
+    abstract = checkpointing.abstract_like(jax.eval_shape(fns.init, key), state_sh)
+    restored = ckpt.restore_latest(abstract)  # falls back past unreadable steps
+  latest = None if restored is None else int(restored.step)
   start = 0
   restored_loss = float("nan")
-  if latest is None:
+  if restored is None:
     state = fns.init(key)
-  else:  # restore into the state's shapes and shardings; no fresh state is built
-    abstract = checkpointing.abstract_like(jax.eval_shape(fns.init, key), state_sh)
-    state, data_state, ckpt_meta = ckpt.restore(latest, abstract)
-    restored_loss = float(ckpt_meta.get("extra", {}).get("loss", float("nan")))
-    if data_state is not None:
-      iterator.set_state(data_state)
-    start = int(latest)
-    log.info("target: resumed from %s/%d", ckpt.directory, latest)
+  else:
+    state = restored.state
+    restored_loss = float(restored.meta.get("extra", {}).get("loss", float("nan")))
+    if restored.data_state is not None:
+      iterator.set_state(restored.data_state)
+    start = int(restored.step)
+    log.info("target: resumed from %s", ckpt.step_dir(start))
 
   step_fn = fns.step
   eval_arrays = _global_eval_arrays(eval_host, mesh, rules)
@@ -218,8 +222,11 @@ def train(cfg: ml_collections.ConfigDict, out_dir: pathlib.Path, *,
   flops_tok = model.flops_per_token(spec)
   n_params = model.param_count(spec)
   tokens_per_step = global_batch * spec.seq_len
+  # Records of steps after `start` (an interrupted run's, logged again below) are
+  # dropped first, so every step appears once in metrics.jsonl.
   writer = metrics_lib.MetricsWriter(out_dir / "metrics.jsonl", enabled=writer_process,
-                                     tensorboard_dir=out_dir / "tensorboard")
+                                     tensorboard_dir=out_dir / "tensorboard",
+                                     start_step=start)
   writer.write(start, event="start", params=n_params,
                flops_per_token=flops_tok, tokens_per_step=tokens_per_step,
                mesh=str(dict(mesh.shape)), resumed=latest is not None)

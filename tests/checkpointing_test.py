@@ -1,7 +1,10 @@
-"""Tests of the orbax checkpointer: round trip of state and data state, keep-last-k, and
-refusal of a checkpoint written under another config."""
+"""Tests of the orbax checkpointer: round trip of state and data state, keep-last-k,
+refusal of a checkpoint written under another config, and fallback past an unreadable
+step."""
 
 from __future__ import annotations
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -55,3 +58,23 @@ def test_rejects_non_json_data_state(tmp_path):
   with pytest.raises(TypeError, match="not JSON serialisable"):
     ck.save(1, tree(1.0), data_state={"x": object()})
   ck.close()
+
+
+def test_unreadable_latest_step_falls_back_and_is_set_aside(tmp_path, caplog):
+  ck = checkpointing.Checkpointer(tmp_path / "ck", fingerprint="abc", max_to_keep=3)
+  for s in (1, 2):
+    ck.save(s, tree(float(s)), data_state={"pos": s})
+  ck.close()
+  meta = tmp_path / "ck" / "2" / "meta" / "metadata"
+  meta.write_bytes(meta.read_bytes()[:10])  # a half-written file
+  again = checkpointing.Checkpointer(tmp_path / "ck", fingerprint="abc", max_to_keep=3)
+  assert again.check_resumable() == 1
+  with caplog.at_level(logging.WARNING, logger="causalmix_jax.checkpointing"):
+    restored = again.restore_latest(abstract())
+  assert restored.step == 1 and restored.data_state == {"pos": 1}
+  np.testing.assert_array_equal(np.asarray(restored.state["w"]), np.full((3, 2), 1.0))
+  assert f"checkpoint {tmp_path / 'ck' / '2'} cannot be read back" in caplog.text
+  assert again.all_steps() == [1]
+  assert (tmp_path / "ck.unreadable" / "2" / "meta" / "metadata").exists()
+  again.save(2, tree(2.0))  # the step can be saved again
+  again.close()

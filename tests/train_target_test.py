@@ -1,6 +1,7 @@
-"""Tests of the target loop and stage: exact resume after an interruption, NaN stop that
-keeps the last good checkpoint, refusal of a stale checkpoint, mixture reading, and the
-stage end to end on a small real pool with the grain mixture."""
+"""Tests of the target loop and stage: exact resume after an interruption (each step
+logged once), NaN stop that keeps the last good checkpoint, refusal of a stale
+checkpoint, mixture reading, and the stage end to end on a small real pool with the
+grain mixture."""
 
 from __future__ import annotations
 
@@ -72,9 +73,18 @@ def run(cfg, out, stop_after=None):
 
 
 def losses_by_step(out: pathlib.Path) -> dict[int, float]:
-  """Last logged loss per step (a resumed run logs the re-run steps again)."""
-  return {r["step"]: r["loss"] for r in metrics_lib.read_metrics(out / "metrics.jsonl")
-          if "loss" in r}
+  """Logged loss per step, checking that no step was logged twice (a resumed run drops
+  the records it logs again)."""
+  recs = [r for r in metrics_lib.read_metrics(out / "metrics.jsonl") if "loss" in r]
+  steps = [r["step"] for r in recs]
+  assert len(steps) == len(set(steps)), f"steps logged more than once: {steps}"
+  return {r["step"]: r["loss"] for r in recs}
+
+
+def step_records(out: pathlib.Path, key: str) -> list[tuple[int, float]]:
+  """(step, value) of every record holding `key`, in file order."""
+  return [(r["step"], r[key]) for r in metrics_lib.read_metrics(out / "metrics.jsonl")
+          if key in r]
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
@@ -89,6 +99,16 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
   a, b = losses_by_step(tmp_path / "full"), losses_by_step(tmp_path / "part")
   assert sorted(a) == sorted(b) == list(range(1, 7))
   np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-6)
+  # Each step once, in order, with the uninterrupted run's values: the interrupted run's
+  # step 3 (loss and evaluation, after the step-2 checkpoint) was dropped on resume.
+  for key in ("loss", "grad_norm", "target_loss"):
+    got, want = step_records(tmp_path / "part", key), step_records(tmp_path / "full", key)
+    assert [s for s, _ in got] == [s for s, _ in want], key
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6,
+                               err_msg=key)
+  starts = [(r["step"], r["resumed"]) for r in metrics_lib.read_metrics(
+      tmp_path / "part" / "metrics.jsonl") if r.get("event") == "start"]
+  assert starts == [(0, False), (2, True)]
   assert resumed["final_train_loss"] == pytest.approx(full["final_train_loss"], rel=1e-6)
   assert resumed["target_loss"] == pytest.approx(full["target_loss"], rel=1e-6)
   # Starting a finished run again trains nothing and reports the same figures.
@@ -106,6 +126,19 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
   # Another config refuses to resume from this run.
   with pytest.raises(checkpointing.CheckpointMismatchError, match="optim.lr"):
     run(smoke_config(lr=1e-3), tmp_path / "full")
+
+
+def test_restart_before_first_checkpoint_starts_metrics_afresh(tmp_path):
+  cfg = smoke_config()
+  run(cfg, tmp_path / "a", stop_after=1)  # no checkpoint yet (checkpoint_every = 2)
+  assert [s for s, _ in step_records(tmp_path / "a", "loss")] == [1]
+  with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
+    f.write('{"time": 1.0, "step": 2, "loss": 3.')  # a record cut short by a kill
+  summary = run(cfg, tmp_path / "a")
+  assert summary["resumed_from"] is None and summary["steps"] == 6
+  recs = metrics_lib.read_metrics(tmp_path / "a" / "metrics.jsonl")
+  assert [r["step"] for r in recs if "loss" in r] == list(range(1, 7))
+  assert [r["resumed"] for r in recs if r.get("event") == "start"] == [False]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
