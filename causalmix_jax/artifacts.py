@@ -23,11 +23,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
   os.close(fd)
   tmp_path = pathlib.Path(tmp)
   try:
-    yield tmp_path
-    if tmp_path.exists():
-      # mkstemp creates 0600; a finished artifact gets the mode a plain open() would.
-      os.chmod(tmp_path, 0o666 & ~_umask())
-    os.replace(tmp_path, path)
+    try:
+      yield tmp_path
+      if tmp_path.exists():
+        # mkstemp creates 0600; a finished artifact gets the mode a plain open() would.
+        os.chmod(tmp_path, 0o666 & ~_umask())
+      os.replace(tmp_path, path)
+    except OSError as e:
+      if str(path) in str(e):
+        raise
+      raise OSError(e.errno, f"could not write {path}: {e.strerror or e} (any previous "
+                    f"{path.name} is intact)") from e
   finally:
     if tmp_path.exists():
       tmp_path.unlink()

@@ -48,3 +48,18 @@ def test_artifacts_get_the_mode_the_umask_gives(tmp_path):
     assert stat.S_IMODE(q.stat().st_mode) == 0o600
   finally:
     os.umask(old)
+
+
+def test_write_error_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+  import errno  # pylint: disable=import-outside-toplevel
+  path = artifacts.write_json(tmp_path / "a.json", {"v": 1})
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "replace", full)
+  with pytest.raises(OSError, match=r"could not write .*a\.json: No space left.*intact"):
+    artifacts.write_json(path, {"v": 2})
+  monkeypatch.undo()
+  assert artifacts.read_json(path) == {"v": 1}
+  assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
