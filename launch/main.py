@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from causalmix_jax import pipeline  # noqa: E402
 from causalmix_jax import sharding  # noqa: E402
+from causalmix_jax.configs import base  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (a .py with get_config), e.g. "
@@ -57,6 +58,8 @@ def main(argv: list[str]) -> None:
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   sharding.log_hosts()
   cfg = _CONFIG.value
+  for key, name, value in _MAPPING_ENTRIES:
+    base.set_mapping_entry(cfg, key, name, value)
   pipeline.run_stages(_STAGE.value, cfg, _WORKDIR.value, force=_FORCE.value,
                       study_id=study_id(config_flags.get_config_filename(flags.FLAGS["config"])))
 
@@ -70,6 +73,25 @@ def study_id(config_arg: str) -> str:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   rel = os.path.relpath(full, root) if full.startswith(root + os.sep) else full
   return rel + (sep + variant if sep else "")
+
+
+_MAPPING_ENTRIES: list[tuple[str, str, str]] = []
+
+
+def split_mapping_entries(argv: list[str]) -> tuple[list[str], list[tuple[str, str, str]]]:
+  """Takes `--config.<mapping>.<name>=<value>` for the domain mappings of
+  `configs.base.DOMAIN_MAPPINGS` out of argv (the config library cannot add keys):
+  (the other arguments, [(mapping, name, value)])."""
+  rest, entries = [], []
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      dotted, value = a[len("--config."):].split("=", 1)
+      key, _, name = dotted.rpartition(".")
+      if key in base.DOMAIN_MAPPINGS and name:
+        entries.append((key, name, value))
+        continue
+    rest.append(a)
+  return rest, entries
 
 
 def unknown_override(argv: list[str]) -> str | None:
@@ -105,7 +127,8 @@ def unknown_override(argv: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
-  _error = unknown_override(sys.argv[1:])
+  _argv, _MAPPING_ENTRIES[:] = split_mapping_entries(sys.argv[1:])
+  _error = unknown_override(_argv)
   if _error:
     sys.exit(f"error: {_error}")
-  app.run(main)
+  app.run(main, argv=[sys.argv[0]] + _argv)

@@ -57,3 +57,22 @@ def test_cli_rejects_unknown_stage(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "nope" in proc.stderr
+
+
+def test_domain_mappings_are_set_from_the_command_line():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("launch_main", ROOT / "launch" / "main.py")
+  main = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(main)
+  rest, entries = main.split_mapping_entries(
+      ["--config=x.py", "--config.target.weights.code=0.3", "--config.seed=2",
+       "--config.optimise.domain_max.math=0.4", "--config.pool.deploy.fraction.web=0.5"])
+  assert rest == ["--config=x.py", "--config.seed=2"]
+  cfg = base.get_config("smoke")
+  for key, name, value in entries:
+    base.set_mapping_entry(cfg, key, name, value)
+  assert cfg.target.weights.code == 0.3 and cfg.optimise.domain_max.math == 0.4
+  assert cfg.pool.deploy.fraction.web == 0.5
+  assert cfg.is_locked  # still locked for every other key
+  with pytest.raises(ValueError, match=r"--config\.target\.weights\.code='abc': not a "):
+    base.set_mapping_entry(cfg, "target.weights", "code", "abc")

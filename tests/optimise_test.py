@@ -331,7 +331,7 @@ def test_run_stage_writes_mixture_with_constraints(tmp_path, monkeypatch):
   wd = _stage_workdir(tmp_path)
   cfg = base.get_config("smoke")
   cfg.optimise.max_epochs = 1.0
-  cfg.optimise.pinned = "d2:0.25"
+  cfg.optimise.pinned = {"d2": 0.25}
   cfg.optimise.n_candidates = 512
   cfg.optimise.n_starts = 8
   cfg.optimise.n_steps = 120
@@ -360,7 +360,7 @@ def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"covariates\.json.*\['depth'\]"):
     optimise_stage.run(base.get_config("smoke"), wd)
   cfg = base.get_config("smoke")
-  cfg.optimise.pinned = "web:0.1"
+  cfg.optimise.pinned = {"web": 0.1}
   surface.features = ["size"]
   with pytest.raises(ValueError, match=r"optimise\.pinned.*'web'"):
     optimise_stage.run(cfg, wd)
@@ -376,12 +376,12 @@ def test_run_stage_multi_objective_reads_one_surface_per_outcome(tmp_path, monke
   monkeypatch.setattr(surface_lib, "load_surface",
                       lambda d: surfaces.get(d.name, surfaces["loss_a"]))
   cfg = base.get_config("smoke")
-  cfg.optimise.outcome_weights = "loss_a:1.0,acc_b:0.5"
+  cfg.optimise.outcome_weights = {"loss_a": 1.0, "acc_b": 0.5}
   cfg.optimise.method = "A"
   mix = json.loads(optimise_stage.run(cfg, wd).read_text())
-  assert mix["outcome"] == "1*loss_a+0.5*acc_b"
-  assert mix["diagnostics"]["outcome_weights"] == [1.0, 0.5]
-  cfg.optimise.outcome_weights = "loss_a:1.0,nosuch:1.0"
+  assert mix["outcome"] == "0.5*acc_b+1*loss_a"  # the study's outcome first, then by name
+  assert mix["diagnostics"]["outcome_weights"] == [0.5, 1.0]
+  cfg.optimise.outcome_weights = {"loss_a": 1.0, "nosuch": 1.0}
   with pytest.raises(FileNotFoundError,
                      match=r"no surface for outcome 'nosuch'.*optimise\.outcome_weights"):
     optimise_stage.run(cfg, wd)

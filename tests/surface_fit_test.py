@@ -122,7 +122,7 @@ def test_stage_fits_each_weighted_outcome(tmp_path):
   cfg.surface.floors = (1e-3,)
   cfg.surface.pairs = "never"
   cfg.surface.n_folds = 3
-  cfg.optimise.outcome_weights = "loss:1,other:0.5"
+  cfg.optimise.outcome_weights = {"loss": 1.0, "other": 0.5}
   cfg.lock()
   fit_stage.run(cfg, tmp_path)
   d = tmp_path / "surface"
@@ -131,7 +131,7 @@ def test_stage_fits_each_weighted_outcome(tmp_path):
     assert load_surface(d / name).outcome == name
     assert json.loads((d / name / "diagnostics.json").read_text())["outcome"] == name
   cfg.unlock()
-  cfg.optimise.outcome_weights = "loss:1,nope:1"
+  cfg.optimise.outcome_weights = {"loss": 1.0, "nope": 1.0}
   cfg.lock()
   with pytest.raises(KeyError, match="outcome_weights"):
     fit_stage.run(cfg, tmp_path)

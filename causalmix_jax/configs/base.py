@@ -21,6 +21,30 @@ from causalmix_jax.configs import validate as validate_cfg
 
 KNOWN_VARIANTS = frozenset({"smoke", "cpu"})
 
+# Config keys whose value is a mapping keyed by domain (or outcome) name. The names are
+# only known once the pool is, so each entry is set from the command line as
+# --config.<key>.<name>=<value> (launch/main.py adds the entry).
+DOMAIN_MAPPINGS = ("target.weights", "optimise.domain_min", "optimise.domain_max",
+                   "optimise.pinned", "optimise.outcome_weights", "pool.deploy.fraction",
+                   "pool.deploy.dup_rate")
+
+
+def set_mapping_entry(cfg: ml_collections.ConfigDict, key: str, name: str,
+                      value: str | float) -> None:
+  """cfg.<key>[name] = float(value) for a key of DOMAIN_MAPPINGS; errors name the key."""
+  if key not in DOMAIN_MAPPINGS:
+    raise KeyError(f"config key {key} is not a domain mapping; mappings: "
+                   f"{', '.join(DOMAIN_MAPPINGS)}")
+  try:
+    number = float(value)
+  except ValueError:
+    raise ValueError(f"--config.{key}.{name}={value!r}: not a number") from None
+  node = cfg
+  for part in key.split("."):
+    node = node[part]
+  with cfg.unlocked():
+    node[name] = number
+
 
 def parse_variants(arg: str | None) -> frozenset[str]:
   """Parses "a,b" into a set of variant names, rejecting unknown ones."""

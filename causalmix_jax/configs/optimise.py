@@ -21,17 +21,18 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c.trust_kind = "l1"  # "l1" | "kl"
   c.min_weight = 0.0  # every domain
   c.max_weight = 1.0  # every domain
-  # Per-domain overrides and pinned weights: "domain:value,domain:value".
-  c.domain_min = ""
-  c.domain_max = ""
-  c.pinned = ""
+  # Per-domain overrides and pinned weights: domain -> value (on the command line,
+  # --config.optimise.domain_max.code=0.4).
+  c.domain_min = ml_collections.ConfigDict()
+  c.domain_max = ml_collections.ConfigDict()
+  c.pinned = ml_collections.ConfigDict()
   # Cap on passes over a domain's unique tokens (pool.json) within the target's budget
   # (target steps x batch x seq_len); 0 = no cap.
   c.max_epochs = 0.0
   c.sampler_min_weight = 1e-3
-  # Multi-objective: "outcome:weight,..." over surfaces fitted under surface/<outcome>/;
+  # Multi-objective: outcome -> weight over surfaces fitted under surface/<outcome>/;
   # empty = the config's `outcome` alone.
-  c.outcome_weights = ""
+  c.outcome_weights = ml_collections.ConfigDict()
   c.n_starts = 16 if "smoke" in variants else 64
   c.n_steps = 60 if "smoke" in variants else 300
   c.n_candidates = 2048 if "smoke" in variants else 16_384

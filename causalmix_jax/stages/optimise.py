@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   study, oc = study_lib.Study(workdir), cfg.optimise
   weights = constraints.parse_domain_values(oc.outcome_weights, "optimise.outcome_weights")
+  # The study's own outcome first (its surface sets the reference and support report).
+  weights = dict(sorted(weights.items(), key=lambda kv: (
+      kv[0].removeprefix("y_") != str(cfg.outcome).removeprefix("y_"), kv[0])))
   surfaces = [study.surface(n) for n in weights] or [study.surface()]
   domains = list(surfaces[0].domains)
   tokens = None
