@@ -546,6 +546,21 @@ def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path,
   return blocks
 
 
+def _confidence_caveat(workdir: pathlib.Path) -> list[Block]:
+  """A warning under the recommendation when the surface's held-out intervals
+  under-covered: its P(better) and intervals are then optimistic."""
+  path = workdir / study_lib.SURFACE_DIAGNOSTICS
+  if not path.exists():
+    return []
+  cov = artifacts.read_json(path, "surface diagnostics").get("heldout_interval_coverage")
+  if cov is None or cov >= 0.8:
+    return []
+  return [Para(f"Warning: on held-out pool states the surface's 90% intervals covered "
+               f"only {cov:.0%} of runs, so the intervals and P(better) above are "
+               "optimistic; the validation section (when run) shows what training the "
+               "mixtures gave.")]
+
+
 def _target_section(workdir: pathlib.Path, out_dir: pathlib.Path,
                     notes: list[str]) -> list[Block]:
   blocks: list[Block] = [Heading("Target run")]
@@ -664,6 +679,7 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   blocks += _sweep_section(workdir, list(surface.features), surface.outcome, notes)
   blocks += _surface_section(workdir, surface, out_dir, notes)
   blocks += _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
+  blocks += _confidence_caveat(workdir)
   blocks += _validation_section(workdir, out_dir, notes)
   blocks += _target_section(workdir, out_dir, notes)
   cate_blocks, res = _cate_section(workdir, out_dir, notes)

@@ -230,3 +230,16 @@ def test_pool_refuses_tiny_and_duplicate_domains(tmp_path):
                      r"identical documents"):
     pool_lib.build_pool(_pool_config({"copy": data_cfg.domain_spec(
         str(copy), separator="\n%\n")}), out)
+
+
+def test_a_single_pool_state_is_warned_once(caplog):
+  frame = _frame(n=24, seed=3).assign(x_size=1.0)
+  frame["x_other"] = 2.0
+  runs = runs_lib.Runs(frame, source="one_state.csv", outcomes=["loss"])
+  with caplog.at_level(logging.WARNING):
+    fit.check_runs(runs, "loss", "dml", fit.default_config())
+    fit.check_runs(runs, "loss", "dml", fit.default_config())
+  msgs = [r.getMessage() for r in caplog.records if "one pool state" in r.getMessage()]
+  assert len(msgs) == 1
+  assert msgs[0].startswith("one_state.csv, column 'y_loss': every run has the same "
+                            "covariates (one pool state)")

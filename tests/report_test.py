@@ -322,3 +322,16 @@ def test_bad_report_config_names_the_key(tmp_path, cfg, key, value):
   cfg.report[key] = value
   with pytest.raises(ValueError, match=f"config key report.{key}"):
     report_stage.run(cfg, wd)
+
+
+def test_under_covering_intervals_are_flagged_under_the_recommendation(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  diag = json.loads((wd / "surface" / "diagnostics.json").read_text())
+  diag["heldout_interval_coverage"] = 0.4
+  (wd / "surface" / "diagnostics.json").write_text(json.dumps(diag))
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("Warning: on held-out pool states the surface's 90% intervals covered only 40% "
+          "of runs, so the intervals and P(better) above are optimistic") in md
+  diag["heldout_interval_coverage"] = 0.9
+  (wd / "surface" / "diagnostics.json").write_text(json.dumps(diag))
+  assert "Warning: on held-out" not in report_stage.run(cfg, wd).read_text()

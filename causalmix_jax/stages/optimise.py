@@ -69,8 +69,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
                zeroed=len(rec.zeroed), search_seconds=rec.diagnostics["search_seconds"],
                budget_tokens=budget)
   writer.close()
+  cov = (study.surface_diagnostics.get("heldout_interval_coverage")
+         if study.has(study_lib.SURFACE_DIAGNOSTICS) else None)
   log.info("optimise: %s -> predicted %s %.4g [%.4g, %.4g]; %+.4g vs reference "
-           "(P(better)=%.2f)", path, rec.outcome, rec.predicted.mean, rec.predicted.lo,
+           "(P(better)=%.2f)%s", path, rec.outcome, rec.predicted.mean, rec.predicted.lo,
            rec.predicted.hi, rec.improvement_over_reference.mean,
-           rec.improvement_over_reference.prob_better)
+           rec.improvement_over_reference.prob_better,
+           "" if cov is None or cov >= 0.8 else f"; held-out 90% intervals covered only "
+           f"{cov:.0%} of runs: treat the interval and P(better) as optimistic")
   return path

@@ -751,7 +751,17 @@ def check_runs(runs, outcome: str, method: str, cfg) -> np.ndarray:
     log.warning("%s, column %r: the %d runs' %d distinct mixtures vary along only %d "
                 "of the simplex's %d directions; the effects along the others rest on "
                 "the prior", src, col, n, distinct, rank, d - 1)
+  x = np.asarray(runs.X, np.float64)[ok]
+  if x.shape[1] and len(np.unique(np.round(x, 9), axis=0)) == 1 and \
+      (src, col) not in _WARNED_SINGLE_STATE:
+    _WARNED_SINGLE_STATE.add((src, col))
+    log.warning("%s, column %r: every run has the same covariates (one pool state): the "
+                "surface cannot learn how the best mixture depends on the pool, so its "
+                "answers for any other pool are extrapolations", src, col)
   return ok
+
+
+_WARNED_SINGLE_STATE: set[tuple[str, str]] = set()
 
 
 def fit_surface(runs, outcome: str, method: str = "stack", config=None,

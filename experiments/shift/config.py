@@ -11,7 +11,8 @@ sweep never saw, and train the recommendation beside the baselines on that pool.
   sizeable math weight, and `code` with a quarter of its tokens duplicated.
 - Validate: the recommendation, its variants, uniform, natural, RegMix's LightGBM picks
   and the covariate-blind pick, 3 seeds each, on the deploy pool, at the proxies' scale
-  (so the surface's predictions are checked too).
+  and budget (so the surface's predictions are checked too); the recommendation is made
+  for that budget.
 Sized for a 2-core CPU; ":smoke" is a tiny variant for tests.
 """
 
@@ -32,5 +33,10 @@ def get_config(arg: str | None = None):
     cfg.pool.deploy.fraction.math = 1.0 / 16
     cfg.pool.deploy.dup_rate.code = 0.25
     cfg.validate.scale = "proxy"
+    # Recommend for the budget the validation trains at (the proxies' 51k tokens), so the
+    # recommendation, its predictions and the realized outcomes are about one budget.
+    cfg.target.optim.steps = cfg.proxy.optim.steps
+    cfg.target.optim.batch_size = cfg.proxy.optim.batch_size
+    cfg.target.model.seq_len = cfg.proxy.model.seq_len
   cfg.lock()
   return cfg
