@@ -522,7 +522,9 @@ def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path,
       f"Each mixture trained for {summary['seeds']} seeds (common random numbers) at "
       f"{summary['scale']} scale ({summary['budget_tokens']} tokens per run). Realized "
       f"`{summary['outcome']}`: mean and {pct} interval over seeds; the paired difference "
-      "is the mixture's outcome minus the recommendation's on the same seeds.")]
+      "is the mixture's outcome minus the recommendation's on the same seeds. The "
+      f"recommendation validated: {summary.get('recommended_from', 'optimise/mixture.json')}"
+      ".")]
   has_pred = all("predicted" in r for r in rows)
   header = ("mixture", "realized", f"{pct} interval", "diff vs recommended",
             f"{pct} interval") + (("predicted", "predictive interval") if has_pred else ())

@@ -132,7 +132,7 @@ def group_width(cfg: ml_collections.ConfigDict, n_runs: int, n_devices: int,
   width is a divisor of `n_runs` and a multiple of the device count (so each device
   keeps whole groups)."""
   platform = platform or jax.devices()[0].platform
-  want = int(cfg.sweep.get("vmap_width", 0) or 0)
+  want = int(cfg.sweep.vmap_width)
   if want < 0:
     raise ValueError(f"sweep.vmap_width={want} must be >= 0")
   if want == 0:

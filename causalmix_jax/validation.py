@@ -74,20 +74,20 @@ def candidate_mixtures(names: Sequence[str], domains: Sequence[str], *,
 
 
 def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
-                covariates: Mapping[str, float], tokens: Mapping[str, float]
-                ) -> Callable[[str], np.ndarray]:
-  """`pick(name)` for the mixtures that need a model: "<S|A>_<mean|bound>" (the
-  optimiser with the `optimise` config's constraints and that method and objective),
-  "regmix" / "regmix_topk" (LightGBM on weights + covariates: the best Monte-Carlo
-  candidate around the natural mixture / the mean of its top-k), "blind" (the
-  covariate-blind surface's recommendation with the configured objective)."""
+                covariates: Mapping[str, float], tokens: Mapping[str, float],
+                budget: float) -> Callable[[str], np.ndarray]:
+  """`pick(name)` for the mixtures that need a model, each made for `budget` training
+  tokens (the budget the validation trains at): "recommended" (the optimiser with the
+  `optimise` config as it stands), "<S|A>_<mean|bound>" (that method and objective, the
+  same constraints), "regmix" / "regmix_topk" (LightGBM on weights + covariates: the
+  best Monte-Carlo candidate around the natural mixture / the mean of its top-k),
+  "blind" (the covariate-blind surface's recommendation, the configured objective)."""
   # pylint: disable=import-outside-toplevel
   from causalmix_jax.optimise.recommend import recommend
   from causalmix_jax.optimise import settings
   from causalmix_jax.surface import baselines
   from causalmix_jax.surface import fit
   oc, domains = cfg.optimise, list(surface.domains)
-  budget = settings.target_budget_tokens(cfg)
   tokens_D = np.array([tokens[d] for d in domains], np.float64)
 
   def optimise(s: Any, method: str, objective: str) -> np.ndarray:
@@ -126,6 +126,8 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
       blind = fit.fit_surface(runs, str(cfg.outcome), method=str(cfg.surface.method),
                               config=cfg.surface, covariate_blind=True)
       return optimise(blind, str(oc.method), str(oc.objective))
+    if name == "recommended":
+      return optimise(surface, str(oc.method), str(oc.objective))
     method, objective = name.split("_")
     return optimise(surface, method, objective)
 

@@ -17,7 +17,7 @@ def target_budget_tokens(cfg: ml_collections.ConfigDict) -> float:
   """Tokens the target model trains on: steps x batch x seq_len (x grad accumulation)."""
   o = cfg.target.optim
   return float(o.steps) * float(o.batch_size) * float(cfg.target.model.seq_len) * float(
-      o.get("grad_accum", 1) or 1)
+      o.grad_accum)
 
 
 def constraints_from_config(oc: ml_collections.ConfigDict, domains: list[str],

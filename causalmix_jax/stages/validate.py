@@ -21,6 +21,7 @@ from causalmix_jax import study as study_lib
 from causalmix_jax import sweep
 from causalmix_jax import validation
 from causalmix_jax.data import token_pool
+from causalmix_jax.optimise import settings
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,18 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   deploy = study.deploy  # the pool the recommendation is for; the runs train on it
   tokens_D = np.array([study.deploy_tokens[d] for d in domains])
   dup_D = np.array([float(deploy["state"]["dup_rate"].get(d, 0.0)) for d in domains])
-  pick = validation.make_picker(cfg, study.runs, surface, study.deploy_covariates,
-                                study.deploy_tokens)
-  mixtures = validation.candidate_mixtures(
-      vc.mixtures, domains, recommended=[rec.weights[d] for d in domains],
-      tokens_D=tokens_D, pick=pick)
-  w_MxD, index = validation.distinct(mixtures)
   vcfg = validation.scaled_config(cfg)
   budget = interventions.budget_tokens(vcfg)
+  pick = validation.make_picker(cfg, study.runs, surface, study.deploy_covariates,
+                                study.deploy_tokens, float(budget))
+  # The optimise stage's pick is for the target's budget; at another budget the
+  # recommendation is made again for the budget trained here.
+  same = abs(budget - settings.target_budget_tokens(cfg)) < 0.5
+  mixtures = validation.candidate_mixtures(
+      vc.mixtures, domains, recommended=([rec.weights[d] for d in domains] if same
+                                         else pick("recommended")),
+      tokens_D=tokens_D, pick=pick)
+  w_MxD, index = validation.distinct(mixtures)
   log.info("validate: %d mixtures (%d distinct) x %d seeds at %s scale, %d tokens each",
            len(mixtures), len(w_MxD), vc.seeds, vc.scale, budget)
   arrays = validation.design(w_MxD, int(vc.seeds), tokens_D, budget, dup_D)
@@ -76,6 +81,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   artifacts.write_json(study.path(study_lib.VALIDATE_SUMMARY), {
       "outcome": str(cfg.outcome), "scale": str(vc.scale), "seeds": int(vc.seeds),
       "budget_tokens": budget, "ci": float(vc.ci), "domains": domains,
+      "recommended_from": "optimise/mixture.json" if same else
+                          "the optimiser rerun for the validation budget",
       "mixtures": {n: dict(zip(domains, map(float, w))) for n, w in mixtures.items()},
       "table": table.to_dict(orient="records")})
   log.info("validate: %s\n%s", out_dir / "table.md", (out_dir / "table.md").read_text())

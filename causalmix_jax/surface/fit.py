@@ -811,7 +811,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   budget = runs.budget[keep] if runs.budget is not None else None
   tokens_known = tokens is not None and budget is not None
   xb = covariate_basis(np.zeros((len(y), 0)) if covariate_blind else x_full,
-                       int(cfg.get("max_x_components", 6)))
+                       int(cfg.max_x_components))
   x_cols = xb.cols
   seed = int(cfg.seed)
   y_mu, y_sd = float(y.mean()), float(y.std()) or 1.0
@@ -861,8 +861,8 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   # The noise prior: pure error of replicate runs (same mixture and covariates), else
   # calibrated on a linear fit of what E[Y|X] leaves (the same for every candidate).
   y_res = candidates[0].y_res_N  # the same E[Y|X] residual for every candidate
-  prior = noise_prior(y_res, None, float(cfg.get("noise_prior_dof", NOISE_PRIOR_DOF)),
-                      float(cfg.get("noise_prior_quantile", NOISE_PRIOR_QUANTILE)),
+  prior = noise_prior(y_res, None, float(cfg.noise_prior_dof),
+                      float(cfg.noise_prior_quantile),
                       linear_residual_var(y_res, w))
   pe = noise_prior(ys, np.concatenate([w, x_full], axis=1))
   if pe.source == "replicates":

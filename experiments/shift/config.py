@@ -24,6 +24,8 @@ def get_config(arg: str | None = None):
   cfg = base.get_config(variants)
   with cfg.unlocked():
     # The sweep: small sampled sub-pools only.
+    cfg.design.state_per_mixture = True
+    cfg.design.n_pool_states = 16 if arg == "smoke" else 40
     cfg.design.include_full_pool = False
     cfg.design.state_kinds = ("subsample",)
     cfg.design.shift_factors = (8.0,)
