@@ -548,6 +548,22 @@ def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path,
   return blocks
 
 
+def _range_caveat(mix: Mapping[str, Any], surface: Any) -> list[Block]:
+  """A warning for each domain whose recommended weight exceeds the largest weight the
+  sweep gave it: the prediction there is an extrapolation."""
+  w_max = (getattr(surface, "support_stats", None) or {}).get("w_max")
+  weights = mix.get("weights")
+  if w_max is None or not isinstance(weights, Mapping):
+    return []
+  over = [(d, float(weights[d]), float(m)) for d, m in zip(surface.domains, w_max)
+          if d in weights and float(weights[d]) > float(m) + 1e-6]
+  if not over:
+    return []
+  return [Para("Warning: the recommended mixture leaves the range the sweep tried: " +
+               "; ".join(f"{d} {w:.3f} (sweep's largest {m:.3f})" for d, w, m in over) +
+               ". Its prediction there is an extrapolation; validate it before use.")]
+
+
 def _confidence_caveat(workdir: pathlib.Path) -> list[Block]:
   """A warning under the recommendation when the surface's held-out intervals
   under-covered: its P(better) and intervals are then optimistic."""
@@ -682,6 +698,7 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   blocks += _surface_section(workdir, surface, out_dir, notes)
   blocks += _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
   blocks += _confidence_caveat(workdir)
+  blocks += _range_caveat(mix, surface)
   blocks += _validation_section(workdir, out_dir, notes)
   blocks += _target_section(workdir, out_dir, notes)
   cate_blocks, res = _cate_section(workdir, out_dir, notes)

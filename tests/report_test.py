@@ -335,3 +335,15 @@ def test_under_covering_intervals_are_flagged_under_the_recommendation(tmp_path,
   diag["heldout_interval_coverage"] = 0.9
   (wd / "surface" / "diagnostics.json").write_text(json.dumps(diag))
   assert "Warning: on held-out" not in report_stage.run(cfg, wd).read_text()
+
+
+def test_recommendation_outside_the_swept_range_is_flagged(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  monkeypatch.setattr(FakeSurface, "support_stats", {"w_max": [0.6, 0.5, 0.6]},
+                      raising=False)
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("Warning: the recommended mixture leaves the range the sweep tried: math 0.550 "
+          "(sweep's largest 0.500).") in md
+  monkeypatch.setattr(FakeSurface, "support_stats", {"w_max": [0.6, 0.6, 0.6]},
+                      raising=False)
+  assert "leaves the range" not in report_stage.run(cfg, wd).read_text()
