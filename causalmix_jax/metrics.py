@@ -34,6 +34,8 @@ def _scalar(v: Any) -> Any:
 
 def _named(path: pathlib.Path, what: str, e: OSError) -> OSError:
   """`e` again, with the file it concerns in its message (errno kept)."""
+  if str(path) in str(e):  # artifacts.atomic_path named it already
+    return OSError(e.errno, e.strerror) if e.errno is not None else OSError(str(e))
   if e.errno is None:
     return OSError(f"could not {what} {path}: {e}")
   return OSError(e.errno, f"could not {what} {path}: {e.strerror or e}")

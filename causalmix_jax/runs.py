@@ -761,5 +761,9 @@ def write_runs(runs: Runs, parquet_path: str | os.PathLike[str]) -> pathlib.Path
 def _write_error(path: pathlib.Path, e: OSError) -> OSError:
   """`e` (disk full, permission denied) again, naming the file whose write failed; the
   previous file, if any, is left as it was."""
-  text = f"could not write {path}: {e.strerror or e} (any previous {path.name} is intact)"
+  if str(path) in str(e):  # artifacts.atomic_path named it already
+    text = e.strerror or str(e)
+  else:
+    text = (f"could not write {path}: {e.strerror or e} (any previous {path.name} is "
+            "intact)")
   return OSError(text) if e.errno is None else OSError(e.errno, text)

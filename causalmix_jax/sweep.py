@@ -237,7 +237,8 @@ def _writing(path: pathlib.Path) -> Iterator[None]:
   try:
     yield
   except OSError as e:
-    text = f"sweep: could not write {path}: {e.strerror or e}"
+    text = (f"sweep: {e.strerror or e}" if str(path) in str(e)  # named already
+            else f"sweep: could not write {path}: {e.strerror or e}")
     raise (OSError(text) if e.errno is None else OSError(e.errno, text)) from e
 
 
