@@ -10,7 +10,6 @@ The last line printed is one JSON object with every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -19,6 +18,8 @@ import tempfile
 import time
 
 import numpy as np
+from absl import app
+from absl import flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -26,6 +27,13 @@ from causalmix_jax.configs import base  # noqa: E402
 from causalmix_jax.data import covariates  # noqa: E402
 from causalmix_jax.data import mixing  # noqa: E402
 from causalmix_jax.data import pool as pool_lib  # noqa: E402
+
+flags.DEFINE_integer("batches", 300, "grain batches to time")
+flags.DEFINE_integer("batch_size", 32, "sequences per grain batch")
+flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
+flags.DEFINE_integer("max_tokens_per_domain", 0,
+                     "cap per domain when building the pool (0 = all)")
+FLAGS = flags.FLAGS
 
 
 def _generated_pool(out: pathlib.Path, n_domains: int = 6) -> pathlib.Path:
@@ -59,14 +67,10 @@ def _time(fn, repeat: int = 1):
   return best, out
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--batches", type=int, default=300, help="grain batches to time")
-  ap.add_argument("--batch_size", type=int, default=32)
-  ap.add_argument("--seq_len", type=int, default=128)
-  ap.add_argument("--max_tokens_per_domain", type=int, default=0,
-                  help="cap per domain when building the pool (0 = all)")
-  args = ap.parse_args()
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = FLAGS
 
   tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench_data_"))
   default = (pool_lib.DEFAULT_POOL_DIR / "manifest.json").exists()
@@ -149,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

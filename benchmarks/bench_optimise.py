@@ -19,7 +19,6 @@ The last line printed is one JSON object with every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import pathlib
@@ -29,6 +28,8 @@ import time
 
 import jax
 import numpy as np
+from absl import app
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,6 +40,22 @@ from causalmix_jax.surface import baselines  # noqa: E402
 from causalmix_jax.surface.planted import PlantedWorld  # noqa: E402
 
 log = logging.getLogger("bench_optimise")
+
+flags.DEFINE_enum("surface", "causal", ["causal", "loglinear", "linear"],
+                  "the surface both extractors share")
+flags.DEFINE_string("regmix_dir", str(ROOT.parent / "shared" / "data" / "regmix"),
+                    "folder of RegMix's CSVs")
+flags.DEFINE_string("outcome", "pile_cc", "RegMix outcome")
+flags.DEFINE_integer("n_mc", 100_000, "RegMix's Monte-Carlo candidates")
+flags.DEFINE_integer("top_k", 128, "RegMix averages the top k candidates")
+flags.DEFINE_integer("repeats", 3, "warm timings (the median is kept)")
+flags.DEFINE_integer("pools", 8, "shifted pools of the planted world")
+flags.DEFINE_integer("planted_domains", 5, "domains of the planted world")
+flags.DEFINE_integer("planted_runs", 256, "runs of the planted sweep")
+flags.DEFINE_bool("skip_planted", False, "skip the planted world")
+flags.DEFINE_string("regmix_method", "outcome", "causal surface method on RegMix")
+flags.DEFINE_string("planted_method", "dml", "causal surface method, planted")
+FLAGS = flags.FLAGS
 
 
 def fit(runs, outcome: str, kind: str, seed: int = 0, method: str = "outcome"):
@@ -155,22 +172,12 @@ def bench_planted(args) -> dict:
              for k, v in regret.items()}}
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--surface", default="causal", choices=["causal", "loglinear", "linear"])
-  p.add_argument("--regmix_dir", default=str(ROOT.parent / "shared" / "data" / "regmix"))
-  p.add_argument("--outcome", default="pile_cc")
-  p.add_argument("--n_mc", type=int, default=100_000)
-  p.add_argument("--top_k", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--pools", type=int, default=8)
-  p.add_argument("--planted_domains", type=int, default=5)
-  p.add_argument("--planted_runs", type=int, default=256)
-  p.add_argument("--skip_planted", action="store_true")
-  p.add_argument("--regmix_method", default="outcome", help="causal surface method on RegMix")
-  p.add_argument("--planted_method", default="dml", help="causal surface method, planted")
-  args = p.parse_args()
-  logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = FLAGS
+  # force: replaces the handler absl installs, so the lines keep this format.
+  logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", force=True)
   logging.getLogger("causalmix_jax").setLevel(logging.WARNING)
   result = {"backend": jax.default_backend(), "regmix_data": bench_regmix(args)}
   if not args.skip_planted:
@@ -184,4 +191,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

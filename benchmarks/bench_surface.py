@@ -17,7 +17,6 @@ The last line printed is one JSON object with every figure.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -26,11 +25,26 @@ import sys
 import time
 
 import numpy as np
+from absl import app
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from causalmix_jax import runs as runs_lib  # noqa: E402
 from causalmix_jax.surface import baselines, diagnostics, fit, planted  # noqa: E402
+
+flags.DEFINE_string("regmix_dir", None,
+                    "folder of RegMix's CSVs (default <repo>/../shared/data/regmix)")
+flags.DEFINE_string("outcome", "pile_cc", "RegMix outcome")
+flags.DEFINE_integer("folds", 5, "cross-validation folds on RegMix's runs")
+flags.DEFINE_integer("planted_runs", 400, "runs of each planted sweep")
+flags.DEFINE_integer("planted_pools", 48, "pool states of each planted sweep")
+flags.DEFINE_integer("test_pools", 20, "new pools scored per planted world")
+flags.DEFINE_integer("candidates", 5000, "candidate mixtures per new pool")
+flags.DEFINE_integer("seed", 0, "seed of the first planted world")
+flags.DEFINE_integer("planted_worlds", 4,
+                     "planted worlds (seeds seed, seed + 1, ...); figures are means")
+FLAGS = flags.FLAGS
 
 
 def _regmix_dir(flag: str | None) -> pathlib.Path:
@@ -140,20 +154,12 @@ def planted_section(n_runs: int, n_pools: int, n_test_pools: int, n_cand: int,
   return out
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--regmix_dir", default=None)
-  ap.add_argument("--outcome", default="pile_cc")
-  ap.add_argument("--folds", type=int, default=5)
-  ap.add_argument("--planted_runs", type=int, default=400)
-  ap.add_argument("--planted_pools", type=int, default=48)
-  ap.add_argument("--test_pools", type=int, default=20)
-  ap.add_argument("--candidates", type=int, default=5000)
-  ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--planted_worlds", type=int, default=4,
-                  help="planted worlds (seeds seed, seed + 1, ...); figures are means")
-  args = ap.parse_args()
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = FLAGS
+  # force: replaces the handler absl installs, so the lines keep this format.
+  logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("jax", "absl", "causalmix_jax.runs", "causalmix_jax.surface"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   result = {"regmix": regmix_section(_regmix_dir(args.regmix_dir), args.outcome,
@@ -176,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

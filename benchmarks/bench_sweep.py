@@ -13,7 +13,6 @@ extrapolates linearly to P, saying so in the output.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -21,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from absl import app
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,6 +36,20 @@ from causalmix_jax import sweep  # noqa: E402
 from causalmix_jax.configs import base  # noqa: E402
 from causalmix_jax.data import pool as pool_lib  # noqa: E402
 from causalmix_jax.data import token_pool  # noqa: E402
+
+flags.DEFINE_string("P", "8,32,128", "sweep sizes, comma-separated")
+flags.DEFINE_string("presets", "tiny,proxy", "proxy model presets, comma-separated")
+flags.DEFINE_integer("steps", 10, "train steps per proxy")
+flags.DEFINE_integer("batch", 8, "sequences per step")
+flags.DEFINE_integer("seq", 64, "tokens per sequence")
+flags.DEFINE_integer("proc_subset", 1, "(c) real processes started, extrapolated to P")
+flags.DEFINE_bool("skip_processes", False, "skip (c), one process per proxy")
+flags.DEFINE_integer("seq_subset", 8, "(b) is timed on this many proxies and scaled to P")
+flags.DEFINE_integer("rounds", 4,
+                     "interleaved timings of (a) and (b); the best of each is kept")
+flags.DEFINE_integer("vmap_width", 0,
+                     "proxies in lockstep (sweep.vmap_width; 0 = platform default)")
+FLAGS = flags.FLAGS
 
 
 def make_cfg(preset: str, steps: int, batch: int, seq_len: int):
@@ -192,22 +208,10 @@ def bench(preset: str, ps: list[int], steps: int, batch: int, seq: int, proc_sub
   return rows
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--P", default="8,32,128")
-  ap.add_argument("--presets", default="tiny,proxy")
-  ap.add_argument("--steps", type=int, default=10)
-  ap.add_argument("--batch", type=int, default=8)
-  ap.add_argument("--seq", type=int, default=64)
-  ap.add_argument("--proc_subset", type=int, default=1)
-  ap.add_argument("--skip_processes", action="store_true")
-  ap.add_argument("--seq_subset", type=int, default=8,
-                  help="(b) is timed on this many proxies and scaled to P")
-  ap.add_argument("--rounds", type=int, default=4,
-                  help="interleaved timings of (a) and (b); the best of each is kept")
-  ap.add_argument("--vmap_width", type=int, default=0,
-                  help="proxies in lockstep (sweep.vmap_width; 0 = platform default)")
-  a = ap.parse_args()
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  a = FLAGS
   ps = [int(x) for x in a.P.split(",")]
   dot = best_matmul_flops()
   print(f"best jnp.dot: {dot / 1e9:.2f} GFLOP/s on {jax.device_count()} "
@@ -230,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

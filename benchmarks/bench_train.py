@@ -16,11 +16,13 @@ FLOPs per CPU-second are also given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
 import time
+
+from absl import app
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,6 +34,19 @@ import numpy as np  # noqa: E402
 from causalmix_jax import model as model_lib  # noqa: E402
 from causalmix_jax import train_step as ts  # noqa: E402
 from causalmix_jax.configs import model as model_cfgs  # noqa: E402
+
+flags.DEFINE_string("proxy", "proxy", "model preset of the proxy")
+flags.DEFINE_integer("proxy_batch", 16, "sequences per proxy step")
+flags.DEFINE_string("target", "small", "model preset of the target")
+flags.DEFINE_integer("batch", 32, "sequences per target step")
+flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
+flags.DEFINE_string("dtype", "float32", "compute dtype (float32 or bfloat16)")
+flags.DEFINE_bool("remat", False, "rematerialise the target's blocks")
+flags.DEFINE_integer("steps", 1, "steps per timed group")
+flags.DEFINE_integer("repeats", 8,
+                     "interleaved rounds of matmul / proxy / target (best is kept)")
+flags.DEFINE_string("matmul_sizes", "512,1024,2048", "square jnp.dot sizes, comma-separated")
+FLAGS = flags.FLAGS
 
 # Dense peak FLOP/s per chip by device kind (bf16 / f32), for MFU where known.
 PEAKS = {"H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12),
@@ -113,20 +128,10 @@ def train_figures(info: dict, best_s: float, best_cpu_s: float, steps: int) -> d
           "flops_per_cpu_s": info["flops_per_token"] * tokens / max(c, 1e-9)}
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--proxy", default="proxy")
-  p.add_argument("--proxy_batch", type=int, default=16)
-  p.add_argument("--target", default="small")
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--seq_len", type=int, default=128)
-  p.add_argument("--dtype", default="float32")
-  p.add_argument("--remat", action="store_true")
-  p.add_argument("--steps", type=int, default=1, help="steps per timed group")
-  p.add_argument("--repeats", type=int, default=8,
-                 help="interleaved rounds of matmul / proxy / target (best is kept)")
-  p.add_argument("--matmul_sizes", default="512,1024,2048")
-  args = p.parse_args()
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = FLAGS
 
   dev = jax.devices()[0]
   print(f"devices: {jax.device_count()} x {dev.device_kind} ({dev.platform})", flush=True)
@@ -181,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)
