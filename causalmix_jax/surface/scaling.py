@@ -10,7 +10,8 @@ scarcer pool moves the prediction the way more or repeated tokens do:
   eff_d   = u_d * h(w_d / u_d),  u_d = tokens_d / budget
   h(e)    = min(e, 1) + R* (1 - exp(-max(e - 1, 0) / R*))   (repeated epochs decay)
 
-s(x) are the principal-component scores of the sweep's pool states (`fit.covariate_basis`),
+s(x) are the principal-component scores of the sweep's pool states
+(`covariate_basis.covariate_basis`),
 c(s) = 3 tanh(s / 3) a soft clip (values saturate beyond the sweep's states).
 Without token counts eff_d = w_d: a mixing law with per-domain diminishing returns.
 All sites are real-valued Normals (A_d through exp, alpha_d in (0, 1) through a sigmoid,
