@@ -255,6 +255,10 @@ def run_stage(name: str, cfg: ml_collections.ConfigDict, workdir: str | pathlib.
     log.info("stage %s: up to date (%s), skipped", name, out)
     return out
   stage_dir.mkdir(parents=True, exist_ok=True)
+  if artifacts.is_writer():  # atomic_path's ".<name>.*.tmp" of writes cut short by a kill
+    for tmp in stage_dir.glob(".*.tmp"):
+      log.info("stage %s: removing %s, left by an interrupted write", name, tmp)
+      tmp.unlink(missing_ok=True)
   t0 = time.time()
   log.info("stage %s: running", name)
   result = spec.fn(cfg, workdir)

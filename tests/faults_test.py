@@ -1,10 +1,11 @@
 """Fault injection: nothing stale, nothing silent.
 
-* kill -9 at seeded random points of the sweep and of the target loop (one child process
-  per trial, killed at the chosen event: a chunk computed, a file written but not yet
-  renamed, a file renamed, a batch fetched, a checkpoint save dispatched, a metrics
-  record written); the resumed stage holds every run once (sweep: the uninterrupted
-  runs table) and logs every step once (target: the uninterrupted losses);
+* kill -9 at seeded random points of the sweep, of the validate stage and of the target
+  loop (one child process per trial, killed at the chosen event: a chunk computed, a file
+  written but not yet renamed, a file renamed, a batch fetched, a checkpoint save
+  dispatched, a metrics record written); the resumed stage holds every run once (sweep:
+  the uninterrupted runs table; validate: the uninterrupted results and summary table)
+  and logs every step once (target: the uninterrupted losses);
 * disk full / permission denied mid-write: the previous artifact is intact and the error
   names the file;
 * a garbled sweep chunk, a truncated runs.parquet and a half-written checkpoint: each is
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import pathlib
+import runpy
 import shutil
 import signal
 import subprocess
@@ -64,8 +67,18 @@ def _draw(points: list[tuple[str, int]], k: int, seed: int) -> list[tuple[str, i
   return [points[i] for i in sorted(idx)]
 
 
+# The validate stage of the smoke study, run through launch/main.py on one device: 27 runs
+# (9 distinct mixtures x 3 seeds) in 7 chunks of 4. Writes: 1 is design_digest.json, 2-8
+# the chunks, 9 runs.parquet, 10 runs.csv, 11 results.parquet, 12 table.md, 13
+# summary.json (the stage's stamp follows).
+VALIDATE_CHUNKS = 7
+VALIDATE_POINTS = ([("computed", n) for n in range(1, VALIDATE_CHUNKS + 1)]
+                   + [("written", n) for n in range(1, 14)]
+                   + [("renamed", n) for n in range(1, 14)])
+
 SWEEP_TRIALS = _draw(SWEEP_POINTS, 5, SEED)
 TARGET_TRIALS = _draw(TARGET_POINTS, 5, SEED + 1)
+VALIDATE_TRIALS = _draw(VALIDATE_POINTS, 1, SEED + 2)
 
 
 # ----------------------------------------------------------------------------- worlds
@@ -93,6 +106,32 @@ def run_sweep(world: dict, out: pathlib.Path) -> pathlib.Path:
 def run_target(out: pathlib.Path) -> dict:
   """train_target_test's 6-step smoke run (checkpoints at steps 2, 4, 6; keeps 2)."""
   return train_target_test.run(train_target_test.smoke_config(), out)
+
+
+MAIN = sweep_kill_test.ROOT / "launch" / "main.py"
+
+
+def launch_args(workdir: pathlib.Path, stages: str) -> list[str]:
+  """launch/main.py's arguments for `stages` of the smoke study in `workdir`."""
+  return ["--config=experiments/quickstart/config.py:smoke", "--config.sweep.chunk_size=4",
+          f"--workdir={workdir}", f"--stage={stages}"]
+
+
+def child_env(cache_env: dict[str, str], devices: int) -> dict[str, str]:
+  env = dict(os.environ, **cache_env)
+  env["PYTHONPATH"] = os.pathsep.join([str(sweep_kill_test.ROOT), str(HERE),
+                                       env.get("PYTHONPATH", "")])
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def launch(workdir: pathlib.Path, stages: str, cache_env: dict[str, str]) -> str:
+  """Runs `stages` of the smoke study through launch/main.py on one device; its log."""
+  proc = subprocess.run([sys.executable, str(MAIN), *launch_args(workdir, stages)],
+                        cwd=sweep_kill_test.ROOT, env=child_env(cache_env, 1),
+                        capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, f"--stage={stages} failed:\n{proc.stderr[-4000:]}"
+  return proc.stderr
 
 
 # ----------------------------------------------------------------------------- the child
@@ -129,7 +168,7 @@ def _child(stage: str, out: str) -> None:
     trip("renamed")
 
   artifacts.atomic_path = tripped_atomic_path
-  if stage == "sweep":
+  if stage in ("sweep", "validate"):
     to_host = sweep._to_host  # pylint: disable=protected-access
 
     def tripped_to_host(tree):
@@ -137,7 +176,14 @@ def _child(stage: str, out: str) -> None:
       return to_host(tree)
 
     sweep._to_host = tripped_to_host  # pylint: disable=protected-access
+  if stage == "sweep":
     run_sweep(sweep_world(), pathlib.Path(out))
+  elif stage == "validate":  # launch/main.py in this process, on the patched modules
+    sys.argv = [str(MAIN), *launch_args(pathlib.Path(out), "validate")]
+    try:
+      runpy.run_path(str(MAIN), run_name="__main__")
+    except SystemExit as e:
+      print(f"launch/main.py exited with {e.code}", flush=True)
   else:
     it = train_target_test.FakeIterator
     nxt, save = it.__next__, checkpointing.Checkpointer.save
@@ -164,12 +210,11 @@ def _child(stage: str, out: str) -> None:
 
 def kill_child_at(stage: str, out: pathlib.Path, point: tuple[str, int],
                   cache_env: dict[str, str]) -> None:
-  env = dict(os.environ, **cache_env)
-  env["PYTHONPATH"] = os.pathsep.join([str(sweep_kill_test.ROOT), str(HERE),
-                                       env.get("PYTHONPATH", "")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  validate = stage == "validate"  # launch/main.py: from the repository, on one device
+  env = child_env(cache_env, 1 if validate else 4)
   env[KILL_ENV] = f"{point[0]}:{point[1]}"
   proc = subprocess.run([sys.executable, __file__, stage, str(out)], env=env,
+                        cwd=sweep_kill_test.ROOT if validate else None,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                         timeout=300, check=False)
   assert proc.returncode == -signal.SIGKILL, (
@@ -200,6 +245,20 @@ def target_ref(tmp_path_factory) -> dict:
   return dict(out=out, summary=run_target(out))
 
 
+@pytest.fixture(scope="module")
+def validate_ref(tmp_path_factory, xla_cache_env) -> dict:
+  """A smoke study up to `optimise` (`base`), and `validate` run uninterrupted on a copy."""
+  base = tmp_path_factory.mktemp("validate_base") / "work"
+  launch(base, "pool,design,sweep,fit,optimise", xla_cache_env)
+  out = tmp_path_factory.mktemp("validate_ref") / "work"
+  shutil.copytree(base, out)
+  launch(out, "validate", xla_cache_env)
+  n_chunks = len(list((out / "validate" / "chunks").glob("chunk_*.parquet")))
+  assert n_chunks == VALIDATE_CHUNKS, f"VALIDATE_POINTS assume {VALIDATE_CHUNKS} chunks"
+  return dict(base=base, frame=pd.read_parquet(out / "validate" / "results.parquet"),
+              summary=json.loads((out / "validate" / "summary.json").read_text()))
+
+
 def assert_same_runs(out: pathlib.Path, ref: pd.DataFrame) -> None:
   got = pd.read_parquet(out / "runs.parquet")
   assert len(got) == len(ref) and got["run_id"].is_unique
@@ -209,6 +268,22 @@ def assert_same_runs(out: pathlib.Path, ref: pd.DataFrame) -> None:
                                 atol=1e-6)
   csv = pd.read_csv(out / "runs.csv")
   assert len(csv) == len(ref) and csv["run_id"].is_unique
+
+
+def assert_same_validation(out: pathlib.Path, ref: dict) -> None:
+  got = pd.read_parquet(out / "results.parquet")
+  want = ref["frame"]
+  assert len(got) == len(want) and got["run_id"].is_unique
+  assert sorted(got["run_id"]) == sorted(want["run_id"])
+  pd.testing.assert_frame_equal(got.set_index("run_id").loc[want["run_id"]],
+                                want.set_index("run_id"), check_exact=False, rtol=0,
+                                atol=1e-6)
+  summary = json.loads((out / "summary.json").read_text())
+  assert {k: v for k, v in summary.items() if k != "table"} == {
+      k: v for k, v in ref["summary"].items() if k != "table"}
+  pd.testing.assert_frame_equal(pd.DataFrame(summary["table"]),
+                                pd.DataFrame(ref["summary"]["table"]), check_exact=False,
+                                rtol=0, atol=1e-6)
 
 
 def assert_same_training(out: pathlib.Path, summary: dict, ref: dict) -> None:
@@ -248,6 +323,29 @@ def test_target_killed_at_a_random_point_resumes_to_the_same_loss(
   kill_child_at("target", out, point, xla_cache_env)
   summary = run_target(out)
   assert_same_training(out, summary, target_ref)
+  assert leftovers(out) == []
+
+
+@pytest.mark.parametrize("point", VALIDATE_TRIALS,
+                         ids=[f"{e}{n}" for e, n in VALIDATE_TRIALS])
+def test_validate_killed_at_a_random_point_resumes_to_the_same_table(
+    point, validate_ref, tmp_path, xla_cache_env):
+  work = tmp_path / "work"
+  shutil.copytree(validate_ref["base"], work)
+  kill_child_at("validate", work, point, xla_cache_env)
+  out = work / "validate"
+  if point[0] == "written":
+    assert leftovers(out), "no partial write left behind"
+  assert not (out / "stamp.json").exists()
+  log = launch(work, "validate", xla_cache_env)
+  event, n = point  # chunks on disk at the kill (the first write is the digest)
+  done = min(VALIDATE_CHUNKS, max(0, n - (2 if event == "written" else 1)))
+  if done:
+    assert f"{done} of {VALIDATE_CHUNKS} chunks already done, resuming" in log, log[-3000:]
+  else:
+    assert "chunks already done" not in log, log[-3000:]
+  assert_same_validation(out, validate_ref)
+  assert len(list((out / "chunks").glob("chunk_*.parquet"))) == VALIDATE_CHUNKS
   assert leftovers(out) == []
 
 

@@ -134,3 +134,12 @@ def test_fingerprint_of_external_inputs_triggers_rerun(tmp_path, monkeypatch):
   FINGERPRINT["value"] = "b"  # the source files changed on disk
   pipeline.run_stages(["up"], cfg, tmp_path)
   assert CALLS == ["up", "up"]
+
+
+def test_temporary_files_of_interrupted_writes_are_removed(tmp_path, fake_stages):
+  del fake_stages
+  (tmp_path / "up").mkdir()
+  left = tmp_path / "up" / ".stamp.json.abc123.tmp"
+  left.write_text("half")
+  pipeline.run_stages(["up"], base.get_config("smoke"), tmp_path)
+  assert not left.exists() and (tmp_path / "up" / "out.json").exists()
