@@ -152,8 +152,14 @@ def _support_report(surface: Any, x_F: np.ndarray, names: list[str]) -> dict[str
     short = {k: v for k, v in rep.items() if not isinstance(v, Mapping)}
     rep["warning"] = ("the pool's covariates lie outside the sweep's support; the "
                       "surface extrapolates")
-    log.warning("%s: %s", rep["warning"], short)
+    key = (id(surface), tuple(np.round(np.asarray(x_F, np.float64), 9).tolist()))
+    if key not in _WARNED_SUPPORT:  # once per surface and pool, however many searches
+      _WARNED_SUPPORT.add(key)
+      log.warning("%s: %s", rep["warning"], short)
   return rep
+
+
+_WARNED_SUPPORT: set[tuple[int, tuple[float, ...]]] = set()
 
 
 # ---------------------------------------------------------------- recommend
