@@ -99,9 +99,10 @@ def dirichlet_around(rng: np.random.Generator, prior_D: np.ndarray, concentratio
 
 
 def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: int,
-                rng: np.random.Generator) -> list[Any]:
+                rng: np.random.Generator, scores: Any = None) -> list[Any]:
   """`design.n_pool_states` pool states: full, then cycling through scarce / rich /
-  duplicated / subsampled variants on randomly chosen domains."""
+  duplicated / subsampled / quality-filtered variants on randomly chosen domains
+  (`scores`: the reference stage's `DocScores`, which quality filters rank by)."""
   from causalmix_jax.data import pool_shift  # pylint: disable=import-outside-toplevel
   domains = list(pool.domains)
   base = pool_shift.full(pool)
@@ -109,10 +110,18 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
   min_tokens = max(int(design_cfg.min_tokens_per_domain), seq_len + 1)
   factors = tuple(design_cfg.shift_factors)
   kinds = tuple(design_cfg.state_kinds)
-  unknown = sorted(set(kinds) - {"scarce", "rich", "dup", "subsample"})
+  unknown = sorted(set(kinds) - {"scarce", "rich", "dup", "subsample", "quality"})
   if unknown or not kinds:
     raise DesignError(f"config key design.state_kinds={kinds}: unknown kind(s) {unknown}; "
-                      "known: scarce, rich, dup, subsample")
+                      "known: scarce, rich, dup, subsample, quality")
+  if "quality" in kinds and scores is None:
+    raise DesignError("config key design.state_kinds includes 'quality', which filters "
+                      "documents by the reference model's scores: set reference.enabled="
+                      "True and run --stage=reference")
+  qualities = tuple(float(q) for q in design_cfg.quality_fractions)
+  if "quality" in kinds and (not qualities or not all(0 < q < 1 for q in qualities)):
+    raise DesignError(f"config key design.quality_fractions={qualities}: keep fractions "
+                      "must lie in (0, 1)")
   max_frac = float(design_cfg.subsample_max_fraction)
   if not 0 < max_frac <= 1:
     raise DesignError(f"config key design.subsample_max_fraction={max_frac} must lie in "
@@ -139,14 +148,22 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
         rate = float(rng.choice(tuple(design_cfg.dup_rates)))
         st = pool_shift.inject_duplicates(st, d, rate)
     else:
+      if kind == "quality":
+        for d in picked:
+          q = float(rng.choice(qualities))
+          kept = pool_shift.kept_tokens(pool, d, scores.keep_mask(d, q))
+          if kept >= min_tokens:
+            st = pool_shift.quality_filter(st, d, q, kept)
       for d in domains:
         frac = float(rng.uniform(min(1.0 / f, max_frac), max_frac))
-        st = pool_shift.subsample(st, d, max(min_tokens, int(full_n[d] * frac)))
+        n_avail = int(st.n_tokens[d])
+        st = pool_shift.subsample(st, d, max(min(min_tokens, n_avail), int(n_avail * frac)))
     return st
 
   def key(st: Any) -> tuple[Any, ...]:
     n_D, r_D = st.to_arrays(domains)
-    return tuple(n_D.tolist()) + tuple(np.round(r_D, 9).tolist())
+    return (tuple(n_D.tolist()) + tuple(np.round(r_D, 9).tolist())
+            + tuple(st.quality_array(domains).tolist()))
 
   seen = {key(base)}
   first = 1 if bool(design_cfg.include_full_pool) else 0
@@ -281,9 +298,10 @@ def budget_tokens(cfg: ml_collections.ConfigDict) -> int:
 
 
 def build_design(cfg: ml_collections.ConfigDict, domains: Sequence[str],
-                 n_tokens_SxD: np.ndarray, dup_rate_SxD: np.ndarray
-                 ) -> dict[str, np.ndarray]:
-  """The per-run arrays for given states (pure numpy; deterministic in cfg.seed)."""
+                 n_tokens_SxD: np.ndarray, dup_rate_SxD: np.ndarray,
+                 quality_SxD: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """The per-run arrays for given states (pure numpy; deterministic in cfg.seed).
+  `quality_SxD`: each state's quality-filter keep fraction per domain (default 1)."""
   dc = cfg.design
   rng = np.random.default_rng([int(cfg.seed), 0xD5])
   budget = budget_tokens(cfg)
@@ -311,15 +329,19 @@ def build_design(cfg: ml_collections.ConfigDict, domains: Sequence[str],
       "mixture_kind_N": rep(kind_E), "concentration_N": rep(conc_E),
       "n_tokens_SxD": np.asarray(n_tokens_SxD, np.int64),
       "dup_rate_SxD": np.asarray(dup_rate_SxD, np.float32),
+      "quality_SxD": (np.ones_like(np.asarray(dup_rate_SxD, np.float32))
+                      if quality_SxD is None else np.asarray(quality_SxD, np.float32)),
       "budget_tokens": np.array(budget, np.int64),
   }
 
 
 def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.ConfigDict,
-                    full_vector: dict[str, float]
-                    ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-  """(tokens per state and domain, duplicate rate per state and domain, one record per
-  state with its covariate vector). The unshifted state reuses `full_vector`."""
+                    full_vector: dict[str, float], scores: Any = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+  """(tokens, duplicate rate and quality-filter keep fraction per state and domain, one
+  record per state with its covariate vector). The unshifted state reuses
+  `full_vector`; `scores` (the reference stage's `DocScores`) adds the reference
+  covariates and is needed by quality-filtered states."""
   # pylint: disable=import-outside-toplevel
   from causalmix_jax.data import covariates as covariates_lib
   from causalmix_jax.data import pool_shift
@@ -327,6 +349,7 @@ def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.Config
   domains = list(pool.domains)
   n_tokens_SxD = np.zeros((len(states), len(domains)), np.int64)
   dup_rate_SxD = np.zeros((len(states), len(domains)), np.float32)
+  quality_SxD = np.ones((len(states), len(domains)), np.float32)
   records = []
   full_n_D, _ = pool_shift.full(pool).to_arrays(domains)
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -335,28 +358,32 @@ def describe_states(pool: Any, states: Sequence[Any], cfg: ml_collections.Config
                               disable=len(states) < 8)):
     n_D, r_D = st.to_arrays(domains)
     n_tokens_SxD[s], dup_rate_SxD[s] = n_D, r_D
+    quality_SxD[s] = st.quality_array(domains)
     # Host and device must agree on how many tokens are duplicates.
     host_dup = np.array([pool_shift.dup_count(int(n), float(r)) for n, r in zip(n_D, r_D)])
     dev_dup = token_pool.dup_tokens(n_D, r_D)
     if np.any(host_dup != dev_dup):
       raise DesignError(f"state {st.name}: duplicate counts disagree host {host_dup} vs "
                         f"device {dev_dup}")
-    if np.array_equal(n_D, full_n_D) and not np.any(r_D):
+    if np.array_equal(n_D, full_n_D) and not np.any(r_D) and not st.filtered:
       vector = full_vector  # the unshifted pool: the pool stage computed these already
     else:
       log.debug("design: covariates of pool state %s", st.name)
       vector = covariates_lib.feature_vector(covariates_lib.compute_covariates(
-          pool_shift.materialise(pool, st), cfg.covariates, state=st))
+          pool, cfg.covariates, state=st, doc_scores=scores))
       n_computed += 1
-    records.append({
+    record = {
         "name": st.name,
         "n_tokens": {d: int(n) for d, n in zip(domains, n_D)},
         "dup_rate": {d: float(r) for d, r in zip(domains, r_D)},
         "covariates": vector,
-    })
+    }
+    if st.quality:
+      record["quality"] = {d: float(q) for d, q in st.quality.items()}
+    records.append(record)
   log.info("design: covariates of %d pool states computed in %.1fs", n_computed,
            time.time() - t0)
-  return n_tokens_SxD, dup_rate_SxD, records
+  return n_tokens_SxD, dup_rate_SxD, quality_SxD, records
 
 
 def design_meta(cfg: ml_collections.ConfigDict, domains: Sequence[str],

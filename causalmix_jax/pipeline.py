@@ -15,12 +15,14 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from causalmix_jax import artifacts
+from causalmix_jax import sharding
 from causalmix_jax import study as study_lib
 from causalmix_jax.stages import analyse
 from causalmix_jax.stages import design
 from causalmix_jax.stages import fit
 from causalmix_jax.stages import optimise
 from causalmix_jax.stages import pool
+from causalmix_jax.stages import reference
 from causalmix_jax.stages import report
 from causalmix_jax.stages import sweep
 from causalmix_jax.stages import target
@@ -66,23 +68,27 @@ class StageSpec:
 
 
 S = study_lib
+_REFERENCE = (S.REFERENCE_JSON, S.DOC_SCORES_NPZ, S.REFERENCE_COVARIATES_JSON)
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("pool", pool.run, S.POOL_JSON, (), ("seed", "pool", "covariates"),
               fingerprint=pool.source_fingerprint),
+    StageSpec("reference", reference.run, S.REFERENCE_JSON, (S.POOL_JSON,),
+              ("seed", "reference", "pool.deploy", "covariates")),
     StageSpec("design", design.run, S.DESIGN_NPZ, (S.POOL_JSON, S.COVARIATES_JSON),
-              ("seed", "design", "proxy")),
+              ("seed", "design", "proxy", "reference.enabled"),
+              optional_inputs=_REFERENCE),
     StageSpec("sweep", sweep.run, S.RUNS_PARQUET, (S.POOL_JSON, S.DESIGN_NPZ),
-              ("seed", "proxy", "sweep", "mesh")),
+              ("seed", "proxy", "sweep", "mesh"), optional_inputs=(S.DOC_SCORES_NPZ,)),
     StageSpec("fit", fit.run, S.SURFACE_JSON, (S.RUNS_PARQUET,),
               ("seed", "surface", "outcome", "optimise.outcome_weights")),
     StageSpec("optimise", optimise.run, S.MIXTURE_JSON, (S.SURFACE_JSON, S.COVARIATES_JSON),
               ("seed", "optimise", "outcome", "target"),
-              optional_inputs=(S.POOL_JSON, S.POSTERIOR_NPZ, S.DEPLOY_JSON)),
+              optional_inputs=(S.POOL_JSON, S.POSTERIOR_NPZ, S.DEPLOY_JSON) + _REFERENCE),
     StageSpec("validate", validate.run, S.VALIDATE_SUMMARY,
               (S.POOL_JSON, S.COVARIATES_JSON, S.RUNS_PARQUET, S.SURFACE_JSON,
                S.MIXTURE_JSON),
               ("seed", "validate", "proxy", "target", "sweep", "optimise", "surface",
-               "outcome", "mesh"), optional_inputs=(S.DEPLOY_JSON,)),
+               "outcome", "mesh"), optional_inputs=(S.DEPLOY_JSON,) + _REFERENCE),
     StageSpec("analyse", analyse.run, S.INTERPRETATION_JSON,
               (S.SURFACE_JSON, S.MIXTURE_JSON, S.RUNS_PARQUET), ("report", "outcome"),
               optional_inputs=(S.POSTERIOR_NPZ,)),
@@ -98,6 +104,11 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
 ]}
 
 ORDER: tuple[str, ...] = tuple(STAGES)
+
+# Stages without collectives (host computation on files): in a multi-process job only
+# process 0 runs them; the others wait at the barrier after the stage and read what it
+# wrote. Every other stage runs on every process.
+PROCESS_0_STAGES = frozenset({"pool", "design", "fit", "optimise", "analyse", "report"})
 
 
 def _config_section(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> dict[str, Any]:
@@ -276,7 +287,11 @@ def run_stages(names: Sequence[str], cfg: ml_collections.ConfigDict,
                workdir: str | pathlib.Path, *, force: bool = False,
                study_id: str | None = None) -> list[pathlib.Path]:
   """Runs stages in pipeline order. `names` may contain "all". `study_id` (the launch
-  script passes the config file and variant) binds the workdir to one study."""
+  script passes the config file and variant) binds the workdir to one study.
+
+  In a multi-process job every process calls this with the same arguments: the
+  processes meet at a barrier after each stage, so each stage starts from the artifacts
+  process 0 wrote, and the stages of PROCESS_0_STAGES run on process 0 only."""
   if "all" in names:
     names = ORDER
   unknown = [n for n in names if n not in STAGES]
@@ -285,5 +300,12 @@ def run_stages(names: Sequence[str], cfg: ml_collections.ConfigDict,
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   bind_study(cfg, workdir, study_id, force)
-  ordered = [n for n in ORDER if n in names]
-  return [run_stage(n, cfg, workdir, force=force) for n in ordered]
+  sharding.sync_processes("pipeline: study bound")
+  outputs = []
+  for name in [n for n in ORDER if n in names]:
+    if artifacts.is_writer() or name not in PROCESS_0_STAGES:
+      outputs.append(run_stage(name, cfg, workdir, force=force))
+    else:
+      outputs.append(workdir / STAGES[name].output)
+    sharding.sync_processes(f"pipeline: stage {name} done")
+  return outputs

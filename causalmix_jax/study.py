@@ -27,6 +27,10 @@ POOL_DIR = "pool"
 POOL_JSON = "pool/pool.json"
 COVARIATES_JSON = "pool/covariates.json"
 DEPLOY_JSON = "pool/deploy.json"
+REFERENCE_DIR = "reference"
+REFERENCE_JSON = "reference/reference.json"
+DOC_SCORES_NPZ = "reference/doc_scores.npz"
+REFERENCE_COVARIATES_JSON = "reference/covariates.json"
 DESIGN_NPZ = "design/interventions.npz"
 DESIGN_JSON = "design/design.json"
 RUNS_PARQUET = "sweep/runs.parquet"
@@ -49,7 +53,7 @@ REPORT_DIR = "report"
 REPORT_MD = "report/report.md"
 
 # Which stage writes each artifact (its first path component), for error messages.
-_WRITER = {"pool": "pool", "design": "design", "sweep": "sweep", "surface": "fit",
+_WRITER = {"pool": "pool", "reference": "reference", "design": "design", "sweep": "sweep", "surface": "fit",
            "optimise": "optimise", "validate": "validate", "analysis": "analyse",
            "target": "target", "report": "report"}
 
@@ -66,7 +70,8 @@ class Study:
     self._surfaces: dict[str | None, Any] = {}
 
   def __repr__(self) -> str:
-    done = [s for s, rel in (("pool", POOL_JSON), ("design", DESIGN_NPZ),
+    done = [s for s, rel in (("pool", POOL_JSON), ("reference", REFERENCE_JSON),
+                             ("design", DESIGN_NPZ),
                              ("sweep", RUNS_PARQUET), ("fit", SURFACE_JSON),
                              ("optimise", MIXTURE_JSON), ("validate", VALIDATE_SUMMARY),
                              ("analyse", INTERPRETATION_JSON), ("target", TARGET_SUMMARY),
@@ -124,17 +129,55 @@ class Study:
 
   @functools.cached_property
   def covariate_vector(self) -> dict[str, float]:
-    """The flat `x_*` covariate vector of the pool's full state."""
+    """The flat `x_*` covariate vector of the pool's full state (with the reference
+    features when the reference stage is on)."""
     if "vector" not in self.covariates:
       raise ValueError(f"{self.path(COVARIATES_JSON)}: no 'vector' entry (the flattened "
                        "x_ features)")
-    return dict(self.covariates["vector"])
+    vector = dict(self.covariates["vector"])
+    if self.reference_enabled:
+      vector.update(self.reference_covariates["full"])
+    return vector
+
+  # -- reference model -------------------------------------------------------------------
+
+  @functools.cached_property
+  def reference(self) -> dict[str, Any]:
+    """The reference stage's summary (`{"enabled": False}` when it is off)."""
+    return artifacts.read_json(self.require(REFERENCE_JSON, "reference summary"),
+                               "reference summary")
+
+  @property
+  def reference_enabled(self) -> bool:
+    """Whether the reference stage ran with reference.enabled (workdirs without a
+    reference/ directory: no)."""
+    return self.has(REFERENCE_JSON) and bool(self.reference.get("enabled"))
+
+  @functools.cached_property
+  def doc_scores(self) -> Any:
+    """The reference model's per-document scores (`data.doc_scores.DocScores`), or None
+    when the reference stage is off."""
+    if not self.reference_enabled:
+      return None
+    from causalmix_jax.data import doc_scores as doc_scores_lib  # pylint: disable=import-outside-toplevel
+    return doc_scores_lib.DocScores.load(self.require(DOC_SCORES_NPZ, "document scores"))
+
+  @functools.cached_property
+  def reference_covariates(self) -> dict[str, Any]:
+    """{"full": reference features of the full pool, "deploy": {"state", "covariates"}
+    of the pool the recommendation is for}."""
+    return artifacts.read_json(self.require(REFERENCE_COVARIATES_JSON,
+                                            "reference covariates"), "reference covariates")
 
   @functools.cached_property
   def deploy(self) -> dict[str, Any]:
     """The pool the recommendation is for (`pool.deploy`): {"state": {"name",
-    "n_tokens", "dup_rate"}, "covariates": {x_...}}. Workdirs built before it was
-    recorded answer with the full pool."""
+    "n_tokens", "dup_rate"[, "quality"]}, "covariates": {x_...}}. With the reference
+    stage on, the reference stage's copy (its covariates include the reference features
+    and the quality filter). Workdirs built before it was recorded answer with the full
+    pool."""
+    if self.reference_enabled:
+      return dict(self.reference_covariates["deploy"])
     if self.has(DEPLOY_JSON):
       return artifacts.read_json(self.path(DEPLOY_JSON), "deploy pool state")
     return {"state": {"name": "full", "n_tokens": dict(self.tokens),

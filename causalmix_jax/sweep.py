@@ -64,9 +64,10 @@ def run_key(base_seed: int, seed: jax.Array) -> jax.Array:
 
 def make_train_on(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
                   n_domains: int) -> Callable[..., TrainOutputs]:
-  """Pure `train_on(data, key, w_D, n_tokens_D, dup_rate_D) -> outputs` where `data` is
-  the pytree of `TokenPool.device_arrays()` (an argument, so it is not baked into the
-  compiled program as a constant).
+  """Pure `train_on(data, key, w_D, n_tokens_D, dup_rate_D, kept_end_M=None) -> outputs`
+  where `data` is the pytree of `TokenPool.device_arrays()` (an argument, so it is not
+  baked into the compiled program as a constant) and `kept_end_M` the run's quality
+  filter (`TokenPool.kept_end`; None: every document).
 
   outputs: `loss_T` (training loss per step), `heldout_D` (held-out loss per domain),
   `target` (target-evaluation loss).
@@ -79,14 +80,15 @@ def make_train_on(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.Conf
   eval_step = train_step_lib.make_eval_step(model_cfg, n_domains)
 
   def train_on(data: dict[str, jax.Array], key: jax.Array, w_D: jax.Array,
-               n_tokens_D: jax.Array, dup_rate_D: jax.Array) -> TrainOutputs:
+               n_tokens_D: jax.Array, dup_rate_D: jax.Array,
+               kept_end_M: jax.Array | None = None) -> TrainOutputs:
     init_key, data_key = jax.random.split(key)
     state = train_step_lib.init_train_state(model_cfg, optim_cfg, init_key)
 
     def body(state, step):
       batch = token_pool_lib.sample_batch_from(
           data, jax.random.fold_in(data_key, step), w_D, n_tokens_D, dup_rate_D,
-          batch_size, seq_len)
+          batch_size, seq_len, kept_end_M)
       state, metrics = train_step(state, batch)
       return state, metrics["loss"]
 
@@ -144,9 +146,11 @@ def group_width(cfg: ml_collections.ConfigDict, n_runs: int, n_devices: int,
 
 
 def make_sweep_fn(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict,
-                  n_domains: int, mesh: jax.sharding.Mesh) -> Callable[..., TrainOutputs]:
+                  n_domains: int, mesh: jax.sharding.Mesh,
+                  filtered: bool = False) -> Callable[..., TrainOutputs]:
   """`jit(vmap(train))` over one run axis: `fn(data, seed_N, w_NxD, n_tokens_NxD,
-  dup_rate_NxD)`, runs sharded over the `proxy` axis, pool data replicated.
+  dup_rate_NxD[, kept_end_NxM])` (the last when `filtered`: each run's quality filter),
+  runs sharded over the `proxy` axis, pool data replicated.
 
   Runs train `group_width` at a time: the run axis N is viewed as [W, N / W] (W sharded
   like N) and `lax.map` walks the second axis, vmapping `train` over W. W = N is the
@@ -155,8 +159,8 @@ def make_sweep_fn(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.Conf
   base_seed = int(cfg.seed)
   n_dev = mesh.size
 
-  def one(data, seed, w_D, n_D, r_D):
-    return train_on(data, run_key(base_seed, seed), w_D, n_D, r_D)
+  def one(data, seed, w_D, n_D, r_D, kept_M=None):
+    return train_on(data, run_key(base_seed, seed), w_D, n_D, r_D, kept_M)
 
   def batched(data, *runs):
     n = runs[0].shape[0]
@@ -173,7 +177,7 @@ def make_sweep_fn(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.Conf
 
   runs_sh = NamedSharding(mesh, P(PROXY_AXIS))
   repl = NamedSharding(mesh, P())
-  return jax.jit(batched, in_shardings=(repl, runs_sh, runs_sh, runs_sh, runs_sh),
+  return jax.jit(batched, in_shardings=(repl,) + (runs_sh,) * (5 if filtered else 4),
                  out_shardings=runs_sh)
 
 
@@ -309,7 +313,10 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
               design: dict[str, np.ndarray], meta: dict[str, Any], out_dir: pathlib.Path,
               *, vocab_size: int, mesh: jax.sharding.Mesh | None = None,
               metrics: Any = None) -> pathlib.Path:
-  """Runs every design run not yet in a finished chunk and writes `runs.parquet`."""
+  """Runs every design run not yet in a finished chunk and writes `runs.parquet`.
+
+  `design` may hold `kept_end_SxM` (each state's quality filter, `TokenPool.kept_end`);
+  without it every document of the pool is kept."""
   from causalmix_jax import runs as runs_lib  # pylint: disable=import-outside-toplevel
   out_dir = pathlib.Path(out_dir)
   chunks_dir = out_dir / "chunks"
@@ -369,7 +376,9 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
     return design["run_id_N"][i * chunk:(i + 1) * chunk].astype(str)
 
   finished: dict[int, pd.DataFrame] = {}  # chunk -> its rows, read back or computed
-  existing = [i for i in range(n_chunks) if chunk_path(i).exists()]
+  # Process 0 (the only one that writes chunks) reads them back and decides what is
+  # left to train; the other processes train what it says (below).
+  existing = [i for i in range(n_chunks) if artifacts.is_writer() and chunk_path(i).exists()]
   if existing:
     # Columns and types every chunk has: a chunk_frame of one placeholder run.
     template = chunk_frame(np.arange(1), {
@@ -382,7 +391,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
       if frame is not None:
         finished[i] = frame
 
-  todo = [i for i in range(n_chunks) if i not in finished]
+  done_C = sharding_lib.from_process_0(np.array([i in finished for i in range(n_chunks)]))
+  todo = [i for i in range(n_chunks) if not done_C[i]]
   if len(todo) < n_chunks:
     log.info("sweep: %d of %d chunks already done, resuming", n_chunks - len(todo), n_chunks)
 
@@ -390,7 +400,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
     repl = NamedSharding(mesh, P())
     runs_sh = NamedSharding(mesh, P(PROXY_AXIS))
     data = pool.device_arrays(repl)
-    fn = make_sweep_fn(cfg, model_cfg, len(domains), mesh)
+    kept = design.get("kept_end_SxM")
+    fn = make_sweep_fn(cfg, model_cfg, len(domains), mesh, filtered=kept is not None)
     n_tok = design["n_tokens_SxD"].astype(np.int32)
     dup = design["dup_rate_SxD"].astype(np.float32)
 
@@ -398,6 +409,8 @@ def run_sweep(cfg: ml_collections.ConfigDict, pool: token_pool_lib.TokenPool,
       s = design["state_N"][idx_pad]
       host = (design["seed_N"][idx_pad].astype(np.int32),
               design["w_NxD"][idx_pad].astype(np.float32), n_tok[s], dup[s])
+      if kept is not None:
+        host += (kept[s].astype(np.int32),)
       return tuple(sharding_lib.from_replicated_host(np.ascontiguousarray(a), runs_sh)
                    for a in host)
 

@@ -8,8 +8,6 @@ import json
 import pathlib
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -197,38 +195,6 @@ def test_covariates_of_shifted_state():
   # Capped near-dup detection keeps copies with their originals.
   capped = covariates.compute_covariates(pool, {"max_bytes_per_domain": 6000}, state)
   assert 0.15 <= capped["per_domain"]["a"]["near_dup_rate"] <= 0.45
-
-
-def test_reference_stats_with_fake_model():
-  pool = pool_lib.from_documents({"a": ["hello world " * 40], "b": ["abc " * 60]}, ["t"])
-  vocab = pool.vocab_size
-
-  def uniform(tokens_BxL):
-    return jnp.zeros(tokens_BxL.shape + (vocab,), jnp.float32)
-
-  ref = covariates.reference_stats(pool, uniform, seq_len=16, batch_size=4)
-  for d in pool.domains:
-    assert ref[d]["ref_loss_bits"] == pytest.approx(np.log2(vocab), rel=1e-5)
-    assert ref[d]["ref_entropy_bits"] == pytest.approx(np.log2(vocab), rel=1e-5)
-
-  # A model that puts logit 5 on "the same token again": loss and entropy are known.
-  def repeat(tokens_BxL):
-    return 5.0 * jax.nn.one_hot(tokens_BxL, vocab)
-
-  ref = covariates.reference_stats(pool, repeat, seq_len=16, batch_size=4)
-  z = np.exp(5.0) + vocab - 1
-  p_hit, p_miss = np.exp(5.0) / z, 1 / z
-  ent = -(p_hit * np.log2(p_hit) + (vocab - 1) * p_miss * np.log2(p_miss))
-  for d in pool.domains:
-    assert ref[d]["ref_entropy_bits"] == pytest.approx(ent, rel=1e-4)
-    # "abc abc": no byte repeats its predecessor, every loss is -log2(p_miss).
-  assert ref["b"]["ref_loss_bits"] == pytest.approx(-np.log2(p_miss), rel=1e-4)
-  # "hello world": only "ll" repeats.
-  assert ref["a"]["ref_loss_bits"] < -np.log2(p_miss)
-  cov = covariates.compute_covariates(pool, {}, logits_fn=uniform, reference_seq_len=16)
-  vec = covariates.feature_vector(cov)
-  assert vec["x_ref_loss_bits__a"] == pytest.approx(np.log2(vocab), rel=1e-5)
-  assert vec["x_ref_entropy_bits"] == pytest.approx(np.log2(vocab), rel=1e-5)
 
 
 def test_feature_vector_names():

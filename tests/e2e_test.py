@@ -27,7 +27,9 @@ def _main(workdir: pathlib.Path, *extra: str, stage: str = "all",
 def test_pipeline_end_to_end(tmp_path):
   proc = _main(tmp_path)
   assert proc.returncode == 0, proc.stderr[-5000:]
-  for rel in ("pool/pool.json", "pool/covariates.json", "design/interventions.npz",
+  for rel in ("pool/pool.json", "pool/covariates.json", "reference/reference.json",
+              "reference/doc_scores.npz", "reference/covariates.json",
+              "design/interventions.npz",
               "sweep/runs.parquet", "sweep/runs.csv", "surface/surface.json",
               "optimise/mixture.json", "optimise/mixture.yaml", "validate/results.parquet",
               "validate/summary.json", "validate/table.md", "target/summary.json",
@@ -48,6 +50,9 @@ def test_pipeline_end_to_end(tmp_path):
   assert study.surface().outcome == study.mixture.outcome
   assert len(study.runs.run_ids) == len(study.design[0]["run_id_N"])
   assert all(f"x_{f}" in study.covariate_vector for f in study.surface().features)
+  assert study.reference_enabled and study.doc_scores.domains == tuple(pool["domains"])
+  for d in pool["domains"]:  # the reference covariates reach every pool state
+    assert all(f"x_ref_loss_bits__{d}" in s["covariates"] for s in study.design[1]["states"])
   assert study.target["steps"] == summary["steps"]
   assert study.deploy["state"]["name"] == "full"  # no pool.deploy: the built pool
   assert study.deploy_covariates == study.covariate_vector
@@ -59,7 +64,7 @@ def test_pipeline_end_to_end(tmp_path):
   assert "## Validation: the recommendation trained beside its baselines" in report
   again = _main(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count("up to date") == 9, again.stderr[-3000:]
+  assert again.stderr.count("up to date") == 10, again.stderr[-3000:]
   assert (tmp_path / "analysis/interpretation.json").exists()
   stale = _main(tmp_path, "--config.pool.heldout_fraction=0.1",
                 stage="design,sweep,fit,optimise")

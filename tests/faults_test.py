@@ -249,7 +249,7 @@ def target_ref(tmp_path_factory) -> dict:
 def validate_ref(tmp_path_factory, xla_cache_env) -> dict:
   """A smoke study up to `optimise` (`base`), and `validate` run uninterrupted on a copy."""
   base = tmp_path_factory.mktemp("validate_base") / "work"
-  launch(base, "pool,design,sweep,fit,optimise", xla_cache_env)
+  launch(base, "pool,reference,design,sweep,fit,optimise", xla_cache_env)
   out = tmp_path_factory.mktemp("validate_ref") / "work"
   shutil.copytree(base, out)
   launch(out, "validate", xla_cache_env)

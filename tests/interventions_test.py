@@ -174,16 +174,41 @@ def test_per_run_design_gives_a_distinct_covariate_vector_per_intervention():
   docs = {d: ["".join(rng.choice(list("abcdefgh" + d * 3), 400)) for _ in range(60)]
           for d in DOMAINS}
   pool = pool_lib.from_documents(docs, ["target"])
-  cfg = _cfg(state_per_mixture=True, n_pool_states=12, min_tokens_per_domain=2048)
+  cfg = _cfg(state_per_mixture=True, n_pool_states=12, min_tokens_per_domain=2048,
+             state_kinds=("scarce", "rich", "dup", "subsample", "quality"))
+  scores = fake_doc_scores(pool)
   states = interventions.make_states(pool, cfg.design, seq_len=32,
-                                     rng=np.random.default_rng(1))
-  full = covariates_lib.feature_vector(covariates_lib.compute_covariates(pool,
-                                                                         cfg.covariates))
-  n_SxD, r_SxD, records = interventions.describe_states(pool, states, cfg, full)
-  d = interventions.build_design(cfg, DOMAINS, n_SxD, r_SxD)
+                                     rng=np.random.default_rng(1), scores=scores)
+  full = covariates_lib.feature_vector(covariates_lib.compute_covariates(
+      pool, cfg.covariates, doc_scores=scores))
+  n_SxD, r_SxD, q_SxD, records = interventions.describe_states(pool, states, cfg, full,
+                                                               scores)
+  assert np.any(q_SxD < 1) and np.all(q_SxD > 0)  # some states filter by quality
+  d = interventions.build_design(cfg, DOMAINS, n_SxD, r_SxD, q_SxD)
   vectors = [tuple(sorted(records[s]["covariates"].items())) for s in d["state_N"][::1]]
   assert len(vectors) == len(d["run_id_N"])
   assert len(set(vectors)) == len(set(d["intervention_N"].tolist())) == 12
+  # The reference features move with the state: a quality filter lowers the loss.
+  filtered = [s for s, r in enumerate(records) if r.get("quality")]
+  for s in filtered:
+    for dom, q in records[s]["quality"].items():
+      assert (records[s]["covariates"][f"x_ref_loss_bits__{dom}"]
+              < full[f"x_ref_loss_bits__{dom}"]), (dom, q)
+
+
+def fake_doc_scores(pool, seed: int = 0):
+  """Document scores from random per-token values (no model needed)."""
+  from causalmix_jax.data import doc_scores  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  loss = {d: rng.gamma(2.0, 1.0, len(pool.train[d])) for d in pool.domains}
+  # Documents differ in level, so a quality filter has something to rank.
+  for d in pool.domains:
+    starts = np.asarray(pool.doc_starts[d])
+    level = rng.uniform(0.5, 2.0, len(starts))
+    loss[d] *= np.repeat(level, np.diff(np.append(starts, len(pool.train[d]))))
+  ent = {d: rng.gamma(3.0, 1.0, len(pool.train[d])) for d in pool.domains}
+  scored = {d: np.ones(len(pool.train[d]), bool) for d in pool.domains}
+  return doc_scores.from_token_scores(pool.domains, pool.doc_starts, loss, ent, scored)
 
 
 def test_shift_study_sweeps_only_small_subsamples():

@@ -16,7 +16,7 @@ import nbformat
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments/quickstart/response_surface.ipynb"
-STAGES = "pool,design,sweep,fit,optimise"
+STAGES = "pool,reference,design,sweep,fit,optimise"
 STRIP = (".venv/bin/python -c \"import nbformat as f, sys; n = f.read(sys.argv[1], 4); "
          "[(c.update(outputs=[], execution_count=None), "
          "c.metadata.pop('execution', None)) for c in n.cells if c.cell_type == 'code']; "

@@ -14,6 +14,7 @@ import ml_collections
 from causalmix_jax.configs import data as data_cfg
 from causalmix_jax.configs import model as model_cfg
 from causalmix_jax.configs import optimise as optimise_cfg
+from causalmix_jax.configs import reference as reference_cfg
 from causalmix_jax.configs import report as report_cfg
 from causalmix_jax.configs import surface as surface_cfg
 from causalmix_jax.configs import sweep as sweep_cfg
@@ -26,7 +27,7 @@ KNOWN_VARIANTS = frozenset({"smoke", "cpu"})
 # --config.<key>.<name>=<value> (launch/main.py adds the entry).
 DOMAIN_MAPPINGS = ("target.weights", "optimise.domain_min", "optimise.domain_max",
                    "optimise.pinned", "optimise.outcome_weights", "pool.deploy.fraction",
-                   "pool.deploy.dup_rate")
+                   "pool.deploy.dup_rate", "pool.deploy.quality")
 
 
 def set_mapping_entry(cfg: ml_collections.ConfigDict, key: str, name: str,
@@ -66,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.outcome = "target"
   cfg.pool = data_cfg.pool_section(variants)
   cfg.covariates = data_cfg.covariates_section(variants)
+  cfg.reference = reference_cfg.section(variants)
   cfg.mixing = data_cfg.mixing_section(variants)
   cfg.mesh = model_cfg.mesh_section(variants)
   cfg.proxy = model_cfg.proxy_section(variants)

@@ -38,11 +38,13 @@ def pool_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # Cap per domain on tokens kept (0 = everything).
   c.max_tokens_per_domain = 0
   # The pool the recommendation is for, relative to the built pool: per domain, the
-  # fraction of its tokens it exposes (< 1: scarcer) and an injected duplicate rate.
-  # Empty: the built pool itself. The optimise and validate stages answer for it; the
-  # sweep's pool states are drawn from the built pool (see `design`).
+  # fraction of its documents a quality filter keeps (< 1 needs reference.enabled), the
+  # fraction of the remaining tokens it exposes (< 1: scarcer) and an injected duplicate
+  # rate. Empty: the built pool itself. The optimise and validate stages answer for it;
+  # the sweep's pool states are drawn from the built pool (see `design`).
   c.deploy = ml_collections.ConfigDict(dict(fraction=ml_collections.ConfigDict(),
-                                            dup_rate=ml_collections.ConfigDict()))
+                                            dup_rate=ml_collections.ConfigDict(),
+                                            quality=ml_collections.ConfigDict()))
   if "smoke" in variants:
     c.max_tokens_per_domain = 60_000
   return c
@@ -50,8 +52,6 @@ def pool_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
 
 def covariates_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # Optional reference model checkpoint (a target-stage workdir) for NormLoss / HES.
-  c.reference_checkpoint = ""
   c.near_dup_ngram = 8
   # Statistics are computed on at most this many bytes per domain (0 = all).
   c.max_bytes_per_domain = 0

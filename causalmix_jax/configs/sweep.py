@@ -29,12 +29,15 @@ def design_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # Factors by which scarce/rich/subsampled states shrink or grow a domain.
   c.shift_factors = (2.0, 4.0, 8.0)
   # Kinds of state cycled through after the first, and whether the first state is the
-  # full pool (False: every state is a variant, e.g. only small subsamples).
+  # full pool (False: every state is a variant, e.g. only small subsamples). "quality":
+  # a subsample (as "subsample") in which one or two domains first keep only their top
+  # `quality_fractions` of documents by the reference score (needs reference.enabled).
   c.state_kinds = ("scarce", "rich", "dup", "subsample")
   c.include_full_pool = True
   # A subsampled domain keeps a fraction drawn uniformly in [1/f, this].
   c.subsample_max_fraction = 1.0
   c.dup_rates = (0.25, 0.5)
+  c.quality_fractions = (0.25, 0.5, 0.75)
   # No state exposes fewer tokens than this in any domain (>= proxy seq_len + 1).
   c.min_tokens_per_domain = 2048 if smoke else 8192
   c.seeds = 1 if smoke else 2

@@ -16,8 +16,11 @@ Per domain (and pooled over domains):
                            document: MinHash over hashed token n-grams
                            (`near_dup_ngram`), 32 hashes in 4 bands of 8 (a pair with
                            n-gram Jaccard 0.9 is caught with probability ~0.9, 0.5 ~0.02)
-  ref_loss_bits, ref_entropy_bits   (with a reference model) mean next-token loss in bits
-                           per token and mean entropy of the predicted distribution
+  ref_loss_bits, ref_entropy_bits, ref_hes_bits   (with the reference stage's document
+                           scores, `data.doc_scores`) the reference model's mean
+                           next-token loss and predictive entropy in bits per token, and
+                           its high-entropy-token sum per 1,000 tokens, over the tokens
+                           the pool state exposes
 Pool-level extras: share_entropy (bits, entropy of the token shares) and n_domains.
 
 `max_bytes_per_domain` caps the byte sample (64 evenly spaced segments) behind the text
@@ -31,7 +34,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import math
 import time
 import zlib
 from typing import Any, Callable, Mapping
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 DOMAIN_FEATURES = ("tokens", "token_share", "documents", "doc_len_mean", "doc_len_std",
                    "byte_entropy", "compression_ratio", "type_token_ratio",
                    "near_dup_rate")
-REFERENCE_FEATURES = ("ref_loss_bits", "ref_entropy_bits")
+REFERENCE_FEATURES = ("ref_loss_bits", "ref_entropy_bits", "ref_hes_bits")
 POOL_EXTRA_FEATURES = ("share_entropy", "n_domains")
 
 N_SEGMENTS = 64
@@ -64,7 +66,6 @@ MINHASH_CHUNK_DOCS = MINHASH_CHUNK // 8
 _HIST_BLOCK = 1 << 20
 _PREFIX = 16
 
-LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
@@ -260,97 +261,28 @@ def near_dup_flags(stream: np.ndarray, starts: np.ndarray, *, ngram: int,
   return flags
 
 
-# ----------------------------------------------------------------------------- reference
-
-
-def _reference_batch_stats(logits_fn: LogitsFn) -> Callable:
-  @jax.jit
-  def stats(tokens_BxW: jax.Array, mask_BxW: jax.Array) -> tuple[jax.Array, ...]:
-    logits_BxLxV = logits_fn(tokens_BxW[:, :-1]).astype(jnp.float32)
-    logp_BxLxV = jax.nn.log_softmax(logits_BxLxV, axis=-1)
-    labels_BxL = tokens_BxW[:, 1:]
-    nll_BxL = -jnp.take_along_axis(logp_BxLxV, labels_BxL[..., None], axis=-1)[..., 0]
-    ent_BxL = -jnp.sum(jnp.exp(logp_BxLxV) * logp_BxLxV, axis=-1)
-    m_BxL = mask_BxW[:, 1:].astype(jnp.float32)
-    return (jnp.sum(nll_BxL * m_BxL) / math.log(2), jnp.sum(ent_BxL * m_BxL) / math.log(2),
-            jnp.sum(m_BxL))
-  return stats
-
-
-def reference_stats(pool: Pool, logits_fn: LogitsFn, *, seq_len: int = 128,
-                    batch_size: int = 8, max_windows: int = 64) -> dict[str, dict[str, float]]:
-  """Mean loss (bits/token) and mean next-token prediction entropy (bits) of a reference
-  model on each domain's training stream (up to `max_windows` evenly spaced windows of
-  seq_len + 1 tokens, masked by the loss mask; PAD never counts).
-
-  logits_fn: `tokens_BxL int32 -> logits_BxLxV`, e.g. a closure over model.apply and
-    loaded parameters.
-  """
-  stats = _reference_batch_stats(logits_fn)
-  window = seq_len + 1
-  out: dict[str, dict[str, float]] = {}
-  for d in pool.domains:
-    stream, mask = pool.train[d], pool.train_mask[d]
-    n = len(stream)
-    n_win = max(1, min(max_windows, n // window))
-    starts = np.linspace(0, max(0, n - window), n_win).astype(np.int64)
-    rows = -(-n_win // batch_size) * batch_size
-    tok = np.full((rows, window), pool.pad_id, np.int32)
-    msk = np.zeros((rows, window), np.uint8)
-    for r, s in enumerate(starts):
-      piece = np.asarray(stream[s:s + window])
-      tok[r, :len(piece)] = piece
-      msk[r, :len(piece)] = np.asarray(mask[s:s + window])
-    msk[tok == pool.pad_id] = 0
-    loss = ent = cnt = 0.0
-    for lo in range(0, rows, batch_size):
-      l, e, c = stats(jnp.asarray(tok[lo:lo + batch_size]), jnp.asarray(msk[lo:lo + batch_size]))
-      loss, ent, cnt = loss + float(l), ent + float(e), cnt + float(c)
-    cnt = max(cnt, 1.0)
-    out[d] = {"ref_loss_bits": loss / cnt, "ref_entropy_bits": ent / cnt,
-              "ref_tokens": cnt}
-  return out
-
-
-def load_reference_fn(path: str) -> LogitsFn:
-  """A logits function from a reference checkpoint (a target-stage workdir).
-
-  Needs `causalmix_jax.checkpointing.load_params(path) -> (model_cfg, params)` and
-  `causalmix_jax.model.apply`.
-  """
-  try:
-    from causalmix_jax import checkpointing  # pylint: disable=import-outside-toplevel
-    from causalmix_jax import model  # pylint: disable=import-outside-toplevel
-    loader = checkpointing.load_params
-  except (ImportError, AttributeError) as e:
-    raise DataError(
-        f"covariates.reference_checkpoint={path!r}: no checkpoint loader available "
-        f"({e}); pass logits_fn to compute_covariates instead") from None
-  model_cfg, params = loader(path)
-  return lambda tokens_BxL: model.apply(model_cfg, params, tokens_BxL)
-
-
 # ----------------------------------------------------------------------------- main
 
 
 def compute_covariates(pool: Pool, cov_cfg: Any = None, state: Any = None, *,
-                       logits_fn: LogitsFn | None = None,
-                       reference_seq_len: int = 128) -> dict[str, Any]:
+                       doc_scores: Any = None) -> dict[str, Any]:
   """Covariates of `pool` (or of the pool state `state`, materialised first).
 
+  doc_scores: the reference stage's `data.doc_scores.DocScores` of `pool` (adds the
+    reference features; needed by quality-filtered states).
   Returns `{"domains", "per_domain": {d: {feature: v}}, "pool": {feature: v},
   "pool_state", "settings"}`.
   """
-  if state is not None:
-    from causalmix_jax.data import pool_shift  # pylint: disable=import-outside-toplevel
-    pool = pool_shift.materialise(pool, state)
+  from causalmix_jax.data import pool_shift  # pylint: disable=import-outside-toplevel
+  unshifted = pool
+  if state is None:
+    state = pool_shift.full(pool)
+  else:
+    pool = pool_shift.materialise(pool, state, doc_scores)
   cap = int(_cfg_get(cov_cfg, "max_bytes_per_domain", 0) or 0)
   ngram = int(_cfg_get(cov_cfg, "near_dup_ngram", 8))
   if ngram < 1:
     raise DataError(f"covariates.near_dup_ngram must be >= 1, got {ngram}")
-  ref_path = str(_cfg_get(cov_cfg, "reference_checkpoint", "") or "")
-  if logits_fn is None and ref_path:
-    logits_fn = load_reference_fn(ref_path)
   total = sum(int(len(pool.train[d])) for d in pool.domains)
   if total == 0:
     raise DataError("pool has no training tokens in any domain")
@@ -398,20 +330,36 @@ def compute_covariates(pool: Pool, cov_cfg: Any = None, state: Any = None, *,
       "share_entropy": entropy_bits(shares),
       "n_domains": float(len(pool.domains)),
   }
-  if logits_fn is not None:
-    ref = reference_stats(pool, logits_fn, seq_len=reference_seq_len)
-    weight = sum(ref[d]["ref_tokens"] for d in pool.domains)
-    for f in REFERENCE_FEATURES:
-      for d in pool.domains:
-        per[d][f] = ref[d][f]
-      pooled[f] = sum(ref[d][f] * ref[d]["ref_tokens"] for d in pool.domains) / weight
+  if doc_scores is not None:
+    _add_reference_features(unshifted, state, doc_scores, per, pooled)
   state_dict = pool.meta.get("pool_state")
   return {"domains": list(pool.domains), "per_domain": per, "pool": pooled,
           "pool_state": state_dict,
           "settings": {"max_bytes_per_domain": cap, "near_dup_ngram": ngram,
                        "ttr_window": TTR_WINDOW, "zlib_block": ZLIB_BLOCK,
                        "minhash": [MINHASH_HASHES, MINHASH_BANDS],
-                       "reference": bool(logits_fn is not None)}}
+                       "reference": bool(doc_scores is not None)}}
+
+
+def _add_reference_features(pool: Pool, state: Any, scores: Any,
+                            per: dict[str, dict[str, float]], pooled: dict[str, float]
+                            ) -> None:
+  """Reference features of the tokens `state` exposes (per domain, and token-weighted
+  over domains), from the document scores of the unshifted `pool`."""
+  # pylint: disable=import-outside-toplevel
+  from causalmix_jax.data import doc_scores as doc_scores_lib
+  from causalmix_jax.data import pool_shift
+  masks = pool_shift.keep_masks(pool, state, scores)
+  n_D, r_D = state.to_arrays(pool.domains)
+  weights = {}
+  for d, n, r in zip(pool.domains, n_D, r_D):
+    feats, weights[d] = doc_scores_lib.exposed_features(
+        scores, d, pool.doc_starts[d], len(pool.train[d]), masks.get(d), int(n),
+        pool_shift.dup_count(int(n), float(r)))
+    per[d].update(feats)
+  total = max(sum(weights.values()), 1.0)
+  for f in REFERENCE_FEATURES:
+    pooled[f] = sum(per[d][f] * weights[d] for d in pool.domains) / total
 
 
 def feature_vector(cov: Mapping[str, Any]) -> dict[str, float]:

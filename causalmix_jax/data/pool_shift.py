@@ -1,16 +1,20 @@
 """Pool states: what each domain of a pool exposes after a pool-shift intervention
-(subsampling, scarcity, richness, injected duplicates), and their materialisation.
+(subsampling, scarcity, richness, injected duplicates, quality filters), and their
+materialisation.
 
-The rule (the device sampler in `token_pool` applies the same one): domain d exposes only
-the first `n_tokens[d]` tokens of `train[d]`; with duplicate rate r, the last
-`k = floor(float32(n) * float32(r))` of those tokens are replaced by a copy of the first k.
+The rule (the device sampler in `token_pool` applies the same one): a quality filter with
+keep fraction q < 1 first keeps the domain's top-q documents by a reference-model score
+(`data.doc_scores`; the kept documents in their order form the domain's stream); domain d
+then exposes only the first `n_tokens[d]` tokens of that stream; with duplicate rate r,
+the last `k = floor(float32(n) * float32(r))` of those tokens are replaced by a copy of
+the first k.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +29,8 @@ def dup_count(n_tokens: int, dup_rate: float) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class PoolState:
-  """A named pool state: tokens exposed and duplicate rate per domain.
+  """A named pool state: tokens exposed, duplicate rate and quality-filter keep fraction
+  per domain (`quality`: absent domains keep every document).
 
   `available` (optional) is what the pool holds per domain; `rich` caps at it. States made
   by `full(pool)` and the constructors below carry it.
@@ -35,6 +40,16 @@ class PoolState:
   dup_rate: dict[str, float]
   available: dict[str, int] | None = dataclasses.field(default=None, compare=False,
                                                       repr=False)
+  quality: dict[str, float] = dataclasses.field(default_factory=dict)
+
+  @property
+  def filtered(self) -> bool:
+    """Whether a quality filter drops documents of some domain."""
+    return any(float(q) < 1.0 for q in self.quality.values())
+
+  def quality_array(self, domains: Sequence[str]) -> np.ndarray:
+    """float32[D] keep fractions in the order of `domains` (1 = every document)."""
+    return np.array([self.quality.get(d, 1.0) for d in domains], np.float32)
 
   def to_arrays(self, domains: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(n_tokens_D int64, dup_rate_D float32) in the order of `domains`."""
@@ -47,6 +62,8 @@ class PoolState:
   def to_dict(self) -> dict:
     out = {"name": self.name, "n_tokens": dict(self.n_tokens),
            "dup_rate": dict(self.dup_rate)}
+    if self.quality:
+      out["quality"] = dict(self.quality)
     if self.available is not None:
       out["available"] = dict(self.available)
     return out
@@ -56,7 +73,8 @@ class PoolState:
     avail = d.get("available")
     return cls(name=str(d["name"]), n_tokens={k: int(v) for k, v in d["n_tokens"].items()},
                dup_rate={k: float(v) for k, v in d["dup_rate"].items()},
-               available={k: int(v) for k, v in avail.items()} if avail else None)
+               available={k: int(v) for k, v in avail.items()} if avail else None,
+               quality={k: float(v) for k, v in d.get("quality", {}).items()})
 
 
 def _check(state: PoolState, domain: str) -> None:
@@ -72,7 +90,7 @@ def _limits(state: PoolState) -> dict[str, int]:
 def _replace(state: PoolState, name: str, n_tokens: dict[str, int],
              dup_rate: dict[str, float]) -> PoolState:
   return PoolState(name=name, n_tokens=n_tokens, dup_rate=dup_rate,
-                   available=_limits(state))
+                   available=_limits(state), quality=dict(state.quality))
 
 
 def full(pool: Pool) -> PoolState:
@@ -123,6 +141,61 @@ def inject_duplicates(state: PoolState, domain: str, rate: float) -> PoolState:
                   {**state.dup_rate, domain: r})
 
 
+def quality_filter(state: PoolState, domain: str, fraction: float,
+                   kept_tokens: int) -> PoolState:
+  """Domain keeps only its top `fraction` of documents by the reference score
+  (`kept_tokens`: how many tokens those documents hold, from `DocScores.keep_mask`); it
+  exposes at most those tokens."""
+  _check(state, domain)
+  if not 0 < float(fraction) <= 1:
+    raise DataError(f"quality_filter: keep fraction for domain {domain!r} must lie in "
+                    f"(0, 1], got {fraction}")
+  n = max(1, min(int(state.n_tokens[domain]), int(kept_tokens)))
+  return PoolState(name=f"{state.name}|{domain}^q{fraction:g}",
+                   n_tokens={**state.n_tokens, domain: n}, dup_rate=dict(state.dup_rate),
+                   available={**_limits(state), domain: int(kept_tokens)},
+                   quality={**state.quality, domain: float(fraction)})
+
+
+def keep_masks(pool: Pool, state: PoolState, scores: Any) -> dict[str, np.ndarray]:
+  """bool[docs] per filtered domain of `state` (`scores`: `doc_scores.DocScores`)."""
+  if not state.filtered:
+    return {}
+  if scores is None:
+    raise DataError(f"pool state {state.name!r} filters documents by quality, which needs "
+                    "the reference stage's document scores (reference.enabled=True; run "
+                    "--stage=reference)")
+  out = {}
+  for d, q in state.quality.items():
+    if float(q) < 1.0:
+      mask = scores.keep_mask(d, float(q))
+      if len(mask) != len(pool.doc_starts[d]):
+        raise DataError(f"document scores of domain {d!r} cover {len(mask)} documents, the "
+                        f"pool has {len(pool.doc_starts[d])}; re-run --stage=reference")
+      out[d] = mask
+  return out
+
+
+def kept_tokens(pool: Pool, domain: str, mask: np.ndarray) -> int:
+  """Tokens of `domain` held by the documents `mask` keeps."""
+  from causalmix_jax.data import doc_scores  # pylint: disable=import-outside-toplevel
+  length = doc_scores.doc_lengths(pool.doc_starts[domain], len(pool.train[domain]))
+  return int(length[np.asarray(mask, bool)].sum())
+
+
+def _filter(tokens: np.ndarray, mask: np.ndarray, starts: np.ndarray,
+            keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The kept documents' tokens, loss mask and starts, in order."""
+  starts = np.asarray(starts, np.int64)
+  ends = np.append(starts[1:], len(tokens))
+  keep = np.asarray(keep, bool)
+  pieces = [np.arange(a, b) for a, b, k in zip(starts, ends, keep) if k]
+  idx = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+  lengths = (ends - starts)[keep]
+  new_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+  return np.asarray(tokens)[idx], np.asarray(mask)[idx], new_starts
+
+
 def _apply(tokens: np.ndarray, mask: np.ndarray, starts: np.ndarray, n: int,
            rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   n = min(int(n), len(tokens))
@@ -141,20 +214,24 @@ def _apply(tokens: np.ndarray, mask: np.ndarray, starts: np.ndarray, n: int,
   return tok, msk, st
 
 
-def materialise(pool: Pool, state: PoolState) -> Pool:
-  """The pool as the state exposes it (in memory): train streams cut and duplicated.
+def materialise(pool: Pool, state: PoolState, scores: Any = None) -> Pool:
+  """The pool as the state exposes it (in memory): train streams filtered, cut and
+  duplicated (`scores`: the `doc_scores.DocScores` a quality-filtered state needs).
 
   Held-out and target sets are unchanged. Document starts follow the copies, so document
   statistics (lengths, near-duplicates) see the injected duplicates.
   """
   n_D, _ = state.to_arrays(pool.domains)
+  masks = keep_masks(pool, state, scores)
   train, mask, starts = {}, {}, {}
   for d, n in zip(pool.domains, n_D):
-    if n > len(pool.train[d]):
+    tok, msk, st = pool.train[d], pool.train_mask[d], pool.doc_starts[d]
+    if d in masks:
+      tok, msk, st = _filter(tok, msk, st, masks[d])
+    if n > len(tok):
       raise DataError(f"pool state {state.name!r} exposes {n} tokens of domain {d!r}, "
-                      f"but the pool holds {len(pool.train[d])}")
-    train[d], mask[d], starts[d] = _apply(pool.train[d], pool.train_mask[d],
-                                          pool.doc_starts[d], int(n),
+                      f"but the pool holds {len(tok)}")
+    train[d], mask[d], starts[d] = _apply(tok, msk, st, int(n),
                                           state.dup_rate.get(d, 0.0))
   meta = dict(pool.meta)
   meta["pool_state"] = state.to_dict()
@@ -162,18 +239,31 @@ def materialise(pool: Pool, state: PoolState) -> Pool:
                              meta=meta)
 
 
-def deploy_state(pool: Pool, fraction: Mapping[str, float],
-                 dup_rate: Mapping[str, float]) -> PoolState:
-  """The pool a recommendation is for (config `pool.deploy`): each domain keeps
-  `fraction[d]` of its tokens (default 1) with duplicate rate `dup_rate[d]` (default 0).
-  Unknown domains and out-of-range values are errors naming the config key."""
+def deploy_state(pool: Pool, fraction: Mapping[str, float], dup_rate: Mapping[str, float],
+                 quality: Mapping[str, float] | None = None,
+                 scores: Any = None) -> PoolState:
+  """The pool a recommendation is for (config `pool.deploy`): each domain keeps its top
+  `quality[d]` of documents by the reference score (default 1: all; needs `scores`), then
+  `fraction[d]` of those tokens (default 1), with duplicate rate `dup_rate[d]` (default
+  0). Unknown domains and out-of-range values are errors naming the config key."""
   st = full(pool)
-  for key, values in (("fraction", fraction), ("dup_rate", dup_rate)):
+  quality = dict(quality or {})
+  for key, values in (("fraction", fraction), ("dup_rate", dup_rate),
+                      ("quality", quality)):
     unknown = sorted(set(values) - set(pool.domains))
     if unknown:
       raise DataError(f"config key pool.deploy.{key} names unknown domain(s) {unknown}; "
                       f"domains: {list(pool.domains)}")
   changed = False
+  for d, q in quality.items():
+    if not 0 < float(q) <= 1:
+      raise DataError(f"config key pool.deploy.quality.{d}={q} must lie in (0, 1]")
+    if float(q) < 1:
+      if scores is None:
+        raise DataError(f"config key pool.deploy.quality.{d}={q} filters documents by the "
+                        "reference score: set reference.enabled=True")
+      st = quality_filter(st, d, float(q), kept_tokens(pool, d, scores.keep_mask(d, q)))
+      changed = True
   for d, f in fraction.items():
     if not 0 < float(f) <= 1:
       raise DataError(f"config key pool.deploy.fraction.{d}={f} must lie in (0, 1]")

@@ -3,9 +3,11 @@ flat array with offsets, a pure on-device batch sampler that follows a proxy's o
 weights and pool state, and fixed held-out / target evaluation batches.
 
 The sampler applies the pool-shift rule of `causalmix_jax.data.pool_shift` exactly:
-domain d exposes only the first `n_tokens[d]` tokens of its stream, and with duplicate
-rate r the last `floor(r * n_tokens[d])` of those are replaced by a copy of the first
-`floor(r * n_tokens[d])`. Each example picks its domain by inverse-CDF sampling of the
+with a quality filter, domain d's stream is its kept documents in order (given on device
+by `kept_end_M`, the cumulative kept tokens over every document of the pool, see
+`kept_end`); domain d exposes only the first `n_tokens[d]` tokens of its stream, and with
+duplicate rate r the last `floor(r * n_tokens[d])` of those are replaced by a copy of the
+first `floor(r * n_tokens[d])`. Each example picks its domain by inverse-CDF sampling of the
 weights (so proxies sharing a key draw coupled domains: common random numbers) and a
 window start uniformly among the domain's available windows.
 
@@ -46,9 +48,29 @@ def source_positions(pos: jax.Array, n_tokens: jax.Array, dup_rate: jax.Array) -
   return jnp.where(pos >= boundary, pos - boundary, pos)
 
 
+def kept_flat_positions(arrays: Mapping[str, jax.Array], domain: jax.Array,
+                        pos: jax.Array, kept_end_M: jax.Array) -> jax.Array:
+  """Flat positions (into `arrays["tokens"]`) of positions `pos` of domain `domain`'s
+  filtered stream (its kept documents in order). `domain` broadcasts against `pos`.
+
+  kept_end_M: int32[M], over every document of the pool (domains in order), the kept
+    tokens up to and including that document (a dropped document adds 0).
+  """
+  first = arrays["doc_lo"][domain]
+  before = jnp.where(first > 0, kept_end_M[jnp.maximum(first - 1, 0)], 0)
+  g = before + pos
+  # The document holding kept position g: the first whose cumulative end passes g (it
+  # is kept, since a dropped one does not move the cumulative sum).
+  j = jnp.searchsorted(kept_end_M, g, side="right", method="compare_all")
+  j = jnp.minimum(j, kept_end_M.shape[0] - 1)
+  start = kept_end_M[j] - arrays["doc_len"][j]
+  return arrays["doc_start"][j] + (g - start)
+
+
 def sample_batch_from(arrays: Mapping[str, jax.Array], key: jax.Array, w_D: jax.Array,
                       n_tokens_D: jax.Array, dup_rate_D: jax.Array, batch_size: int,
-                      seq_len: int) -> dict[str, jax.Array]:
+                      seq_len: int, kept_end_M: jax.Array | None = None
+                      ) -> dict[str, jax.Array]:
   """Pure sampler over explicit pool arrays (see module docstring).
 
   arrays: `{"tokens": int32[T], "mask": uint8[T], "offsets": int32[D], ...}` as made by
@@ -56,6 +78,8 @@ def sample_batch_from(arrays: Mapping[str, jax.Array], key: jax.Array, w_D: jax.
   w_D: mixture weights (need not be normalised; zero weight = never sampled).
   n_tokens_D: tokens exposed per domain (each >= seq_len + 1 where w > 0).
   dup_rate_D: duplicate rate per domain.
+  kept_end_M: quality-filtered streams (see `kept_flat_positions`); None = every
+    document kept (the same batches as an all-kept `kept_end_M`, computed directly).
   """
   window = seq_len + 1
   k_dom, k_start = jax.random.split(key)
@@ -71,7 +95,10 @@ def sample_batch_from(arrays: Mapping[str, jax.Array], key: jax.Array, w_D: jax.
   pos_BxW = start_B[:, None] + jnp.arange(window, dtype=jnp.int32)[None, :]
   pos_BxW = jnp.minimum(pos_BxW, jnp.maximum(n_B, 1)[:, None] - 1)
   src_BxW = source_positions(pos_BxW, n_B[:, None], dup_rate_D[domain_B][:, None])
-  flat_BxW = arrays["offsets"][domain_B][:, None] + src_BxW
+  if kept_end_M is None:
+    flat_BxW = arrays["offsets"][domain_B][:, None] + src_BxW
+  else:
+    flat_BxW = kept_flat_positions(arrays, domain_B[:, None], src_BxW, kept_end_M)
   return {"tokens": arrays["tokens"][flat_BxW], "mask": arrays["mask"][flat_BxW],
           "domain": domain_B}
 
@@ -82,6 +109,8 @@ class TokenPool:
 
   tokens/mask: every domain's train stream concatenated (domain order = `domains`).
   offsets_D/lengths_D: where each domain starts and how long its stream is.
+  doc_start_M/doc_len_M: every document (domains in order): flat start and length;
+    doc_lo_D: index of each domain's first document.
   eval_*: held-out batches, `eval_tokens_ExBxW` with `eval_domain_ExB`, E = D * n_eval.
   target_*: the target evaluation batches `target_tokens_ExBxW`.
   """
@@ -91,6 +120,9 @@ class TokenPool:
   mask: np.ndarray
   offsets_D: np.ndarray
   lengths_D: np.ndarray
+  doc_start_M: np.ndarray
+  doc_len_M: np.ndarray
+  doc_lo_D: np.ndarray
   eval_tokens_ExBxW: np.ndarray
   eval_mask_ExBxW: np.ndarray
   eval_domain_ExB: np.ndarray
@@ -105,7 +137,8 @@ class TokenPool:
     """The arrays as a pytree on device (replicated under `sharding` when given)."""
     host = {
         "tokens": self.tokens, "mask": self.mask, "offsets": self.offsets_D,
-        "lengths": self.lengths_D, "eval_tokens": self.eval_tokens_ExBxW,
+        "lengths": self.lengths_D, "doc_start": self.doc_start_M,
+        "doc_len": self.doc_len_M, "doc_lo": self.doc_lo_D, "eval_tokens": self.eval_tokens_ExBxW,
         "eval_mask": self.eval_mask_ExBxW, "eval_domain": self.eval_domain_ExB,
         "target_tokens": self.target_tokens_ExBxW, "target_mask": self.target_mask_ExBxW,
     }
@@ -114,12 +147,43 @@ class TokenPool:
     return {k: jax.device_put(v, sharding) for k, v in host.items()}
 
   def sample_batch(self, key: jax.Array, w_D: jax.Array, n_tokens_D: jax.Array,
-                   dup_rate_D: jax.Array, batch_size: int, seq_len: int
-                   ) -> dict[str, jax.Array]:
+                   dup_rate_D: jax.Array, batch_size: int, seq_len: int,
+                   kept_end_M: np.ndarray | None = None) -> dict[str, jax.Array]:
     """Jitted sampler bound to this pool's device arrays."""
+    kept = None if kept_end_M is None else jnp.asarray(kept_end_M, jnp.int32)
     return _jitted_sampler(batch_size, seq_len)(
         self._cached_arrays(), key, jnp.asarray(w_D), jnp.asarray(n_tokens_D),
-        jnp.asarray(dup_rate_D))
+        jnp.asarray(dup_rate_D), kept_end_M=kept)
+
+  def kept_end(self, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """int32[M]: cumulative kept tokens over every document, keeping the documents
+    `masks[d]` marks in each filtered domain d (others keep every document)."""
+    keep_M = np.ones(len(self.doc_len_M), bool)
+    for d, mask in masks.items():
+      i = self.domains.index(d)
+      lo = int(self.doc_lo_D[i])
+      hi = int(self.doc_lo_D[i + 1]) if i + 1 < len(self.domains) else len(keep_M)
+      if len(mask) != hi - lo:
+        raise ValueError(f"keep mask of domain {d!r} has {len(mask)} entries for "
+                         f"{hi - lo} documents")
+      keep_M[lo:hi] = np.asarray(mask, bool)
+    return np.cumsum(np.where(keep_M, self.doc_len_M, 0)).astype(np.int32)
+
+  def kept_end_states(self, quality_SxD: np.ndarray, scores: Any) -> np.ndarray | None:
+    """int32[S, M]: `kept_end` of each state's quality filter (keep fractions
+    `quality_SxD`, documents ranked by `scores`, a `DocScores`); None when no state
+    filters."""
+    quality_SxD = np.asarray(quality_SxD, np.float64)
+    if not np.any(quality_SxD < 1.0):
+      return None
+    if scores is None:
+      raise ValueError("the design has quality-filtered pool states, which need the "
+                       "reference stage's document scores (run --stage=reference)")
+    rows = []
+    for q_D in quality_SxD:
+      rows.append(self.kept_end({d: scores.keep_mask(d, float(q))
+                                 for d, q in zip(self.domains, q_D) if q < 1.0}))
+    return np.stack(rows)
 
   def _cached_arrays(self) -> PoolArrays:
     cache = self.__dict__.get("_arrays")
@@ -153,6 +217,15 @@ def from_pool(pool: Any, *, seq_len: int, eval_batch_size: int,
     raise ValueError(f"token pool: {lengths.sum()} tokens exceed int32 indexing; cap "
                      "pool.max_tokens_per_domain")
   offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int32)
+  doc_start, doc_len, doc_lo = [], [], []
+  for d, off, n in zip(domains, offsets, lengths):
+    st = np.asarray(pool.doc_starts[d], np.int64)
+    st = st[st < n]
+    if len(st) == 0 or st[0] != 0:  # tokens before the first start form a document
+      st = np.concatenate([[0], st])
+    doc_lo.append(sum(len(x) for x in doc_start))
+    doc_start.append(st + off)
+    doc_len.append(np.diff(np.append(st, n)))
   tokens = np.concatenate([np.asarray(pool.train[d], np.int32) for d in domains])
   mask = np.concatenate([np.asarray(pool.train_mask[d], np.uint8) for d in domains])
   ev = evaluate.eval_arrays(pool, seq_len=seq_len, batch_size=eval_batch_size,
@@ -160,6 +233,9 @@ def from_pool(pool: Any, *, seq_len: int, eval_batch_size: int,
   return TokenPool(
       domains=domains, pad_id=int(pool.pad_id), tokens=tokens, mask=mask,
       offsets_D=offsets, lengths_D=lengths.astype(np.int32),
+      doc_start_M=np.concatenate(doc_start).astype(np.int32),
+      doc_len_M=np.concatenate(doc_len).astype(np.int32),
+      doc_lo_D=np.array(doc_lo, np.int32),
       eval_tokens_ExBxW=ev["eval_tokens"], eval_mask_ExBxW=ev["eval_mask"],
       eval_domain_ExB=ev["eval_domain"], target_tokens_ExBxW=ev["target_tokens"],
       target_mask_ExBxW=ev["target_mask"])

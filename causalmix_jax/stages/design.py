@@ -19,12 +19,16 @@ log = logging.getLogger(__name__)
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   study = study_lib.Study(workdir)
   pool = study.pool
+  if bool(cfg.reference.enabled) and not study.reference_enabled:
+    study.require(study_lib.DOC_SCORES_NPZ, "document scores (reference.enabled=True)")
+  scores = study.doc_scores
   rng = np.random.default_rng([int(cfg.seed), 0x57A7E])
   states = interventions.make_states(pool, cfg.design, seq_len=int(cfg.proxy.model.seq_len),
-                                     rng=rng)
-  n_tokens_SxD, dup_rate_SxD, records = interventions.describe_states(
-      pool, states, cfg, study.covariate_vector)
-  arrays = interventions.build_design(cfg, list(pool.domains), n_tokens_SxD, dup_rate_SxD)
+                                     rng=rng, scores=scores)
+  n_tokens_SxD, dup_rate_SxD, quality_SxD, records = interventions.describe_states(
+      pool, states, cfg, study.covariate_vector, scores)
+  arrays = interventions.build_design(cfg, list(pool.domains), n_tokens_SxD, dup_rate_SxD,
+                                      quality_SxD)
   full_n_D = np.array([study.tokens[d] for d in pool.domains])
   meta = interventions.design_meta(cfg, list(pool.domains), full_n_D, arrays, records)
   out = study.path(study_lib.DESIGN_NPZ)

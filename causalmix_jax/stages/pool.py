@@ -59,11 +59,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   writer.write(event="covariates", seconds=t_cov, features=len(cov["vector"]))
   log.info("pool: %d covariates in %.1fs -> %s", len(cov["vector"]), t_cov,
            study_lib.COVARIATES_JSON)
+  if cfg.pool.deploy.quality.to_dict() and not cfg.reference.enabled:
+    raise sources.DataError("config key pool.deploy.quality filters documents by the "
+                            "reference model's score: set reference.enabled=True")
+  # Quality filters of the deploy pool need the document scores: the reference stage
+  # applies them (its reference/covariates.json supersedes this deploy.json).
   deploy = pool_shift.deploy_state(pool, cfg.pool.deploy.fraction.to_dict(),
                                    cfg.pool.deploy.dup_rate.to_dict())
   deploy_vector = cov["vector"] if deploy.name == "full" else covariates_lib.feature_vector(
-      covariates_lib.compute_covariates(pool_shift.materialise(pool, deploy),
-                                        cfg.covariates, state=deploy))
+      covariates_lib.compute_covariates(pool, cfg.covariates, state=deploy))
   artifacts.write_json(pathlib.Path(workdir) / study_lib.DEPLOY_JSON,
                        {"state": deploy.to_dict(), "covariates": deploy_vector})
   for d in pool.domains:

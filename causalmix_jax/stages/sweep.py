@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 
 import ml_collections
+import numpy as np
 
 from causalmix_jax import artifacts
 from causalmix_jax import metrics
@@ -22,6 +23,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       pool, seq_len=int(cfg.proxy.model.seq_len),
       eval_batch_size=int(cfg.proxy.optim.batch_size),
       eval_batches=int(cfg.sweep.eval_batches))
+  kept = tp.kept_end_states(design.get("quality_SxD", np.ones(1)), study.doc_scores)
+  if kept is not None:  # quality-filtered states: each run's documents, on device
+    design = {**design, "kept_end_SxM": kept}
   out_dir = study.path(study_lib.RUNS_PARQUET).parent
   writer = metrics.MetricsWriter(out_dir / "metrics.jsonl", enabled=artifacts.is_writer())
   try:

@@ -17,6 +17,7 @@ import pandas as pd
 from causalmix_jax import artifacts
 from causalmix_jax import interventions
 from causalmix_jax import metrics
+from causalmix_jax import sharding
 from causalmix_jax import study as study_lib
 from causalmix_jax import sweep
 from causalmix_jax import validation
@@ -45,6 +46,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       vc.mixtures, domains, recommended=([rec.weights[d] for d in domains] if same
                                          else pick("recommended")),
       tokens_D=tokens_D, pick=pick)
+  # Every process trains process 0's mixtures (the picks are refitted on each process).
+  mixtures = sharding.from_process_0(mixtures)
   w_MxD, index = validation.distinct(mixtures)
   log.info("validate: %d mixtures (%d distinct) x %d seeds at %s scale, %d tokens each",
            len(mixtures), len(w_MxD), vc.seeds, vc.scale, budget)
@@ -54,6 +57,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   tp = token_pool.from_pool(pool, seq_len=int(vcfg.proxy.model.seq_len),
                             eval_batch_size=int(vcfg.proxy.optim.batch_size),
                             eval_batches=int(cfg.sweep.eval_batches))
+  quality = deploy["state"].get("quality", {})
+  kept = tp.kept_end_states(np.array([[quality.get(d, 1.0) for d in domains]]),
+                            study.doc_scores)
+  if kept is not None:  # the deploy pool keeps only some documents of some domains
+    arrays["kept_end_SxM"] = kept
   out_dir = study.path(study_lib.VALIDATE_DIR)
   writer = metrics.MetricsWriter(out_dir / "metrics.jsonl", enabled=artifacts.is_writer())
   try:

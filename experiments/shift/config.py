@@ -1,14 +1,20 @@
-"""python launch/main.py --config=experiments/shift/config.py --workdir=workdir/shift --stage=pool,design,sweep,fit,optimise,validate
+"""python launch/main.py --config=experiments/shift/config.py --workdir=workdir/shift --stage=pool,reference,design,sweep,fit,optimise,validate
 
 The pool-shift study (CausalMix's claim): sweep proxies on small sampled sub-pools of the
 embedded pool only, then recommend, with no new sweep, for a larger, shifted pool the
 sweep never saw, and train the recommendation beside the baselines on that pool.
 
+- Reference model (`reference`): a small LM trained on the pool's natural mixture scores
+  every document (loss, entropy, high-entropy sum); these are covariates of every pool
+  state and the score quality filters keep the lowest-loss documents by.
 - Sweep: 40 pool states, each a random subsample keeping 1/8 to 1/2 of every domain's
-  tokens (so no proxy ever sees the full pool), one mixture per state, 2 seeds.
+  tokens (so no proxy ever sees the full pool); every second state first keeps only the
+  top 25-75% of one or two domains' documents by the reference loss. One mixture per
+  state, 2 seeds.
 - Deploy pool (`pool.deploy`): the full pool (every domain larger than in any sweep
   state), except `math` cut to 1/16 of its tokens, which forces repetition at any
-  sizeable math weight, and `code` with a quarter of its tokens duplicated.
+  sizeable math weight, `code` with a quarter of its tokens duplicated, and `literature`
+  quality-filtered to its lower-loss half of documents.
 - Validate: the recommendation, its variants, uniform, natural, RegMix's LightGBM picks
   and the covariate-blind pick, 3 seeds each, on the deploy pool, at the proxies' scale
   and budget (so the surface's predictions are checked too); the recommendation is made
@@ -27,13 +33,15 @@ def get_config(arg: str | None = None):
     cfg.design.state_per_mixture = True
     cfg.design.n_pool_states = 16 if arg == "smoke" else 40
     cfg.design.include_full_pool = False
-    cfg.design.state_kinds = ("subsample",)
+    cfg.design.state_kinds = ("subsample", "quality")
+    cfg.reference.enabled = True
     cfg.design.shift_factors = (8.0,)
     cfg.design.subsample_max_fraction = 0.5
     # The pool the recommendation is for: bigger than every sweep state, one domain
     # scarce enough to force repetition, one partly duplicated.
     cfg.pool.deploy.fraction.math = 1.0 / 16
     cfg.pool.deploy.dup_rate.code = 0.25
+    cfg.pool.deploy.quality.literature = 0.5
     cfg.validate.scale = "proxy"
     # Recommend for the budget the validation trains at (the proxies' 51k tokens), so the
     # recommendation, its predictions and the realized outcomes are about one budget.
