@@ -13,6 +13,13 @@ The report renders artifacts: the CATE section shows the interpretation the anal
 stage computed, and computes none. It is built as a list of blocks (headings,
 paragraphs, tables, images) and rendered twice, so the Markdown and the HTML always say
 the same thing.
+
+Tables leave out what carries no information, and one sentence says what and how much:
+covariates the sweep held constant in every pool state, covariates whose mixture shift
+is negligible (`interpretation.split_ranking`; the artifact keeps the whole ranking), and
+constraints at the `optimise` config's defaults. Comparisons between mixtures follow one
+sign convention, stated at the top of the mixture section: the recommended mixture's
+improvement over the other, positive where the recommendation is better.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from causalmix_jax import metrics
 from causalmix_jax import study as study_lib
 from causalmix_jax.analysis import interpretation
 from causalmix_jax.analysis import plots
+from causalmix_jax.configs import optimise as optimise_config
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +323,20 @@ def loss_series(records: Sequence[Mapping[str, Any]]
 # sections
 
 
-def _pool_section(workdir: pathlib.Path, notes: list[str]) -> list[Block]:
+def constant_covariates(runs: Any) -> set[str]:
+  """Covariates (named without `x_`) that take one value in every run of the sweep, so
+  every pool state it explored shares them (the runs table's own test: a zero range)."""
+  x = runs.X
+  return {f for j, f in enumerate(runs.features) if x.shape[0] and np.ptp(x[:, j]) == 0.0}
+
+
+def _plural(n: int, one: str, many: str) -> str:
+  return f"{n} {one if n == 1 else many}"
+
+
+def _pool_section(workdir: pathlib.Path, runs: Any, notes: list[str]) -> list[Block]:
+  """The pool's domains and covariates; covariates the sweep never varied are left out
+  of the covariate tables (they cannot explain anything) and counted."""
   blocks: list[Block] = [Heading("Pool")]
   pool = _read_optional_json(workdir / study_lib.POOL_JSON, "pool.json", notes)
   cov = _read_optional_json(workdir / study_lib.COVARIATES_JSON, "covariates.json", notes)
@@ -337,36 +358,71 @@ def _pool_section(workdir: pathlib.Path, notes: list[str]) -> list[Block]:
     blocks.append(Para(f"{len(domains)} domains, {_fmt(total)} training tokens in all."))
     blocks.append(Table(("domain", "tokens", "documents", "token share"), tuple(rows)))
   if cov is not None:
-    per = cov.get("per_domain") or {}
-    feats = sorted({f for v in per.values() for f in v})
-    if per and feats:
-      blocks.append(Para("Per-domain covariates (the pool state X the surface conditions "
-                         "on):"))
-      blocks.append(Table(("domain",) + tuple(feats), tuple(
-          (d,) + tuple(_fmt((per[d] or {}).get(f), 3) for f in feats) for d in per)))
-    if cov.get("pool"):
-      blocks.append(Para("Pool-level covariates:"))
-      blocks.append(Table(("covariate", "value"), tuple(
-          (k, _fmt(v)) for k, v in cov["pool"].items())))
+    blocks += _covariate_blocks(cov, runs)
   return blocks
 
 
-def _sweep_section(workdir: pathlib.Path, features: Sequence[str], outcome: str,
-                   notes: list[str]) -> list[Block]:
+def _covariate_blocks(cov: Mapping[str, Any], runs: Any, list_max: int = 8) -> list[Block]:
+  """The pool's covariates without those the sweep held constant: a domain or a
+  covariate whose values are all constant is left out, a constant value among varying
+  ones reads `const`, and one sentence counts what was left out."""
+  constant = constant_covariates(runs) if runs is not None else set()
+  per = {d: dict(v or {}) for d, v in (cov.get("per_domain") or {}).items()}
+  feats = sorted({f for v in per.values() for f in v})
+  flat = {(d, f) for d, v in per.items() for f in v if f"{f}__{d}" in constant}
+  doms = [d for d in per if any((d, f) not in flat for f in per[d])]
+  shown = [f for f in feats if any(f in per[d] and (d, f) not in flat for d in doms)]
+  pool_cov = dict(cov.get("pool") or {})
+  pool_flat = [k for k in pool_cov if k in constant]
+  blocks: list[Block] = []
+  if doms and shown:
+    blocks.append(Para("Per-domain covariates (the pool state X the surface conditions "
+                       "on):"))
+    blocks.append(Table(("domain",) + tuple(shown), tuple(
+        (d,) + tuple("const" if (d, f) in flat else _fmt(per[d].get(f), 3) for f in shown)
+        for d in doms)))
+  if len(pool_flat) < len(pool_cov):
+    blocks.append(Para("Pool-level covariates:"))
+    blocks.append(Table(("covariate", "value"), tuple(
+        (k, _fmt(v)) for k, v in pool_cov.items() if k not in constant)))
+  n_flat = len(flat) + len(pool_flat)
+  if n_flat:
+    names = sorted(f"{f}__{d}" for d, f in flat) + pool_flat
+    listed = f": {', '.join(names)}" if n_flat <= list_max else ""
+    states = _plural(len(np.unique(runs.X, axis=0)), "pool state", "pool states")
+    blocks.append(Para(
+        f"{_plural(n_flat, 'covariate is', 'covariates are')} constant across the "
+        f"sweep's {states} and {'is' if n_flat == 1 else 'are'} not shown (a `const` "
+        f"cell is one of them, in a row and a column where others vary){listed}."))
+  return blocks
+
+
+def _read_runs(workdir: pathlib.Path) -> tuple[Any | None, str]:
+  """The sweep's runs table, or None and why it could not be read ("" when absent)."""
+  from causalmix_jax import runs as runs_lib  # pylint: disable=import-outside-toplevel
+  path = workdir / study_lib.RUNS_PARQUET
+  if not path.exists():
+    return None, ""
+  try:
+    return runs_lib.load_runs(path), ""
+  except (runs_lib.RunsTableError, ValueError, OSError) as e:
+    return None, str(e) or type(e).__name__
+
+
+def _sweep_section(workdir: pathlib.Path, runs: Any, runs_error: str,
+                   features: Sequence[str], outcome: str, notes: list[str]) -> list[Block]:
   """The sweep's summary (and whether its runs table has the surface's covariates)."""
   blocks: list[Block] = [Heading("Sweep")]
   path = workdir / study_lib.RUNS_PARQUET
-  if not path.exists():
+  if runs is None and not runs_error:
     notes.append(f"sweep runs table not found ({path}); the sweep section is left out "
                  "and the CATE interpreter has no pool states to explain.")
     blocks.append(Para(f"The sweep's runs table (`{path}`) was not found."))
     return blocks
-  from causalmix_jax import runs as runs_lib
-  try:
-    runs = runs_lib.load_runs(path)
-  except (runs_lib.RunsTableError, ValueError, OSError) as e:
-    notes.append(f"sweep runs table {path} could not be read: {e}")
-    blocks.append(Para(f"The sweep's runs table (`{path}`) could not be read: {e}"))
+  if runs is None:
+    notes.append(f"sweep runs table {path} could not be read: {runs_error}")
+    blocks.append(Para(f"The sweep's runs table (`{path}`) could not be read: "
+                       f"{runs_error}"))
     return blocks
   frame = runs.to_frame()
   ok = runs.ok
@@ -434,26 +490,39 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
                    "predictions below use the surface's default covariates.")
   rows = mixture_rows(mix, surface, x_F, ci)
   domains = list(surface.domains)
+  lower = interpretation.lower_is_better(surface)
+  y = f"`{surface.outcome}`"
+  blocks.append(Para(
+      f"Sign convention: every comparison below, here and in the validation section, is "
+      f"the recommended mixture's improvement over the other mixture, positive where the "
+      f"recommended mixture is better; {y} is {'lower' if lower else 'higher'}-is-better, "
+      "so the improvement is " + (f"the other mixture's {y} minus the recommended's."
+                                  if lower else
+                                  f"the recommended mixture's {y} minus the other's.")))
   theta = mix.get("theta") if isinstance(mix.get("theta"), Mapping) else {}
   header = ("domain",) + tuple(r.name for r in rows) + (("theta here",) if theta else ())
   table_rows = tuple((d,) + tuple(_fmt(r.weights_D[k], 4) for r in rows)
                      + ((_fmt(theta.get(d)),) if theta else ())
                      for k, d in enumerate(domains))
-  blocks.append(Para("Weights per domain (canonical order). The recommended mixture is "
-                     "what the target stage trains on."))
+  blocks.append(Para(
+      "Weights per domain (canonical order). The recommended mixture is what the target "
+      "stage trains on." + (
+          f" 'theta here' is the derivative of the predicted {y} with respect to each "
+          "domain's weight where the optimiser started (a change in the outcome, not an "
+          f"improvement: {'negative' if lower else 'positive'} favours the domain)."
+          if theta else "")))
   blocks.append(Table(header, table_rows))
   rec = rows[0].predicted
   pred_rows = []
   for r in rows:
     m, lo, hi = r.predicted
-    delta = "-" if r.name == "recommended" or rec is None else _fmt(rec[0] - m)
-    pred_rows.append((r.name, _fmt(m), f"[{_fmt(lo)}, {_fmt(hi)}]", delta, r.source))
-  better = "negative" if interpretation.lower_is_better(surface) else "positive"
-  blocks.append(Para(f"Predicted `{surface.outcome}` with {ci:.0%} credible intervals; "
-                     f"'recommended - this' is {better} where the recommended mixture is "
-                     f"predicted to be better:"))
-  blocks.append(Table(("mixture", "predicted mean", f"{ci:.0%} interval",
-                       "recommended - this", "from"), tuple(pred_rows)))
+    gain = (m - rec[0]) if lower else (rec[0] - m)
+    pred_rows.append((r.name, _fmt(m), f"[{_fmt(lo)}, {_fmt(hi)}]",
+                      "-" if r.name == "recommended" else _fmt(gain), r.source))
+  blocks.append(Para(f"Predicted {y} with {ci:.0%} credible intervals, and the "
+                     "recommended mixture's improvement in predicted mean:"))
+  blocks.append(Table(("mixture", "predicted mean", f"{ci:.0%} interval", "improvement",
+                       "from"), tuple(pred_rows)))
   imp = mix.get("improvement")
   if isinstance(imp, Mapping) and imp:
     imp_rows = []
@@ -463,8 +532,8 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
                          f"[{_fmt(v.get('lo'))}, {_fmt(v.get('hi'))}]",
                          _fmt(v.get("prob_better"), 3)))
     if imp_rows:
-      blocks.append(Para("Improvement of the recommended mixture (positive = better, in "
-                         "the outcome's units, from joint posterior draws):"))
+      blocks.append(Para(f"Improvement of the recommended mixture over each baseline, in "
+                         f"{y}'s units, from joint posterior draws:"))
       blocks.append(Table(("baseline", "improvement", f"{ci:.0%} interval", "P(better)"),
                           tuple(imp_rows)))
   extra = []
@@ -483,13 +552,97 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
     extra.append(_support_line(sup))
   if extra:
     blocks.append(Bullets(tuple(extra)))
-  if mix.get("constraints"):
-    blocks.append(Para("Constraints:"))
-    blocks.append(_kv_table(mix["constraints"]))
+  if isinstance(mix.get("constraints"), Mapping) and mix["constraints"]:
+    blocks += _constraint_blocks(mix, surface)
   _write_figure(out_dir / "mixture.png",
                 plots.plot_mixtures(rows, domains, surface.outcome))
   blocks.append(Image("mixture.png", "Recommended vs reference vs uniform mixture"))
   return blocks
+
+
+def _per_domain_values(v: Any, domains: Sequence[str], default: float) -> dict[str, float]:
+  """A constraint given as a scalar or {domain: value} -> {domain: value}."""
+  if isinstance(v, Mapping):
+    return {d: float(v.get(d, default)) for d in domains}
+  return {d: float(default if v is None else v) for d in domains}
+
+
+def _safe_caps(mix: Mapping[str, Any], surface: Any,
+               domains: Sequence[str]) -> dict[str, float]:
+  """The per-domain cap the `safe` objective adds (the largest weight the sweep gave
+  the domain, never below the reference's; see optimise/recommend.py); empty when the
+  objective is another or the surface does not record the sweep's weights."""
+  w_max = (getattr(surface, "support_stats", None) or {}).get("w_max")
+  if mix.get("objective") != "safe" or w_max is None:
+    return {}
+  ref = mix.get("reference")
+  ref = ref.get("weights", ref) if isinstance(ref, Mapping) else {}
+  return {d: max(float(m), float(ref.get(d, 0.0))) for d, m in zip(domains, w_max)}
+
+
+def nondefault_constraints(mix: Mapping[str, Any], surface: Any
+                           ) -> tuple[list[tuple[str, str]], list[str]]:
+  """The constraints of mixture.json that differ from the `optimise` config's defaults,
+  as (constraint, value) rows, and the domains whose weight sits at the `safe`
+  objective's cap. The pool's token counts and the target's budget are only shown with
+  the epoch cap they feed; the trust region's kind only with its radius; a maximum
+  weight equal to the safe objective's cap counts as a default (the objective sets
+  it, not the user)."""
+  defaults = optimise_config.section(frozenset())
+  c = mix["constraints"]
+  domains = list(surface.domains)
+  rows: list[tuple[str, str]] = []
+  lo = _per_domain_values(c.get("min_weight"), domains, defaults.min_weight)
+  lo_set = {d: v for d, v in lo.items() if v != defaults.min_weight}
+  if lo_set:
+    rows.append(("min_weight", ", ".join(f"{d}={_fmt(v)}" for d, v in lo_set.items())))
+  pinned = {d: float(v) for d, v in (c.get("pinned") or {}).items()}
+  caps = _safe_caps(mix, surface, domains)
+  hi = _per_domain_values(c.get("max_weight"), domains, defaults.max_weight)
+  hi_set = {d: v for d, v in hi.items() if v < defaults.max_weight
+            and not math.isclose(v, caps.get(d, math.nan), rel_tol=1e-9, abs_tol=1e-12)
+            and not math.isclose(v, pinned.get(d, math.nan), rel_tol=1e-9,
+                                 abs_tol=1e-12)}
+  if hi_set:
+    rows.append(("max_weight", ", ".join(f"{d}={_fmt(v)}" for d, v in hi_set.items())))
+  if pinned:
+    rows.append(("pinned", ", ".join(f"{d}={_fmt(v)}" for d, v in pinned.items())))
+  epochs = float(c.get("max_epochs") or 0.0)
+  if epochs != defaults.max_epochs:
+    rows.append(("max_epochs", f"{_fmt(epochs)} (target budget "
+                               f"{_fmt(c.get('budget_tokens'))} tokens)"))
+  radius = float(c.get("trust_radius") or 0.0)
+  if radius != defaults.trust_radius:
+    rows.append(("trust region", f"{c.get('trust_kind', defaults.trust_kind)} radius "
+                                 f"{_fmt(radius)} around the reference"))
+  m = c.get("sampler_min_weight")
+  if m is not None and float(m) != defaults.sampler_min_weight:
+    rows.append(("sampler_min_weight", _fmt(m)))
+  known = {"min_weight", "max_weight", "pinned", "max_epochs", "tokens", "budget_tokens",
+           "trust_radius", "trust_kind", "sampler_min_weight"}
+  rows += [(k, _fmt(v)) for k, v in c.items() if k not in known and v not in (None, {})]
+  weights = mix.get("weights") if isinstance(mix.get("weights"), Mapping) else {}
+  at_cap = [d for d, cap in caps.items() if d in weights and d not in hi_set
+            and float(weights[d]) >= min(cap, hi[d]) - 1e-6]
+  return rows, at_cap
+
+
+def _constraint_blocks(mix: Mapping[str, Any], surface: Any) -> list[Block]:
+  """The constraints table when some constraint differs from the defaults, else one
+  sentence naming the defaults."""
+  d = optimise_config.section(frozenset())
+  rows, at_cap = nondefault_constraints(mix, surface)
+  safe = ""
+  if _safe_caps(mix, surface, list(surface.domains)):
+    safe = ("; the safe objective caps each domain at the largest weight the sweep gave "
+            "it" + (f", reached by {', '.join(at_cap)}" if at_cap else ""))
+  defaults = (f"every weight in [{_fmt(d.min_weight)}, {_fmt(d.max_weight)}], no pinned "
+              "domain, no epoch cap, no trust region, the sampler's smallest weight "
+              f"{_fmt(d.sampler_min_weight)}{safe}")
+  if not rows:
+    return [Para(f"No constraints beyond the defaults ({defaults}).")]
+  return [Para(f"Constraints that differ from the defaults ({defaults}):"),
+          Table(("constraint", "value"), tuple(rows))]
 
 
 def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
@@ -509,29 +662,42 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
   return "support: " + "; ".join(parts)
 
 
-def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path,
+def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path, lower: bool,
                         notes: list[str]) -> list[Block]:
-  """The validate stage's realized outcomes against its predictions, if it ran."""
+  """The validate stage's realized outcomes against its predictions, if it ran. Its
+  paired differences (mixture minus recommendation) are shown as the recommendation's
+  improvement, the mixture section's convention: as they are when lower is better,
+  negated otherwise."""
   summary = _read_optional_json(workdir / study_lib.VALIDATE_SUMMARY, "validation summary",
                                 notes)
   if summary is None:
     return []
   rows, pct = summary["table"], f"{summary['ci']:.0%}"
+  sign = 1.0 if lower else -1.0
   blocks: list[Block] = [Heading("Validation: the recommendation trained beside its "
                                  "baselines"), Para(
       f"Each mixture trained for {summary['seeds']} seeds (common random numbers) at "
       f"{summary['scale']} scale ({summary['budget_tokens']} tokens per run). Realized "
-      f"`{summary['outcome']}`: mean and {pct} interval over seeds; the paired difference "
-      "is the mixture's outcome minus the recommendation's on the same seeds. The "
-      f"recommendation validated: {summary.get('recommended_from', 'optimise/mixture.json')}"
-      ".")]
+      f"`{summary['outcome']}`: mean and {pct} interval over seeds; the recommendation's "
+      "improvement over each mixture, paired on the same seeds, follows the sign "
+      "convention of the mixture section. The recommendation validated: "
+      f"{summary.get('recommended_from', 'optimise/mixture.json')}.")]
   has_pred = all("predicted" in r for r in rows)
-  header = ("mixture", "realized", f"{pct} interval", "diff vs recommended",
+  header = ("mixture", "realized", f"{pct} interval", "improvement",
             f"{pct} interval") + (("predicted", "predictive interval") if has_pred else ())
+
+  def flip(v: Any) -> Any:  # + 0.0: a negated 0 prints as 0
+    return sign * float(v) + 0.0 if isinstance(v, (int, float)) else v
+
+  def gain(r: Mapping[str, Any]) -> tuple[str, str]:
+    lo, hi = flip(r["diff_lo"]), flip(r["diff_hi"])
+    if not lower:
+      lo, hi = hi, lo
+    return _fmt(flip(r["diff_vs_recommended"])), f"[{_fmt(lo)}, {_fmt(hi)}]"
+
   blocks.append(Table(header, tuple(
       (r["mixture"] + (" (best)" if r["best"] else ""), _fmt(r["mean"]),
-       f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]", _fmt(r["diff_vs_recommended"]),
-       f"[{_fmt(r['diff_lo'])}, {_fmt(r['diff_hi'])}]")
+       f"[{_fmt(r['lo'])}, {_fmt(r['hi'])}]") + gain(r)
       + ((_fmt(r["predicted"]), f"[{_fmt(r['predicted_lo'])}, {_fmt(r['predicted_hi'])}]")
          if has_pred else ()) for r in rows)))
   artifacts.write_figure(out_dir / "validation.png",
@@ -644,8 +810,10 @@ def _cate_section(workdir: pathlib.Path, out_dir: pathlib.Path, notes: list[str]
   n_rows = res.n_rows
   blocks.append(Para(
       f"theta_d(x) is the marginal return of domain d: the change in `{res.outcome}` per "
-      f"unit increase of d's log-ratio, at pool state x. It was evaluated at {n_rows} "
-      f"distinct pool states of the sweep" +
+      f"unit increase of d's log-ratio, at pool state x (a change in the outcome, not an "
+      f"improvement: with {'lower' if res.lower_is_better else 'higher'} `{res.outcome}` "
+      f"better, {'negative' if res.lower_is_better else 'positive'} theta favours d). It "
+      f"was evaluated at {n_rows} distinct pool states of the sweep" +
       (f" (evenly thinned from {res.n_rows_total})" if res.n_rows_total > n_rows else "") +
       ". On the simplex only differences between domains move the outcome, so the rules "
       "below are fitted on returns relative to the average domain."))
@@ -653,19 +821,41 @@ def _cate_section(workdir: pathlib.Path, out_dir: pathlib.Path, notes: list[str]
                      f"covariates, at least {res.min_samples_leaf} pool states per "
                      f"leaf):"))
   blocks.append(Bullets(tuple(f"`{r.text}`" for r in res.rules)))
-  blocks.append(Para("Covariates ranked by how much they move the recommended mixture "
-                     "(mixture shift: mean over pool states of the largest total-variation "
-                     "distance between the mixtures recommended as the covariate sweeps "
-                     "its range; the recommendation is a unit log-ratio step from the "
-                     "reference along the relative returns):"))
-  blocks.append(Table(
-      ("covariate", "mixture shift", "theta range", "tree importance",
-       "favoured at low end", "favoured at high end"),
-      tuple((e.feature, _fmt(e.mixture_shift, 3), _fmt(e.theta_range, 3),
-             _fmt(e.tree_importance, 3), e.favoured_lo, e.favoured_hi)
-            for e in res.ranking)))
+  notable, negligible = interpretation.split_ranking(res.ranking)
+  cut = interpretation.negligible_shift_cut(res.ranking)
+  floor = _fmt(interpretation.NEGLIGIBLE_SHIFT_FLOOR)
+  if notable:
+    blocks.append(Para(
+        "Covariates ranked by how much they move the recommended mixture (mixture shift: "
+        "mean over pool states of the largest total-variation distance between the "
+        "mixtures recommended as the covariate sweeps its range; the recommendation is a "
+        "unit log-ratio step from the reference along the relative returns):"))
+    blocks.append(Table(
+        ("covariate", "mixture shift", "theta range", "tree importance",
+         "favoured at low end", "favoured at high end"),
+        tuple((e.feature, _fmt(e.mixture_shift, 3), _fmt(e.theta_range, 3),
+               _fmt(e.tree_importance, 3), e.favoured_lo, e.favoured_hi)
+              for e in notable)))
+    if negligible:
+      n = len(negligible)
+      blocks.append(Para(
+          f"{_plural(n, 'covariate', 'covariates')} of {len(res.ranking)} "
+          f"{'is' if n == 1 else 'are'} not shown: "
+          f"{'its' if n == 1 else 'their'} mixture shift is negligible, below "
+          f"{interpretation.NEGLIGIBLE_SHIFT_SHARE:.0%} of the largest or below {floor} "
+          f"(here below {_fmt(cut, 3)}); `{study_lib.INTERPRETATION_JSON}` holds the whole "
+          "ranking."))
+  elif res.ranking:
+    blocks.append(Para(
+        f"No covariate moves the recommended mixture: the largest mixture shift of the "
+        f"{len(res.ranking)} covariates is {_fmt(res.ranking[0].mixture_shift, 3)}, below "
+        f"the {floor} under which a shift is negligible, so the ranking table and the "
+        "ranking and partial-dependence figures are not shown; "
+        f"`{study_lib.INTERPRETATION_JSON}` holds the whole ranking."))
   ci = res.theta.ci if res.theta is not None else math.nan
   for rel, caption in _CATE_FIGURES:
+    if not notable and rel in (study_lib.PARTIAL_DEPENDENCE_PNG, study_lib.RANKING_PNG):
+      continue  # they draw the negligible covariates
     src = study.path(rel)
     if src.exists():
       shutil.copyfile(src, out_dir / src.name)
@@ -693,13 +883,16 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
   mix = artifacts.read_json(workdir / study_lib.MIXTURE_JSON, "mixture.json")
   blocks: list[Block] = [Heading(str(rcfg.title), 1),
                          Para(f"Study outcome `{surface.outcome}`; workdir `{workdir}`.")]
-  blocks += _pool_section(workdir, notes)
-  blocks += _sweep_section(workdir, list(surface.features), surface.outcome, notes)
+  runs, runs_error = _read_runs(workdir)
+  blocks += _pool_section(workdir, runs, notes)
+  blocks += _sweep_section(workdir, runs, runs_error, list(surface.features),
+                           surface.outcome, notes)
   blocks += _surface_section(workdir, surface, out_dir, notes)
   blocks += _mixture_section(mix, surface, out_dir, float(rcfg.ci), notes)
   blocks += _confidence_caveat(workdir)
   blocks += _range_caveat(mix, surface)
-  blocks += _validation_section(workdir, out_dir, notes)
+  blocks += _validation_section(workdir, out_dir,
+                                interpretation.lower_is_better(surface), notes)
   blocks += _target_section(workdir, out_dir, notes)
   cate_blocks, res = _cate_section(workdir, out_dir, notes)
   blocks += cate_blocks

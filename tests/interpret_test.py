@@ -267,3 +267,20 @@ def test_float_noise_does_not_split():
   y[:, 0] += 1e-3 * (x[:, 1] > 0.5)  # a small but real effect still splits
   tree = tree_lib.fit_tree(x, y, max_depth=1)
   assert tree.root.feature == 1
+
+
+def test_split_ranking_drops_negligible_shifts():
+  def eff(name, shift):
+    return interpretation.CovariateEffect(name, shift, 0.1, 0.0, "a", "a")
+  ranking = (eff("big", 0.5), eff("small", 0.006), eff("tiny", 0.004), eff("none", 0.0),
+             eff("nan", float("nan")))
+  # the cut is 1% of the largest shift (0.005), above the 0.001 floor
+  assert interpretation.negligible_shift_cut(ranking) == pytest.approx(0.005)
+  notable, negligible = interpretation.split_ranking(ranking)
+  assert [e.feature for e in notable] == ["big", "small"]
+  assert [e.feature for e in negligible] == ["tiny", "none", "nan"]
+  # shifts all under the floor: nothing is notable, however they compare to each other
+  tiny = (eff("x", 5e-4), eff("y", 1e-6))
+  assert interpretation.negligible_shift_cut(tiny) == interpretation.NEGLIGIBLE_SHIFT_FLOOR
+  assert interpretation.split_ranking(tiny) == ((), tiny)
+  assert interpretation.split_ranking(()) == ((), ())

@@ -1,7 +1,10 @@
 """Tests for the report stage on a tiny fake workdir: the Markdown holds the mixture table
 and the interpreter's rules (rendered from the analyse stage's interpretation.json, never
 recomputed), the PNGs exist, the HTML is self-contained, optional pieces that are missing
-are stated and required ones fail naming the file."""
+are stated and required ones fail naming the file. Tables leave out what carries no
+information (constant covariates, negligible ranking rows, default constraints), and
+comparisons between mixtures read as the recommendation's improvement (positive =
+better)."""
 
 from __future__ import annotations
 
@@ -87,8 +90,8 @@ def _workdir(root: pathlib.Path, *, optional: bool = True) -> pathlib.Path:
       "web": {"tokens": 6000, "documents": 30}}})
   _write(wd / "pool" / "covariates.json", {
       "domains": list(DOMAINS),
-      "per_domain": {d: {"share": s} for d, s in zip(DOMAINS, (0.3, 0.1, 0.6))},
-      "pool": {"total_tokens": 10000}})
+      "per_domain": {d: {"share": s, "dup": 0.1} for d, s in zip(DOMAINS, (0.3, 0.1, 0.6))},
+      "pool": {"total_tokens": 10000, "n_domains": 3}})
   rng = np.random.default_rng(0)
   n = 40
   w = rng.dirichlet(np.ones(3), size=n)
@@ -98,6 +101,9 @@ def _workdir(root: pathlib.Path, *, optional: bool = True) -> pathlib.Path:
     frame[f"w_{d}"] = w[:, k]
   frame["x_share__code"] = states[:, 0]
   frame["x_share__math"] = states[:, 1]
+  for d in DOMAINS:  # constant over the sweep's pool states: left out of the report
+    frame[f"x_dup__{d}"] = 0.1
+  frame["x_n_domains"] = 3.0
   frame["status"] = ["ok"] * (n - 3) + ["diverged"] * 3
   frame["y_target"] = np.where(frame["status"] == "ok", rng.normal(3.0, 0.1, n), np.nan)
   (wd / "sweep").mkdir(parents=True)
@@ -166,21 +172,46 @@ def test_report_on_full_fake_workdir(tmp_path, cfg):
   pred = {r[0]: r for r in _table(md, "mixture")}
   assert pred["recommended"][1] == "2.81" and pred["recommended"][-1] == "mixture.json"
   assert pred["uniform"][-1] == "surface"  # predicted here with the surface
-  # pool, sweep and target sections
+  # the recommendation's improvement, in predicted mean: positive = better (lower loss)
+  surf, x = FakeSurface(), np.array([0.5, 0.2])
+  for name, w in (("uniform", np.full(3, 1 / 3)), ("reference", np.array([0.4, 0.2, 0.4]))):
+    gain = float(surf.predict(w, x).mean[0]) - 2.81
+    assert gain > 0 and pred[name][3] == report._fmt(gain)
+  assert "| mixture | predicted mean | 90% interval | improvement | from |" in md
+  assert "recommended - this" not in md and "paired difference" not in md
+  assert md.count("Sign convention:") == 1
+  assert ("the improvement is the other mixture's `target` minus the recommended's" in md)
+  # default constraints: one sentence, no table
+  assert "No constraints beyond the defaults (every weight in [0, 1]" in md
+  assert "| min_weight |" not in md and "| trust_radius |" not in md
+  # pool, sweep and target sections; the covariates the sweep held constant are left out
   assert "| web | 6,000 | 30 | 0.6 |" in md
+  assert "| domain | share |" in md and "| total_tokens | 10,000 |" in md
+  assert "dup |" not in md and "| n_domains |" not in md
+  assert ("4 covariates are constant across the sweep's 8 pool states and are not shown "
+          "(a `const` cell is one of them, in a row and a column where others vary): "
+          "dup__code, dup__math, dup__web, n_domains.") in md
   assert "40 proxy runs over 3 domains, 8 distinct pool states" in md
   assert "| diverged | 3 |" in md
   assert "heldout_r2" in md and "| final_train_loss | 2.9 |" in md
   assert "| math | 0.55 | 3.1 |" in md  # weight trained and held-out loss per domain
   assert "Missing pieces" not in md
   assert "| recommended (best) | 3.1 | [3, 3.2] | 0 | [-0.02, 0.02] | 3 | [2.95, 3.2] |" in md
+  assert "| uniform | 3.25 | [3.15, 3.35] | 0.15 | [0.13, 0.17] | 3 | [2.95, 3.2] |" in md
   assert "realized 3.1: inside the predictive interval" in md
   assert (wd / "report" / "validation.png").exists()
   # the interpreter names math as favoured where share__code is high
   rules = re.findall(r"`(if .*?)`", md)
   assert any("share__code >" in r and "favour math" in r for r in rules)
+  # share__math moves nothing: its ranking row is dropped and counted (the artifact keeps it)
   ranking = _table(md, "covariate | mixture shift")
-  assert ranking[0][0] == "share__code"
+  assert [r[0] for r in ranking] == ["share__code"]
+  assert ("1 covariate of 2 is not shown: its mixture shift is negligible, below 1% of the "
+          "largest or below 0.001") in md
+  doc = json.loads((wd / study_lib.INTERPRETATION_JSON).read_text())
+  assert [e["feature"] for e in doc["ranking"]] == ["share__code", "share__math"]
+  assert doc["ranking"][1]["mixture_shift"] == 0.0
+  assert "negative theta favours d" in md
   # figures beside the report, referenced from it, embedded in the HTML
   pngs = sorted(p.name for p in out.parent.glob("*.png"))
   for name in ("mixture.png", "pred_vs_actual.png", "target_losses.png", "cate_theta.png",
@@ -347,3 +378,73 @@ def test_recommendation_outside_the_swept_range_is_flagged(tmp_path, cfg, monkey
   monkeypatch.setattr(FakeSurface, "support_stats", {"w_max": [0.6, 0.6, 0.6]},
                       raising=False)
   assert "leaves the range" not in report_stage.run(cfg, wd).read_text()
+
+
+def test_higher_is_better_outcome_keeps_the_improvement_convention(tmp_path, cfg,
+                                                                  monkeypatch):
+  wd = _workdir(tmp_path)
+  monkeypatch.setattr(FakeSurface, "maximize", frozenset({"target"}))
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("`target` is higher-is-better, so the improvement is the recommended mixture's "
+          "`target` minus the other's.") in md
+  pred = {r[0]: r for r in _table(md, "mixture | predicted mean")}
+  gain = 2.81 - float(FakeSurface().predict(np.full(3, 1 / 3), [0.5, 0.2]).mean[0])
+  assert gain < 0 and pred["uniform"][3] == report._fmt(gain)
+  # validation: uniform realized 3.25 against 3.1, a loss of 0.15 when higher is better
+  assert "| uniform | 3.25 | [3.15, 3.35] | -0.15 | [-0.17, -0.13] |" in md
+  assert "| recommended (best) | 3.1 | [3, 3.2] | 0 | [-0.02, 0.02] |" in md
+
+
+def _set_mixture(wd: pathlib.Path, **fields) -> None:
+  path = wd / "optimise" / "mixture.json"
+  mix = json.loads(path.read_text())
+  mix.update(fields)
+  path.write_text(json.dumps(mix))
+
+
+def test_constraints_table_lists_only_what_differs_from_the_defaults(tmp_path, cfg,
+                                                                     monkeypatch):
+  wd = _workdir(tmp_path, optional=False)
+  _set_mixture(wd, constraints={
+      "min_weight": {"code": 0.1, "math": 0.0, "web": 0.0}, "max_weight": 1.0,
+      "max_epochs": 0.0, "tokens": {"code": 3000.0, "math": 1000.0, "web": 6000.0},
+      "budget_tokens": 512.0, "pinned": {}, "trust_radius": 0.2, "trust_kind": "kl",
+      "sampler_min_weight": 0.001})
+  md = report_stage.run(cfg, wd).read_text()
+  assert "No constraints beyond the defaults" not in md
+  assert "Constraints that differ from the defaults (every weight in [0, 1]" in md
+  assert _table(md, "constraint | value") == [
+      ["min_weight", "code=0.1"], ["trust region", "kl radius 0.2 around the reference"]]
+  # the safe objective's cap (the sweep's largest weight, at least the reference's) is
+  # not a user constraint; a user cap below it is
+  monkeypatch.setattr(FakeSurface, "support_stats", {"w_max": [0.3, 0.55, 0.35]},
+                      raising=False)
+  _set_mixture(wd, objective="safe", constraints={
+      "min_weight": 0.0, "max_weight": {"code": 0.4, "math": 0.55, "web": 0.4},
+      "trust_radius": 0.0, "sampler_min_weight": 0.001})
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("No constraints beyond the defaults (every weight in [0, 1], no pinned domain, "
+          "no epoch cap, no trust region, the sampler's smallest weight 0.001; the safe "
+          "objective caps each domain at the largest weight the sweep gave it, reached by "
+          "math).") in md
+  assert "| constraint | value |" not in md
+  _set_mixture(wd, constraints={"max_weight": {"code": 0.4, "math": 0.55, "web": 0.3}})
+  md = report_stage.run(cfg, wd).read_text()
+  assert _table(md, "constraint | value") == [["max_weight", "web=0.3"]]
+
+
+def test_ranking_of_negligible_shifts_is_not_shown(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  analyse_stage.run(cfg, wd)
+  path = wd / study_lib.INTERPRETATION_JSON
+  doc = json.loads(path.read_text())
+  for e, shift in zip(doc["ranking"], (2e-6, 1e-6)):
+    e["mixture_shift"] = shift
+  path.write_text(json.dumps(doc))
+  md = report_stage.run(cfg, wd).read_text()
+  assert "| covariate | mixture shift |" not in md
+  assert ("No covariate moves the recommended mixture: the largest mixture shift of the 2 "
+          "covariates is 2e-06, below the 0.001 under which a shift is negligible") in md
+  assert "](cate_theta.png)" in md
+  assert "cate_ranking.png" not in md and "cate_partial_dependence.png" not in md
+  assert "Missing pieces" not in md

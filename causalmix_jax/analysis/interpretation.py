@@ -16,6 +16,8 @@ Given a surface (anything with `domains`, `features`, `outcome`, `maximize` and
   the relative returns (log w_d = log w_ref_d - eta * s * theta_rel_d(x), s = +1 when
   lower is better), eta scaled so the largest step over the rows is one unit of
   log-ratio; callers can pass their own `recommend_fn` (e.g. the optimiser).
+  `split_ranking` separates the covariates whose shift is negligible (what the report
+  leaves out of its ranking table; the artifact keeps the whole ranking).
 
 Everything is a frozen dataclass of numpy arrays; `Interpretation.to_dict` / `from_dict`
 round-trip through JSON (the `analyse` stage writes `analysis/interpretation.json`).
@@ -296,6 +298,34 @@ def _tv_diameter(w_GxRxD: np.ndarray) -> np.ndarray:
   """Per row, the largest total-variation distance between any two grid points (R,)."""
   diff = np.abs(w_GxRxD[:, None] - w_GxRxD[None]).sum(axis=-1) * 0.5  # G x G x R
   return diff.max(axis=(0, 1))
+
+
+# A ranking row is negligible when its mixture shift is below this share of the largest
+# shift, or below this total-variation distance at all (the sampler's default smallest
+# weight, `optimise.sampler_min_weight`: a smaller move cannot show in a trained mixture).
+NEGLIGIBLE_SHIFT_SHARE = 0.01
+NEGLIGIBLE_SHIFT_FLOOR = 1e-3
+
+
+def negligible_shift_cut(ranking: Sequence[CovariateEffect],
+                         share: float = NEGLIGIBLE_SHIFT_SHARE,
+                         floor: float = NEGLIGIBLE_SHIFT_FLOOR) -> float:
+  """The mixture shift below which a ranking row is negligible: the larger of `share`
+  times the largest finite shift and `floor`."""
+  top = max((e.mixture_shift for e in ranking if np.isfinite(e.mixture_shift)),
+            default=0.0)
+  return max(share * top, floor)
+
+
+def split_ranking(ranking: Sequence[CovariateEffect],
+                  share: float = NEGLIGIBLE_SHIFT_SHARE,
+                  floor: float = NEGLIGIBLE_SHIFT_FLOOR
+                  ) -> tuple[tuple[CovariateEffect, ...], tuple[CovariateEffect, ...]]:
+  """(notable, negligible) rows of a ranking, each in ranking order: a row is negligible
+  when its mixture shift is below `negligible_shift_cut` (or not finite)."""
+  cut = negligible_shift_cut(ranking, share, floor)
+  notable = tuple(e for e in ranking if e.mixture_shift >= cut)
+  return notable, tuple(e for e in ranking if not e.mixture_shift >= cut)
 
 
 def rank_covariates(pds: Sequence[PartialDependence], *, domains: Sequence[str],
