@@ -362,6 +362,45 @@ def _pool_section(workdir: pathlib.Path, runs: Any, notes: list[str]) -> list[Bl
   return blocks
 
 
+def _reference_section(workdir: pathlib.Path, notes: list[str]) -> list[Block]:
+  """The reference model (how it was trained or where it was loaded from) and its
+  per-domain scores; nothing when the reference stage is off or has not run."""
+  ref = _read_optional_json(workdir / study_lib.REFERENCE_JSON, "reference.json", [])
+  if not ref or not ref.get("enabled"):
+    return []
+  blocks: list[Block] = [Heading("Reference model", 3)]
+  train = ref.get("training") or {}
+  m = ref.get("model") or {}
+  if "loaded_from" in train:
+    how = f"loaded from `{train['loaded_from']}`"
+  else:
+    how = (f"trained here for {train.get('steps')} steps ({_fmt(train.get('tokens'))} "
+           f"tokens) on the pool's natural mixture, loss {_fmt(train.get('loss_first'), 3)}"
+           f" -> {_fmt(train.get('loss_last'), 3)} nats/token")
+  docs = sum((ref.get("documents") or {}).values())
+  scored = sum((ref.get("scored_tokens") or {}).values())
+  blocks.append(Para(
+      f"A {m.get('n_layers')}-layer, {m.get('d_model')}-wide model, {how}, scored "
+      f"{_fmt(docs)} documents ({_fmt(scored)} tokens). Its mean loss, predictive entropy "
+      "and high-entropy sum (tokens above the pool's top-0.5% entropy threshold, "
+      f"{_fmt(ref.get('hes_threshold_bits'), 3)} bits) are covariates of every pool "
+      f"state; quality filters keep the documents with the {ref.get('keep')} "
+      f"`{ref.get('quality_score')}`."))
+  per = ref.get("per_domain") or {}
+  blocks.append(Table(("domain", "loss (bits/token)", "entropy (bits)", "HES per 1k tokens"),
+                      tuple((d, _fmt(v.get("ref_loss_bits"), 3),
+                             _fmt(v.get("ref_entropy_bits"), 3),
+                             _fmt(v.get("ref_hes_bits"), 3)) for d, v in per.items())))
+  design = _read_optional_json(workdir / study_lib.DESIGN_JSON, "design.json", notes)
+  states = (design or {}).get("states") or []
+  filtered = [s for s in states if s.get("quality")]
+  if filtered:
+    verb = "keeps" if len(filtered) == 1 else "keep"
+    blocks.append(Para(f"{len(filtered)} of the sweep's {len(states)} pool states {verb} "
+                       "only part of some domains' documents by this score."))
+  return blocks
+
+
 def _covariate_blocks(cov: Mapping[str, Any], runs: Any, list_max: int = 8) -> list[Block]:
   """The pool's covariates without those the sweep held constant: a domain or a
   covariate whose values are all constant is left out, a constant value among varying
@@ -885,6 +924,7 @@ def build_report(cfg: ml_collections.ConfigDict, workdir: pathlib.Path,
                          Para(f"Study outcome `{surface.outcome}`; workdir `{workdir}`.")]
   runs, runs_error = _read_runs(workdir)
   blocks += _pool_section(workdir, runs, notes)
+  blocks += _reference_section(workdir, notes)
   blocks += _sweep_section(workdir, runs, runs_error, list(surface.features),
                            surface.outcome, notes)
   blocks += _surface_section(workdir, surface, out_dir, notes)

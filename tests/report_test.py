@@ -448,3 +448,25 @@ def test_ranking_of_negligible_shifts_is_not_shown(tmp_path, cfg):
   assert "](cate_theta.png)" in md
   assert "cate_ranking.png" not in md and "cate_partial_dependence.png" not in md
   assert "Missing pieces" not in md
+
+
+def test_reference_model_section(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  md = report_stage.run(cfg, wd).read_text()
+  assert "### Reference model" not in md  # no reference stage: no section
+  _write(wd / "reference" / "reference.json", {
+      "enabled": True, "model": {"n_layers": 2, "d_model": 64},
+      "training": {"steps": 300, "tokens": 307200, "loss_first": 5.6, "loss_last": 1.9},
+      "documents": {"code": 10, "math": 20, "web": 5},
+      "scored_tokens": {"code": 1000, "math": 2000, "web": 500},
+      "hes_threshold_bits": 5.5, "quality_score": "loss_bits", "keep": "lowest",
+      "per_domain": {d: {"ref_loss_bits": 2.0 + i, "ref_entropy_bits": 2.5,
+                         "ref_hes_bits": 40.0} for i, d in enumerate(DOMAINS)}})
+  _write(wd / "design" / "design.json", {"states": [
+      {"name": "full"}, {"name": "q", "quality": {"math": 0.5}}]})
+  md = report_stage.run(cfg, wd).read_text()
+  assert "### Reference model" in md
+  assert "trained here for 300 steps" in md and "scored 35 documents" in md
+  rows = _table(md, "domain | loss (bits/token)")
+  assert [r[0] for r in rows] == list(DOMAINS) and rows[1][1] == "3"
+  assert "1 of the sweep's 2 pool states keeps only part of some domains' documents" in md
