@@ -121,6 +121,33 @@ def _as_rows(a: Any, width: int, what: str) -> np.ndarray:
   return arr
 
 
+def _jit_pair(fn: SamplerFn) -> tuple[Any, Any]:
+  def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
+    return jax.jacfwd(lambda wv: fn(params, wv[None, :], x_F)[:, 0])(w_D)
+  return jax.jit(fn), jax.jit(jac)
+
+
+# Jitted samplers shared across surfaces, keyed by (function, static spec); bounded
+# because each spec holds a fitted model's static structure only.
+_SHARED_JIT: dict[Any, tuple[Any, Any]] = {}
+_SHARED_JIT_MAX = 64
+
+
+def _sampler_key(fn: Any) -> Any:
+  """A hashable identity of a `functools.partial(pure_fn, static spec...)` sampler, or
+  None for closures (which compile per surface)."""
+  if not isinstance(fn, functools.partial) or fn.keywords:
+    return None
+  key = (fn.func,) + tuple(fn.args)
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  if len(_SHARED_JIT) >= _SHARED_JIT_MAX:
+    _SHARED_JIT.clear()
+  return key
+
+
 class SurfaceBase:
   """What every fitted surface answers, given a pure jittable sampler: predict, CATE,
   theta, support and the predictive distribution of a new run. Subclasses provide
@@ -148,14 +175,19 @@ class SurfaceBase:
     raise NotImplementedError
 
   def _compiled(self) -> tuple[Any, Any]:
-    """(jit(fn), jit(jacobian of the draws at one mixture)), built once."""
+    """(jit(fn), jit(jacobian of the draws at one mixture)), built once per surface, and
+    shared by surfaces whose sampler is the same pure function of the same static spec
+    (e.g. the members refitted on each cross-validation fold), so that they compile
+    once."""
     if "fn" not in self._jitted:
       fn = self.sampler()[0]
-
-      def jac(params, w_D, x_F):  # S x D derivative of the draws at one mixture
-        return jax.jacfwd(lambda wv: fn(params, wv[None, :], x_F)[:, 0])(w_D)
-
-      self._jitted["fn"], self._jitted["jac"] = jax.jit(fn), jax.jit(jac)
+      key = _sampler_key(fn)
+      pair = _SHARED_JIT.get(key) if key is not None else None
+      if pair is None:
+        pair = _jit_pair(fn)
+        if key is not None:
+          _SHARED_JIT[key] = pair
+      self._jitted["fn"], self._jitted["jac"] = pair
     return self._jitted["fn"], self._jitted["jac"]
 
   # -- defaults -------------------------------------------------------------------------
