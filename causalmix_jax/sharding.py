@@ -1,10 +1,16 @@
-"""Device meshes, logical-axis sharding rules and multi-host (jax.distributed) setup."""
+"""Device meshes, logical-axis sharding rules and multi-host (jax.distributed) setup:
+initialisation, barriers between processes, process 0's values on every process, and a
+prompt exit of a process that fails."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Any, Sequence
+import os
+import sys
+import traceback
+from typing import Any, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -15,20 +21,70 @@ log = logging.getLogger(__name__)
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+                           process_id: int | None, *,
+                           heartbeat_timeout_s: int | None = None) -> None:
   """Initialises jax.distributed when a coordinator is given (multi-host runs).
 
   `coordinator_address="auto"` lets JAX discover the cluster itself (Cloud TPU VMs,
-  SLURM, Open MPI), with no process counts.
+  SLURM, Open MPI), with no process counts. `heartbeat_timeout_s` (None: JAX's default,
+  100 s) is how long a process may be silent before the others give it up as dead and
+  stop, rather than wait for it in a collective.
   """
   if coordinator_address is None:
     return
+  kwargs = {} if heartbeat_timeout_s is None else {
+      "heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
   if coordinator_address == "auto":
-    jax.distributed.initialize()
+    jax.distributed.initialize(**kwargs)
     return
   if num_processes is None or process_id is None:
     raise ValueError("--coordinator_address needs --num_processes and --process_id")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+
+
+def sync_processes(name: str) -> None:
+  """Waits until every process of a multi-process job reaches the barrier `name` (the
+  same name on every process); returns at once with one process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def from_process_0(tree: Any) -> Any:
+  """Process 0's value of a pytree of host arrays on every process, bit for bit (each
+  leaf must have the same shape and dtype on every process); the tree itself, as numpy
+  arrays, with one process."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  leaves, treedef = jax.tree.flatten(tree)
+  arrays = [np.ascontiguousarray(x) for x in leaves]
+  # As bytes: the broadcast would otherwise cast float64 / int64 to 32 bits.
+  raw = multihost_utils.broadcast_one_to_all(
+      [a.reshape(-1).view(np.uint8) for a in arrays])
+  return jax.tree.unflatten(treedef, [np.asarray(r, np.uint8).view(a.dtype).reshape(a.shape)
+                                      for r, a in zip(raw, arrays)])
+
+
+@contextlib.contextmanager
+def exit_at_once_on_failure() -> Iterator[None]:
+  """In a multi-process job, an exception of the block is logged and the process exits
+  with code 1 at once. Otherwise jax.distributed's exit handler would wait (up to its
+  shutdown timeout, 5 minutes) for the other processes, which may themselves be waiting
+  for this one in a collective. With one process the exception propagates as usual."""
+  try:
+    yield
+  except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+    if jax.process_count() <= 1:
+      raise
+    code = 130 if isinstance(e, KeyboardInterrupt) else 1
+    log.error("process %d of %d failed; exiting (code %d) without waiting for the "
+              "others:\n%s", jax.process_index(), jax.process_count(), code,
+              "".join(traceback.format_exception(e)).rstrip())
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
 
 
 def log_hosts() -> None:
