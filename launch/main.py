@@ -33,6 +33,9 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 for multi-host runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", None, "Multi-host runs: seconds a process may be silent "
+    "before the others give it up as dead and stop (default: JAX's, 100).")
 
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -55,13 +58,18 @@ def main(argv: list[str]) -> None:
   for handler in logging.getLogger().handlers:
     handler.addFilter(_QuietLibraries())
   sharding.initialize_distributed(
-      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  sharding.log_hosts()
-  cfg = _CONFIG.value
-  for key, name, value in _MAPPING_ENTRIES:
-    base.set_mapping_entry(cfg, key, name, value)
-  pipeline.run_stages(_STAGE.value, cfg, _WORKDIR.value, force=_FORCE.value,
-                      study_id=study_id(config_flags.get_config_filename(flags.FLAGS["config"])))
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+      heartbeat_timeout_s=_HEARTBEAT.value)
+  # A failing process of a multi-process job exits at once with code 1 rather than wait
+  # for the others at jax.distributed's shutdown (they may be waiting for it).
+  with sharding.exit_at_once_on_failure():
+    sharding.log_hosts()
+    cfg = _CONFIG.value
+    for key, name, value in _MAPPING_ENTRIES:
+      base.set_mapping_entry(cfg, key, name, value)
+    pipeline.run_stages(
+        _STAGE.value, cfg, _WORKDIR.value, force=_FORCE.value,
+        study_id=study_id(config_flags.get_config_filename(flags.FLAGS["config"])))
 
 
 def study_id(config_arg: str) -> str:

@@ -47,7 +47,10 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
                                          else pick("recommended")),
       tokens_D=tokens_D, pick=pick)
   # Every process trains process 0's mixtures (the picks are refitted on each process).
-  mixtures = sharding.from_process_0(mixtures)
+  # Stacked in their order (a dict pytree would come back with its keys sorted).
+  names = list(mixtures)
+  w_all = sharding.from_process_0(np.stack([mixtures[n] for n in names]))
+  mixtures = dict(zip(names, w_all))
   w_MxD, index = validation.distinct(mixtures)
   log.info("validate: %d mixtures (%d distinct) x %d seeds at %s scale, %d tokens each",
            len(mixtures), len(w_MxD), vc.seeds, vc.scale, budget)
