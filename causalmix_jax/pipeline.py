@@ -108,7 +108,8 @@ ORDER: tuple[str, ...] = tuple(STAGES)
 # Stages without collectives (host computation on files): in a multi-process job only
 # process 0 runs them; the others wait at the barrier after the stage and read what it
 # wrote. Every other stage runs on every process.
-PROCESS_0_STAGES = frozenset({"pool", "design", "fit", "optimise", "analyse", "report"})
+PROCESS_0_STAGES = frozenset({"pool", "reference", "design", "fit", "optimise", "analyse",
+                              "report"})
 
 
 def _config_section(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> dict[str, Any]:
