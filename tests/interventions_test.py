@@ -220,12 +220,20 @@ def test_shift_study_sweeps_only_small_subsamples():
   pool = pool_lib.from_documents(docs, ["target"])
   with cfg.unlocked():
     cfg.design.min_tokens_per_domain = 64
+  with pytest.raises(interventions.DesignError, match="reference.enabled"):
+    interventions.make_states(pool, cfg.design, seq_len=32, rng=np.random.default_rng(1))
   states = interventions.make_states(pool, cfg.design, seq_len=32,
-                                     rng=np.random.default_rng(1))
-  full = np.array([len(pool.train[d]) for d in pool.domains])
+                                     rng=np.random.default_rng(1),
+                                     scores=fake_doc_scores(pool))
   n = np.stack([s.to_arrays(pool.domains)[0] for s in states])
+  # Each domain's subsample is 1/8 to 1/2 of what it holds after any quality filter.
+  avail = np.stack([[s.available[d] for d in pool.domains] for s in states])
   assert len(states) == cfg.design.n_pool_states
-  assert all(s.name.endswith("_subsample") for s in states)
-  assert np.all(n <= 0.5 * full + 1) and np.all(n >= full / 8 - 1)
+  assert all(s.name.endswith(("_subsample", "_quality")) for s in states)
+  assert np.all(n <= 0.5 * avail + 1) and np.all(n >= avail / 8 - 1)
+  filtered = [s for s in states if s.filtered]
+  assert len(filtered) == len(states) // 2
+  assert all(set(s.quality.values()) <= {0.25, 0.5, 0.75} for s in filtered)
   assert len({tuple(r) for r in n}) == len(states)
   assert cfg.pool.deploy.fraction.math == 1 / 16 and cfg.pool.deploy.dup_rate.code == 0.25
+  assert cfg.pool.deploy.quality.literature == 0.5 and cfg.reference.enabled

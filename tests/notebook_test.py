@@ -61,7 +61,7 @@ def test_notebook_executes(tmp_path, monkeypatch, xla_cache_env):
   assert len(figures) >= 4, f"{len(figures)} inline figures"
   text = "\n".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
                    for o in outputs)
-  assert "stages done: pool, design, sweep, fit, optimise" in text
+  assert "stages done: pool, reference, design, sweep, fit, optimise" in text
   for objective in ("mean", "bound", "safe"):
     assert f"{objective} (max" in text, objective
 
