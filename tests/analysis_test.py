@@ -235,3 +235,17 @@ def test_no_backend_switch_in_the_package():
   offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                if "matplotlib.use(" in p.read_text()]
   assert not offenders
+
+
+def test_pred_vs_actual_draws_a_point_outside_its_own_interval():
+  """The prediction is the draws' mean and the interval their quantiles: with skewed
+  draws the mean can lie outside the interval, which once crashed the fit stage."""
+  cv = {"y": [1.0, 2.0, 3.0], "pred": [1.1, 2.5, 2.9], "lo": [1.0, 1.8, 2.95],
+        "hi": [1.2, 2.2, 3.3], "r2": 0.9, "spearman": 1.0}
+  fig = plots.plot_pred_vs_actual(cv, "y")
+  ax = fig.axes[0]
+  segments = ax.collections[0].get_segments()
+  assert len(segments) == 3
+  np.testing.assert_allclose(segments[1], [[2.0, 1.8], [2.0, 2.2]])
+  np.testing.assert_allclose(ax.lines[0].get_ydata(), cv["pred"])
+  plt.close(fig)

@@ -46,11 +46,13 @@ def plot_pred_vs_actual(cv: Mapping[str, Any], title: str, ax: Any = None) -> An
   """Held-out predictions against actual outcomes, with their intervals.
 
   cv: `surface.diagnostics.cross_validate`'s result (y, pred, lo, hi, r2, spearman).
+  The prediction is the draws' mean and the interval their central quantiles, so with
+  skewed draws a point can lie outside its own interval; each interval is drawn as it is.
   """
   fig, ax = _axes(ax, (4.5, 4.5))
   y, pred = np.asarray(cv["y"]), np.asarray(cv["pred"])
-  ax.errorbar(y, pred, yerr=[pred - np.asarray(cv["lo"]), np.asarray(cv["hi"]) - pred],
-              fmt="o", ms=3, alpha=0.6, elinewidth=0.6)
+  ax.vlines(y, np.asarray(cv["lo"]), np.asarray(cv["hi"]), lw=0.6, alpha=0.6)
+  ax.plot(y, pred, "o", ms=3, alpha=0.6)
   lo = float(min(np.min(y), np.min(pred)))
   hi = float(max(np.max(y), np.max(pred)))
   ax.plot([lo, hi], [lo, hi], "k--", lw=1)
