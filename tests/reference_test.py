@@ -222,3 +222,48 @@ def test_scores_round_trip_and_name_a_bad_file(tmp_path):
   (tmp_path / "bad.npz").write_bytes(b"not an npz")
   with pytest.raises(sources.DataError, match="bad.npz: unreadable document scores"):
     doc_scores.DocScores.load(tmp_path / "bad.npz")
+
+
+def _stage_config(**reference):
+  from tests.covariates_test import fixture_config  # pylint: disable=import-outside-toplevel
+  cfg = fixture_config()
+  with cfg.unlocked():
+    cfg.reference.enabled = True
+    cfg.reference.optim.steps = 6
+    cfg.reference.model.seq_len = 16
+    for k, v in reference.items():
+      cfg.reference[k] = v
+    cfg.pool.deploy.quality["prose"] = 0.5
+  return cfg
+
+
+def test_reference_stage_trains_saves_and_loads_back(tmp_path):
+  from causalmix_jax import pipeline  # pylint: disable=import-outside-toplevel
+  from causalmix_jax import study as study_lib  # pylint: disable=import-outside-toplevel
+  trained = tmp_path / "trained"
+  pipeline.run_stages(["pool", "reference"], _stage_config(), trained)
+  study = study_lib.Study(trained)
+  assert study.reference_enabled and study.reference["training"]["steps"] == 6
+  assert "x_ref_hes_bits__prose" in study.covariate_vector
+  # The deploy pool's quality filter is applied with the document scores.
+  deploy = study.deploy
+  assert deploy["state"]["quality"] == {"prose": 0.5}
+  assert (deploy["covariates"]["x_ref_loss_bits__prose"]
+          < study.covariate_vector["x_ref_loss_bits__prose"])
+  # Another study loads the saved model instead of training one: the same scores.
+  loaded = tmp_path / "loaded"
+  pipeline.run_stages(["pool", "reference"],
+                      _stage_config(checkpoint=str(trained / "reference")), loaded)
+  other = study_lib.Study(loaded)
+  assert other.reference["training"] == {"loaded_from": str(trained / "reference")}
+  for d in study.doc_scores.domains:
+    np.testing.assert_allclose(other.doc_scores.scores[d]["loss_bits"],
+                               study.doc_scores.scores[d]["loss_bits"], rtol=1e-5)
+  # Off: only the summary, and no reference covariates.
+  off = _stage_config(enabled=False)
+  with off.unlocked():
+    off.pool.deploy.quality = {}
+  pipeline.run_stages(["pool", "reference"], off, tmp_path / "off")
+  plain = study_lib.Study(tmp_path / "off")
+  assert not plain.reference_enabled and plain.doc_scores is None
+  assert not any(k.startswith("x_ref_") for k in plain.covariate_vector)
