@@ -25,6 +25,7 @@ import numpy as np
 from causalmix_jax import model as model_lib
 from causalmix_jax import train_step as train_step_lib
 from causalmix_jax.data import doc_scores as doc_scores_lib
+from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data import token_pool as token_pool_lib
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def _window_starts(starts: np.ndarray, n: int, seq_len: int, max_tokens: int
   `max_tokens` tokens (0: all) cut into windows of seq_len + 1 that overlap by one."""
   starts = np.asarray(starts, np.int64)
   starts = starts[starts < n]
-  lengths = doc_scores_lib.doc_lengths(starts, n)
+  lengths = pool_lib.doc_lengths(starts, n)
   span = lengths if max_tokens <= 0 else np.minimum(lengths, max_tokens)
   per = np.maximum(1, -(-(span - 1) // seq_len))  # windows per document
   doc = np.repeat(np.arange(len(starts)), per)

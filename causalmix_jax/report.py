@@ -325,9 +325,8 @@ def loss_series(records: Sequence[Mapping[str, Any]]
 
 def constant_covariates(runs: Any) -> set[str]:
   """Covariates (named without `x_`) that take one value in every run of the sweep, so
-  every pool state it explored shares them (the runs table's own test: a zero range)."""
-  x = runs.X
-  return {f for j, f in enumerate(runs.features) if x.shape[0] and np.ptp(x[:, j]) == 0.0}
+  every pool state it explored shares them (`Runs.constant_features`)."""
+  return {c.removeprefix("x_") for c in runs.constant_features}
 
 
 def _plural(n: int, one: str, many: str) -> str:

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 
-from causalmix_jax.configs import base
 import fixture_pool
 from causalmix_jax.data import covariates
 from causalmix_jax.data import pool as pool_lib
@@ -65,13 +64,7 @@ GOLDEN = {
 
 
 def fixture_config():
-  cfg = base.get_config("smoke")
-  with cfg.unlocked():
-    cfg.pool.source = "files"
-    cfg.pool.domains = fixture_pool.domains()
-    cfg.pool.target_eval = fixture_pool.target_eval()
-    cfg.pool.heldout_fraction = 0.2
-  return cfg
+  return fixture_pool.smoke_config()
 
 
 def _fixture_vector(tmp_dir: pathlib.Path) -> dict[str, float]:

@@ -1,5 +1,5 @@
 """The small on-disk fixture pool (tests/fixtures/pool) as pool config entries, shared by
-the data, covariate and target tests."""
+the data, covariate, reference, multi-process and target tests."""
 
 import pathlib
 
@@ -21,3 +21,16 @@ def domains() -> dict:
 
 def target_eval():
   return data_cfg.domain_spec(str(FIXTURES / "target" / "target.jsonl"), "jsonl")
+
+
+def smoke_config():
+  """The smoke config on this pool (a fifth of each domain's documents held out),
+  locked like every config."""
+  from causalmix_jax.configs import base  # pylint: disable=import-outside-toplevel
+  cfg = base.get_config("smoke")
+  with cfg.unlocked():
+    cfg.pool.source = "files"
+    cfg.pool.domains = domains()
+    cfg.pool.target_eval = target_eval()
+    cfg.pool.heldout_fraction = 0.2
+  return cfg

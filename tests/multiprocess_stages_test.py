@@ -40,14 +40,8 @@ LOSS_RTOL = 1e-5
 def get_config(arg: str | None = None):
   """The tiny study both jobs run (a config file for launch/main.py)."""
   del arg
-  from causalmix_jax.configs import base  # pylint: disable=import-outside-toplevel
   from tests import fixture_pool  # pylint: disable=import-outside-toplevel
-  cfg = base.get_config("smoke")
-  with cfg.unlocked():
-    cfg.pool.source = "files"
-    cfg.pool.domains = fixture_pool.domains()
-    cfg.pool.target_eval = fixture_pool.target_eval()
-    cfg.pool.heldout_fraction = 0.2
+  cfg = fixture_pool.smoke_config()
   cfg.validate.mixtures = ("recommended", "uniform")
   cfg.validate.seeds = 2
   cfg.sweep.progress = False

@@ -296,7 +296,7 @@ def compute_covariates(pool: Pool, cov_cfg: Any = None, state: Any = None, *,
     if n == 0:
       raise DataError(f"domain {d!r} has no training tokens in this pool state")
     starts = np.asarray(pool.doc_starts[d], np.int64)
-    lengths = np.diff(np.append(starts, n)).astype(np.float64)
+    lengths = pool.doc_lengths(d).astype(np.float64)
     sample = text_sample(pool, d, cap)
     hist = byte_histogram(sample)
     raw, comp = zlib_sizes(sample)

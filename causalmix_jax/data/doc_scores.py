@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data.sources import DataError
 
 HES_QUANTILE = 0.005
@@ -47,7 +48,7 @@ class DocScores:
   domains: tuple[str, ...]
   scores: dict[str, dict[str, np.ndarray]]  # domain -> score name -> float64[docs]
   scored_tokens: dict[str, np.ndarray]      # domain -> int64[docs]
-  hes_threshold: dict[str, float]
+  hes_threshold: float  # bits; one for the whole pool
   quality_score: str = "loss_bits"
   keep: str = "lowest"
 
@@ -86,7 +87,7 @@ class DocScores:
     from causalmix_jax import artifacts  # pylint: disable=import-outside-toplevel
     arrays = {"domains": np.array(self.domains),
               "settings": np.array([self.quality_score, self.keep]),
-              "hes_threshold": np.array([self.hes_threshold[d] for d in self.domains])}
+              "hes_threshold": np.array(self.hes_threshold)}
     for d in self.domains:
       arrays[f"{d}/scored_tokens"] = self.scored_tokens[d]
       for s in SCORES:
@@ -100,7 +101,7 @@ class DocScores:
       with np.load(path, allow_pickle=False) as z:
         domains = tuple(str(d) for d in z["domains"])
         quality_score, keep = (str(v) for v in z["settings"])
-        thr = dict(zip(domains, map(float, z["hes_threshold"])))
+        thr = float(z["hes_threshold"])
         scores = {d: {s: z[f"{d}/{s}"].astype(np.float64) for s in SCORES}
                   for d in domains}
         tokens = {d: z[f"{d}/scored_tokens"].astype(np.int64) for d in domains}
@@ -108,12 +109,6 @@ class DocScores:
       raise DataError(f"{path}: unreadable document scores ({e}); re-run "
                       "--stage=reference") from None
     return cls(domains, scores, tokens, thr, quality_score, keep)
-
-
-def doc_lengths(starts: np.ndarray, n_stream: int) -> np.ndarray:
-  """Token length of each document of a stream from its start offsets."""
-  starts = np.asarray(starts, np.int64)
-  return np.diff(np.append(starts, n_stream)).astype(np.int64)
 
 
 def from_token_scores(domains: Sequence[str], doc_starts: Mapping[str, np.ndarray],
@@ -128,14 +123,13 @@ def from_token_scores(domains: Sequence[str], doc_starts: Mapping[str, np.ndarra
            for d in domains]
   every = np.concatenate(every) if every else np.zeros(0)
   threshold = float(np.quantile(every, 1.0 - HES_QUANTILE)) if len(every) else np.inf
-  thr = {d: threshold for d in domains}
   for d in domains:
     sc = np.asarray(scored[d], bool)
     ent = np.asarray(entropy_bits[d], np.float64)
     n = len(sc)
     starts = np.asarray(doc_starts[d], np.int64)
     starts = starts[starts < n]
-    high = np.where(sc & (ent >= thr[d]), ent, 0.0)
+    high = np.where(sc & (ent >= threshold), ent, 0.0)
     sums = {}
     for name, vals in (("loss_bits", np.where(sc, loss_bits[d], 0.0)),
                        ("entropy_bits", np.where(sc, ent, 0.0)), ("hes_bits", high)):
@@ -146,7 +140,7 @@ def from_token_scores(domains: Sequence[str], doc_starts: Mapping[str, np.ndarra
       out_scores[d] = {k: np.where(count > 0, v / np.maximum(count, 1), np.nan)
                        for k, v in sums.items()}
     out_tokens[d] = count.astype(np.int64)
-  return DocScores(tuple(domains), out_scores, out_tokens, thr, quality_score, keep)
+  return DocScores(tuple(domains), out_scores, out_tokens, threshold, quality_score, keep)
 
 
 def exposed_features(scores: DocScores, domain: str, starts: np.ndarray, n_stream: int,
@@ -159,7 +153,7 @@ def exposed_features(scores: DocScores, domain: str, starts: np.ndarray, n_strea
   Returns ({feature name: value}, exposed tokens); documents without a scored token
   count at the domain's mean.
   """
-  length = doc_lengths(starts, n_stream)
+  length = pool_lib.doc_lengths(starts, n_stream)
   keep = np.ones(len(length), bool) if keep_D is None else np.asarray(keep_D, bool)
   kept_len = np.where(keep, length, 0)
   cum = np.concatenate([[0], np.cumsum(kept_len)])

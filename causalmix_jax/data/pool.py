@@ -63,10 +63,20 @@ class Pool:
   def n_tokens(self) -> dict[str, int]:
     return {d: int(len(self.train[d])) for d in self.domains}
 
+  def doc_lengths(self, domain: str) -> np.ndarray:
+    """Token length of each document of the domain's train stream (int64[docs])."""
+    return doc_lengths(self.doc_starts[domain], len(self.train[domain]))
+
   def domain_index(self, name: str) -> int:
     if name not in self.domains:
       raise DataError(f"domain {name!r} is not in the pool (domains: {self.domains})")
     return self.domains.index(name)
+
+
+def doc_lengths(starts: np.ndarray, n_stream: int) -> np.ndarray:
+  """Token length of each document of a stream from its start offsets."""
+  starts = np.asarray(starts, np.int64)
+  return np.diff(np.append(starts, n_stream)).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- specs

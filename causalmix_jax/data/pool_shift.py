@@ -178,9 +178,7 @@ def keep_masks(pool: Pool, state: PoolState, scores: Any) -> dict[str, np.ndarra
 
 def kept_tokens(pool: Pool, domain: str, mask: np.ndarray) -> int:
   """Tokens of `domain` held by the documents `mask` keeps."""
-  from causalmix_jax.data import doc_scores  # pylint: disable=import-outside-toplevel
-  length = doc_scores.doc_lengths(pool.doc_starts[domain], len(pool.train[domain]))
-  return int(length[np.asarray(mask, bool)].sum())
+  return int(pool.doc_lengths(domain)[np.asarray(mask, bool)].sum())
 
 
 def _filter(tokens: np.ndarray, mask: np.ndarray, starts: np.ndarray,

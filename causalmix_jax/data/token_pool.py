@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalmix_jax import evaluate
+from causalmix_jax.data import pool as pool_lib
 
 PoolArrays = dict[str, jax.Array]
 
@@ -225,7 +226,7 @@ def from_pool(pool: Any, *, seq_len: int, eval_batch_size: int,
       st = np.concatenate([[0], st])
     doc_lo.append(sum(len(x) for x in doc_start))
     doc_start.append(st + off)
-    doc_len.append(np.diff(np.append(st, n)))
+    doc_len.append(pool_lib.doc_lengths(st, n))
   tokens = np.concatenate([np.asarray(pool.train[d], np.int32) for d in domains])
   mask = np.concatenate([np.asarray(pool.train_mask[d], np.uint8) for d in domains])
   ev = evaluate.eval_arrays(pool, seq_len=seq_len, batch_size=eval_batch_size,

@@ -79,7 +79,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       "enabled": True, "model": dataclasses.asdict(spec), "training": info,
       "documents": {d: scores.n_docs(d) for d in pool.domains},
       "scored_tokens": {d: int(np.sum(scores.scored_tokens[d])) for d in pool.domains},
-      "hes_threshold_bits": float(next(iter(scores.hes_threshold.values()))),
+      "hes_threshold_bits": scores.hes_threshold,
       "quality_score": scores.quality_score, "keep": scores.keep,
       "per_domain": per})
   return out
