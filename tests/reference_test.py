@@ -269,3 +269,18 @@ def test_reference_stage_trains_saves_and_loads_back(tmp_path):
   plain = study_lib.Study(tmp_path / "off")
   assert not plain.reference_enabled and plain.doc_scores is None
   assert not any(k.startswith("x_ref_") for k in plain.covariate_vector)
+
+
+def test_bad_quality_settings_name_their_config_key():
+  from causalmix_jax import interventions  # pylint: disable=import-outside-toplevel
+  pool = _pool()
+  scores = fake_doc_scores(pool)
+  cfg = base.get_config("smoke")
+  with cfg.unlocked():
+    cfg.design.state_kinds = ("quality",)
+    cfg.design.quality_fractions = (0.5, 1.5)
+  with pytest.raises(interventions.DesignError, match=r"design.quality_fractions=\(0.5, 1.5\)"):
+    interventions.make_states(pool, cfg.design, seq_len=8, rng=np.random.default_rng(0),
+                              scores=scores)
+  with pytest.raises(sources.DataError, match="reference.keep='top'"):
+    dataclasses.replace(scores, keep="top")

@@ -156,3 +156,32 @@ def test_bad_inputs_are_named():
     fit.fit_surface(runs, "nope")
   with pytest.raises(ValueError, match="covariates"):
     _fitted("dml").predict(runs.W[:2], np.zeros(7))
+
+
+def test_surfaces_with_one_sampler_spec_share_their_compiled_sampler():
+  """Refits of one family (e.g. the cross-validation folds' members) compile once: the
+  same pure sampler with an equal static spec gives the same jitted function; another
+  spec, or a closure, gets its own."""
+  from causalmix_jax.surface import surface as surface_lib  # pylint: disable=import-outside-toplevel
+
+  def pure(spec, params, w_NxD, x_F):
+    del x_F
+    return params["b_S"][:, None] * jnp.sum(w_NxD, axis=1)[None, :] * spec[0]
+
+  class Tiny(surface_lib.SurfaceBase):
+    def __init__(self, fn):
+      super().__init__(domains=["a", "b"], features=[], outcome="y", maximize=False,
+                       support_stats={})
+      self._fn = fn
+
+    def sampler(self, tokens=None, budget=None):
+      return self._fn, {"b_S": jnp.ones(3)}
+
+  first = Tiny(functools.partial(pure, (2.0,)))._compiled()
+  again = Tiny(functools.partial(pure, (2.0,)))._compiled()
+  other = Tiny(functools.partial(pure, (3.0,)))._compiled()
+  closure = Tiny(lambda p, w, x: pure((2.0,), p, w, x))._compiled()
+  assert first[0] is again[0] and first[1] is again[1]
+  assert other[0] is not first[0] and closure[0] is not first[0]
+  out = first[0]({"b_S": jnp.ones(3)}, jnp.ones((4, 2)), jnp.zeros(0))
+  np.testing.assert_allclose(np.asarray(out), 4.0)
