@@ -3,7 +3,9 @@ proportions, determinism, checkpoint/resume, weight validation and tiny weights.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import sys
 
 import ml_collections
 import numpy as np
@@ -149,3 +151,21 @@ def test_tiny_weights_reported_not_dropped(caplog):
 def test_quantise_sums_to_period():
   c = mixing.quantise(np.array([1 / 3, 1 / 3, 1 / 3]), 1000)
   assert c.sum() == 1000 and sorted(c) == [333, 333, 334]
+
+
+def test_chunk_order_cache_is_thread_safe():
+  """Grain's reader threads share a domain's epoch cache; concurrent epochs never race."""
+  chunks = mixing._DomainChunks(np.arange(40, dtype=np.int32), np.ones(40, np.uint8),
+                                window=4, pad_id=0, seed=0, domain_id=0)
+  single = mixing._DomainChunks(np.arange(40, dtype=np.int32), np.ones(40, np.uint8),
+                                window=4, pad_id=0, seed=0, domain_id=0)
+  idx = np.random.default_rng(0).integers(0, 10 * 400, size=20000)
+  interval = sys.getswitchinterval()
+  sys.setswitchinterval(1e-6)  # Switch threads often, so that a race would show.
+  try:
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+      got = list(ex.map(lambda j: chunks[j]["tokens"][0], idx))
+  finally:
+    sys.setswitchinterval(interval)
+  want = [single[j]["tokens"][0] for j in idx]
+  assert got == want

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Any, Mapping, Sequence
 
 import grain.python as grain
@@ -120,17 +121,20 @@ class _DomainChunks:
     self.n = max(1, -(-len(tokens) // window))
     self.seed, self.domain_id = seed, domain_id
     self._orders: dict[int, np.ndarray] = {}
+    # Grain reads with a thread pool: the cache is shared between reader threads.
+    self._lock = threading.Lock()
 
   def _order(self, epoch: int) -> np.ndarray:
     """The chunk permutation of one epoch (the two most recent epochs are cached)."""
-    order = self._orders.get(epoch)
-    if order is None:
-      rng = np.random.default_rng([self.seed, self.domain_id, epoch])
-      order = rng.permutation(self.n)
-      if len(self._orders) >= 2:
-        self._orders.pop(min(self._orders))
-      self._orders[epoch] = order
-    return order
+    with self._lock:
+      order = self._orders.get(epoch)
+      if order is None:
+        rng = np.random.default_rng([self.seed, self.domain_id, epoch])
+        order = rng.permutation(self.n)
+        while len(self._orders) >= 2:
+          del self._orders[min(self._orders)]
+        self._orders[epoch] = order
+      return order
 
   def __getitem__(self, j: int) -> dict[str, Any]:
     epoch, pos = divmod(int(j), self.n)
