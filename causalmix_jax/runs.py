@@ -338,6 +338,13 @@ class Runs:
       return None
     return self._frame["budget_tokens"].to_numpy(dtype=np.float64)
 
+  @property
+  def params(self) -> np.ndarray | None:
+    """Model size (parameters) per run, length N, or None when unknown."""
+    if "params" not in self._frame.columns:
+      return None
+    return self._frame["params"].to_numpy(dtype=np.float64)
+
   def epochs(self) -> np.ndarray | None:
     """Passes over each domain's unique tokens, w * budget / tokens (N x D), or None."""
     tokens, budget = self.tokens, self.budget

@@ -200,3 +200,29 @@ def test_stack_calibrates_across_pools_when_each_pool_has_one_mixture():
                                                                     pool.x_F)),
                 tokens=pool.tokens_D[order], budget=pool.budget)
   assert p.hi[0] - p.lo[0] < 1.0
+
+
+def test_scales_are_held_out_apart_and_do_not_inflate_effect_intervals(caplog):
+  """The same sweep at two model sizes, the larger 0.3 lower in loss everywhere (no
+  covariate carries the size). Folds and contrasts keep the sizes apart, so the level
+  gap shows up as level uncertainty (a new pool's outcome, whichever size) instead of
+  hiding in the contrasts, the conformal scale stays near the one-size fit's, and a
+  warning names the params column."""
+  _, runs = _world_runs()
+  small = runs.to_frame()
+  small["params"] = 2e7
+  large = small.copy()
+  large["params"] = 1e8
+  large["run_id"] = large["run_id"] + "-large"
+  noise = 0.01 * np.random.default_rng(5).standard_normal(len(large))
+  large["y_loss"] = large["y_loss"] - 0.3 + noise
+  two = Runs(pd.concat([small, large], ignore_index=True), source="two-sizes")
+  with caplog.at_level("WARNING"):
+    s = fit.fit_surface(two, "loss", config=_cfg())
+  one = _stack()
+  assert s.info["folds_by"] == "pool states x scales"
+  # Runs at one mixture and pool but different sizes are not replicates: taking the
+  # size gap for run noise would shrink the effect intervals to nothing.
+  assert 0.5 < s.info["conformal_scale"] / one.info["conformal_scale"] < 1.5
+  assert s.info["level_sd"] > 0.1 > one.info["level_sd"]
+  assert "2 model sizes (the params column)" in caplog.text

@@ -3,7 +3,9 @@ surface, and a stack of families chosen and calibrated by leave-pools-out predic
 
 `fit_stack` answers the question users ask of a new pool. Runs are grouped by pool state
 (the distinct rows of the varying covariates; row folds when the sweep has fewer than
-four states) and every member family is refitted with each group held out:
+four states) and, where the runs table mixes training scales (`params`, `budget_tokens`),
+by scale too, so a held-out group is one pool at one scale and contrasts and replicates
+never mix scales. Every member family is refitted with each group held out:
 
 - members: the DML surface (`fit.py`, linear in physics features, effects modified by
   the covariates), the GP surface (random Fourier features over mixture and covariates:
@@ -190,8 +192,10 @@ class _Data:
   y: np.ndarray
   tokens: np.ndarray | None
   budget: np.ndarray | None
-  groups: np.ndarray  # pool state of every row
+  groups: np.ndarray  # (pool state, scale) of every row: what a held-out fold holds
   pools: np.ndarray  # distinct (covariates, tokens, budget) rows: what one query sees
+  scale: np.ndarray  # log10 of the scale columns that vary (params, budget), N x 0-2
+  n_scales: int  # distinct (params, budget_tokens) pairs among the rows
 
 
 def _data(runs, outcome: str, min_runs: int) -> _Data:
@@ -209,12 +213,43 @@ def _data(runs, outcome: str, min_runs: int) -> _Data:
   if tokens is None or budget is None:
     tokens = budget = None
   cols = nuis.varying_columns(x)
-  _, groups = np.unique(np.round(x[:, cols], 9), axis=0, return_inverse=True)
+  scale = _scales(runs, rows)
+  state = np.round(x[:, cols], 9)
+  _, groups = np.unique(np.concatenate([state, scale], axis=1), axis=0,
+                        return_inverse=True)
+  n_scales = len(np.unique(scale, axis=0)) if scale.shape[1] else 1
+  if runs.params is not None and len(np.unique(runs.params[rows])) > 1:
+    # Does any covariate tell the model sizes apart? If a pool state holds several
+    # sizes, the surface sees them as one pool and pools their outcomes.
+    _, by_state = np.unique(state, axis=0, return_inverse=True)
+    sizes = runs.params[rows]
+    mixed = [g for g in np.unique(by_state)
+             if len(np.unique(sizes[np.asarray(by_state).reshape(-1) == g])) > 1]
+    if mixed:
+      log.warning(
+          "%s: y_%s spans %d model sizes (the params column), and no covariate tells "
+          "them apart (%d of %d pool states hold several sizes): the surface pools the "
+          "sizes. Held-out folds and contrasts keep each size apart; to predict per "
+          "size, add a covariate such as x_log_params, or fit one size at a time",
+          runs.source, name, len(np.unique(sizes)), len(mixed), len(np.unique(by_state)))
   key = [x] + ([tokens, budget[:, None]] if tokens is not None else [])
   _, pools = np.unique(np.round(np.concatenate(key, axis=1), 6), axis=0,
                        return_inverse=True)
   return _Data(name, rows, w, x, y_all[rows], tokens, budget,
-               np.asarray(groups).reshape(-1), np.asarray(pools).reshape(-1))
+               np.asarray(groups).reshape(-1), np.asarray(pools).reshape(-1), scale, n_scales)
+
+
+def _scales(runs, rows: np.ndarray) -> np.ndarray:
+  """log10 of the training scale columns that vary among the rows (model size in
+  `params`, tokens trained in `budget_tokens`), N x (0-2): runs at different scales are
+  different groups, so folds hold out scales as well as pool states."""
+  out = []
+  for col in (runs.params, runs.budget):
+    if col is not None:
+      v = col[rows]
+      if np.all(np.isfinite(v)) and np.all(v > 0) and len(np.unique(v)) > 1:
+        out.append(np.round(np.log10(v), 6))
+  return np.stack(out, axis=1) if out else np.zeros((len(rows), 0))
 
 
 def _folds(data: _Data, n_folds: int, seed: int) -> tuple[np.ndarray, str]:
@@ -223,7 +258,8 @@ def _folds(data: _Data, n_folds: int, seed: int) -> tuple[np.ndarray, str]:
   if len(uniq) >= MIN_GROUPS:
     k = min(n_folds, len(uniq))
     f_g = nuis.fold_ids(len(uniq), k, seed)
-    return f_g[np.searchsorted(uniq, data.groups)], "pool states"
+    by = "pool states x scales" if data.n_scales > 1 else "pool states"
+    return f_g[np.searchsorted(uniq, data.groups)], by
   return nuis.fold_ids(len(data.y), n_folds, seed), "runs"
 
 
@@ -448,7 +484,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   c_dev = np.stack([_centre(d, cells)[0] for d in dev])  # contrast draws
   c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
-  pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x], 1))
+  # Replicates share mixture, covariates and scale.
+  pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x,
+                                                               data.scale], 1))
   noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
   level = float(cfg.interval_level)
   scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
@@ -461,7 +499,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                              for d in dev]) / counts, axis=0) * scale ** 2
   pure_cell = pure_var / counts if pe_dof > 0 else 0.0
   level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
-      if n_cells >= MIN_GROUPS and fold_by == "pool states" else 0.0
+      if n_cells >= MIN_GROUPS and fold_by != "runs" else 0.0
   heldout = {nm: {"contrast_mse": float(np.mean((yc - c) ** 2)),
                   "spearman": float(stats.spearmanr(o.mean(0), data.y).statistic)}
              for nm, c, o in zip(names, contrasts, oofs)}
