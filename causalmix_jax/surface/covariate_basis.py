@@ -73,3 +73,56 @@ def covariate_basis(x_NxF: np.ndarray, max_components: int, rtol: float = 1e-8
   score_sd = np.where(score_sd > 0, score_sd, 1.0)
   explained = sv[:k] ** 2 / max(np.sum(sv ** 2), 1e-300)
   return CovariateBasis(cols, mu, sd, basis, score_sd, n_states, explained)
+
+
+# At most this many folds of pool states when the support statistics are held out: one
+# state per fold (leave-one-out) up to it, then groups of states.
+SUPPORT_FOLDS = 50
+# Fewer distinct states than this: no held-out statistics (`Surface.support` falls back
+# to the sweep's in-sample maxima and ranges).
+MIN_SUPPORT_STATES = 5
+
+
+def held_out_support(x_NxF: np.ndarray, xb: CovariateBasis, seed: int = 0
+                     ) -> dict[str, list[float]] | None:
+  """How far each sweep pool state lies from the others, measured the way a new pool
+  is: with the standardisation, the components (as many as `xb` keeps) and their
+  covariance refitted without it. Statistics of a pool drawn like the sweep's are
+  exchangeable with these, so "beyond the largest of them" is a test with a false
+  alarm rate of about 1/(states + 1) per statistic; in-sample maxima are not (a new
+  pool beats them most of the time, as the components were fitted to the sweep's
+  states). Returns {"mahalanobis", "residual", "max_abs_z"}, one value per state, or
+  None with fewer than MIN_SUPPORT_STATES states or no varying covariate."""
+  if len(xb.cols) == 0:
+    return None
+  xv = x_NxF[:, xb.cols]
+  _, state_N = np.unique(np.round(xv, 9), axis=0, return_inverse=True)
+  state_N = np.asarray(state_N).reshape(-1)
+  n_states = int(state_N.max()) + 1
+  if n_states < MIN_SUPPORT_STATES:
+    return None
+  fold_S = nuis.fold_ids(n_states, min(n_states, SUPPORT_FOLDS), seed)
+  d_S, r_S, m_S = np.zeros(n_states), np.zeros(n_states), np.zeros(n_states)
+  for f in np.unique(fold_S):
+    held = np.flatnonzero(fold_S == f)
+    train = ~np.isin(state_N, held)
+    mu, sd = xv[train].mean(0), xv[train].std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    xs_tr = (xv[train] - mu) / sd
+    states = np.unique(xs_tr, axis=0)
+    _, sv, vt = np.linalg.svd(states - states.mean(0), full_matrices=False)
+    rank = int(np.sum(sv > 1e-8 * max(sv[0], 1e-300))) if len(sv) else 0
+    k = max(0, min(len(states) - 1, xb.k, rank))
+    basis = vt[:k].T
+    first = np.array([np.flatnonzero(state_N == s)[0] for s in held])
+    xs_h = (xv[first] - mu) / sd
+    if k:
+      score_sd = (xs_tr @ basis).std(0)
+      proj = basis / np.where(score_sd > 0, score_sd, 1.0)
+      s_tr = xs_tr @ proj
+      prec = np.linalg.pinv(np.atleast_2d(np.cov(s_tr, rowvar=False)), hermitian=True)
+      s_h = xs_h @ proj
+      d_S[held] = np.sqrt(np.maximum(np.einsum("nk,kl,nl->n", s_h, prec, s_h), 0.0))
+    r_S[held] = np.linalg.norm(xs_h - (xs_h @ basis) @ basis.T, axis=1)
+    m_S[held] = np.abs(xs_h).max(1)
+  return {"mahalanobis": d_S.tolist(), "residual": r_S.tolist(), "max_abs_z": m_S.tolist()}

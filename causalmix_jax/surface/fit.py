@@ -60,6 +60,7 @@ from causalmix_jax.surface.conjugate import noise_prior
 from causalmix_jax.surface.conjugate import pure_error  # noqa: F401  (robust.py, tests)
 from causalmix_jax.surface.covariate_basis import CovariateBasis
 from causalmix_jax.surface.covariate_basis import covariate_basis
+from causalmix_jax.surface.covariate_basis import held_out_support
 from causalmix_jax.surface import models
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface.surface import DesignSpec, Surface, SurfaceBase, modifier_basis
@@ -365,6 +366,9 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
               "sweep_standardised": np.linalg.norm(xs, axis=1).tolist(),
               "sweep_residual_max": float(np.max(np.linalg.norm(resid, axis=1),
                                                  initial=0.0))})
+  held = held_out_support(x, xb)
+  if held is not None:
+    out["held_out"] = held
   return out
 
 

@@ -304,14 +304,20 @@ class SurfaceBase:
   def support(self, x: Any, residual_tol: float = 0.1) -> dict[str, Any]:
     """How far x lies outside the sweep's covariate support.
 
-    mahalanobis: distance in the covariate components the surface uses (against the
-    sweep's runs: `max_sweep_mahalanobis`, `quantile`); standardised_distance: the
-    Euclidean norm over the sweep's varying covariates, each in sweep standard
-    deviations; residual: the part of that standardised move off the components'
-    subspace, i.e. along directions the sweep never varied (beyond `residual_tol`
-    over the sweep's own residual it is flagged); outside_range: covariates outside
-    the sweep's [min, max] (a covariate the sweep held constant counts as soon as it
-    moves)."""
+    mahalanobis: distance in the covariate components the surface uses; residual: the
+    part of the standardised move off the components' subspace, i.e. along directions
+    the sweep never varied; max_abs_z: the largest move of one varying covariate, in
+    sweep standard deviations; standardised_distance: the Euclidean norm of that move;
+    outside_range: covariates outside the sweep's [min, max] (reported, not a verdict:
+    with many covariates a pool drawn like the sweep's usually leaves one range).
+
+    outside: any of the three statistics beyond the largest of the sweep's own pool
+    states measured held out (`held_out_limits`, which are in `beyond`; `quantile` is
+    the share of held-out states no farther in Mahalanobis distance), or a covariate
+    the sweep held constant moved. A pool drawn like the sweep's is flagged about
+    3 / (states + 1) of the time. Surfaces saved without held-out statistics compare
+    with the sweep's in-sample maxima (`residual_tol` over its largest residual) and
+    ranges instead."""
     x = self._x(x)
     st = self.support_stats
     if not self.features:
@@ -352,11 +358,28 @@ class SurfaceBase:
     d = float(np.sqrt(max(scores @ prec @ scores, 0.0))) if len(scores) else 0.0
     resid = float(np.linalg.norm(xs - basis @ proj))
     sweep_std = np.asarray(st["sweep_standardised"])
-    res_limit = float(st["sweep_residual_max"]) + residual_tol
-    out.update(mahalanobis=d, quantile=float(np.mean(sweep_d <= d)),
-               standardised_distance=float(np.linalg.norm(xs)),
+    out.update(mahalanobis=d, standardised_distance=float(np.linalg.norm(xs)),
                max_sweep_standardised_distance=float(sweep_std.max(initial=0.0)),
                residual=resid, max_sweep_residual=float(st["sweep_residual_max"]),
+               max_abs_z=float(np.abs(xs).max(initial=0.0)))
+    # A covariate the sweep held constant that moves is outside whatever the rest say.
+    moved_constant = [f for f in outside if f not in {self.features[c] for c in cols}]
+    held = st.get("held_out")
+    if held is not None:
+      # Against the sweep's states measured out of sample (see `held_out_support`):
+      # beyond the largest held-out statistic, on any of the three.
+      limits = {k: float(np.max(v)) for k, v in held.items()}
+      beyond = [k for k, v in (("mahalanobis", d), ("residual", resid),
+                               ("max_abs_z", out["max_abs_z"]))
+                if v > limits[k] * (1 + 1e-9) + 1e-9]
+      out.update(quantile=float(np.mean(np.asarray(held["mahalanobis"]) <= d)),
+                 held_out_limits=limits, beyond=beyond,
+                 outside=bool(beyond or moved_constant))
+      return out
+    # Surfaces written before held-out statistics: the sweep's in-sample maxima and
+    # ranges (a new pool drawn like the sweep's often exceeds them).
+    res_limit = float(st["sweep_residual_max"]) + residual_tol
+    out.update(quantile=float(np.mean(sweep_d <= d)),
                outside=bool(d > sweep_d.max() * (1 + 1e-9) + 1e-9 or resid > res_limit
                             or outside))
     return out
