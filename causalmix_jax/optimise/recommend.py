@@ -266,7 +266,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     the search's candidates, and picks the one with the lowest bound. When the pool's
     covariates lie outside the sweep's support, that pick must also have its paired
     difference to uniform <= 0 at the upper (1+ci)/2 bound; otherwise the candidate
-    whose difference has the lowest upper bound is taken. Uniform's own bound is 0, so
+    whose difference has the lowest upper bound is taken (this check also runs when any
+    covariate is outside the sweep's range). Uniform's own bound is 0, so
     off the support the pick moves away from uniform only with that confidence: when
     the intervals hold, it is not worse than uniform. Off the sweep's covariate support the surface's
     intervals widen, and the pick stays closer to uniform.
@@ -393,7 +394,12 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # Uniform is a candidate (bound 0), so off the support the pick is not worse than
     # uniform unless the interval of that difference is wrong.
     best = int(np.argmin(loss))
-    off_support = any(not r.get("inside", True) for r in supports.values())
+    # The check fires on any sign of extrapolation: the calibrated verdict, or any
+    # covariate outside the sweep's range (the surface's covariate terms extrapolate
+    # there). A needless check costs little (the pick must beat uniform with 95%
+    # confidence); a missed one can cost a bad mixture.
+    off_support = any(not r.get("inside", True) or bool(r.get("outside_range"))
+                      for r in supports.values())
     if off_support and contrast_ub[best] > 0:
       best = int(np.argmin(np.round(contrast_ub, 12)))
   else:
