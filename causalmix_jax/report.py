@@ -588,6 +588,9 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
     sup = surface.support(x_F)
   if isinstance(sup, Mapping) and sup:
     extra.append(_support_line(sup))
+  check = (mix.get("diagnostics") or {}).get("safe_check")
+  if isinstance(check, Mapping) and check.get("ran"):
+    extra.append(_safe_check_line(check))
   if extra:
     blocks.append(Bullets(tuple(extra)))
   if isinstance(mix.get("constraints"), Mapping) and mix["constraints"]:
@@ -698,6 +701,19 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
     parts.append(f"{len(outside)} covariate(s) outside the sweep's range: "
                  + ", ".join(map(str, outside[:top])) + (" ..." if len(outside) > top else ""))
   return "support: " + "; ".join(parts)
+
+
+def _safe_check_line(check: Mapping[str, Any]) -> str:
+  """What the safe objective's uniform check did, and why it ran."""
+  ub = check.get("bound_pick_difference_to_uniform_upper_bound")
+  head = ("safe check against uniform (ran because " + "; ".join(check.get("reasons", []))
+          + f"): the lowest-bound mixture's difference to uniform has upper bound "
+          f"{_fmt(ub)}")
+  if not check.get("replaced"):
+    return head + ", so it was kept"
+  took = "uniform itself" if check.get("took_uniform") else "another candidate"
+  return (head + ", not below 0, so the candidate with the lowest such bound was taken "
+          f"({took}); the surface is not sure anything beats uniform for this pool")
 
 
 def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path, lower: bool,

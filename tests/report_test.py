@@ -470,3 +470,22 @@ def test_reference_model_section(tmp_path, cfg):
   rows = _table(md, "domain | loss (bits/token)")
   assert [r[0] for r in rows] == list(DOMAINS) and rows[1][1] == "3"
   assert "1 of the sweep's 2 pool states keeps only part of some domains' documents" in md
+
+
+def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  path = wd / "optimise" / "mixture.json"
+  mix = json.loads(path.read_text())
+  mix.setdefault("diagnostics", {})["safe_check"] = {
+      "ran": True, "reasons": ["y_loss: 2 covariate(s) outside the sweep's range (a, b)"],
+      "replaced": True, "took_uniform": True,
+      "bound_pick_difference_to_uniform_upper_bound": 0.0125}
+  path.write_text(json.dumps(mix))
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("safe check against uniform (ran because y_loss: 2 covariate(s) outside the "
+          "sweep's range (a, b)): the lowest-bound mixture's difference to uniform has "
+          "upper bound 0.0125, not below 0, so the candidate with the lowest such bound "
+          "was taken (uniform itself)") in md
+  mix["diagnostics"]["safe_check"]["ran"] = False
+  path.write_text(json.dumps(mix))
+  assert "safe check" not in report_stage.run(cfg, wd).read_text()

@@ -174,9 +174,13 @@ def test_safe_objective_stays_in_the_swept_range_and_beats_its_anchors():
   tokens = pool.tokens_D[order]
   hi_anchor = s.predict(anchors, x, tokens=tokens, budget=pool.budget).hi.min()
   hi_rec = s.predict(w[None], x, tokens=tokens, budget=pool.budget).hi[0]
+  check = rec.diagnostics["safe_check"]
   if rec.support["inside"] and not rec.support["outside_range"]:
     assert hi_rec <= hi_anchor + 1e-3
+    assert not check["ran"] and not check["replaced"]
   else:  # off the support: no worse than uniform at the bound of the paired difference
+    assert check["ran"] and check["reasons"]
+    assert check["replaced"] == (check["bound_pick_difference_to_uniform_upper_bound"] > 0)
     assert rec.diagnostics["difference_to_uniform_upper_bound"] <= 1e-9
     uni = np.full((1, len(w)), 1 / len(w))
     d = s.cate(w[None], uni, x, tokens=tokens, budget=pool.budget, ci=0.9)

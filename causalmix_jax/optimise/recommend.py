@@ -128,6 +128,24 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
   return v / v.sum()
 
 
+def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+  """Why the safe objective's uniform check runs, one line per reason (empty: it does
+  not): the support verdict, and covariates outside the sweep's range."""
+  out = []
+  for outcome, r in supports.items():
+    if not r.get("inside", True):
+      beyond = r.get("beyond") or []
+      what = (", ".join(beyond) + " beyond the sweep's held-out limits" if beyond
+              else "outside the sweep's support")
+      out.append(f"y_{outcome}: {what}")
+    ranged = list(r.get("outside_range") or [])
+    if ranged:
+      more = f" and {len(ranged) - 3} more" if len(ranged) > 3 else ""
+      out.append(f"y_{outcome}: {len(ranged)} covariate(s) outside the sweep's range "
+                 f"({', '.join(ranged[:3])}{more})")
+  return out
+
+
 def _support_report(surface: Any, x_F: np.ndarray, names: list[str]) -> dict[str, Any]:
   """The surface's support report for x, with `inside` set; warns when outside."""
   fn = getattr(surface, "support", None)
@@ -383,6 +401,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
                                            smooth=False), np.float64)
   contrast_ub = np.quantile(z_w - z_uni[:, None], 0.5 * (1 + ci), axis=0)
+  safe_check = None
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
   elif safe:
@@ -398,10 +417,20 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # covariate outside the sweep's range (the surface's covariate terms extrapolate
     # there). A needless check costs little (the pick must beat uniform with 95%
     # confidence); a missed one can cost a bad mixture.
-    off_support = any(not r.get("inside", True) or bool(r.get("outside_range"))
-                      for r in supports.values())
-    if off_support and contrast_ub[best] > 0:
+    reasons = _off_support_reasons(supports)
+    replaced = bool(reasons) and contrast_ub[best] > 0
+    safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
+                  "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
+                  "bound_pick_difference_to_uniform_upper_bound":
+                      s_out * float(contrast_ub[best])}
+    if replaced:
       best = int(np.argmin(np.round(contrast_ub, 12)))
+      log.info("safe objective: %s; no candidate beats uniform at the %.0f%% bound of "
+               "the paired difference with the lowest-bound pick's (%+.4g), so the one "
+               "closest to it is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),
+               s_out * float(contrast_ub[int(np.argmin(loss))]))
+    safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
+                                                  atol=1e-6))
   else:
     best = int(np.argmin(loss))
   w_best = w_all[best]
@@ -439,5 +468,6 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "moved_l1_by_projection": info["moved_l1"],
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
                    "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
+                   **({"safe_check": safe_check} if safe_check is not None else {}),
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )
