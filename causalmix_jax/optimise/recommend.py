@@ -425,9 +425,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                       s_out * float(contrast_ub[best])}
     if replaced:
       best = int(np.argmin(np.round(contrast_ub, 12)))
-      log.info("safe objective: %s; no candidate beats uniform at the %.0f%% bound of "
-               "the paired difference with the lowest-bound pick's (%+.4g), so the one "
-               "closest to it is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),
+      log.info("safe objective: %s; the lowest-bound pick's paired difference to "
+               "uniform has %.0f%% upper bound %+.4g, not below 0, so the candidate with "
+               "the lowest such bound is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),
                s_out * float(contrast_ub[int(np.argmin(loss))]))
     safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
                                                   atol=1e-6))
