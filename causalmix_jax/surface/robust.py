@@ -37,7 +37,6 @@ import pathlib
 import time
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
