@@ -345,6 +345,17 @@ class Runs:
       return None
     return self._frame["params"].to_numpy(dtype=np.float64)
 
+  def scales(self) -> np.ndarray:
+    """log10 of the training-scale columns that vary across the table (model size in
+    `params`, tokens trained in `budget_tokens`), N x 0-2. Runs at different scales
+    are neither replicates nor one pool state, whatever their covariates."""
+    out = []
+    for col in (self.params, self.budget):
+      if col is not None and np.all(np.isfinite(col)) and np.all(col > 0) \
+          and len(np.unique(col)) > 1:
+        out.append(np.round(np.log10(col), 6))
+    return np.stack(out, axis=1) if out else np.zeros((len(self), 0))
+
   def epochs(self) -> np.ndarray | None:
     """Passes over each domain's unique tokens, w * budget / tokens (N x D), or None."""
     tokens, budget = self.tokens, self.budget

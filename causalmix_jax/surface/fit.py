@@ -503,6 +503,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   y = y_all[keep]
   tokens = runs.tokens[keep] if runs.tokens is not None else None
   budget = runs.budget[keep] if runs.budget is not None else None
+  scales = runs.scales()[keep]
   tokens_known = tokens is not None and budget is not None
   xb = covariate_basis(np.zeros((len(y), 0)) if covariate_blind else x_full,
                        int(cfg.max_x_components))
@@ -558,7 +559,8 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   prior = noise_prior(y_res, None, float(cfg.noise_prior_dof),
                       float(cfg.noise_prior_quantile),
                       linear_residual_var(y_res, w))
-  pe = noise_prior(ys, np.concatenate([w, x_full], axis=1))
+  # Replicates share mixture, covariates and training scale.
+  pe = noise_prior(ys, np.concatenate([w, x_full, scales], axis=1))
   if pe.source == "replicates":
     prior = pe
   for (floor, pairs, ls, mod), cand in zip(cand_cfgs, candidates):
@@ -601,7 +603,8 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
   n_draws = int(cfg.num_samples) * (int(cfg.num_chains) if inference == "nuts" else 1)
   scale = 1.0
   if cfg.calibrate_pools and len(x_cols):
-    _, pools = np.unique(x_full[:, x_cols], axis=0, return_inverse=True)
+    _, pools = np.unique(np.concatenate([x_full[:, x_cols], scales], axis=1), axis=0,
+                         return_inverse=True)
     scale = pool_calibration(best_zs, best.y_res_N, best.groups_Q,
                              np.asarray(pools).reshape(-1), best_wt, int(cfg.n_folds),
                              seed, prior=prior,

@@ -212,7 +212,8 @@ def _data(runs, outcome: str, min_runs: int) -> _Data:
   if tokens is None or budget is None:
     tokens = budget = None
   cols = nuis.varying_columns(x)
-  scale = _scales(runs, rows)
+  scale = runs.scales()[rows]
+  scale = scale[:, [len(np.unique(c)) > 1 for c in scale.T]]
   state = np.round(x[:, cols], 9)
   _, groups = np.unique(np.concatenate([state, scale], axis=1), axis=0,
                         return_inverse=True)
@@ -236,19 +237,6 @@ def _data(runs, outcome: str, min_runs: int) -> _Data:
                        return_inverse=True)
   return _Data(name, rows, w, x, y_all[rows], tokens, budget,
                np.asarray(groups).reshape(-1), np.asarray(pools).reshape(-1), scale, n_scales)
-
-
-def _scales(runs, rows: np.ndarray) -> np.ndarray:
-  """log10 of the training scale columns that vary among the rows (model size in
-  `params`, tokens trained in `budget_tokens`), N x (0-2): runs at different scales are
-  different groups, so folds hold out scales as well as pool states."""
-  out = []
-  for col in (runs.params, runs.budget):
-    if col is not None:
-      v = col[rows]
-      if np.all(np.isfinite(v)) and np.all(v > 0) and len(np.unique(v)) > 1:
-        out.append(np.round(np.log10(v), 6))
-  return np.stack(out, axis=1) if out else np.zeros((len(rows), 0))
 
 
 def _folds(data: _Data, n_folds: int, seed: int) -> tuple[np.ndarray, str]:
