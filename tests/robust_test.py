@@ -230,3 +230,7 @@ def test_scales_are_held_out_apart_and_do_not_inflate_effect_intervals(caplog):
   assert 0.5 < s.info["conformal_scale"] / one.info["conformal_scale"] < 1.5
   assert s.info["level_sd"] > 0.1 > one.info["level_sd"]
   assert "2 model sizes (the params column)" in caplog.text
+  # The DML surface alone: its replicate noise is taken within one size too.
+  dml = fit.fit_surface(two, "loss", method="dml", config=_cfg())
+  assert dml.info["noise_prior"]["source"] == "replicates"
+  assert dml.info["noise_prior"]["sd"] < 0.05
