@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -123,6 +124,23 @@ def _my_uniform() -> evaluation.Method:
                            lambda m, pool, runs: np.ones(len(runs.domains)) / 3.0)
 
 
+def _checked() -> evaluation.Method:
+  """Returns a recommendation whose safe check ran on shifted pools and replaced the
+  pick with uniform on the first of them."""
+  seen = []
+
+  def recommend(model, pool, runs):
+    del model
+    seen.append(pool.kind)
+    shifted = pool.kind != "new"
+    replaced = shifted and seen.count(pool.kind) == 1
+    return types.SimpleNamespace(
+        weights={d: 1 / len(runs.domains) for d in runs.domains},
+        diagnostics={"safe_check": {"ran": shifted, "replaced": replaced}})
+
+  return evaluation.Method("checked", _no_fit, None, None, recommend)
+
+
 SIZES = dict(n_runs=60, n_pools=12, n_test_pools=2, n_mixtures=40)
 
 
@@ -135,12 +153,23 @@ def _strip(rows):
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
+def _uniform_regret(rows, split):
+  return next(r["regret"] for r in rows if r["method"] == "uniform" and r["split"] == split)
+
+
 def test_evaluate_world_rows_deterministic(fast_candidates):
   del fast_candidates
   world = FakeWorld()
   methods = (evaluation.default_methods(["linear", "loglinear", "uniform", "natural"])
              + [_oracle(world), _my_uniform(), _wide()])
-  rows = evaluation.evaluate_world(world, methods, **SIZES)
+  rows = evaluation.evaluate_world(world, methods + [_checked()], **SIZES)
+  checked = {r["split"]: r for r in rows[-2:]}
+  assert checked["new"]["safe_check_ran"] == 0.0
+  assert checked["shifted"]["safe_check_ran"] == 1.0
+  assert 0.0 < checked["shifted"]["safe_check_replaced"] < 1.0
+  assert checked["new"]["regret"] == pytest.approx(_uniform_regret(rows, "new"))
+  assert rows[0]["safe_check_ran"] is None  # methods that return a mixture
+  rows = rows[:-2]
   assert [(r["split"], r["method"]) for r in rows] == [
       (s, m.name) for m in methods for s in evaluation.SPLITS]
   by = {(r["split"], r["method"]): r for r in rows}
@@ -220,8 +249,8 @@ def test_ours_uses_library_defaults(monkeypatch):
   model = ours.fit(None, "loss")
   assert calls["fit"] == ("loss", (), {})
   pool = FakePool(np.arange(3.0), np.array([1e9, 2e9, 3e9]), 5e8, np.zeros(0), "new")
-  w = ours.recommend(model, pool, None)
-  np.testing.assert_allclose(w, [0.2, 0.3, 0.5])
+  rec = ours.recommend(model, pool, None)
+  assert rec.weights == {"code": 0.2, "math": 0.3, "web": 0.5}
   assert set(calls["recommend"]) == {"covariates", "constraints"}
   assert calls["recommend"]["constraints"] == {
       "tokens": {"code": 1e9, "math": 2e9, "web": 3e9}, "budget_tokens": 5e8}
@@ -253,7 +282,10 @@ def test_summarise_tables_and_counts():
             world, split, method, regret=regret, regret_sd=0.0, n_pools=2,
             spearman=None if method == "uniform" else 0.8,
             effect_coverage90=None if method == "uniform" else 0.9,
-            pred_coverage90=None if method == "uniform" else 0.5))
+            pred_coverage90=None if method == "uniform" else 0.5,
+            safe_check_ran=(0.25 if split == "new" else 1.0) if method == "ours" else None,
+            safe_check_replaced=(0.0 if split == "new" else 0.5) if method == "ours"
+            else None))
   rows.append(evaluation._world_row(  # pylint: disable=protected-access
       "w1", "new", "econml", status="skipped: econml not installed"))
   rows.append(evaluation._real_row(  # pylint: disable=protected-access
@@ -270,6 +302,8 @@ def test_summarise_tables_and_counts():
   assert "ours pred 0/4, effect 4/4" in text
   # ours (0.01, 0.04) against uniform (0.05, 0.05): never worse, ratio to LightGBM 1.0.
   assert "ours worse than uniform on: no (world, split)" in text
+  assert ("ours' safe check against uniform ran on 25% of new pools (replaced the pick on "
+          "0%), 100% of shifted pools (replaced the pick on 50%)") in text
   h = evaluation.headline(rows)
   assert h["ours_worse_than_uniform"] == []
   assert h["regret_shifted_ratio_ours_over_lightgbm"] == pytest.approx(1.0)

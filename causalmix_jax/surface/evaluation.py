@@ -65,7 +65,7 @@ HELDOUT_SHARE = 0.2
 
 WORLD_KEYS = ("world", "split", "method", "spearman", "pred_coverage90",
               "effect_coverage90", "regret", "regret_sd", "fit_s", "recommend_s",
-              "n_pools", "status")
+              "n_pools", "safe_check_ran", "safe_check_replaced", "status")
 REAL_KEYS = ("dataset", "split", "method", "outcome", "spearman", "r2", "coverage90",
              "n_train", "n_test", "fit_s", "status")
 
@@ -91,8 +91,10 @@ class Method:
   """One contender. fit(runs, outcome) -> model (None for fixed mixtures);
   predict(model, w_NxD, pool) -> the expected outcome with a 90% interval;
   effect(model, w_NxD, w_ref_D, pool) -> the effect of each mixture against w_ref;
-  recommend(model, pool, runs) -> a mixture (length D). predict / effect are None when
-  the method cannot answer them; `skipped` says why a method cannot run at all."""
+  recommend(model, pool, runs) -> a mixture (length D), or a `Recommendation` (its
+  safe objective's check is then counted: `safe_check_ran` / `safe_check_replaced`,
+  shares of the pools). predict / effect are None when the method cannot answer them;
+  `skipped` says why a method cannot run at all."""
   name: str
   fit: Callable[[Runs, str], Any]
   predict: Callable[[Any, np.ndarray, Any], Prediction] | None
@@ -262,8 +264,7 @@ def _ours_recommend(surface: Any, pool: Any, runs: Runs) -> np.ndarray:
     limits["tokens"] = dict(zip(surface.domains, np.asarray(pool.tokens_D).tolist()))
   if pool.budget is not None:
     limits["budget_tokens"] = float(pool.budget)
-  rec = optimise_recommend(surface, covariates=pool.x_F, constraints=limits)
-  return np.asarray([rec.weights[d] for d in surface.domains], np.float64)
+  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits)
 
 
 def _ours() -> Method:
@@ -464,7 +465,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world: World,
            align: _Alignment) -> dict[str, Any]:
-  rho, pred_cov, eff_cov, regrets, seconds = [], [], [], [], []
+  rho, pred_cov, eff_cov, regrets, seconds, checks = [], [], [], [], [], []
   dn = len(runs.domains)
   for case in cases:
     if method.predict is not None:
@@ -476,13 +477,21 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
                         "effects")
       eff_cov.append(float(np.mean(e.covers(case.effect_N))))
     t0 = time.perf_counter()
-    w_D = _as_mixture(method.recommend(model, case.view, runs), dn)
+    out = method.recommend(model, case.view, runs)
     seconds.append(time.perf_counter() - t0)
+    if hasattr(out, "weights"):  # a Recommendation
+      check = (getattr(out, "diagnostics", None) or {}).get("safe_check")
+      if check is not None:
+        checks.append((bool(check["ran"]), bool(check["replaced"])))
+      out = [out.weights[d] for d in runs.domains]
+    w_D = _as_mixture(out, dn)
     regrets.append(float(world.regret(align.to_world(w_D), case.pool)))
   return {"spearman": _mean(rho), "pred_coverage90": _mean(pred_cov),
           "effect_coverage90": _mean(eff_cov), "regret": _mean(regrets),
           "regret_sd": _finite(np.std(regrets)) if regrets else None,
-          "recommend_s": _mean(seconds), "n_pools": len(cases)}
+          "recommend_s": _mean(seconds), "n_pools": len(cases),
+          "safe_check_ran": _mean([float(r) for r, _ in checks]),
+          "safe_check_replaced": _mean([float(x) for _, x in checks])}
 
 
 def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_pools: int,
@@ -786,6 +795,12 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
       if ours is not None and uni is not None and ours > uni + 1e-12:
         worse.append(f"{w}/{split}")
   out["ours_worse_than_uniform"] = worse
+  for split in SPLITS:  # how often the safe objective's uniform check ran / replaced
+    for key in ("safe_check_ran", "safe_check_replaced"):
+      vals = [_ok(index.get((w, split, "ours")), key) for w in worlds]
+      vals = [v for v in vals if v is not None]
+      if vals:
+        out[f"ours_{key}_{split}"] = _mean(vals)
   ours_s, lgbm_s = out.get("regret_shifted_ours"), out.get("regret_shifted_lightgbm")
   if ours_s is not None and lgbm_s:
     out["regret_shifted_ratio_ours_over_lightgbm"] = ours_s / lgbm_s
@@ -871,6 +886,11 @@ def summarise(rows: Sequence[dict[str, Any]]) -> str:
                    f"{h['regret_shifted_ratio_ours_over_lightgbm']:.2f}")
     parts.append("- ours worse than uniform on: "
                  + (", ".join(h["ours_worse_than_uniform"]) or "no (world, split)"))
+    checks = [f"{h[f'ours_safe_check_ran_{s}']:.0%} of {s} pools (replaced the pick on "
+              f"{h[f'ours_safe_check_replaced_{s}']:.0%})" for s in SPLITS
+              if f"ours_safe_check_ran_{s}" in h]
+    if checks:
+      parts.append("- ours' safe check against uniform ran on " + ", ".join(checks))
     band = []
     for m in methods:
       cells = []
