@@ -428,7 +428,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       log.info("safe objective: %s; the lowest-bound pick's paired difference to "
                "uniform has %.0f%% upper bound %+.4g, not below 0, so the candidate with "
                "the lowest such bound is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),
-               s_out * float(contrast_ub[int(np.argmin(loss))]))
+               safe_check["bound_pick_difference_to_uniform_upper_bound"])
     safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
                                                   atol=1e-6))
   else:

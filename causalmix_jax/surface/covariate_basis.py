@@ -59,20 +59,43 @@ def covariate_basis(x_NxF: np.ndarray, max_components: int, rtol: float = 1e-8
   if f == 0:
     return CovariateBasis(cols, np.zeros(0), np.ones(0), np.zeros((0, 0)), np.ones(0),
                           1, np.zeros(0))
-  xv = x_NxF[:, cols]
-  mu, sd = xv.mean(0), xv.std(0)
+  mu, sd, xs = _standardised(x_NxF[:, cols])
+  basis, score_sd, n_states, explained = _components(xs, int(max_components), rtol)
+  return CovariateBasis(cols, mu, sd, basis, score_sd, n_states, explained)
+
+
+def _standardised(xv_NxF: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(mean, sd, standardised rows); a constant column keeps sd 1."""
+  mu, sd = xv_NxF.mean(0), xv_NxF.std(0)
   sd = np.where(sd > 0, sd, 1.0)
-  xs = (xv - mu) / sd
-  states = np.unique(xs, axis=0)
+  return mu, sd, (xv_NxF - mu) / sd
+
+
+def _components(xs_NxF: np.ndarray, max_components: int, rtol: float = 1e-8
+                ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+  """(basis F x K, score sd over the rows, distinct states, explained share): the
+  leading principal components of the distinct standardised rows, at most S - 1."""
+  states = np.unique(xs_NxF, axis=0)
   n_states = len(states)
   _, sv, vt = np.linalg.svd(states - states.mean(0), full_matrices=False)
   rank = int(np.sum(sv > rtol * max(sv[0], 1e-300))) if len(sv) else 0
-  k = max(0, min(n_states - 1, int(max_components), rank))
+  k = max(0, min(n_states - 1, max_components, rank))
   basis = vt[:k].T
-  score_sd = (xs @ basis).std(0) if k else np.ones(0)
+  score_sd = (xs_NxF @ basis).std(0) if k else np.ones(0)
   score_sd = np.where(score_sd > 0, score_sd, 1.0)
   explained = sv[:k] ** 2 / max(np.sum(sv ** 2), 1e-300)
-  return CovariateBasis(cols, mu, sd, basis, score_sd, n_states, explained)
+  return basis, score_sd, n_states, explained
+
+
+def score_precision(scores_NxK: np.ndarray) -> np.ndarray:
+  """Pseudo-inverse of the scores' covariance (K x K): the Mahalanobis metric."""
+  return np.linalg.pinv(np.atleast_2d(np.cov(scores_NxK, rowvar=False)), hermitian=True)
+
+
+def mahalanobis(scores_NxK: np.ndarray, prec_KxK: np.ndarray) -> np.ndarray:
+  """Distance of each row of scores from zero under `prec_KxK`, length N."""
+  return np.sqrt(np.maximum(np.einsum("nk,kl,nl->n", scores_NxK, prec_KxK, scores_NxK),
+                            0.0))
 
 
 # At most this many folds of pool states when the support statistics are held out: one
@@ -103,26 +126,15 @@ def held_out_support(x_NxF: np.ndarray, xb: CovariateBasis, seed: int = 0
     return None
   fold_S = nuis.fold_ids(n_states, min(n_states, SUPPORT_FOLDS), seed)
   d_S, r_S, m_S = np.zeros(n_states), np.zeros(n_states), np.zeros(n_states)
+  first_S = np.unique(state_N, return_index=True)[1]  # one row per state
   for f in np.unique(fold_S):
     held = np.flatnonzero(fold_S == f)
-    train = ~np.isin(state_N, held)
-    mu, sd = xv[train].mean(0), xv[train].std(0)
-    sd = np.where(sd > 0, sd, 1.0)
-    xs_tr = (xv[train] - mu) / sd
-    states = np.unique(xs_tr, axis=0)
-    _, sv, vt = np.linalg.svd(states - states.mean(0), full_matrices=False)
-    rank = int(np.sum(sv > 1e-8 * max(sv[0], 1e-300))) if len(sv) else 0
-    k = max(0, min(len(states) - 1, xb.k, rank))
-    basis = vt[:k].T
-    first = np.array([np.flatnonzero(state_N == s)[0] for s in held])
-    xs_h = (xv[first] - mu) / sd
-    if k:
-      score_sd = (xs_tr @ basis).std(0)
-      proj = basis / np.where(score_sd > 0, score_sd, 1.0)
-      s_tr = xs_tr @ proj
-      prec = np.linalg.pinv(np.atleast_2d(np.cov(s_tr, rowvar=False)), hermitian=True)
-      s_h = xs_h @ proj
-      d_S[held] = np.sqrt(np.maximum(np.einsum("nk,kl,nl->n", s_h, prec, s_h), 0.0))
+    mu, sd, xs_tr = _standardised(xv[~np.isin(state_N, held)])
+    basis, score_sd, _, _ = _components(xs_tr, xb.k)
+    xs_h = (xv[first_S[held]] - mu) / sd
+    if basis.shape[1]:
+      proj = basis / score_sd
+      d_S[held] = mahalanobis(xs_h @ proj, score_precision(xs_tr @ proj))
     r_S[held] = np.linalg.norm(xs_h - (xs_h @ basis) @ basis.T, axis=1)
     m_S[held] = np.abs(xs_h).max(1)
   return {"mahalanobis": d_S.tolist(), "residual": r_S.tolist(), "max_abs_z": m_S.tolist()}

@@ -61,6 +61,8 @@ from causalmix_jax.surface.conjugate import pure_error  # noqa: F401  (robust.py
 from causalmix_jax.surface.covariate_basis import CovariateBasis
 from causalmix_jax.surface.covariate_basis import covariate_basis
 from causalmix_jax.surface.covariate_basis import held_out_support
+from causalmix_jax.surface.covariate_basis import mahalanobis
+from causalmix_jax.surface.covariate_basis import score_precision
 from causalmix_jax.surface import models
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface.surface import DesignSpec, Surface, SurfaceBase, modifier_basis
@@ -328,10 +330,11 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
 
 def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
                    y: np.ndarray | None = None, maximize: bool = False,
-                   n_best: int = 8) -> dict[str, Any]:
+                   n_best: int = 8, held_out: bool = True) -> dict[str, Any]:
   """What `Surface.support` needs: the sweep's ranges over every covariate, and its
   spread in the standardised varying covariates, in the component scores
-  (Mahalanobis) and off the component subspace (residual)."""
+  (Mahalanobis) and off the component subspace (residual); with `held_out`, the same
+  statistics of each state measured held out (`held_out_support`: the verdict)."""
   f = x.shape[1]
   z = np.zeros(0)
   out: dict[str, Any] = {
@@ -343,8 +346,8 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
   xs = xb.standardise(x) if len(xb.cols) else np.zeros((len(x), 0))
   scores = xs @ xb.proj_FxK if xb.k else np.zeros((len(x), 0))
   if xb.k:
-    prec = np.linalg.pinv(np.atleast_2d(np.cov(scores, rowvar=False)), hermitian=True)
-    sweep_d = np.sqrt(np.maximum(np.einsum("nk,kl,nl->n", scores, prec, scores), 0.0))
+    prec = score_precision(scores)
+    sweep_d = mahalanobis(scores, prec)
   else:
     prec, sweep_d = np.zeros((0, 0)), np.zeros(len(x))
   resid = xs - (xs @ xb.basis_FxK) @ xb.basis_FxK.T if len(xb.cols) else xs
@@ -366,7 +369,7 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
               "sweep_standardised": np.linalg.norm(xs, axis=1).tolist(),
               "sweep_residual_max": float(np.max(np.linalg.norm(resid, axis=1),
                                                  initial=0.0))})
-  held = held_out_support(x, xb)
+  held = held_out_support(x, xb) if held_out else None
   if held is not None:
     out["held_out"] = held
   return out
@@ -486,8 +489,10 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
     return _fit_surface(runs, outcome, method, config, covariate_blind)
 
 
-def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
-                 ) -> Surface:
+def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool, *,
+                 support_held_out: bool = True) -> Surface:
+  """One family's fit (see `fit_surface`). `support_held_out=False` skips the held-out
+  support statistics (cross-validation refits, whose support nobody asks about)."""
   cfg = default_config() if config is None else config
   inference = str(cfg.inference)
   t0 = time.time()
@@ -636,5 +641,6 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool
            info["fit_seconds"])
   return Surface(best.spec, params, domains=runs.domains, features=runs.features,
                  outcome=name, maximize=name in runs.maximize,
-                 support_stats=_support_stats(x_full, w, xb, y, name in runs.maximize),
+                 support_stats=_support_stats(x_full, w, xb, y, name in runs.maximize,
+                                              held_out=support_held_out),
                  info=info)

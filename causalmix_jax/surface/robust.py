@@ -194,7 +194,11 @@ class _Data:
   groups: np.ndarray  # (pool state, scale) of every row: what a held-out fold holds
   pools: np.ndarray  # distinct (covariates, tokens, budget) rows: what one query sees
   scale: np.ndarray  # log10 of the scale columns that vary (params, budget), N x 0-2
-  n_scales: int  # distinct (params, budget_tokens) pairs among the rows
+
+  @property
+  def n_scales(self) -> int:
+    """Distinct (params, budget_tokens) pairs among the rows."""
+    return len(np.unique(self.scale, axis=0)) if self.scale.shape[1] else 1
 
 
 def _data(runs, outcome: str, min_runs: int) -> _Data:
@@ -213,11 +217,9 @@ def _data(runs, outcome: str, min_runs: int) -> _Data:
     tokens = budget = None
   cols = nuis.varying_columns(x)
   scale = runs.scales()[rows]
-  scale = scale[:, [len(np.unique(c)) > 1 for c in scale.T]]
   state = np.round(x[:, cols], 9)
   _, groups = np.unique(np.concatenate([state, scale], axis=1), axis=0,
                         return_inverse=True)
-  n_scales = len(np.unique(scale, axis=0)) if scale.shape[1] else 1
   if runs.params is not None and len(np.unique(runs.params[rows])) > 1:
     # Does any covariate tell the model sizes apart? If a pool state holds several
     # sizes, the surface sees them as one pool and pools their outcomes.
@@ -236,7 +238,7 @@ def _data(runs, outcome: str, min_runs: int) -> _Data:
   _, pools = np.unique(np.round(np.concatenate(key, axis=1), 6), axis=0,
                        return_inverse=True)
   return _Data(name, rows, w, x, y_all[rows], tokens, budget,
-               np.asarray(groups).reshape(-1), np.asarray(pools).reshape(-1), scale, n_scales)
+               np.asarray(groups).reshape(-1), np.asarray(pools).reshape(-1), scale)
 
 
 def _folds(data: _Data, n_folds: int, seed: int) -> tuple[np.ndarray, str]:
@@ -334,7 +336,7 @@ def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
   for k in range(int(folds.max()) + 1):
     te = np.flatnonzero(folds == k)
     model = fit_lib._fit_surface(runs.select(data.rows[folds != k]), outcome, method, fc,
-                                 covariate_blind)
+                                 covariate_blind, support_held_out=False)
     oof[:, te] = _member_draws(model, data, te, n)
   return full, oof
 

@@ -363,7 +363,8 @@ class SurfaceBase:
                residual=resid, max_sweep_residual=float(st["sweep_residual_max"]),
                max_abs_z=float(np.abs(xs).max(initial=0.0)))
     # A covariate the sweep held constant that moves is outside whatever the rest say.
-    moved_constant = [f for f in outside if f not in {self.features[c] for c in cols}]
+    varying = {self.features[c] for c in cols}
+    moved_constant = [f for f in outside if f not in varying]
     held = st.get("held_out")
     if held is not None:
       # Against the sweep's states measured out of sample (see `held_out_support`):
