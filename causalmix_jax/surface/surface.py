@@ -143,8 +143,6 @@ def _sampler_key(fn: Any) -> Any:
     hash(key)
   except TypeError:
     return None
-  if len(_SHARED_JIT) >= _SHARED_JIT_MAX:
-    _SHARED_JIT.clear()
   return key
 
 
@@ -186,6 +184,8 @@ class SurfaceBase:
       if pair is None:
         pair = _jit_pair(fn)
         if key is not None:
+          if len(_SHARED_JIT) >= _SHARED_JIT_MAX:
+            _SHARED_JIT.clear()
           _SHARED_JIT[key] = pair
       self._jitted["fn"], self._jitted["jac"] = pair
     return self._jitted["fn"], self._jitted["jac"]
