@@ -350,10 +350,17 @@ class Runs:
     `params`, tokens trained in `budget_tokens`), N x 0-2. Runs at different scales
     are neither replicates nor one pool state, whatever their covariates."""
     out = []
-    for col in (self.params, self.budget):
-      if col is not None and np.all(np.isfinite(col)) and np.all(col > 0) \
-          and len(np.unique(col)) > 1:
-        out.append(np.round(np.log10(col), 6))
+    for name, col in (("params", self.params), ("budget_tokens", self.budget)):
+      if col is None or len(np.unique(col)) < 2:
+        continue
+      bad = np.flatnonzero(~(np.isfinite(col) & (col > 0)))
+      if len(bad):
+        r = int(bad[0])
+        raise RunsTableError(
+            f"{_where(self.source, name, r, self.run_ids[r])}: {name} varies across the "
+            f"table, so it is read as the training scale, and must be a positive number; "
+            f"got {col[r]!r} ({len(bad)} such rows: {_rows_text(bad.tolist())})")
+      out.append(np.round(np.log10(col), 6))
     return np.stack(out, axis=1) if out else np.zeros((len(self), 0))
 
   def epochs(self) -> np.ndarray | None:

@@ -234,3 +234,27 @@ def test_scales_are_held_out_apart_and_do_not_inflate_effect_intervals(caplog):
   dml = fit.fit_surface(two, "loss", method="dml", config=_cfg())
   assert dml.info["noise_prior"]["source"] == "replicates"
   assert dml.info["noise_prior"]["sd"] < 0.05
+
+
+def test_safe_check_runs_when_a_covariate_leaves_the_sweeps_range():
+  """A new pool inside the calibrated support but with a covariate outside the sweep's
+  range still gets the uniform check (its reason names the range); a pool inside both
+  does not."""
+  world, _ = _world_runs()
+  s = _stack()
+  pools = world.new_pools(4, seed=4)
+  order = [world.domains.index(d) for d in s.domains]
+
+  def check(pool):
+    cons = {"tokens": dict(zip(s.domains, pool.tokens_D[order])),
+            "budget_tokens": pool.budget}
+    rec = recommend(s, covariates=dict(zip(world.features, pool.x_F)), constraints=cons,
+                    n_candidates=256, n_starts=4, n_steps=20)
+    return rec.support, rec.diagnostics["safe_check"]
+
+  support, ranged = check(pools[1])
+  assert support["inside"] and support["outside_range"] == ["quality_math"]
+  assert ranged["ran"] and ranged["reasons"] == [
+      "y_loss: 1 covariate(s) outside the sweep's range (quality_math)"]
+  support, plain = check(pools[3])
+  assert support["inside"] and not support["outside_range"] and not plain["ran"]

@@ -189,3 +189,15 @@ def test_missing_path_and_empty_dir(tmp_path):
     runs_lib.load_runs(tmp_path / "nope.csv")
   with pytest.raises(RunsTableError, match="holds no runs table"):
     runs_lib.load_runs(tmp_path)
+
+
+def test_scales_are_the_varying_size_columns_and_bad_ones_are_named():
+  frame = pd.DataFrame({"run_id": ["a", "b", "c"], "seed": 0, "w_x": [0.5, 0.2, 1.0],
+                        "w_y": [0.5, 0.8, 0.0], "y_loss": [1.0, 2.0, 3.0],
+                        "params": [1e6, 1e7, 1e7], "budget_tokens": 5e8})
+  runs = runs_lib.Runs(frame, source="t.csv")
+  np.testing.assert_allclose(runs.scales(), [[6.0], [7.0], [7.0]])  # budget is constant
+  bad = runs_lib.Runs(frame.assign(params=[1e6, 0.0, 1e7]), source="t.csv")
+  with pytest.raises(runs_lib.RunsTableError,
+                     match=r"t\.csv, column 'params', row 1 \(run_id 'b'\): params varies"):
+    bad.scales()
