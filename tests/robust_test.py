@@ -4,10 +4,14 @@ calibrated surface (`surface/robust.py`) and the safe default objective of `reco
 from __future__ import annotations
 
 import functools
+import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from jax.flatten_util import ravel_pytree
 from scipy import stats
 
 from causalmix_jax.optimise.recommend import recommend
@@ -64,6 +68,24 @@ def test_scaling_family_recovers_its_own_law():
   assert stats.spearmanr(p.mean, truth).statistic > 0.97
   assert np.mean(np.abs(p.mean - truth)) < 0.03
   assert s.info["method"] == "scaling" and s.n_draws == int(_cfg().num_samples)
+  # The MAP search stopped on a tolerance, not on its step limit.
+  assert s.info["map"]["steps"] < scaling.MAX_ITERS
+
+
+@pytest.mark.parametrize("form", scaling.FORMS)
+@pytest.mark.parametrize("tokens_known", [True, False])
+def test_structured_jacobian_equals_autodiff(form, tokens_known):
+  rng = np.random.default_rng(0)
+  d, k, n = 4, 3, 30
+  flat0, unravel = scaling._flat_init(d, k)
+  flat = flat0 + 0.3 * rng.standard_normal(flat0.shape).astype(np.float32)
+  w = jnp.asarray(rng.dirichlet(np.ones(d), n), jnp.float32)
+  s = jnp.asarray(rng.standard_normal((n, k)), jnp.float32)
+  u = jnp.asarray(rng.uniform(0.05, 2.0, (n, d)), jnp.float32) if tokens_known else None
+  autodiff = jax.jacfwd(lambda f: scaling.mean_fn(unravel(f), w, u, s, form))(flat)
+  structured = jax.vmap(lambda row: ravel_pytree(row)[0])(
+      scaling.mean_jacobian(unravel(flat), w, u, s, form))
+  np.testing.assert_allclose(structured, autodiff, atol=1e-5)
 
 
 def test_effective_share_follows_data_constrained_decay():
@@ -140,6 +162,29 @@ def test_stack_save_load_and_determinism(tmp_path):
   fn, params = s.sampler()
   np.testing.assert_allclose(np.asarray(fn(params, w, runs.X[0])),
                              s.draws(w, runs.X[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_scaling_surface_saved_without_form_loads_as_bare_power(tmp_path):
+  runs, _ = _scaling_truth_runs(n=60)
+  s = fit.fit_surface(runs, "loss", method="scaling", config=_cfg())
+  s.save(tmp_path / "surface")
+  back = load_surface(tmp_path / "surface")
+  assert back.spec.form == "boxcox"
+  w = runs.W[:5]
+  np.testing.assert_allclose(back.draws(w), s.draws(w), rtol=1e-5, atol=1e-6)
+  # A surface written before the Box-Cox form has no `form` in its spec: its draws are
+  # parameters of the bare power law and must be read as such.
+  meta_path = tmp_path / "surface" / "surface.json"
+  meta = json.loads(meta_path.read_text())
+  del meta["spec"]["form"]
+  meta_path.write_text(json.dumps(meta))
+  old = load_surface(tmp_path / "surface")
+  assert old.spec.form == "power"
+  theta = scaling.unflatten(old.spec, old.params["draws_SxP"][0])
+  expected = scaling.mean_fn(theta, w, None, np.zeros((5, 0)), "power")
+  y_mu, y_sd = float(old.params["y_mu"]), float(old.params["y_sd"])
+  np.testing.assert_allclose(old.draws(w)[0], y_mu + y_sd * np.asarray(expected),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_small_sweep_falls_back_to_dml_and_says_so():

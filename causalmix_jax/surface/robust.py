@@ -169,7 +169,8 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
   kw = dict(domains=meta["domains"], features=meta["features"], outcome=meta["outcome"],
             maximize=meta["maximize"], support_stats=meta["support"], info=meta.get("info"))
   if meta["kind"] == "scaling":
-    return ScalingSurface(scaling.ScalingSpec(**meta["spec"]),
+    # Surfaces saved before the Box-Cox form carry no `form`: they are bare powers.
+    return ScalingSurface(scaling.ScalingSpec(**{"form": "power", **meta["spec"]}),
                           scaling.load_params(directory), **kw)
   members = [load_surface(directory / n) for n in meta["members"]]
   path = directory / "posterior.npz"
@@ -284,8 +285,8 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
   masks = np.ones((1, len(data.y)), bool)
   if _masks is not None:
     masks = np.concatenate([np.asarray(_masks, bool), masks], axis=0)
-  maps, draws = scaling.fit_draws(data.w, u, s, (data.y - y_mu) / y_sd, masks,
-                                  int(cfg.num_samples), int(cfg.seed))
+  maps, draws, optimiser = scaling.fit_draws(data.w, u, s, (data.y - y_mu) / y_sd, masks,
+                                             int(cfg.num_samples), int(cfg.seed))
   spec = scaling.ScalingSpec(data.w.shape[1], xb.k, u is not None)
   tokens_med = None if u is None else np.median(data.tokens, axis=0)
   budget_med = None if u is None else float(np.median(data.budget))
@@ -293,7 +294,7 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
   info = {"method": "scaling", "inference": "laplace", "n_runs": int(len(data.y)),
           "noise_sd": sigma,
           "covariates": {"components": xb.k, "pool_states": xb.n_states},
-          "fit_seconds": time.time() - t0}
+          "map": optimiser, "fit_seconds": time.time() - t0}
   surf = ScalingSurface(spec, scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med,
                                                   draws[-1]),
                         domains=runs.domains, features=runs.features, outcome=data.name,

@@ -5,7 +5,7 @@ by physics: every domain contributes a power law in its *effective* data, and
 repetition follows data-constrained scaling (Muennighoff et al., 2023), so a larger or
 scarcer pool moves the prediction the way more or repeated tokens do:
 
-  f(w, x) = e0 + e . c(s(x)) + sum_d A_d(x) * (eff_d(w) + eps)^(-alpha_d)
+  f(w, x) = e0 + e . c(s(x)) + sum_d A_d(x) * ((eff_d(w) + eps)^(-alpha_d) - 1) / alpha_d
   A_d(x)  = exp(a_d + b_d . c(s(x)))          (value of domain d in pool state x)
   eff_d   = u_d * h(w_d / u_d),  u_d = tokens_d / budget
   h(e)    = min(e, 1) + R* (1 - exp(-max(e - 1, 0) / R*))   (repeated epochs decay)
@@ -14,12 +14,21 @@ s(x) are the principal-component scores of the sweep's pool states
 (`covariate_basis.covariate_basis`),
 c(s) = 3 tanh(s / 3) a soft clip (values saturate beyond the sweep's states).
 Without token counts eff_d = w_d: a mixing law with per-domain diminishing returns.
+Each domain's term is a power law in Box-Cox form: A_d is its slope in log effective
+data at eff + eps = 1, and as alpha_d -> 0 it becomes the log-linear law
+-A_d log(eff_d + eps) (Olmix's form) with a finite e0. Written as a bare power
+A (eff + eps)^-alpha, the same family makes small exponents trade a growing amplitude
+against a falling e0 along a flat valley that no optimiser crosses in a few steps
+(`form="power"`, kept to load surfaces saved that way).
 All sites are real-valued Normals (A_d through exp, alpha_d in (0, 1) through a sigmoid,
 eps above 1e-4), so the posterior is fitted
 as a MAP point with a Laplace (Gaussian) approximation in the unconstrained space. The
-fit is one jitted program vmapped over row masks: the full fit and every
-cross-validation fold of `robust.py` train side by side. Priors are in units of the
-standardised outcome; R*'s prior is centred on the published data-constrained fit.
+MAP is found by Levenberg-Marquardt on the exact gradient, with the Gauss-Newton
+curvature of the mean, the exact curvature of the noise scale and the priors', run to
+a gradient tolerance. The fit is one jitted program vmapped over row masks: the full
+fit and every cross-validation fold of `robust.py` train side by side. Priors are in
+units of the standardised outcome; R*'s prior is centred on the published
+data-constrained fit.
 """
 
 from __future__ import annotations
@@ -34,7 +43,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-import optax
 from jax.flatten_util import ravel_pytree
 from numpyro.infer import util as infer_util
 
@@ -42,13 +50,24 @@ from numpyro.infer import util as infer_util
 # Muennighoff et al. (2023) fit R*_D ~ 15.4 for repeated data; the prior lets the
 # sweep move it by a factor of ~e either way.
 RSTAR_PRIOR = (float(np.log(15.4)), 1.0)
-N_STEPS = 1500
 LOGIT_ALPHA0 = float(np.log(0.4 / 0.6))  # prior centre of the exponents: 0.4
+# Prior centre of the log slopes: the bare-power amplitude 0.2 at exponent 0.4.
+LOG_SLOPE0 = float(np.log(0.2 * 0.4))
 Z_TRUNC = 2.0
 SCORE_LIMIT = 3.0
 EPS_FLOOR = 1e-4  # below a ten-thousandth of the budget a domain counts as absent
 PRIOR_MIN_PRECISION = 1.0 / 5.0 ** 2  # the broadest prior below: e0 ~ N(0, 5)
-LEARNING_RATE = 0.05
+# Levenberg-Marquardt: at most MAX_ITERS steps; done when every gradient coordinate of
+# the per-run potential is below GRAD_TOL (float32 sums of a few hundred runs resolve
+# about 1e-6), when a nearly undamped step gains less than GAIN_TOL nats per run
+# (the family has weakly identified directions, e.g. e0 against eps, along which the
+# potential keeps falling by tiny amounts while the fitted noise no longer moves),
+# or when no damping gives a decrease.
+MAX_ITERS = 300
+GRAD_TOL = 1e-4
+GAIN_TOL = 1e-5
+DAMPING0 = 1e-3
+FORMS = ("boxcox", "power")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +77,11 @@ class ScalingSpec:
   n_domains: int
   n_x: int
   tokens_known: bool
+  form: str = "boxcox"
+
+  def __post_init__(self):
+    if self.form not in FORMS:
+      raise ValueError(f"scaling surface form {self.form!r} is not one of {FORMS}")
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -76,29 +100,77 @@ def effective_share(w_NxD: jnp.ndarray, u_NxD: jnp.ndarray | None,
   return u * (jnp.minimum(e, 1.0) + rstar * (-jnp.expm1(-rep / rstar)))
 
 
-def mean_fn(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray, u_NxD: jnp.ndarray | None,
-            s_NxK: jnp.ndarray) -> jnp.ndarray:
-  """Expected standardised outcome, length N."""
-  eff = effective_share(w_NxD, u_NxD, theta["log_rstar"])
+def _soft_scores(s_NxK: jnp.ndarray) -> jnp.ndarray:
   # Scores pass through a soft clip (linear within ~1.5 sd, at most SCORE_LIMIT sd):
   # outside the sweep's pool states a domain's value saturates instead of growing
   # exponentially with the distance.
-  s_NxK = SCORE_LIMIT * jnp.tanh(s_NxK / SCORE_LIMIT)
+  return SCORE_LIMIT * jnp.tanh(s_NxK / SCORE_LIMIT)
+
+
+def _domain_term(a: jnp.ndarray, b_K: jnp.ndarray, logit_alpha: jnp.ndarray,
+                 log_eps: jnp.ndarray, log_rstar: jnp.ndarray, w_N: jnp.ndarray,
+                 u_N: jnp.ndarray | None, c_NxK: jnp.ndarray, form: str) -> jnp.ndarray:
+  """One domain's term of the mean, length N (c: soft-clipped pool scores)."""
+  eff = effective_share(w_N, u_N, log_rstar)
   # Exponents in (0, 1) and a floor under eps keep every draw finite in float32: a
   # Laplace draw along a direction the sweep barely constrains must not overflow.
-  amp = jnp.exp(jnp.clip(theta["a_D"][None, :] + s_NxK @ theta["b_DxK"].T,
-                         -30.0, 10.0))
-  alpha = jax.nn.sigmoid(theta["logit_alpha_D"])
-  eps = EPS_FLOOR + jnp.exp(theta["log_eps"])
-  terms = amp * jnp.power(eff + eps, -alpha[None, :])
-  return theta["e0"] + s_NxK @ theta["e_K"] + terms.sum(-1)
+  amp = jnp.exp(jnp.clip(a + c_NxK @ b_K, -30.0, 10.0))
+  alpha = jax.nn.sigmoid(logit_alpha)
+  eps = EPS_FLOOR + jnp.exp(log_eps)
+  if form == "power":
+    return amp * jnp.power(eff + eps, -alpha)
+  return amp * jnp.expm1(-alpha * jnp.log(eff + eps)) / alpha
+
+
+def _domain_terms(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray,
+                  u_NxD: jnp.ndarray | None, c_NxK: jnp.ndarray, form: str) -> jnp.ndarray:
+  """Every domain's term, N x D."""
+  term = functools.partial(_domain_term, form=form)
+  return jax.vmap(term, in_axes=(0, 0, 0, None, None, 1, None if u_NxD is None else 1,
+                                 None), out_axes=1)(
+      theta["a_D"], theta["b_DxK"], theta["logit_alpha_D"], theta["log_eps"],
+      theta["log_rstar"], w_NxD, u_NxD, c_NxK)
+
+
+def mean_fn(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray, u_NxD: jnp.ndarray | None,
+            s_NxK: jnp.ndarray, form: str = "boxcox") -> jnp.ndarray:
+  """Expected standardised outcome, length N."""
+  c_NxK = _soft_scores(s_NxK)
+  terms = _domain_terms(theta, w_NxD, u_NxD, c_NxK, form)
+  return theta["e0"] + c_NxK @ theta["e_K"] + terms.sum(-1)
+
+
+def mean_jacobian(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray,
+                  u_NxD: jnp.ndarray | None, s_NxK: jnp.ndarray, form: str = "boxcox"
+                  ) -> dict[str, jnp.ndarray]:
+  """d mean_N / d site, per site (N x the site's shape; zero for log_sigma).
+
+  The same numbers as `jax.jacfwd` of `mean_fn`, at a fraction of its cost: a
+  domain's own sites move only its term, so each is differentiated through that one
+  term instead of through all D of them."""
+  c_NxK = _soft_scores(s_NxK)
+  term = jax.jacfwd(functools.partial(_domain_term, form=form), argnums=(0, 1, 2))
+  d_a, d_b, d_alpha = jax.vmap(term, in_axes=(0, 0, 0, None, None, 1,
+                                              None if u_NxD is None else 1, None))(
+      theta["a_D"], theta["b_DxK"], theta["logit_alpha_D"], theta["log_eps"],
+      theta["log_rstar"], w_NxD, u_NxD, c_NxK)
+
+  def shared(log_eps, log_rstar):
+    return _domain_terms({**theta, "log_eps": log_eps, "log_rstar": log_rstar}, w_NxD,
+                         u_NxD, c_NxK, form).sum(-1)
+
+  d_eps, d_rstar = jax.jacfwd(shared, argnums=(0, 1))(theta["log_eps"], theta["log_rstar"])
+  n = w_NxD.shape[0]
+  return {"a_D": d_a.T, "b_DxK": jnp.swapaxes(d_b, 0, 1), "logit_alpha_D": d_alpha.T,
+          "log_eps": d_eps, "log_rstar": d_rstar, "e0": jnp.ones((n,), c_NxK.dtype),
+          "e_K": c_NxK, "log_sigma": jnp.zeros((n,), c_NxK.dtype)}
 
 
 def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None):
   """The NumPyro model (standardised y). `mask_N` drops rows (cross-validation)."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
   theta = {
-      "a_D": numpyro.sample("a_D", dist.Normal(np.log(0.2), 1.5).expand([d]).to_event(1)),
+      "a_D": numpyro.sample("a_D", dist.Normal(LOG_SLOPE0, 1.5).expand([d]).to_event(1)),
       "b_DxK": numpyro.sample("b_DxK", dist.Normal(0.0, 0.5).expand([d, k]).to_event(2)),
       "logit_alpha_D": numpyro.sample("logit_alpha_D", dist.Normal(LOGIT_ALPHA0, 1.0)
                                       .expand([d]).to_event(1)),
@@ -114,7 +186,7 @@ def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None):
 
 
 def _init_theta(d: int, k: int) -> dict[str, jnp.ndarray]:
-  return {"a_D": jnp.full((d,), np.log(0.2)), "b_DxK": jnp.zeros((d, k)),
+  return {"a_D": jnp.full((d,), LOG_SLOPE0), "b_DxK": jnp.zeros((d, k)),
           "logit_alpha_D": jnp.full((d,), LOGIT_ALPHA0), "log_eps": jnp.array(np.log(1e-2)),
           "log_rstar": jnp.array(RSTAR_PRIOR[0]), "e0": jnp.array(0.0),
           "e_K": jnp.zeros((k,)), "log_sigma": jnp.array(0.0)}
@@ -125,31 +197,80 @@ def _flat_init(d: int, k: int):
   return ravel_pytree(_init_theta(d, k))
 
 
+def _sigma_index(d: int, k: int) -> int:
+  """Position of `log_sigma` in the flat parameter vector."""
+  theta = jax.tree_util.tree_map(np.zeros_like, jax.tree_util.tree_map(np.asarray,
+                                                                       _init_theta(d, k)))
+  theta["log_sigma"] = np.ones_like(theta["log_sigma"])
+  flat, _ = ravel_pytree(theta)
+  return int(np.argmax(np.asarray(flat)))
+
+
 @functools.partial(jax.jit, static_argnames=("tokens_known", "n_draws"))
 def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
                n_draws: int):
-  """MAP and Laplace draws of the parameters for every row mask, side by side."""
+  """MAP and Laplace draws of the parameters for every row mask, side by side; also
+  the Levenberg-Marquardt steps each MAP took and its largest gradient coordinate."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
   flat0, unravel = _flat_init(d, k)
   u = u_NxD if tokens_known else None
+  with jax.ensure_compile_time_eval():
+    i_sigma = _sigma_index(d, k)
+  e_sigma = jnp.zeros(flat0.shape[0]).at[i_sigma].set(1.0)
 
   def potential(flat, mask):
     lp, _ = infer_util.log_density(model, (w_NxD, u, s_NxK, mask, y_N), {},
                                    unravel(flat))
     return -lp / jnp.maximum(mask.sum(), 1.0)
 
-  sched = optax.cosine_decay_schedule(LEARNING_RATE, N_STEPS, alpha=0.02)
-  opt = optax.adam(sched)
+  def mean(flat):
+    return mean_fn(unravel(flat), w_NxD, u, s_NxK)
+
+  def jacobian(flat):  # N x P, in the flat vector's order
+    return jax.vmap(lambda row: ravel_pytree(row)[0])(
+        mean_jacobian(unravel(flat), w_NxD, u, s_NxK))
+
+  # Every site's prior is Normal, so the prior's curvature is a constant: the Hessian of
+  # the potential with no run observed.
+  prior_hess = jax.hessian(potential)(flat0, jnp.zeros(y_N.shape, bool))
 
   def fit_one(mask, key):
-    def step(carry, _):
-      flat, state = carry
-      g = jax.grad(potential)(flat, mask)
-      upd, state = opt.update(g, state, flat)
-      return (optax.apply_updates(flat, upd), state), None
+    n = jnp.maximum(mask.sum(), 1.0)
 
-    (flat, _), _ = jax.lax.scan(step, (flat0, opt.init(flat0)), None, length=N_STEPS)
-    hess = jax.hessian(potential)(flat, mask) * jnp.maximum(mask.sum(), 1.0)
+    def curvature(flat):
+      # Gauss-Newton for the mean, the exact second derivative for log sigma (which
+      # keeps large early residuals from stalling the noise scale), and the priors'.
+      j_NxP = jacobian(flat)
+      inv_var = jnp.exp(-2.0 * flat[i_sigma])
+      r_N = y_N - mean(flat)
+      h = (j_NxP.T * (mask * inv_var)) @ j_NxP
+      h = h + 2.0 * inv_var * jnp.sum(mask * r_N * r_N) * jnp.outer(e_sigma, e_sigma)
+      return (h + prior_hess) / n
+
+    def not_done(carry):
+      _, _, damping, it, gmax, gain = carry
+      # A small gain ends the search only from a nearly undamped (Gauss-Newton) step:
+      # a heavily damped one is small because of the damping.
+      return ((it < MAX_ITERS) & (gmax >= GRAD_TOL) & (damping < 1e10)
+              & ((gain >= GAIN_TOL) | (damping > 1.0)))
+
+    def step(carry):
+      flat, f, damping, it, _, gain = carry
+      g = jax.grad(potential)(flat, mask)
+      h = curvature(flat)
+      a = h + damping * jnp.diag(jnp.diag(h))
+      trial = flat - jax.scipy.linalg.solve(a, g, assume_a="pos")
+      f_trial = potential(trial, mask)
+      better = jnp.isfinite(f_trial) & (f_trial < f)
+      return (jnp.where(better, trial, flat), jnp.where(better, f_trial, f),
+              jnp.where(better, jnp.maximum(damping * 0.3, 1e-9), damping * 10.0),
+              it + 1, jnp.max(jnp.abs(g)), jnp.where(better, f - f_trial, gain))
+
+    flat, _, _, iters, _, _ = jax.lax.while_loop(
+        not_done, step, (flat0, potential(flat0, mask), jnp.asarray(DAMPING0), 0,
+                         jnp.asarray(jnp.inf), jnp.asarray(jnp.inf)))
+    g_max = jnp.max(jnp.abs(jax.grad(potential)(flat, mask)))
+    hess = jax.hessian(potential)(flat, mask) * n
     hess = 0.5 * (hess + hess.T)
     evals, evecs = jnp.linalg.eigh(hess)
     # Where the likelihood is flat or not convex at the MAP, the curvature is held at
@@ -159,7 +280,7 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     # near the mode only (pushed through exp and powers, its far tails give absurd
     # losses); the stack's conformal step sets the interval width on held-out pools.
     z = jax.random.truncated_normal(key, -Z_TRUNC, Z_TRUNC, (n_draws, flat.shape[0]))
-    return flat, flat[None, :] + z @ root.T
+    return flat, flat[None, :] + z @ root.T, iters, g_max
 
   keys = jax.random.split(key, masks_MxN.shape[0])
   return jax.vmap(fit_one)(masks_MxN, keys)
@@ -176,20 +297,25 @@ def _predict_std(spec: ScalingSpec, draws_SxP, w_NxD, u_NxD, s_NxK):
   """Draws of the standardised expected outcome, S x N."""
   _, unravel = _flat_init(spec.n_domains, spec.n_x)
   u = u_NxD if spec.tokens_known else None
-  return jax.vmap(lambda p: mean_fn(unravel(p), w_NxD, u, s_NxK))(draws_SxP)
+  return jax.vmap(lambda p: mean_fn(unravel(p), w_NxD, u, s_NxK, spec.form))(draws_SxP)
 
 
 def fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
               ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """(MAP M x P, draws M x S x P) of the standardised-outcome model for each mask."""
+              ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """(MAP M x P, draws M x S x P, optimiser report) of the standardised-outcome model
+  for each mask. The report gives the full fit's (last mask's) steps and largest
+  gradient coordinate, and the most steps any mask took."""
   tokens_known = u_NxD is not None
   u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
-  maps, draws = _fit_masks(jnp.asarray(w_NxD, jnp.float32), u,
-                           jnp.asarray(s_NxK, jnp.float32), jnp.asarray(ys_N, jnp.float32),
-                           jnp.asarray(masks_MxN, bool), jax.random.PRNGKey(seed),
-                           tokens_known=tokens_known, n_draws=int(n_draws))
-  return np.asarray(maps), np.asarray(draws)
+  maps, draws, iters, g_max = _fit_masks(
+      jnp.asarray(w_NxD, jnp.float32), u, jnp.asarray(s_NxK, jnp.float32),
+      jnp.asarray(ys_N, jnp.float32), jnp.asarray(masks_MxN, bool),
+      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
+  iters, g_max = np.asarray(iters), np.asarray(g_max)
+  report = {"steps": int(iters[-1]), "max_steps_any_mask": int(iters.max()),
+            "grad_max": float(g_max[-1]), "converged": bool(g_max[-1] < GRAD_TOL)}
+  return np.asarray(maps), np.asarray(draws), report
 
 
 def sampler_fn(spec: ScalingSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
