@@ -91,6 +91,12 @@ def _warn_constant(source: str, constant: tuple[str, ...]) -> None:
               len(constant), _rows_text(list(constant)))
 
 
+def _constant_columns(df: pd.DataFrame) -> tuple[str, ...]:
+  """The x_ columns that hold one value in every row."""
+  return tuple(sorted(str(c) for c in df.columns if str(c).startswith("x_")
+                      and np.ptp(df[c].to_numpy(dtype=np.float64)) == 0.0))
+
+
 def _validate(df: pd.DataFrame, source: str, outcomes: Sequence[str] | None = None,
               domains: Sequence[str] = (), others: Sequence[str] = ()
               ) -> tuple[pd.DataFrame, tuple[str, ...]]:
@@ -230,10 +236,9 @@ def _validate(df: pd.DataFrame, source: str, outcomes: Sequence[str] | None = No
         f"{_where(source, 'run_id')}: duplicated run_id {first!r} in rows "
         f"{_rows_text(same)} ({len(rows)} rows carry a repeated run_id)")
 
-  x_cols = [c for c in df.columns if str(c).startswith("x_")]
-  constant = tuple(sorted(str(c) for c in x_cols
-                          if np.ptp(df[c].to_numpy(dtype=np.float64)) == 0.0))
+  constant = _constant_columns(df)
   _warn_constant(source, constant)
+  x_cols = [c for c in df.columns if str(c).startswith("x_")]
 
   # Canonical column order: ids, sorted weights, sorted covariates, tokens, outcomes.
   domains = sorted(w_domains)
@@ -387,8 +392,18 @@ class Runs:
         raise ValueError(f"select: boolean mask of shape {idx.shape}, expected "
                          f"({len(self)},)")
       idx = np.flatnonzero(idx)
-    return Runs(self._frame.iloc[idx], source=self.source, maximize=self.maximize,
-                meta=self.meta, outcomes=self.checked_outcomes)
+    if idx.size == 0:
+      raise RunsTableError(f"{self.source}: the runs table has no rows (empty selection)")
+    # Every check of `_validate` is per row or per column over rows, so a subset of a
+    # validated table passes them all: only the constant covariates are recomputed
+    # (cross-validation and the stack select many subsets of one table).
+    frame = self._frame.iloc[idx].reset_index(drop=True)
+    out = object.__new__(Runs)
+    out.source, out.meta, out._frame = self.source, dict(self.meta), frame
+    out.constant_features = _constant_columns(frame)
+    _warn_constant(self.source, out.constant_features)
+    out.checked_outcomes, out.maximize = self.checked_outcomes, self.maximize
+    return out
 
   def with_outcome(self, name: str, values: np.ndarray, *,
                    maximize: bool | None = None) -> "Runs":

@@ -105,6 +105,22 @@ def test_properties_select_with_outcome(tmp_path):
     r.y("nope")
 
 
+def test_select_equals_validating_the_subset(tmp_path):
+  frame = _good_frame(6)
+  frame["x_flag"] = [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]  # constant on the even rows
+  r = runs_lib.load_runs(_write(tmp_path, frame), maximize=["loss"])
+  rows = [4, 0, 2]
+  fast = r.select(rows)
+  slow = runs_lib.Runs(r.to_frame().iloc[rows], source=r.source, maximize=r.maximize,
+                       meta=r.meta, outcomes=r.checked_outcomes)
+  pd.testing.assert_frame_equal(fast.to_frame(), slow.to_frame())
+  assert fast.constant_features == slow.constant_features
+  assert "x_flag" in fast.constant_features and "x_flag" not in r.constant_features
+  assert (fast.maximize, fast.meta, fast.source) == (slow.maximize, slow.meta, slow.source)
+  with pytest.raises(runs_lib.RunsTableError, match="no rows"):
+    r.select(np.zeros(6, bool))
+
+
 @pytest.mark.parametrize("mutate, pattern", [
     (lambda f: f.drop(columns=["run_id"]), r"bad\.csv, column 'run_id'.*missing"),
     (lambda f: f.drop(columns=["seed"]), r"bad\.csv, column 'seed'.*missing"),

@@ -160,8 +160,15 @@ def conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   only add overhead at these sizes, and much more on a shared machine)."""
   if threadpoolctl is None:
     return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior)
-  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+  with _blas_controller().limit(limits=1, user_api="blas"):
     return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+  """One controller per process: building one scans the loaded libraries (~7 ms),
+  which a fit with cross-validated members would otherwise pay a dozen times."""
+  return threadpoolctl.ThreadpoolController()
 
 
 def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -300,22 +300,34 @@ def _predict_std(spec: ScalingSpec, draws_SxP, w_NxD, u_NxD, s_NxK):
   return jax.vmap(lambda p: mean_fn(unravel(p), w_NxD, u, s_NxK, spec.form))(draws_SxP)
 
 
+def start_fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
+                    ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
+                    ) -> Callable[[], tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
+  """Dispatches the fit of `fit_draws` and returns at once (JAX runs it on its own
+  threads); calling the result waits for it and returns what `fit_draws` does."""
+  tokens_known = u_NxD is not None
+  u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
+  out = _fit_masks(
+      jnp.asarray(w_NxD, jnp.float32), u, jnp.asarray(s_NxK, jnp.float32),
+      jnp.asarray(ys_N, jnp.float32), jnp.asarray(masks_MxN, bool),
+      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
+
+  def result() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    maps, draws, iters, g_max = (np.asarray(a) for a in out)
+    report = {"steps": int(iters[-1]), "max_steps_any_mask": int(iters.max()),
+              "grad_max": float(g_max[-1]), "converged": bool(g_max[-1] < GRAD_TOL)}
+    return maps, draws, report
+
+  return result
+
+
 def fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
               ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """(MAP M x P, draws M x S x P, optimiser report) of the standardised-outcome model
   for each mask. The report gives the full fit's (last mask's) steps and largest
   gradient coordinate, and the most steps any mask took."""
-  tokens_known = u_NxD is not None
-  u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
-  maps, draws, iters, g_max = _fit_masks(
-      jnp.asarray(w_NxD, jnp.float32), u, jnp.asarray(s_NxK, jnp.float32),
-      jnp.asarray(ys_N, jnp.float32), jnp.asarray(masks_MxN, bool),
-      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
-  iters, g_max = np.asarray(iters), np.asarray(g_max)
-  report = {"steps": int(iters[-1]), "max_steps_any_mask": int(iters.max()),
-            "grad_max": float(g_max[-1]), "converged": bool(g_max[-1] < GRAD_TOL)}
-  return np.asarray(maps), np.asarray(draws), report
+  return start_fit_draws(w_NxD, u_NxD, s_NxK, ys_N, masks_MxN, n_draws, seed)()
 
 
 def sampler_fn(spec: ScalingSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
