@@ -3,6 +3,7 @@ calibrated surface (`surface/robust.py`) and the safe default objective of `reco
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -176,15 +177,38 @@ def test_scaling_surface_saved_without_form_loads_as_bare_power(tmp_path):
   # parameters of the bare power law and must be read as such.
   meta_path = tmp_path / "surface" / "surface.json"
   meta = json.loads(meta_path.read_text())
-  del meta["spec"]["form"]
+  del meta["spec"]["form"], meta["spec"]["predictive"]
   meta_path.write_text(json.dumps(meta))
   old = load_surface(tmp_path / "surface")
-  assert old.spec.form == "power"
+  assert (old.spec.form, old.spec.predictive) == ("power", "sampled")
   theta = scaling.unflatten(old.spec, old.params["draws_SxP"][0])
   expected = scaling.mean_fn(theta, w, None, np.zeros((5, 0)), "power")
   y_mu, y_sd = float(old.params["y_mu"]), float(old.params["y_sd"])
   np.testing.assert_allclose(old.draws(w)[0], y_mu + y_sd * np.asarray(expected),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_linearised_predictive_is_the_first_order_model_around_the_map():
+  runs, _ = _scaling_truth_runs(n=60)
+  s = fit.fit_surface(runs, "loss", method="scaling", config=_cfg())
+  assert s.spec.predictive == "linearised"
+  map_p = np.asarray(s.params["map_P"])
+  v = np.random.default_rng(1).standard_normal(map_p.shape).astype(np.float32)
+  w = runs.W[:6]
+  def surface(draws, predictive="linearised"):
+    return robust.ScalingSurface(
+        dataclasses.replace(s.spec, predictive=predictive),
+        {**s.params, "draws_SxP": draws}, domains=s.domains, features=s.features,
+        outcome=s.outcome, maximize=False, support_stats=s.support_stats)
+
+  for step, tol in ((0.0, 1e-6), (1e-3, 1e-4)):
+    draws = np.stack([map_p, map_p + step * v])
+    a, b = surface(draws).draws(w), surface(draws, "sampled").draws(w)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6, atol=1e-6)  # the MAP itself
+    np.testing.assert_allclose(a[1], b[1], atol=tol * float(np.abs(b[1]).max()))
+  # Draws far from the MAP on either side average to the plug-in prediction.
+  np.testing.assert_allclose(surface(np.stack([map_p + v, map_p - v])).draws(w).mean(0),
+                             surface(map_p[None]).draws(w)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_small_sweep_falls_back_to_dml_and_says_so():

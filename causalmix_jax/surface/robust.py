@@ -169,8 +169,10 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
   kw = dict(domains=meta["domains"], features=meta["features"], outcome=meta["outcome"],
             maximize=meta["maximize"], support_stats=meta["support"], info=meta.get("info"))
   if meta["kind"] == "scaling":
-    # Surfaces saved before the Box-Cox form carry no `form`: they are bare powers.
-    return ScalingSurface(scaling.ScalingSpec(**{"form": "power", **meta["spec"]}),
+    # Surfaces saved before the Box-Cox form carry no `form` (they are bare powers) and
+    # no `predictive` (their draws are pushed through the model).
+    spec = {"form": "power", "predictive": "sampled", **meta["spec"]}
+    return ScalingSurface(scaling.ScalingSpec(**spec),
                           scaling.load_params(directory), **kw)
   members = [load_surface(directory / n) for n in meta["members"]]
   path = directory / "posterior.npz"
@@ -309,14 +311,14 @@ def _start_scaling(runs, outcome: str, config, covariate_blind: bool,
             "covariates": {"components": xb.k, "pool_states": xb.n_states},
             "map": optimiser, "fit_seconds": time.time() - t0}
     surf = ScalingSurface(spec, scaling.base_params(xb, y_mu, y_sd, tokens_med,
-                                                    budget_med, draws[-1]),
+                                                    budget_med, draws[-1], maps[-1]),
                           domains=runs.domains, features=runs.features,
                           outcome=data.name, maximize=data.name in runs.maximize,
                           support_stats=support, info=info)
     if masks_extra is None:
       return surf
-    return surf, [scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med, d)
-                  for d in draws[:-1]]
+    return surf, [scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med, d, m)
+                  for d, m in zip(draws[:-1], maps[:-1])]
 
   return finish
 
