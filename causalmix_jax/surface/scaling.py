@@ -226,7 +226,8 @@ def _sigma_index(d: int, k: int) -> int:
 def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
                n_draws: int):
   """MAP and Laplace draws of the parameters for every row mask, side by side; also
-  the Levenberg-Marquardt steps each MAP took and its largest gradient coordinate."""
+  the Levenberg-Marquardt steps each MAP took, its largest gradient coordinate and the
+  final damping."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
   flat0, unravel = _flat_init(d, k)
   u = u_NxD if tokens_known else None
@@ -282,7 +283,7 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
               jnp.where(better, jnp.maximum(damping * 0.3, 1e-9), damping * 10.0),
               it + 1, jnp.max(jnp.abs(g)), jnp.where(better, f - f_trial, gain))
 
-    flat, _, _, iters, _, _ = jax.lax.while_loop(
+    flat, _, damping, iters, _, _ = jax.lax.while_loop(
         not_done, step, (flat0, potential(flat0, mask), jnp.asarray(DAMPING0), 0,
                          jnp.asarray(jnp.inf), jnp.asarray(jnp.inf)))
     g_max = jnp.max(jnp.abs(jax.grad(potential)(flat, mask)))
@@ -296,7 +297,7 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     # near the mode only (pushed through exp and powers, its far tails give absurd
     # losses); the stack's conformal step sets the interval width on held-out pools.
     z = jax.random.truncated_normal(key, -Z_TRUNC, Z_TRUNC, (n_draws, flat.shape[0]))
-    return flat, flat[None, :] + z @ root.T, iters, g_max
+    return flat, flat[None, :] + z @ root.T, iters, g_max, damping
 
   keys = jax.random.split(key, masks_MxN.shape[0])
   return jax.vmap(fit_one)(masks_MxN, keys)
@@ -335,9 +336,17 @@ def start_fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarr
       jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
 
   def result() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    maps, draws, iters, g_max = (np.asarray(a) for a in out)
+    maps, draws, iters, g_max, damping = (np.asarray(a) for a in out)
+    if g_max[-1] < GRAD_TOL:
+      stopped = "gradient below tolerance"
+    elif iters[-1] >= MAX_ITERS:
+      stopped = "step limit"
+    elif damping[-1] >= 1e10:
+      stopped = "no damping gives a decrease"
+    else:
+      stopped = "gain below tolerance"
     report = {"steps": int(iters[-1]), "max_steps_any_mask": int(iters.max()),
-              "grad_max": float(g_max[-1]), "converged": bool(g_max[-1] < GRAD_TOL)}
+              "grad_max": float(g_max[-1]), "stopped": stopped}
     return maps, draws, report
 
   return result
@@ -347,8 +356,8 @@ def fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
               ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """(MAP M x P, draws M x S x P, optimiser report) of the standardised-outcome model
-  for each mask. The report gives the full fit's (last mask's) steps and largest
-  gradient coordinate, and the most steps any mask took."""
+  for each mask. The report gives the full fit's (last mask's) steps, largest gradient
+  coordinate and why the search stopped, and the most steps any mask took."""
   return start_fit_draws(w_NxD, u_NxD, s_NxK, ys_N, masks_MxN, n_draws, seed)()
 
 
