@@ -35,7 +35,7 @@ import functools
 import logging
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -275,14 +275,6 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
                 _masks: np.ndarray | None = None):
   """Fits the scaling-law family (`scaling.py`). With `_masks` (M x N over the usable
   runs) also returns the draws of the fit on each mask (for cross-validation)."""
-  return _start_scaling(runs, outcome, config, covariate_blind, _masks)()
-
-
-def _start_scaling(runs, outcome: str, config, covariate_blind: bool,
-                   masks_extra: np.ndarray | None) -> Callable[[], Any]:
-  """`fit_scaling` in two halves: this dispatches the device program (and meanwhile
-  computes the support statistics); the returned function waits and builds the
-  surface, so that other members can fit on the host in between."""
   from causalmix_jax.surface import fit as fit_lib
   cfg = fit_lib.default_config() if config is None else config
   t0 = time.time()
@@ -293,34 +285,29 @@ def _start_scaling(runs, outcome: str, config, covariate_blind: bool,
   y_mu, y_sd = float(data.y.mean()), float(data.y.std()) or 1.0
   u = None if data.tokens is None else data.tokens / data.budget[:, None]
   masks = np.ones((1, len(data.y)), bool)
-  if masks_extra is not None:
-    masks = np.concatenate([np.asarray(masks_extra, bool), masks], axis=0)
-  pending = scaling.start_fit_draws(data.w, u, s, (data.y - y_mu) / y_sd, masks,
-                                    int(cfg.num_samples), int(cfg.seed))
-  support = fit_lib._support_stats(data.x, data.w, xb, data.y,
-                                   data.name in runs.maximize)
+  if _masks is not None:
+    masks = np.concatenate([np.asarray(_masks, bool), masks], axis=0)
+  maps, draws, optimiser = scaling.fit_draws(data.w, u, s, (data.y - y_mu) / y_sd, masks,
+                                             int(cfg.num_samples), int(cfg.seed))
   spec = scaling.ScalingSpec(data.w.shape[1], xb.k, u is not None)
   tokens_med = None if u is None else np.median(data.tokens, axis=0)
   budget_med = None if u is None else float(np.median(data.budget))
-
-  def finish():
-    maps, draws, optimiser = pending()
-    sigma = float(np.exp(scaling.unflatten(spec, maps[-1])["log_sigma"]) * y_sd)
-    info = {"method": "scaling", "inference": "laplace", "n_runs": int(len(data.y)),
-            "noise_sd": sigma,
-            "covariates": {"components": xb.k, "pool_states": xb.n_states},
-            "map": optimiser, "fit_seconds": time.time() - t0}
-    surf = ScalingSurface(spec, scaling.base_params(xb, y_mu, y_sd, tokens_med,
-                                                    budget_med, draws[-1], maps[-1]),
-                          domains=runs.domains, features=runs.features,
-                          outcome=data.name, maximize=data.name in runs.maximize,
-                          support_stats=support, info=info)
-    if masks_extra is None:
-      return surf
-    return surf, [scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med, d, m)
-                  for d, m in zip(draws[:-1], maps[:-1])]
-
-  return finish
+  sigma = float(np.exp(scaling.unflatten(spec, maps[-1])["log_sigma"]) * y_sd)
+  info = {"method": "scaling", "inference": "laplace", "n_runs": int(len(data.y)),
+          "noise_sd": sigma,
+          "covariates": {"components": xb.k, "pool_states": xb.n_states},
+          "map": optimiser, "fit_seconds": time.time() - t0}
+  surf = ScalingSurface(spec, scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med,
+                                                  draws[-1], maps[-1]),
+                        domains=runs.domains, features=runs.features, outcome=data.name,
+                        maximize=data.name in runs.maximize,
+                        support_stats=fit_lib._support_stats(data.x, data.w, xb, data.y,
+                                                             data.name in runs.maximize),
+                        info=info)
+  if _masks is None:
+    return surf
+  return surf, [scaling.base_params(xb, y_mu, y_sd, tokens_med, budget_med, d, m)
+                for d, m in zip(draws[:-1], maps[:-1])]
 
 
 def _fold_config(cfg, surface):
@@ -357,27 +344,19 @@ def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
   return full, oof
 
 
-def _start_scaling_member(runs, outcome, cfg, covariate_blind, data, folds
-                          ) -> Callable[[], tuple[SurfaceBase, np.ndarray]]:
-  """Dispatches the full and fold fits of the scaling family; the returned function
-  waits for them and gives (full fit, held-out draws)."""
+def _scaling_member(runs, outcome, cfg, covariate_blind, data, folds):
   masks = np.stack([folds != k for k in range(int(folds.max()) + 1)])
-  pending = _start_scaling(runs, outcome, cfg, covariate_blind, masks)
-
-  def finish():
-    full, fold_params = pending()
-    n = full.n_draws
-    oof = np.empty((n, len(data.y)))
-    for k, params in enumerate(fold_params):
-      te = np.flatnonzero(folds == k)
-      fold_surface = ScalingSurface(full.spec, params, domains=full.domains,
-                                    features=full.features, outcome=full.outcome,
-                                    maximize=full.maximize,
-                                    support_stats=full.support_stats)
-      oof[:, te] = _member_draws(fold_surface, data, te, n)
-    return full, oof
-
-  return finish
+  full, fold_params = fit_scaling(runs, outcome, cfg, covariate_blind=covariate_blind,
+                                  _masks=masks)
+  n = full.n_draws
+  oof = np.empty((n, len(data.y)))
+  for k, params in enumerate(fold_params):
+    te = np.flatnonzero(folds == k)
+    fold_surface = ScalingSurface(full.spec, params, domains=full.domains,
+                                  features=full.features, outcome=full.outcome,
+                                  maximize=full.maximize, support_stats=full.support_stats)
+    oof[:, te] = _member_draws(fold_surface, data, te, n)
+  return full, oof
 
 
 # -- stacking and calibration ---------------------------------------------------------
@@ -463,32 +442,17 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                              f"{MIN_STACK_RUNS}")
     return surface
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
+  members, oofs, names, secs = [], [], [], {}
   for name in tuple(cfg.stack_members):
     if name not in MEMBERS:
       raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
                        f"{list(MEMBERS)}")
-  # The scaling family's fits run on JAX's threads while the host fits the others;
-  # member_seconds is the time the host spent on (or waiting for) each member.
-  t1 = time.time()
-  scaling_pending = (_start_scaling_member(runs, outcome, cfg, covariate_blind, data,
-                                           folds)
-                     if "scaling" in tuple(cfg.stack_members) else None)
-  scaling_start_s = time.time() - t1
-  fitted, secs = {}, {}
-  # Host-side members first, the scaling family's wait last; results keep the
-  # configured order.
-  for name in sorted(cfg.stack_members, key=lambda nm: nm == "scaling"):
     t1 = time.time()
     if name == "scaling":
-      fitted[name] = scaling_pending()
-      t1 -= scaling_start_s
+      full, oof = _scaling_member(runs, outcome, cfg, covariate_blind, data, folds)
     else:
-      fitted[name] = _linear_member(runs, outcome, name, cfg, covariate_blind, data,
-                                    folds)
+      full, oof = _linear_member(runs, outcome, name, cfg, covariate_blind, data, folds)
     secs[name] = time.time() - t1
-  members, oofs, names = [], [], []
-  for name in tuple(cfg.stack_members):
-    full, oof = fitted[name]
     if not np.all(np.isfinite(oof)):
       log.warning("stack member %s: non-finite held-out predictions; left out", name)
       continue

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -247,22 +247,29 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     return jax.vmap(lambda row: ravel_pytree(row)[0])(
         mean_jacobian(unravel(flat), w_NxD, u, s_NxK))
 
-  # Every site's prior is Normal, so the prior's curvature is a constant: the Hessian of
-  # the potential with no run observed.
-  prior_hess = jax.hessian(potential)(flat0, jnp.zeros(y_N.shape, bool))
+  # Every site's prior is Normal, so minus the log prior is quadratic: its curvature is
+  # the Hessian of the potential with no run observed, its gradient is linear.
+  no_runs = jnp.zeros(y_N.shape, bool)
+  prior_hess = jax.hessian(potential)(flat0, no_runs)
+  prior_grad0 = jax.grad(potential)(jnp.zeros_like(flat0), no_runs)
 
   def fit_one(mask, key):
     n = jnp.maximum(mask.sum(), 1.0)
 
-    def curvature(flat):
-      # Gauss-Newton for the mean, the exact second derivative for log sigma (which
-      # keeps large early residuals from stalling the noise scale), and the priors'.
+    def gradient_and_curvature(flat):
+      # The exact gradient of the Normal likelihood and the priors, from the mean's
+      # Jacobian; the curvature is Gauss-Newton for the mean, the exact second
+      # derivative for log sigma (which keeps large early residuals from stalling the
+      # noise scale), and the priors'.
       j_NxP = jacobian(flat)
       inv_var = jnp.exp(-2.0 * flat[i_sigma])
-      r_N = y_N - mean(flat)
+      r_N = mask * (y_N - mean(flat))
+      rss = jnp.sum(r_N * r_N)
+      g = -(j_NxP.T @ r_N) * inv_var + (mask.sum() - rss * inv_var) * e_sigma
+      g = g + prior_hess @ flat + prior_grad0
       h = (j_NxP.T * (mask * inv_var)) @ j_NxP
-      h = h + 2.0 * inv_var * jnp.sum(mask * r_N * r_N) * jnp.outer(e_sigma, e_sigma)
-      return (h + prior_hess) / n
+      h = h + 2.0 * inv_var * rss * jnp.outer(e_sigma, e_sigma)
+      return g / n, (h + prior_hess) / n
 
     def not_done(carry):
       _, _, damping, it, gmax, gain = carry
@@ -273,8 +280,7 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
 
     def step(carry):
       flat, f, damping, it, _, gain = carry
-      g = jax.grad(potential)(flat, mask)
-      h = curvature(flat)
+      g, h = gradient_and_curvature(flat)
       a = h + damping * jnp.diag(jnp.diag(h))
       trial = flat - jax.scipy.linalg.solve(a, g, assume_a="pos")
       f_trial = potential(trial, mask)
@@ -323,42 +329,30 @@ def _predict_std(spec: ScalingSpec, draws_SxP, map_P, w_NxD, u_NxD, s_NxK):
   return f_N[None, :] + (draws_SxP - map_P[None, :]) @ j_NxP.T
 
 
-def start_fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
-                    ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
-                    ) -> Callable[[], tuple[np.ndarray, np.ndarray, dict[str, Any]]]:
-  """Dispatches the fit of `fit_draws` and returns at once (JAX runs it on its own
-  threads); calling the result waits for it and returns what `fit_draws` does."""
-  tokens_known = u_NxD is not None
-  u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
-  out = _fit_masks(
-      jnp.asarray(w_NxD, jnp.float32), u, jnp.asarray(s_NxK, jnp.float32),
-      jnp.asarray(ys_N, jnp.float32), jnp.asarray(masks_MxN, bool),
-      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
-
-  def result() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    maps, draws, iters, g_max, damping = (np.asarray(a) for a in out)
-    if g_max[-1] < GRAD_TOL:
-      stopped = "gradient below tolerance"
-    elif iters[-1] >= MAX_ITERS:
-      stopped = "step limit"
-    elif damping[-1] >= 1e10:
-      stopped = "no damping gives a decrease"
-    else:
-      stopped = "gain below tolerance"
-    report = {"steps": int(iters[-1]), "max_steps_any_mask": int(iters.max()),
-              "grad_max": float(g_max[-1]), "stopped": stopped}
-    return maps, draws, report
-
-  return result
-
-
 def fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
               ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
               ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """(MAP M x P, draws M x S x P, optimiser report) of the standardised-outcome model
   for each mask. The report gives the full fit's (last mask's) steps, largest gradient
   coordinate and why the search stopped, and the most steps any mask took."""
-  return start_fit_draws(w_NxD, u_NxD, s_NxK, ys_N, masks_MxN, n_draws, seed)()
+  tokens_known = u_NxD is not None
+  u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
+  out = _fit_masks(
+      jnp.asarray(w_NxD, jnp.float32), u, jnp.asarray(s_NxK, jnp.float32),
+      jnp.asarray(ys_N, jnp.float32), jnp.asarray(masks_MxN, bool),
+      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
+  maps, draws, iters, g_max, damping = (np.asarray(a) for a in out)
+  if g_max[-1] < GRAD_TOL:
+    stopped = "gradient below tolerance"
+  elif iters[-1] >= MAX_ITERS:
+    stopped = "step limit"
+  elif damping[-1] >= 1e10:
+    stopped = "no damping gives a decrease"
+  else:
+    stopped = "gain below tolerance"
+  report = {"steps": int(iters[-1]), "max_steps_any_mask": int(iters.max()),
+            "grad_max": float(g_max[-1]), "stopped": stopped}
+  return maps, draws, report
 
 
 def sampler_fn(spec: ScalingSpec, params: dict[str, Any], w_NxD: jnp.ndarray,
