@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -222,30 +222,26 @@ def _sigma_index(d: int, k: int) -> int:
   return int(np.argmax(np.asarray(flat)))
 
 
-@functools.partial(jax.jit, static_argnames=("tokens_known", "n_draws"))
-def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
-               n_draws: int):
-  """MAP and Laplace draws of the parameters for every row mask, side by side; also
-  the Levenberg-Marquardt steps each MAP took, its largest gradient coordinate and the
-  final damping."""
+class _Objective(NamedTuple):
+  potential: Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+  gradient_and_curvature: Callable[[jnp.ndarray, jnp.ndarray],
+                                   tuple[jnp.ndarray, jnp.ndarray]]
+
+
+def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
+  """The per-run potential (minus the log posterior over the observed runs, divided by
+  their number) of a row mask, and its exact gradient with the Levenberg-Marquardt
+  curvature, both as functions of (flat parameters, mask). u_NxD: None without tokens."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
   flat0, unravel = _flat_init(d, k)
-  u = u_NxD if tokens_known else None
   with jax.ensure_compile_time_eval():
     i_sigma = _sigma_index(d, k)
   e_sigma = jnp.zeros(flat0.shape[0]).at[i_sigma].set(1.0)
 
   def potential(flat, mask):
-    lp, _ = infer_util.log_density(model, (w_NxD, u, s_NxK, mask, y_N), {},
+    lp, _ = infer_util.log_density(model, (w_NxD, u_NxD, s_NxK, mask, y_N), {},
                                    unravel(flat))
     return -lp / jnp.maximum(mask.sum(), 1.0)
-
-  def mean(flat):
-    return mean_fn(unravel(flat), w_NxD, u, s_NxK)
-
-  def jacobian(flat):  # N x P, in the flat vector's order
-    return jax.vmap(lambda row: ravel_pytree(row)[0])(
-        mean_jacobian(unravel(flat), w_NxD, u, s_NxK))
 
   # Every site's prior is Normal, so minus the log prior is quadratic: its curvature is
   # the Hessian of the potential with no run observed, its gradient is linear.
@@ -253,23 +249,39 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
   prior_hess = jax.hessian(potential)(flat0, no_runs)
   prior_grad0 = jax.grad(potential)(jnp.zeros_like(flat0), no_runs)
 
+  def gradient_and_curvature(flat, mask):
+    # The exact gradient of the Normal likelihood and the priors, from the mean's
+    # Jacobian; the curvature is Gauss-Newton for the mean, the exact second derivative
+    # for log sigma (which keeps large early residuals from stalling the noise scale),
+    # and the priors'.
+    theta = unravel(flat)
+    j_NxP = jax.vmap(lambda row: ravel_pytree(row)[0])(
+        mean_jacobian(theta, w_NxD, u_NxD, s_NxK))
+    inv_var = jnp.exp(-2.0 * flat[i_sigma])
+    r_N = mask * (y_N - mean_fn(theta, w_NxD, u_NxD, s_NxK))
+    rss = jnp.sum(r_N * r_N)
+    g = -(j_NxP.T @ r_N) * inv_var + (mask.sum() - rss * inv_var) * e_sigma
+    g = g + prior_hess @ flat + prior_grad0
+    h = (j_NxP.T * (mask * inv_var)) @ j_NxP
+    h = h + 2.0 * inv_var * rss * jnp.outer(e_sigma, e_sigma)
+    n = jnp.maximum(mask.sum(), 1.0)
+    return g / n, (h + prior_hess) / n
+
+  return _Objective(potential, gradient_and_curvature)
+
+
+@functools.partial(jax.jit, static_argnames=("tokens_known", "n_draws"))
+def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
+               n_draws: int):
+  """MAP and Laplace draws of the parameters for every row mask, side by side; also
+  the Levenberg-Marquardt steps each MAP took, its largest gradient coordinate and the
+  final damping."""
+  flat0, _ = _flat_init(w_NxD.shape[1], s_NxK.shape[1])
+  objective = _objective(w_NxD, u_NxD if tokens_known else None, s_NxK, y_N)
+  potential = objective.potential
+
   def fit_one(mask, key):
     n = jnp.maximum(mask.sum(), 1.0)
-
-    def gradient_and_curvature(flat):
-      # The exact gradient of the Normal likelihood and the priors, from the mean's
-      # Jacobian; the curvature is Gauss-Newton for the mean, the exact second
-      # derivative for log sigma (which keeps large early residuals from stalling the
-      # noise scale), and the priors'.
-      j_NxP = jacobian(flat)
-      inv_var = jnp.exp(-2.0 * flat[i_sigma])
-      r_N = mask * (y_N - mean(flat))
-      rss = jnp.sum(r_N * r_N)
-      g = -(j_NxP.T @ r_N) * inv_var + (mask.sum() - rss * inv_var) * e_sigma
-      g = g + prior_hess @ flat + prior_grad0
-      h = (j_NxP.T * (mask * inv_var)) @ j_NxP
-      h = h + 2.0 * inv_var * rss * jnp.outer(e_sigma, e_sigma)
-      return g / n, (h + prior_hess) / n
 
     def not_done(carry):
       _, _, damping, it, gmax, gain = carry
@@ -280,7 +292,7 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
 
     def step(carry):
       flat, f, damping, it, _, gain = carry
-      g, h = gradient_and_curvature(flat)
+      g, h = objective.gradient_and_curvature(flat, mask)
       a = h + damping * jnp.diag(jnp.diag(h))
       trial = flat - jax.scipy.linalg.solve(a, g, assume_a="pos")
       f_trial = potential(trial, mask)
