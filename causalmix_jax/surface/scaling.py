@@ -32,7 +32,8 @@ data-constrained fit.
 
 Predictions are the linearised Laplace predictive: the model at the MAP plus its
 Jacobian times each draw's offset from the MAP, so the draws are Gaussian around the
-plug-in prediction. Pushing the draws through the model instead (`predictive=
+plug-in prediction; the draws' precision is the generalised Gauss-Newton curvature
+(the linearised model's Hessian) plus the priors'. Pushing the draws through the model instead (`predictive=
 "sampled"`, how surfaces saved before were read) biases their mean wherever the
 posterior is wide along a curved direction: with 22 or 64 domains, many of them rarely
 in a mixture, every draw of an Olmix swarm's fit sat above the training runs (the
@@ -182,23 +183,49 @@ def mean_jacobian(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray,
           "e_K": c_NxK, "log_sigma": jnp.zeros((n,), c_NxK.dtype)}
 
 
+# (centre, sd) of each site's Normal prior; the model and the MAP search read them here.
+PRIORS: dict[str, tuple[float, float]] = {
+    "a_D": (LOG_SLOPE0, 1.5),
+    "b_DxK": (0.0, 0.5),
+    "logit_alpha_D": (LOGIT_ALPHA0, 1.0),
+    "log_eps": (float(np.log(1e-2)), 1.5),
+    "log_rstar": RSTAR_PRIOR,
+    "e0": (0.0, 5.0),
+    "e_K": (0.0, 1.0),
+    "log_sigma": (float(np.log(0.3)), 1.5),
+}
+
+
 def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None):
   """The NumPyro model (standardised y). `mask_N` drops rows (cross-validation)."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
-  theta = {
-      "a_D": numpyro.sample("a_D", dist.Normal(LOG_SLOPE0, 1.5).expand([d]).to_event(1)),
-      "b_DxK": numpyro.sample("b_DxK", dist.Normal(0.0, 0.5).expand([d, k]).to_event(2)),
-      "logit_alpha_D": numpyro.sample("logit_alpha_D", dist.Normal(LOGIT_ALPHA0, 1.0)
-                                      .expand([d]).to_event(1)),
-      "log_eps": numpyro.sample("log_eps", dist.Normal(np.log(1e-2), 1.5)),
-      "log_rstar": numpyro.sample("log_rstar", dist.Normal(*RSTAR_PRIOR)),
-      "e0": numpyro.sample("e0", dist.Normal(0.0, 5.0)),
-      "e_K": numpyro.sample("e_K", dist.Normal(0.0, 1.0).expand([k]).to_event(1)),
-  }
-  log_sigma = numpyro.sample("log_sigma", dist.Normal(np.log(0.3), 1.5))
+  shapes = _site_shapes(d, k)
+
+  def site(name):
+    prior = dist.Normal(*PRIORS[name])
+    if shapes[name]:
+      prior = prior.expand(list(shapes[name])).to_event(len(shapes[name]))
+    return numpyro.sample(name, prior)
+
+  theta = {name: site(name) for name in shapes if name != "log_sigma"}
+  log_sigma = site("log_sigma")
   f = mean_fn(theta, w_NxD, u_NxD, s_NxK)
   with numpyro.plate("runs", w_NxD.shape[0]):
     numpyro.sample("y", dist.Normal(f, jnp.exp(log_sigma)).mask(mask_N), obs=y_N)
+
+
+def _site_shapes(d: int, k: int) -> dict[str, tuple[int, ...]]:
+  return {"a_D": (d,), "b_DxK": (d, k), "logit_alpha_D": (d,), "log_eps": (),
+          "log_rstar": (), "e0": (), "e_K": (k,), "log_sigma": ()}
+
+
+def _prior_flat(d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """(centres, precisions) of the priors, in the flat vector's order."""
+  shapes = _site_shapes(d, k)
+  loc, _ = ravel_pytree({n: np.full(shapes[n], PRIORS[n][0], np.float32) for n in shapes})
+  prec, _ = ravel_pytree({n: np.full(shapes[n], PRIORS[n][1] ** -2.0, np.float32)
+                          for n in shapes})
+  return np.asarray(loc), np.asarray(prec)
 
 
 def _init_theta(d: int, k: int) -> dict[str, jnp.ndarray]:
@@ -243,11 +270,9 @@ def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
                                    unravel(flat))
     return -lp / jnp.maximum(mask.sum(), 1.0)
 
-  # Every site's prior is Normal, so minus the log prior is quadratic: its curvature is
-  # the Hessian of the potential with no run observed, its gradient is linear.
-  no_runs = jnp.zeros(y_N.shape, bool)
-  prior_hess = jax.hessian(potential)(flat0, no_runs)
-  prior_grad0 = jax.grad(potential)(jnp.zeros_like(flat0), no_runs)
+  # Every site's prior is Normal: minus the log prior is a diagonal quadratic.
+  with jax.ensure_compile_time_eval():
+    prior_loc, prior_prec = _prior_flat(d, k)
 
   def gradient_and_curvature(flat, mask):
     # The exact gradient of the Normal likelihood and the priors, from the mean's
@@ -261,11 +286,11 @@ def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
     r_N = mask * (y_N - mean_fn(theta, w_NxD, u_NxD, s_NxK))
     rss = jnp.sum(r_N * r_N)
     g = -(j_NxP.T @ r_N) * inv_var + (mask.sum() - rss * inv_var) * e_sigma
-    g = g + prior_hess @ flat + prior_grad0
+    g = g + prior_prec * (flat - prior_loc)
     h = (j_NxP.T * (mask * inv_var)) @ j_NxP
     h = h + 2.0 * inv_var * rss * jnp.outer(e_sigma, e_sigma)
     n = jnp.maximum(mask.sum(), 1.0)
-    return g / n, (h + prior_hess) / n
+    return g / n, (h + jnp.diag(prior_prec)) / n
 
   return _Objective(potential, gradient_and_curvature)
 
@@ -304,12 +329,16 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     flat, _, damping, iters, _, _ = jax.lax.while_loop(
         not_done, step, (flat0, potential(flat0, mask), jnp.asarray(DAMPING0), 0,
                          jnp.asarray(jnp.inf), jnp.asarray(jnp.inf)))
-    g_max = jnp.max(jnp.abs(jax.grad(potential)(flat, mask)))
-    hess = jax.hessian(potential)(flat, mask) * n
+    # The Laplace precision is the generalised Gauss-Newton one (the Hessian of the
+    # model linearised at the MAP, which is what the linearised predictive draws
+    # from): positive definite, and no cheaper curvature to compile.
+    g, hess = objective.gradient_and_curvature(flat, mask)
+    g_max = jnp.max(jnp.abs(g))
+    hess = hess * n
     hess = 0.5 * (hess + hess.T)
     evals, evecs = jnp.linalg.eigh(hess)
-    # Where the likelihood is flat or not convex at the MAP, the curvature is held at
-    # the broadest prior's precision: no direction is drawn wider than the prior.
+    # No direction is drawn wider than the broadest prior (float32 round-off aside,
+    # the priors' precision already bounds the curvature from below).
     root = evecs * jax.lax.rsqrt(jnp.maximum(evals, PRIOR_MIN_PRECISION))[None, :]
     # Truncated at Z_TRUNC sd per coordinate: the Gaussian approximation is trusted
     # near the mode only (pushed through exp and powers, its far tails give absurd
