@@ -35,9 +35,10 @@ Jacobian times each draw's offset from the MAP, so the draws are Gaussian around
 plug-in prediction; the draws' precision is the generalised Gauss-Newton curvature
 (the linearised model's Hessian) plus the priors'. Pushing the draws through the
 model instead (`predictive="sampled"`, how surfaces saved before were read) biases
-their mean wherever the posterior is wide along a curved direction: with 22 or 64 domains, many of them rarely
-in a mixture, every draw of an Olmix swarm's fit sat above the training runs (the
-scaling family alone on held-out Olmix runs: R^2 -0.03 to -55 sampled, 0.52 to 0.88
+their mean wherever the posterior is wide along a curved direction: with 22 or 64
+domains, many of them rarely in a mixture, every draw of an Olmix swarm's fit sat
+above the training runs (the scaling family alone on held-out Olmix runs: R^2 -0.03
+to -55 sampled, 0.52 to 0.88
 linearised).
 """
 
