@@ -38,8 +38,7 @@ model instead (`predictive="sampled"`, how surfaces saved before were read) bias
 their mean wherever the posterior is wide along a curved direction: with 22 or 64
 domains, many of them rarely in a mixture, every draw of an Olmix swarm's fit sat
 above the training runs (the scaling family alone on held-out Olmix runs: R^2 -0.03
-to -55 sampled, 0.52 to 0.88
-linearised).
+to -55 sampled, 0.52 to 0.88 linearised).
 """
 
 from __future__ import annotations
