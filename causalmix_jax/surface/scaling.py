@@ -229,10 +229,10 @@ def _prior_flat(d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _init_theta(d: int, k: int) -> dict[str, jnp.ndarray]:
-  return {"a_D": jnp.full((d,), LOG_SLOPE0), "b_DxK": jnp.zeros((d, k)),
-          "logit_alpha_D": jnp.full((d,), LOGIT_ALPHA0), "log_eps": jnp.array(np.log(1e-2)),
-          "log_rstar": jnp.array(RSTAR_PRIOR[0]), "e0": jnp.array(0.0),
-          "e_K": jnp.zeros((k,)), "log_sigma": jnp.array(0.0)}
+  """Where the MAP search starts: every prior's centre, with unit noise sd."""
+  shapes = _site_shapes(d, k)
+  return {n: jnp.full(shapes[n], 0.0 if n == "log_sigma" else PRIORS[n][0], jnp.float32)
+          for n in shapes}
 
 
 def _flat_init(d: int, k: int):
@@ -241,12 +241,9 @@ def _flat_init(d: int, k: int):
 
 
 def _sigma_index(d: int, k: int) -> int:
-  """Position of `log_sigma` in the flat parameter vector."""
-  theta = jax.tree_util.tree_map(np.zeros_like, jax.tree_util.tree_map(np.asarray,
-                                                                       _init_theta(d, k)))
-  theta["log_sigma"] = np.ones_like(theta["log_sigma"])
-  flat, _ = ravel_pytree(theta)
-  return int(np.argmax(np.asarray(flat)))
+  """Position of `log_sigma` in the flat parameter vector (sites in sorted order)."""
+  shapes = _site_shapes(d, k)
+  return sum(int(np.prod(shapes[n])) for n in sorted(shapes) if n < "log_sigma")
 
 
 class _Objective(NamedTuple):
@@ -261,8 +258,7 @@ def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
   curvature, both as functions of (flat parameters, mask). u_NxD: None without tokens."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
   flat0, unravel = _flat_init(d, k)
-  with jax.ensure_compile_time_eval():
-    i_sigma = _sigma_index(d, k)
+  i_sigma = _sigma_index(d, k)
   e_sigma = jnp.zeros(flat0.shape[0]).at[i_sigma].set(1.0)
 
   def potential(flat, mask):
