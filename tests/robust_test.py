@@ -202,6 +202,10 @@ def test_scaling_surface_saved_without_form_loads_as_bare_power(tmp_path):
   meta_path.write_text(json.dumps(meta))
   old = load_surface(tmp_path / "surface")
   assert (old.spec.form, old.spec.predictive) == ("power", "sampled")
+  meta["spec"]["form"] = "cubic"
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match=r"surface\.json: bad 'spec'.*form 'cubic'"):
+    load_surface(tmp_path / "surface")
   theta = scaling.unflatten(old.spec, old.params["draws_SxP"][0])
   expected = scaling.mean_fn(theta, w, None, np.zeros((5, 0)), "power")
   y_mu, y_sd = float(old.params["y_mu"]), float(old.params["y_sd"])

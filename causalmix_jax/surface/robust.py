@@ -172,7 +172,11 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     # Surfaces saved before the Box-Cox form carry no `form` (they are bare powers) and
     # no `predictive` (their draws are pushed through the model).
     spec = {"form": "power", "predictive": "sampled", **meta["spec"]}
-    return ScalingSurface(scaling.ScalingSpec(**spec),
+    try:
+      spec = scaling.ScalingSpec(**spec)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{directory / 'surface.json'}: bad 'spec': {e}") from e
+    return ScalingSurface(spec,
                           scaling.load_params(directory), **kw)
   members = [load_surface(directory / n) for n in meta["members"]]
   path = directory / "posterior.npz"
