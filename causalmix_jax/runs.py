@@ -281,6 +281,15 @@ class Runs:
   def _cols(self, prefix: str) -> list[str]:
     return [c for c in self._frame.columns if str(c).startswith(prefix)]
 
+  def _floats(self, cols: list[str]) -> np.ndarray:
+    """The columns as a float64 matrix: converted once per table (the table does not
+    change after construction; a fit reads W and X many times), a copy per call."""
+    cache = self.__dict__.setdefault("_float_cache", {})
+    key = tuple(cols)
+    if key not in cache:
+      cache[key] = self._frame[cols].to_numpy(dtype=np.float64)
+    return cache[key].copy()
+
   @property
   def domains(self) -> list[str]:
     return [c[2:] for c in self._cols("w_")]
@@ -311,7 +320,7 @@ class Runs:
   @property
   def W(self) -> np.ndarray:
     """Mixture weights, N x D, in `domains` order."""
-    return self._frame[self._cols("w_")].to_numpy(dtype=np.float64)
+    return self._floats(self._cols("w_"))
 
   @property
   def X(self) -> np.ndarray:
@@ -319,7 +328,7 @@ class Runs:
     cols = self._cols("x_")
     if not cols:
       return np.zeros((len(self), 0), np.float64)
-    return self._frame[cols].to_numpy(dtype=np.float64)
+    return self._floats(cols)
 
   def y(self, name: str) -> np.ndarray:
     """Outcome `name` (with or without the y_ prefix), length N; NaN for failed runs."""
@@ -334,7 +343,7 @@ class Runs:
     cols = self._cols("tokens_")
     if not cols:
       return None
-    return self._frame[cols].to_numpy(dtype=np.float64)
+    return self._floats(cols)
 
   @property
   def budget(self) -> np.ndarray | None:

@@ -73,6 +73,31 @@ def test_scaling_family_recovers_its_own_law():
   assert s.info["map"]["steps"] < scaling.MAX_ITERS
 
 
+def test_fold_searches_start_at_the_full_fit_and_reach_their_modes():
+  runs, _ = _scaling_truth_runs()
+  w = runs.W
+  y = runs.y("loss")
+  y = (y - y.mean()) / y.std()
+  s = np.zeros((len(y), 0))
+  folds = np.arange(len(y)) % 4
+  masks = np.stack([folds != k for k in range(4)] + [np.ones(len(y), bool)])
+  maps, draws, report = scaling.fit_draws(w, None, s, y, masks, 16, 0)
+  assert maps.shape == (5, draws.shape[2]) and draws.shape[:2] == (5, 16)
+  # The full fit is the last mask's and starts at the priors' centre, as a fit alone.
+  alone, _, alone_report = scaling.fit_draws(w, None, s, y, masks[-1:], 16, 0)
+  np.testing.assert_allclose(maps[-1], alone[0], atol=1e-6)
+  assert report["steps"] == alone_report["steps"]
+  objective = scaling._objective(jnp.asarray(w, jnp.float32), None,
+                                 jnp.asarray(s, jnp.float32), jnp.asarray(y, jnp.float32))
+  potential = jax.jit(objective.potential)
+  for k in range(4):  # each fold, started at the full MAP, ends at its own mode
+    cold, _, _ = scaling.fit_draws(w, None, s, y, masks[k:k + 1], 16, 0)
+    warm_f, cold_f = (float(potential(jnp.asarray(m, jnp.float32), masks[k]))
+                      for m in (maps[k], cold[0]))
+    assert warm_f <= cold_f + 1e-4
+    assert float(potential(jnp.asarray(maps[-1], jnp.float32), masks[k])) > warm_f - 1e-6
+
+
 @pytest.mark.parametrize("tokens_known", [True, False])
 def test_map_search_gradient_equals_autodiff(tokens_known):
   rng = np.random.default_rng(2)

@@ -103,6 +103,14 @@ def test_properties_select_with_outcome(tmp_path):
   np.testing.assert_array_equal(r2.y("y_acc"), np.arange(6.0))
   with pytest.raises(KeyError, match="nope"):
     r.y("nope")
+  # The matrices are read once per table; what a caller does to its copy stays there.
+  w = r.W
+  w[:] = -1.0
+  x = r.X
+  x[:] = np.nan
+  np.testing.assert_array_equal(r.W, r.to_frame()[["w_a", "w_b", "w_c"]].to_numpy())
+  np.testing.assert_array_equal(r.X, r.to_frame()[["x_size"]].to_numpy())
+  np.testing.assert_array_equal(sub.W, r.W[[0, 2, 4]])
 
 
 def test_select_equals_validating_the_subset(tmp_path):

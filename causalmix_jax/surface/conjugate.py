@@ -155,13 +155,15 @@ def linear_residual_var(y_N: np.ndarray, w_NxD: np.ndarray) -> float:
 def conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                   weights_N: np.ndarray | None = None, iters: int = 200,
                   tol: float = 1e-4, form: str = "auto",
-                  prior: NoisePrior | None = None) -> Conjugate:
+                  prior: NoisePrior | None = None,
+                  start: tuple[np.ndarray, float] | None = None) -> Conjugate:
   """See `_conjugate_fit`; runs its small dense solves on one BLAS thread (threads
   only add overhead at these sizes, and much more on a shared machine)."""
+  args = (z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior, start)
   if threadpoolctl is None:
-    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior)
+    return _conjugate_fit(*args)
   with _blas_controller().limit(limits=1, user_api="blas"):
-    return _conjugate_fit(z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior)
+    return _conjugate_fit(*args)
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,7 +175,8 @@ def _blas_controller():
 
 def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
                    weights_N: np.ndarray | None, iters: int, tol: float,
-                   form: str = "auto", prior: NoisePrior | None = None) -> Conjugate:
+                   form: str = "auto", prior: NoisePrior | None = None,
+                   start: tuple[np.ndarray, float] | None = None) -> Conjugate:
   """Bayesian linear regression with a normal prior of precision alpha_g per column
   group and noise precision beta / weight_n, alpha and beta at the maximum of the
   evidence times the noise prior (MacKay's fixed-point updates with a Gamma prior on
@@ -184,7 +187,11 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
 
   form: "primal" works with the Q x Q posterior precision (O(Q^3) an iteration),
   "dual" with the N x N marginal covariance of the data (Woodbury; O(N^2 Q) an
-  iteration), "auto" picks the dual when Q > N. Both give the same posterior."""
+  iteration), "auto" picks the dual when Q > N. Both give the same posterior.
+
+  start: (alpha per group, beta) to start the updates from, e.g. the fit of a design
+  that shares most of these runs (cross-validation refits); the default starts at
+  alpha = 1 and the noise prior's beta. Bad starts raise ValueError."""
   if form not in ("auto", "primal", "dual"):
     raise ValueError(f"conjugate_fit: form must be auto|primal|dual, got {form!r}")
   n, q = z_NxQ.shape
@@ -201,6 +208,14 @@ def _conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   n_groups = int(groups_Q.max()) + 1 if q else 0
   alpha = np.ones(n_groups)
   beta = 1.0 / max((yy + nu_b * s2_b) / (wsum + nu_b), 1e-12)
+  if start is not None:
+    a0, b0 = np.asarray(start[0], np.float64).reshape(-1), float(start[1])
+    if a0.shape != (n_groups,) or not (np.all(np.isfinite(a0)) and np.all(a0 > 0)
+                                       and np.isfinite(b0) and b0 > 0):
+      raise ValueError(f"conjugate_fit: start needs {n_groups} positive finite prior "
+                       f"precisions and a positive finite noise precision, got "
+                       f"{a0.shape[0]} and {b0!r}")
+    alpha, beta = np.clip(a0, ALPHA_MIN, 1e8), b0
   onehot = np.eye(n_groups)[groups_Q] if q else np.zeros((0, 0))
   dual = form == "dual" or (form == "auto" and q > n)
   if dual:

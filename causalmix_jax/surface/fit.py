@@ -360,7 +360,7 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
     order = np.argsort(-rel if maximize else rel, kind="stable")
     seen: list[np.ndarray] = []
     for i in order:
-      if not any(np.allclose(w[i], v) for v in seen):
+      if not seen or not np.isclose(w[i][None, :], np.asarray(seen)).all(1).any():
         seen.append(w[i])
       if len(seen) == n_best:
         break
@@ -490,9 +490,14 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
 
 
 def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool, *,
-                 support_held_out: bool = True) -> Surface:
+                 support_held_out: bool = True,
+                 start: tuple[Any, float] | None = None) -> Surface:
   """One family's fit (see `fit_surface`). `support_held_out=False` skips the held-out
-  support statistics (cross-validation refits, whose support nobody asks about)."""
+  support statistics (cross-validation refits, whose support nobody asks about).
+  `start`: (prior precisions, noise precision) the evidence search starts from, e.g.
+  the full fit's `info["prior_precision"]` and `info["noise_precision"]` for a
+  cross-validation refit with the full fit's chosen design; ignored when the config
+  leaves several candidate designs."""
   cfg = default_config() if config is None else config
   inference = str(cfg.inference)
   t0 = time.time()
@@ -568,16 +573,19 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool,
   pe = noise_prior(ys, np.concatenate([w, x_full, scales], axis=1))
   if pe.source == "replicates":
     prior = pe
+  if len(candidates) > 1:
+    start = None
   for (floor, pairs, ls, mod), cand in zip(cand_cfgs, candidates):
     zc = cand.z_NxQ
     z_mu, z_sd = zc.mean(0), zc.std(0)
     z_sd = np.where(z_sd > 1e-12, z_sd, 1.0)
     cand.params["z_mu"], cand.params["z_sd"] = jnp.asarray(z_mu), jnp.asarray(z_sd)
     zs = (zc - z_mu) / z_sd
-    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, prior=prior)
+    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, prior=prior, start=start)
     wt = _reweight(zs, cand.y_res_N, cand.groups_Q, post, h)
-    if wt is not None:
-      post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, wt, prior=prior)
+    if wt is not None:  # the weighted fit starts where the unweighted one ended
+      post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, wt, prior=prior,
+                           start=(post.alpha_G, post.noise_prec))
     key = (f"floor={floor:g},pairs={pairs},modifiers={mod}"
            + (f",ls={ls:g}" if method == "gp" else ""))
     evidences[key] = post.evidence
@@ -604,7 +612,10 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool,
                           "noise_prior": {"source": prior.source,
                                           "sd": float(y_sd * np.sqrt(prior.var)),
                                           "dof": prior.dof},
-                          "prior_precision": best_post.alpha_G.tolist()}
+                          "prior_precision": best_post.alpha_G.tolist(),
+                          # On the standardised outcome: with prior_precision, where
+                          # a refit on most of these runs starts its search.
+                          "noise_precision": float(best_post.noise_prec)}
   n_draws = int(cfg.num_samples) * (int(cfg.num_chains) if inference == "nuts" else 1)
   scale = 1.0
   if cfg.calibrate_pools and len(x_cols):
