@@ -167,6 +167,32 @@ def test_conformal_scale_is_one_for_calibrated_errors():
                                                                               abs=0.12)
 
 
+def test_cell_pairs_are_every_within_cell_pair_and_sampled_past_the_cap():
+  cells = np.array([2, 0, 2, 1, 0, 2, 3])
+  i, j = robust.cell_pairs(cells, 100, seed=0)
+  got = sorted(zip(i.tolist(), j.tolist()))
+  assert got == [(0, 2), (0, 5), (1, 4), (2, 5)]  # cell 1 and 3 hold one row each
+  assert np.all(cells[i] == cells[j]) and np.all(i < j)
+  big = np.repeat(np.arange(3), 40)  # 3 x 780 pairs
+  a = robust.cell_pairs(big, 500, seed=1)
+  b = robust.cell_pairs(big, 500, seed=1)
+  assert len(a[0]) == 500 and len(set(zip(*a))) == 500
+  np.testing.assert_array_equal(a[0], b[0])
+  np.testing.assert_array_equal(a[1], b[1])
+  assert np.all(big[a[0]] == big[a[1]])
+  empty = robust.cell_pairs(np.arange(5), 10, seed=0)
+  assert len(empty[0]) == len(empty[1]) == 0
+
+
+def test_stack_calibration_setting_is_checked_and_reported():
+  s = _stack()
+  assert s.info["calibrated_on"].endswith("within-cell pairs")
+  bad = _cfg(stack_calibration="medians")
+  _, runs = _world_runs()
+  with pytest.raises(ValueError, match="surface.stack_calibration: unknown 'medians'"):
+    fit.fit_surface(runs, "loss", config=bad)
+
+
 def test_stack_is_a_calibrated_surface_on_new_pools():
   world, _ = _world_runs()
   s = _stack()

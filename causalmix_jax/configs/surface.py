@@ -20,6 +20,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # design past the number of runs on covariate-rich sweeps (dual form), ~5x the fit.
   c.stack_modifiers = ("linear",)
   c.interval_level = 0.9  # the interval the stack's conformal calibration targets
+  # What the stack's conformal step calibrates on, among the held-out runs of one cell
+  # (pool state, or fold): "pairs", the difference between two runs, which is what an
+  # effect of one mixture against another is; or "cell_means", each run against its
+  # cell's mean, which averages the other runs' errors away.
+  c.stack_calibration = "pairs"
   # Posterior draws each stack member keeps (the optimiser scores every candidate on
   # every draw; 256 draws put the 5% and 95% quantiles within ~1.5 percentage points).
   c.stack_draws = 256

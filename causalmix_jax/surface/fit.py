@@ -375,6 +375,9 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
   return out
 
 
+STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -388,6 +391,10 @@ def check_config(method: str, cfg) -> None:
     bad = [m for m in cfg[key] if m not in MODIFIERS]
     if bad:
       raise ValueError(f"surface.{key}: unknown {bad}; known: {list(MODIFIERS)}")
+  calibration = str(cfg.get("stack_calibration", "pairs"))
+  if calibration not in STACK_CALIBRATIONS:
+    raise ValueError(f"surface.stack_calibration: unknown {calibration!r}; known: "
+                     f"{list(STACK_CALIBRATIONS)}")
   if not 0 < float(cfg.interval_level) < 1:
     raise ValueError(f"surface.interval_level: must be in (0, 1), got "
                      f"{cfg.interval_level}")

@@ -14,12 +14,15 @@ never mix scales. Every member family is refitted with each group held out:
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
   uses), so a family that is wrong for this sweep gets no weight;
-- calibration: split-conformal on the same held-out contrasts (within a held-out pool
-  state when pool states hold several mixtures; within a held-out fold of pool states
-  when each state holds one mixture, as with a pool state per intervention). The spread of the
-  stacked draws around their mean is scaled so that the conformal quantile of the
-  normalised contrast errors sits on the edge of the interval (replicate runs' pure
-  error is taken out; without replicates the run noise stays in, erring wide), and a
+- calibration: split-conformal on held-out contrasts within the same cells (a held-out
+  pool state when pool states hold several mixtures; a held-out fold of pool states
+  when each state holds one mixture, as with a pool state per intervention). By default
+  (`surface.stack_calibration = "pairs"`) a contrast is the difference of two held-out
+  runs of one cell, the same kind of quantity as an effect of one mixture against
+  another. The spread of the stacked draws around their mean is scaled so that the
+  conformal quantile of the normalised contrast errors sits on the edge of the
+  interval (replicate runs' pure error is taken out; without replicates the run noise
+  stays in, erring wide), and a
   pool-level shift, common to every mixture of a pool, gets the spread of the held-out
   pools' level errors: it widens predictions of a new pool's outcome without touching
   its effects.
@@ -55,6 +58,9 @@ MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
 # under the 10 runs a surface needs once the fit stage's own cross-validation holds
 # out a fifth: fit the DML surface alone.
 MIN_STACK_RUNS = 30
+# Most within-cell pairs of held-out runs the conformal step scores (a uniform sample
+# of them beyond this; the count bounds memory and time, not a tuned value).
+MAX_PAIRS = 4096
 
 
 # -- the scaling-law family as a surface ----------------------------------------------
@@ -396,6 +402,29 @@ def _centre(v_N: np.ndarray, cells_N: np.ndarray) -> tuple[np.ndarray, np.ndarra
   return v_N - means[cells_N], counts[cells_N]
 
 
+def cell_pairs(cells_N: np.ndarray, max_pairs: int, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Every pair (i < j) of rows in the same cell, as two index arrays; a uniform sample
+  of `max_pairs` of them (seeded) when there are more."""
+  order = np.argsort(cells_N, kind="stable")
+  bounds = np.flatnonzero(np.diff(cells_N[order])) + 1
+  firsts, seconds = [], []
+  for rows in np.split(order, bounds):
+    if len(rows) < 2:
+      continue
+    a, b = np.triu_indices(len(rows), 1)
+    firsts.append(rows[a])
+    seconds.append(rows[b])
+  if not firsts:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+  i, j = np.concatenate(firsts), np.concatenate(seconds)
+  if len(i) > max_pairs:
+    keep = np.sort(np.random.default_rng([seed, 23]).choice(len(i), max_pairs,
+                                                            replace=False))
+    i, j = i[keep], j[keep]
+  return i, j
+
+
 def stack_weights(contrasts_KxN: np.ndarray, target_N: np.ndarray) -> np.ndarray:
   """Weights on the simplex minimising || target - sum_k a_k contrasts_k ||^2."""
   k = contrasts_KxN.shape[0]
@@ -485,10 +514,23 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # Replicates share mixture, covariates and scale.
   pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x,
                                                                data.scale], 1))
-  noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
   level = float(cfg.interval_level)
-  scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
-                          None if noise is None else noise[ok])
+  calibration = str(cfg.get("stack_calibration", "pairs"))
+  pi, pj = cell_pairs(cells, MAX_PAIRS, seed)
+  if calibration == "pairs" and len(pi):
+    # An effect is one mixture against another in one pool: its error carries both
+    # mixtures' misfit in full. The difference of two held-out runs of a cell is that
+    # query; a run against its cell's mean would average the second one's away.
+    err2 = ((data.y[pi] - data.y[pj]) - (mean[pi] - mean[pj])) ** 2
+    dev_NxS = np.ascontiguousarray(dev.T)
+    diff_PxS = dev_NxS[pi] - dev_NxS[pj]
+    var = np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev.shape[0] - diff_PxS.mean(1) ** 2
+    noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
+    scale = conformal_scale(err2, var, level, noise)
+  else:
+    noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
+    scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
+                            None if noise is None else noise[ok])
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
   n_cells = int(cells.max()) + 1
   counts = np.bincount(cells)
@@ -507,7 +549,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "members": names,
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
           "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
-          "conformal_scale": scale,
+          "conformal_scale": scale, "calibrated_on": (
+              f"{len(pi)} within-cell pairs" if calibration == "pairs" and len(pi)
+              else f"{int(ok.sum())} runs against their cell means"),
           "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
