@@ -65,6 +65,26 @@ def test_evidence_search_started_elsewhere_reaches_the_same_posterior():
       fit.conjugate_fit(z, y, g, wt, start=bad)
 
 
+def test_refit_start_with_other_groups_is_ignored():
+  """A cross-validation refit whose design has another number of prior groups than the
+  full fit's (e.g. fewer covariate components in a fold) starts its search afresh."""
+  world = planted.PlantedWorld(n_domains=3, n_features=1, seed=4)
+  runs = world.sample_sweep(n_runs=60, n_pool_states=1, noise=0.01)
+  cfg = fit.default_config()
+  cfg.floors, cfg.pairs, cfg.modifiers = (1e-3,), "never", ("linear",)
+  cfg.nuisance_models = ("ridge",)
+  plain = fit._fit_surface(runs, "loss", "dml", cfg, False)
+  alpha = np.asarray(plain.info["prior_precision"])
+  odd = fit._fit_surface(runs, "loss", "dml", cfg, False,
+                         start=(np.ones(len(alpha) + 2), 1.0))
+  np.testing.assert_array_equal(odd.info["prior_precision"], alpha)
+  warm = fit._fit_surface(runs, "loss", "dml", cfg, False,
+                          start=(alpha, plain.info["noise_precision"]))
+  live = alpha < 1e4  # pruned groups run off to the top at their own pace
+  np.testing.assert_allclose(np.asarray(warm.info["prior_precision"])[live], alpha[live],
+                             rtol=2e-3)
+
+
 def _many_covariates(x_NxF, n_extra=60, seed=0):
   """70-odd covariates describing the same pool states: the planted ones, random
   linear mixes of them, and constants."""

@@ -504,7 +504,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool,
   `start`: (prior precisions, noise precision) the evidence search starts from, e.g.
   the full fit's `info["prior_precision"]` and `info["noise_precision"]` for a
   cross-validation refit with the full fit's chosen design; ignored when the config
-  leaves several candidate designs."""
+  leaves several candidate designs or the design's prior groups differ in number."""
   cfg = default_config() if config is None else config
   inference = str(cfg.inference)
   t0 = time.time()
@@ -588,7 +588,12 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool,
     z_sd = np.where(z_sd > 1e-12, z_sd, 1.0)
     cand.params["z_mu"], cand.params["z_sd"] = jnp.asarray(z_mu), jnp.asarray(z_sd)
     zs = (zc - z_mu) / z_sd
-    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, prior=prior, start=start)
+    # A refit's design can have other groups than the full fit's (e.g. fewer covariate
+    # components in a fold): then its search starts afresh.
+    n_groups = int(cand.groups_Q.max()) + 1 if len(cand.groups_Q) else 0
+    fits = start is not None and np.size(start[0]) == n_groups
+    post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, prior=prior,
+                         start=start if fits else None)
     wt = _reweight(zs, cand.y_res_N, cand.groups_Q, post, h)
     if wt is not None:  # the weighted fit starts where the unweighted one ended
       post = conjugate_fit(zs, cand.y_res_N, cand.groups_Q, wt, prior=prior,
