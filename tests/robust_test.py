@@ -187,8 +187,11 @@ def test_cell_pairs_are_every_within_cell_pair_and_sampled_past_the_cap():
 def test_stack_calibration_setting_is_checked_and_reported():
   s = _stack()
   assert s.info["calibrated_on"].endswith("within-cell pairs")
-  bad = _cfg(stack_calibration="medians")
   _, runs = _world_runs()
+  means = fit.fit_surface(runs, "loss", config=_cfg(stack_calibration="cell_means"))
+  assert means.info["calibrated_on"].endswith("runs against their cell means")
+  assert 0 < means.info["conformal_scale"] != s.info["conformal_scale"]
+  bad = _cfg(stack_calibration="medians")
   with pytest.raises(ValueError, match="surface.stack_calibration: unknown 'medians'"):
     fit.fit_surface(runs, "loss", config=bad)
 

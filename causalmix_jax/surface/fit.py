@@ -375,7 +375,17 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
   return out
 
 
-STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
+STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration; the first is
+# the default, also for configs written before the key existed
+
+
+def stack_calibration(cfg) -> str:
+  """`surface.stack_calibration`, checked (ValueError naming the key)."""
+  calibration = str(cfg.get("stack_calibration", STACK_CALIBRATIONS[0]))
+  if calibration not in STACK_CALIBRATIONS:
+    raise ValueError(f"surface.stack_calibration: unknown {calibration!r}; known: "
+                     f"{list(STACK_CALIBRATIONS)}")
+  return calibration
 
 
 def check_config(method: str, cfg) -> None:
@@ -391,10 +401,7 @@ def check_config(method: str, cfg) -> None:
     bad = [m for m in cfg[key] if m not in MODIFIERS]
     if bad:
       raise ValueError(f"surface.{key}: unknown {bad}; known: {list(MODIFIERS)}")
-  calibration = str(cfg.get("stack_calibration", "pairs"))
-  if calibration not in STACK_CALIBRATIONS:
-    raise ValueError(f"surface.stack_calibration: unknown {calibration!r}; known: "
-                     f"{list(STACK_CALIBRATIONS)}")
+  stack_calibration(cfg)
   if not 0 < float(cfg.interval_level) < 1:
     raise ValueError(f"surface.interval_level: must be in (0, 1), got "
                      f"{cfg.interval_level}")

@@ -515,9 +515,10 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x,
                                                                data.scale], 1))
   level = float(cfg.interval_level)
-  calibration = str(cfg.get("stack_calibration", "pairs"))
-  pi, pj = cell_pairs(cells, MAX_PAIRS, seed)
-  if calibration == "pairs" and len(pi):
+  pi = pj = np.zeros(0, np.int64)
+  if fit_lib.stack_calibration(cfg) == "pairs":
+    pi, pj = cell_pairs(cells, MAX_PAIRS, seed)
+  if len(pi):
     # An effect is one mixture against another in one pool: its error carries both
     # mixtures' misfit in full. The difference of two held-out runs of a cell is that
     # query; a run against its cell's mean would average the second one's away.
@@ -527,7 +528,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     var = np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev.shape[0] - diff_PxS.mean(1) ** 2
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
     scale = conformal_scale(err2, var, level, noise)
-  else:
+  else:  # "cell_means", or no cell holds two runs: each run against its cell's mean
     noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
     scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
                             None if noise is None else noise[ok])
@@ -550,7 +551,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
           "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
           "conformal_scale": scale, "calibrated_on": (
-              f"{len(pi)} within-cell pairs" if calibration == "pairs" and len(pi)
+              f"{len(pi)} within-cell pairs" if len(pi)
               else f"{int(ok.sum())} runs against their cell means"),
           "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)

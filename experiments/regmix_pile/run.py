@@ -8,9 +8,10 @@ they were not fitted on, and timed fitting all runs.
 Scoring is `surface/evaluation.py`'s for the real sweeps (`evaluate_real`): 5-fold
 cross-validation and the held-out last 20% of runs by index, each with Spearman, R^2 and
 90% interval coverage. Fit seconds are the fastest and the median of `fit_repeats`
-rounds of fits on all runs, one of each model per round, after a warm-up fit of each. Writes `workdir/results.json` (config,
-commit, rows, fit times, headline) and `workdir/results.md` (the tables); the last line
-printed is one JSON object with the headline figures.
+rounds of fits on all runs, one of each model per round, after a warm-up fit of each.
+Writes `workdir/results.json` (config, commit, rows, fit times, headline) and
+`workdir/results.md` (the tables); the last line printed is one JSON object with the
+headline figures.
 """
 
 from __future__ import annotations
