@@ -326,6 +326,39 @@ def test_real_sweeps_missing_data_reported(tmp_path):
 @pytest.mark.skipif(not (DATA_DIR / "olmix").is_dir(),
                     reason=f"peer data not found at {DATA_DIR} (CI lays shared/ beside "
                     "the checkout)")
+def test_fit_seconds_times_rounds_after_a_warm_up(monkeypatch):
+  """One untimed warm-up fit of each model, then side-by-side rounds: the fastest, the
+  median and their ratios."""
+  calls = {"ours": 0, "lgbm": []}
+  clock = iter([0.0, 0.5, 1.0, 1.3, 2.0, 2.4])  # ours takes 0.5, 0.3, 0.4 s
+
+  def fake_fit(runs, outcome):
+    calls["ours"] += 1
+    return types.SimpleNamespace(info={"member_seconds": {"dml": 0.1},
+                                       "chosen": {"floor": 0.01}})
+
+  lgbm_times = iter([None, 0.45, 0.35, 0.25])
+
+  def fake_lgbm(runs, outcome, *, n_boot, use_covariates):
+    calls["lgbm"].append(n_boot)
+    t = next(lgbm_times)
+    return types.SimpleNamespace(fit_time=t, fit_time_total=None if t is None else 10 * t)
+
+  monkeypatch.setattr(evaluation.fit_lib, "fit_surface", fake_fit)
+  monkeypatch.setattr(evaluation.baselines, "fit_regmix_lgbm", fake_lgbm)
+  monkeypatch.setattr(evaluation, "time", types.SimpleNamespace(
+      perf_counter=lambda: next(clock)))
+  out = evaluation.fit_seconds(None, "loss", 3)
+  assert calls["ours"] == 4 and calls["lgbm"] == [0] + [evaluation.LGBM_BOOT] * 3
+  assert out["ours_fit_s"] == pytest.approx(0.3)
+  assert out["ours_fit_median_s"] == pytest.approx(0.4)
+  assert out["lightgbm_fit_s"] == 0.25 and out["lightgbm_fit_median_s"] == 0.35
+  assert out["lightgbm_with_bootstrap_fit_s"] == 2.5
+  assert out["fit_time_ratio_ours_over_lgbm"] == pytest.approx(0.3 / 0.25)
+  assert out["fit_time_median_ratio_ours_over_lgbm"] == pytest.approx(0.4 / 0.35)
+  assert out["repeats"] == 3 and out["ours_chosen"] == {"floor": 0.01}
+
+
 def test_olmix_adapter_builds_runs():
   runs = evaluation.olmix_runs(DATA_DIR / "olmix", "dclm")
   assert len(runs) == 127 and len(runs.domains) == 24 and runs.X.shape[1] == 0

@@ -708,6 +708,38 @@ def _olmix_rows(olmix_dir: pathlib.Path, swarm: str, methods: Sequence[Method],
   return rows
 
 
+def fit_seconds(runs: Runs, outcome: str, rounds: int) -> dict[str, Any]:
+  """Seconds to fit all runs, side by side: after an untimed warm-up fit of each (which
+  compiles the table's shapes), `rounds` rounds of one fit each of the default surface
+  and of RegMix's LightGBM (with its LGBM_BOOT bootstrap members, timed apart). The
+  fastest and the median of each, their ratios, and the surface's last member seconds
+  and chosen design."""
+  fit_lib.fit_surface(runs, outcome)
+  baselines.fit_regmix_lgbm(runs, outcome, n_boot=0, use_covariates=False)
+  ours, lgbm, lgbm_boot = [], [], []
+  surface = None
+  for _ in range(max(int(rounds), 1)):
+    t0 = time.perf_counter()
+    surface = fit_lib.fit_surface(runs, outcome)
+    ours.append(time.perf_counter() - t0)
+    model = baselines.fit_regmix_lgbm(runs, outcome, n_boot=LGBM_BOOT,
+                                      use_covariates=False)
+    lgbm.append(model.fit_time)
+    lgbm_boot.append(model.fit_time_total)
+  out = {"ours_fit_s": min(ours), "lightgbm_fit_s": min(lgbm),
+         "lightgbm_with_bootstrap_fit_s": min(lgbm_boot),
+         "ours_fit_median_s": float(np.median(ours)),
+         "lightgbm_fit_median_s": float(np.median(lgbm)),
+         "lightgbm_with_bootstrap_fit_median_s": float(np.median(lgbm_boot)),
+         "lightgbm_bootstrap_members": LGBM_BOOT, "repeats": max(int(rounds), 1),
+         "ours_member_s": surface.info.get("member_seconds"),
+         "ours_chosen": surface.info.get("chosen")}
+  out["fit_time_ratio_ours_over_lgbm"] = out["ours_fit_s"] / out["lightgbm_fit_s"]
+  out["fit_time_median_ratio_ours_over_lgbm"] = (out["ours_fit_median_s"]
+                                                 / out["lightgbm_fit_median_s"])
+  return out
+
+
 def evaluate_real(data_dir: str | pathlib.Path | None, methods: Sequence[Method],
                   progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
   """Prediction on the peer sweeps for the methods that predict: RegMix (`pile_cc`;

@@ -7,8 +7,9 @@ they were not fitted on, and timed fitting all runs.
 
 Scoring is `surface/evaluation.py`'s for the real sweeps (`evaluate_real`): 5-fold
 cross-validation and the held-out last 20% of runs by index, each with Spearman, R^2 and
-90% interval coverage. Fit seconds are the fastest and the median of `fit_repeats`
-rounds of fits on all runs, one of each model per round, after a warm-up fit of each.
+90% interval coverage. Fit seconds are `evaluation.fit_seconds`: the fastest and the
+median of `fit_repeats` rounds of fits on all runs, one of each model per round, after
+a warm-up fit of each.
 Writes `workdir/results.json` (config, commit, rows, fit times, headline) and
 `workdir/results.md` (the tables); the last line printed is one JSON object with the
 headline figures.
@@ -34,10 +35,8 @@ from ml_collections import config_flags
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from causalmix_jax import api  # noqa: E402
 from causalmix_jax import artifacts  # noqa: E402
 from causalmix_jax import runs as runs_lib  # noqa: E402
-from causalmix_jax.surface import baselines  # noqa: E402
 from causalmix_jax.surface import evaluation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -87,32 +86,6 @@ def stage(files: Sequence[pathlib.Path], max_runs: int, root: pathlib.Path) -> p
       table = pd.read_csv(f)
       table[table["index"].isin(keep)].to_csv(out / f.name, index=False)
   return out
-
-
-def fit_seconds(runs: runs_lib.Runs, repeats: int) -> dict[str, Any]:
-  """Fits on all runs, timed side by side (one of each per round, after an untimed
-  warm-up fit of each that compiles the table's shapes): the default surface, RegMix's
-  LightGBM alone (what RegMix fits) and with the bootstrap members the evaluation's
-  intervals use. The fastest and the median of `repeats` rounds."""
-  ours, lgbm, lgbm_boot = [], [], []
-  surface = api.fit_surface(runs, OUTCOME)
-  baselines.fit_regmix_lgbm(runs, OUTCOME, n_boot=0, use_covariates=False)
-  for _ in range(max(repeats, 1)):
-    t0 = time.perf_counter()
-    surface = api.fit_surface(runs, OUTCOME)
-    ours.append(time.perf_counter() - t0)
-    model = baselines.fit_regmix_lgbm(runs, OUTCOME, n_boot=evaluation.LGBM_BOOT,
-                                      use_covariates=False)
-    lgbm.append(model.fit_time)
-    lgbm_boot.append(model.fit_time_total)
-  return {"ours_fit_s": min(ours), "lightgbm_fit_s": min(lgbm),
-          "lightgbm_with_bootstrap_fit_s": min(lgbm_boot),
-          "ours_fit_median_s": float(np.median(ours)),
-          "lightgbm_fit_median_s": float(np.median(lgbm)),
-          "lightgbm_with_bootstrap_fit_median_s": float(np.median(lgbm_boot)),
-          "lightgbm_bootstrap_members": evaluation.LGBM_BOOT,
-          "ours_member_s": getattr(surface, "info", {}).get("member_seconds"),
-          "ours_chosen": getattr(surface, "info", {}).get("chosen"), "repeats": repeats}
 
 
 def commit() -> str | None:
@@ -199,7 +172,7 @@ def main(argv: list[str]) -> None:
   for r in rows:
     if r["status"] != "ok":
       logging.warning("%s / %s: %s", r["split"], r["method"], r["status"])
-  fit = fit_seconds(runs, int(cfg.fit_repeats))
+  fit = evaluation.fit_seconds(runs, OUTCOME, int(cfg.fit_repeats))
   head = headline(rows, fit)
   head.update(n_runs=len(runs), commit=revision,
               wall_s=round(time.perf_counter() - t0, 1))
