@@ -323,9 +323,6 @@ def test_real_sweeps_missing_data_reported(tmp_path):
   assert "data not found" in evaluation.summarise(rows)
 
 
-@pytest.mark.skipif(not (DATA_DIR / "olmix").is_dir(),
-                    reason=f"peer data not found at {DATA_DIR} (CI lays shared/ beside "
-                    "the checkout)")
 def test_fit_seconds_times_rounds_after_a_warm_up(monkeypatch):
   """One untimed warm-up fit of each model, then side-by-side rounds: the fastest, the
   median and their ratios."""
@@ -359,6 +356,9 @@ def test_fit_seconds_times_rounds_after_a_warm_up(monkeypatch):
   assert out["repeats"] == 3 and out["ours_chosen"] == {"floor": 0.01}
 
 
+@pytest.mark.skipif(not (DATA_DIR / "olmix").is_dir(),
+                    reason=f"peer data not found at {DATA_DIR} (CI lays shared/ beside "
+                    "the checkout)")
 def test_olmix_adapter_builds_runs():
   runs = evaluation.olmix_runs(DATA_DIR / "olmix", "dclm")
   assert len(runs) == 127 and len(runs.domains) == 24 and runs.X.shape[1] == 0
