@@ -13,6 +13,9 @@ from causalmix_jax.surface import baselines
 from causalmix_jax.surface.planted import PlantedWorld
 from causalmix_jax.surface.prediction import Prediction
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("baselines")
+
 REGMIX = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "regmix"
 needs_regmix = pytest.mark.skipif(not (REGMIX / "train_mixture_1m.csv").exists(),
                                   reason=f"RegMix data not at {REGMIX}")

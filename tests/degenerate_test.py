@@ -23,6 +23,9 @@ from causalmix_jax.data import sources
 from causalmix_jax.runs import DegenerateRunsError, RunsTableError
 from causalmix_jax.surface import fit
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("degenerate")
+
 SMALL_SEARCH = dict(n_candidates=64, n_steps=4)
 
 

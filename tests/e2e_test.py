@@ -1,10 +1,12 @@
-"""End to end: the whole pipeline through launch/main.py on the tiny config; the study read
-back through `api.open_study`; a second invocation that finds every stage up to date; a
+"""End to end: the whole pipeline through launch/main.py on the tiny config (the session's
+`smoke_study`, one invocation of every stage); the study read back through
+`api.open_study`; on a copy, a second invocation that finds every stage up to date; a
 stale upstream refused by name; another study's config refused in the same workdir."""
 
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -24,9 +26,8 @@ def _main(workdir: pathlib.Path, *extra: str, stage: str = "all",
       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
-def test_pipeline_end_to_end(tmp_path):
-  proc = _main(tmp_path)
-  assert proc.returncode == 0, proc.stderr[-5000:]
+def test_pipeline_end_to_end(smoke_study, tmp_path):
+  built = smoke_study  # read only; the later invocations run on a copy
   for rel in ("pool/pool.json", "pool/covariates.json", "reference/reference.json",
               "reference/doc_scores.npz", "reference/covariates.json",
               "design/interventions.npz",
@@ -34,17 +35,17 @@ def test_pipeline_end_to_end(tmp_path):
               "optimise/mixture.json", "optimise/mixture.yaml", "validate/results.parquet",
               "validate/summary.json", "validate/table.md", "target/summary.json",
               "report/report.md", "report/validation.png"):
-    assert (tmp_path / rel).exists(), rel
-  pool = json.loads((tmp_path / "pool/pool.json").read_text())
-  mixture = json.loads((tmp_path / "optimise/mixture.json").read_text())
+    assert (built / rel).exists(), rel
+  pool = json.loads((built / "pool/pool.json").read_text())
+  mixture = json.loads((built / "optimise/mixture.json").read_text())
   assert mixture["domains"] == pool["domains"]
   assert abs(sum(mixture["weights"].values()) - 1.0) < 1e-6
-  summary = json.loads((tmp_path / "target/summary.json").read_text())
+  summary = json.loads((built / "target/summary.json").read_text())
   assert summary["steps"] > 0
-  report = (tmp_path / "report/report.md").read_text()
+  report = (built / "report/report.md").read_text()
   for d in pool["domains"]:
     assert d in report
-  study = api.open_study(tmp_path)
+  study = api.open_study(built)
   assert study.pool.domains == pool["domains"]
   assert study.mixture.weights == mixture["weights"]
   assert study.surface().outcome == study.mixture.outcome
@@ -62,17 +63,19 @@ def test_pipeline_end_to_end(tmp_path):
   assert {"uniform", "natural", "regmix", "regmix_topk", "blind"} <= set(table.index)
   assert len(study.validation_runs) >= 3 * len(set(study.validation_runs["mixture"]))
   assert "## Validation: the recommendation trained beside its baselines" in report
-  again = _main(tmp_path)
+  copy = tmp_path / "study"
+  shutil.copytree(built, copy)
+  again = _main(copy)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stderr.count("up to date") == 10, again.stderr[-3000:]
-  assert (tmp_path / "analysis/interpretation.json").exists()
-  stale = _main(tmp_path, "--config.pool.heldout_fraction=0.1",
+  assert (copy / "analysis/interpretation.json").exists()
+  stale = _main(copy, "--config.pool.heldout_fraction=0.1",
                 stage="design,sweep,fit,optimise")
   assert stale.returncode != 0
   assert ("reads pool/, which is stale: its config changed (pool.heldout_fraction: 0.05 "
           "-> 0.1)") in stale.stderr, stale.stderr[-3000:]
-  other = _main(tmp_path, stage="report", config="experiments/quickstart/config.py")
+  other = _main(copy, stage="report", config="experiments/quickstart/config.py")
   assert other.returncode != 0
   assert ("belongs to study 'experiments/quickstart/config.py:smoke', not "
           "'experiments/quickstart/config.py'") in other.stderr, other.stderr[-3000:]
-  assert study.mixture.weights == api.open_study(tmp_path).mixture.weights  # untouched
+  assert study.mixture.weights == api.open_study(copy).mixture.weights  # untouched

@@ -47,6 +47,9 @@ import sweep_kill_test  # noqa: E402
 import sweep_test  # noqa: E402
 import train_target_test  # noqa: E402
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("faults")
+
 HERE = pathlib.Path(__file__).resolve().parent
 KILL_ENV = "CAUSALMIX_FAULTS_KILL_AT"  # "<event>:<n>": the child kills itself there
 SEED = 20240611
@@ -245,14 +248,18 @@ def target_ref(tmp_path_factory) -> dict:
   return dict(out=out, summary=run_target(out))
 
 
+# Stages after `optimise`: left out of the copy the validate stage is killed in.
+AFTER_OPTIMISE = ("validate", "analysis", "target", "report")
+
+
 @pytest.fixture(scope="module")
-def validate_ref(tmp_path_factory, xla_cache_env) -> dict:
-  """A smoke study up to `optimise` (`base`), and `validate` run uninterrupted on a copy."""
+def validate_ref(tmp_path_factory, smoke_study) -> dict:
+  """The session's smoke study, whose `validate` ran uninterrupted, and a copy of it up to
+  `optimise` (`base`) to kill `validate` in."""
   base = tmp_path_factory.mktemp("validate_base") / "work"
-  launch(base, "pool,reference,design,sweep,fit,optimise", xla_cache_env)
-  out = tmp_path_factory.mktemp("validate_ref") / "work"
-  shutil.copytree(base, out)
-  launch(out, "validate", xla_cache_env)
+  shutil.copytree(smoke_study, base, ignore=lambda d, names: [
+      n for n in names if n in AFTER_OPTIMISE] if pathlib.Path(d) == smoke_study else [])
+  out = smoke_study
   n_chunks = len(list((out / "validate" / "chunks").glob("chunk_*.parquet")))
   assert n_chunks == VALIDATE_CHUNKS, f"VALIDATE_POINTS assume {VALIDATE_CHUNKS} chunks"
   return dict(base=base, frame=pd.read_parquet(out / "validate" / "results.parquet"),

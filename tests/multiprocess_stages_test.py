@@ -24,6 +24,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("multiprocess_stages")
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "tests/multiprocess_stages_test.py"
 N_PROCESSES = 2

@@ -5,6 +5,9 @@ import pytest
 
 from causalmix_jax.surface.planted import PlantedWorld
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("planted")
+
 
 @pytest.fixture(scope="module")
 def world():

@@ -11,6 +11,9 @@ import pytest
 from causalmix_jax.surface import diagnostics, fit, planted
 from causalmix_jax.surface.surface import load_surface
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("surface")
+
 
 def _cfg(**kw):
   c = fit.default_config()

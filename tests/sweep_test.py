@@ -19,6 +19,9 @@ from causalmix_jax.configs import base  # noqa: E402
 from causalmix_jax.data import pool as pool_lib  # noqa: E402
 from causalmix_jax.data import token_pool  # noqa: E402
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("sweep")
+
 DOMAINS = ["code", "digits", "prose"]  # canonical (sorted) order
 
 

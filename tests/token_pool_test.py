@@ -13,6 +13,9 @@ from causalmix_jax.data import pool as pool_lib
 from causalmix_jax.data import pool_shift
 from causalmix_jax.data import token_pool
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("token_pool")
+
 SEQ = 16
 
 

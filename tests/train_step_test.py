@@ -16,6 +16,9 @@ from causalmix_jax import optim
 from causalmix_jax import train_step as ts
 from causalmix_jax.configs import model as model_cfgs
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("train_step")
+
 N_DOMAINS = 3
 
 

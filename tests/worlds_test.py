@@ -8,6 +8,9 @@ from scipy import stats
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import worlds
 
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("worlds")
+
 NAMES = sorted(worlds.WORLDS)
 
 
