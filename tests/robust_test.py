@@ -17,8 +17,11 @@ from scipy import stats
 
 from causalmix_jax.optimise.recommend import recommend
 from causalmix_jax.runs import Runs
-from causalmix_jax.surface import fit, robust, scaling, worlds
+from causalmix_jax.surface import discrepancy, fit, robust, scaling, worlds
 from causalmix_jax.surface.surface import load_surface
+
+# Its module-level fixtures and caches are built once: one xdist worker runs it all.
+pytestmark = pytest.mark.xdist_group("robust")
 
 
 def _cfg(**kw):
@@ -58,6 +61,13 @@ def _scaling_truth_runs(n: int = 160, seed: int = 0) -> tuple[Runs, dict]:
     frame[f"w_d{j}"] = w[:, j]
   frame["y_loss"] = y
   return Runs(frame, source="scaling-truth"), theta
+
+
+@functools.lru_cache(maxsize=None)
+def _scaling_fit_60() -> tuple[Runs, robust.ScalingSurface]:
+  """The scaling family fitted on 60 runs of its own law (read-only: tests share it)."""
+  runs, _ = _scaling_truth_runs(n=60)
+  return runs, fit.fit_surface(runs, "loss", method="scaling", config=_cfg())
 
 
 def test_scaling_family_recovers_its_own_law():
@@ -196,6 +206,50 @@ def test_stack_calibration_setting_is_checked_and_reported():
     fit.fit_surface(runs, "loss", config=bad)
 
 
+def test_stack_discrepancy_setting_is_checked_and_reported():
+  s = _stack()
+  assert s.info["discrepancy"]["setting"] == "none"
+  assert s.info["discrepancy"]["amplitude"] == 0.0
+  assert s.disc[0].shape == (0, len(s.domains))
+  _, runs = _world_runs()
+  with pytest.raises(ValueError, match="surface.stack_discrepancy: unknown 'gp'"):
+    fit.fit_surface(runs, "loss", config=_cfg(stack_discrepancy="gp"))
+
+
+def test_stack_discrepancy_adds_to_every_draw_and_is_saved(tmp_path):
+  s = _stack()
+  _, runs = _world_runs()
+  d = len(s.domains)
+  disc = discrepancy.draw_weights(discrepancy.features(d, 0.3, seed=0), 0.05,
+                                  len(s.level_S), d, seed=0)
+  t = robust.StackedSurface(s.members, s.weights, s.scale, s.level_S, disc,
+                            domains=s.domains, features=s.features, outcome=s.outcome,
+                            maximize=s.maximize, support_stats=s.support_stats,
+                            info=s.info)
+  w, x = runs.W[:7], runs.X[0]
+  n = t.n_draws
+  delta = discrepancy.draws(*(np.asarray(a, np.float64) for a in disc), w, np.cos)
+  np.testing.assert_allclose(t.draws(w, x) - s.draws(w, x)[:n], delta[:n], atol=1e-6)
+  assert np.std(delta) > 0.01
+  fn, params = t.sampler()
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, x)), t.draws(w, x),
+                             rtol=1e-4, atol=1e-5)
+  t.save(tmp_path / "t")
+  np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, x), t.draws(w, x),
+                             rtol=1e-6, atol=1e-7)
+  # A stack saved before the discrepancy term existed has none.
+  s.save(tmp_path / "s")
+  np.savez(tmp_path / "s" / "posterior.npz", level_S=s.level_S)
+  old = load_surface(tmp_path / "s")
+  assert old.disc[0].shape == (0, d)
+  np.testing.assert_allclose(old.draws(w, x), s.draws(w, x), rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="discrepancy frequencies have 3 columns"):
+    robust.StackedSurface(s.members, s.weights, s.scale, s.level_S,
+                          (np.zeros((2, 3)), np.zeros(2), np.zeros((5, 2))),
+                          domains=s.domains, features=s.features, outcome=s.outcome,
+                          maximize=s.maximize, support_stats=s.support_stats)
+
+
 def test_stack_is_a_calibrated_surface_on_new_pools():
   world, _ = _world_runs()
   s = _stack()
@@ -241,8 +295,7 @@ def test_stack_save_load_and_determinism(tmp_path):
 
 
 def test_scaling_surface_saved_without_form_loads_as_bare_power(tmp_path):
-  runs, _ = _scaling_truth_runs(n=60)
-  s = fit.fit_surface(runs, "loss", method="scaling", config=_cfg())
+  runs, s = _scaling_fit_60()
   s.save(tmp_path / "surface")
   back = load_surface(tmp_path / "surface")
   assert back.spec.form == "boxcox"
@@ -268,8 +321,7 @@ def test_scaling_surface_saved_without_form_loads_as_bare_power(tmp_path):
 
 
 def test_linearised_predictive_is_the_first_order_model_around_the_map():
-  runs, _ = _scaling_truth_runs(n=60)
-  s = fit.fit_surface(runs, "loss", method="scaling", config=_cfg())
+  runs, s = _scaling_fit_60()
   assert s.spec.predictive == "linearised"
   map_p = np.asarray(s.params["map_P"])
   v = np.random.default_rng(1).standard_normal(map_p.shape).astype(np.float32)

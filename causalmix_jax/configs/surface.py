@@ -25,6 +25,14 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # effect of one mixture against another is; or "cell_means", each run against its
   # cell's mean, which averages the other runs' errors away.
   c.stack_calibration = "pairs"
+  # The misfit the members' posterior spread does not carry: "none" (default), the
+  # members' spread alone, scaled; or "rff", plus a smooth random function of the
+  # mixture (surface/discrepancy.py) whose size and lengthscale are fitted on the same
+  # held-out contrasts, and left out when they do not call for it. "rff" narrows the
+  # gap on new pools where the misfit does not shrink with the spread, but it explains
+  # part of the held-out error without the spread, which then widens less off-support
+  # (see experiments/surface_zoo/README.md).
+  c.stack_discrepancy = "none"
   # Posterior draws each stack member keeps (the optimiser scores every candidate on
   # every draw; 256 draws put the 5% and 95% quantiles within ~1.5 percentage points).
   c.stack_draws = 256

@@ -388,6 +388,19 @@ def stack_calibration(cfg) -> str:
   return calibration
 
 
+STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy; the first is the
+# default, also for configs written before the key existed
+
+
+def stack_discrepancy(cfg) -> str:
+  """`surface.stack_discrepancy`, checked (ValueError naming the key)."""
+  setting = str(cfg.get("stack_discrepancy", STACK_DISCREPANCIES[0]))
+  if setting not in STACK_DISCREPANCIES:
+    raise ValueError(f"surface.stack_discrepancy: unknown {setting!r}; known: "
+                     f"{list(STACK_DISCREPANCIES)}")
+  return setting
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -402,6 +415,7 @@ def check_config(method: str, cfg) -> None:
     if bad:
       raise ValueError(f"surface.{key}: unknown {bad}; known: {list(MODIFIERS)}")
   stack_calibration(cfg)
+  stack_discrepancy(cfg)
   if not 0 < float(cfg.interval_level) < 1:
     raise ValueError(f"surface.interval_level: must be in (0, 1), got "
                      f"{cfg.interval_level}")

@@ -25,7 +25,9 @@ never mix scales. Every member family is refitted with each group held out:
   stays in, erring wide), and a
   pool-level shift, common to every mixture of a pool, gets the spread of the held-out
   pools' level errors: it widens predictions of a new pool's outcome without touching
-  its effects.
+  its effects. With `surface.stack_discrepancy = "rff"` the contrast errors' variance
+  is first split between the scaled spread and a smooth discrepancy of the mixture
+  (`discrepancy.py`), and the conformal factor scales both.
 
 The result is an ordinary surface (`SurfaceBase`): predict, cate, theta, support, a
 pure jittable sampler for the optimiser, save and load.
@@ -46,6 +48,7 @@ import scipy.optimize
 from scipy import stats
 
 from causalmix_jax import artifacts
+from causalmix_jax.surface import discrepancy
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface import scaling
 from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
@@ -100,23 +103,34 @@ class ScalingSurface(SurfaceBase):
 
 
 class StackedSurface(SurfaceBase):
-  """sum_k a_k [m_k + c (f_k - m_k)] + level: member draws f_k (means m_k) stacked with
-  weights a_k, their spread scaled by the conformal factor c, plus a pool-level shift
-  per draw (zero mean; the same for every mixture of a pool)."""
+  """sum_k a_k [m_k + c (f_k - m_k)] + delta(w) + level: member draws f_k (means m_k)
+  stacked with weights a_k, their spread scaled by the conformal factor c, a smooth
+  discrepancy of the mixture per draw (`discrepancy.py`; none when `disc` is empty),
+  and a pool-level shift per draw (zero mean; the same for every mixture of a pool)."""
 
   def __init__(self, members: Sequence[SurfaceBase], weights: Sequence[float],
-               scale: float, level_S: np.ndarray, **kw):
+               scale: float, level_S: np.ndarray,
+               disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, **kw):
     super().__init__(**kw)
     self.members = list(members)
     self.weights = np.asarray(weights, np.float64)
     self.scale = float(scale)
     self.level_S = np.asarray(level_S, np.float32)
+    if disc is None:
+      disc = discrepancy.draw_weights(None, 0.0, len(self.level_S), len(self.domains),
+                                      0)
+    self.disc = tuple(np.asarray(a, np.float32) for a in disc)  # omega, b, z
+    if self.disc[0].shape[1] != len(self.domains):
+      raise ValueError(f"discrepancy frequencies have {self.disc[0].shape[1]} columns; "
+                       f"the surface has {len(self.domains)} domains")
     fns = tuple(m.sampler()[0] for m in self.members)
-    n = min([m.n_draws for m in self.members] + [len(self.level_S)])
+    n = min([m.n_draws for m in self.members] + [len(self.level_S), len(self.disc[2])])
 
     def fn(params, w_NxD, x_F):
-      return _combine([f(p, w_NxD, x_F)[:n] for f, p in zip(fns, params["members"])],
-                      params["weights"], params["scale"], params["level_S"][:n])
+      omega, b, z = params["disc"]
+      return (_combine([f(p, w_NxD, x_F)[:n] for f, p in zip(fns, params["members"])],
+                       params["weights"], params["scale"], params["level_S"][:n])
+              + discrepancy.draws(omega, b, z[:n], w_NxD, jnp.cos))
 
     self._fn = fn
     self._n = n
@@ -124,7 +138,8 @@ class StackedSurface(SurfaceBase):
   def sampler(self, tokens: Any = None, budget: float | None = None):
     params = {"members": tuple(m.sampler(tokens, budget)[1] for m in self.members),
               "weights": jnp.asarray(self.weights, jnp.float32),
-              "scale": jnp.float32(self.scale), "level_S": jnp.asarray(self.level_S)}
+              "scale": jnp.float32(self.scale), "level_S": jnp.asarray(self.level_S),
+              "disc": tuple(jnp.asarray(a) for a in self.disc)}
     return self._fn, params
 
   @property
@@ -133,9 +148,11 @@ class StackedSurface(SurfaceBase):
 
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
-    return _combine([m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
-                     for m in self.members], self.weights, self.scale,
-                    np.asarray(self.level_S[:self._n], np.float64))
+    omega, b, z = (np.asarray(a, np.float64) for a in self.disc)
+    return (_combine([m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
+                      for m in self.members], self.weights, self.scale,
+                     np.asarray(self.level_S[:self._n], np.float64))
+            + discrepancy.draws(omega, b, z[:self._n], self._w(w), np.cos))
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     directory = pathlib.Path(directory)
@@ -143,7 +160,9 @@ class StackedSurface(SurfaceBase):
     for i, m in enumerate(self.members):
       names.append(f"member_{i}")
       m.save(directory / names[-1])
-    artifacts.write_npz(directory / "posterior.npz", level_S=self.level_S)
+    artifacts.write_npz(directory / "posterior.npz", level_S=self.level_S,
+                        disc_omega_MxD=self.disc[0], disc_b_M=self.disc[1],
+                        disc_z_SxM=self.disc[2])
     return artifacts.write_json(directory / "surface.json", {
         **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale})
@@ -190,7 +209,10 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     raise FileNotFoundError(f"surface posterior not found: {path}")
   with np.load(path) as z:
     level = z["level_S"]
-  return StackedSurface(members, meta["weights"], meta["scale"], level, **kw)
+    # Surfaces saved before the discrepancy term have none.
+    disc = ((z["disc_omega_MxD"], z["disc_b_M"], z["disc_z_SxM"])
+            if "disc_z_SxM" in z.files else None)
+  return StackedSurface(members, meta["weights"], meta["scale"], level, disc, **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -527,17 +549,37 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     diff_PxS = dev_NxS[pi] - dev_NxS[pj]
     var = np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev.shape[0] - diff_PxS.mean(1) ** 2
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
-    scale = conformal_scale(err2, var, level, noise)
+
+    def disc_var(feats):  # the unit discrepancy's variance of each pair's contrast
+      phi = feats(data.w)
+      return np.sum((phi[pi] - phi[pj]) ** 2, axis=1)
   else:  # "cell_means", or no cell holds two runs: each run against its cell's mean
-    noise = (1.0 - 1.0 / cell_n) * pure_var if pe_dof > 0 else None
-    scale = conformal_scale((yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok], level,
-                            None if noise is None else noise[ok])
+    err2, var = (yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok]
+    noise = ((1.0 - 1.0 / cell_n) * pure_var)[ok] if pe_dof > 0 else None
+
+    def disc_var(feats):
+      phi = feats(data.w)
+      return np.sum(np.stack([_centre(col, cells)[0] for col in phi.T], 1)[ok] ** 2,
+                    axis=1)
+  if fit_lib.stack_discrepancy(cfg) == "rff":
+    split = discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
+  else:
+    split = discrepancy.Fit(1.0, 0.0, None, {})
+  # One conformal factor on the fitted variance a v + b g: the members' spread gets
+  # c sqrt(a), the discrepancy's amplitude c sqrt(b).
+  c = conformal_scale(err2, split.variance(var, disc_var), level, noise)
+  scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
   n_cells = int(cells.max()) + 1
   counts = np.bincount(cells)
   lvl_err = np.bincount(cells, weights=data.y - mean) / counts
   lvl_var = np.var(np.stack([np.bincount(cells, weights=d, minlength=n_cells)
                              for d in dev]) / counts, axis=0) * scale ** 2
+  if split.features is not None:  # the discrepancy's share of a cell's mean error
+    phi = split.features(data.w)
+    cell_phi = np.stack([np.bincount(cells, weights=col, minlength=n_cells)
+                         for col in phi.T], 1) / counts[:, None]
+    lvl_var = lvl_var + amplitude ** 2 * np.sum(cell_phi ** 2, axis=1)
   pure_cell = pure_var / counts if pe_dof > 0 else 0.0
   level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
       if n_cells >= MIN_GROUPS and fold_by != "runs" else 0.0
@@ -550,7 +592,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "members": names,
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
           "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
-          "conformal_scale": scale, "calibrated_on": (
+          "conformal_scale": scale, "discrepancy": {
+              **split.info(), "amplitude": amplitude,
+              "setting": fit_lib.stack_discrepancy(cfg)}, "calibrated_on": (
               f"{len(pi)} within-cell pairs" if len(pi)
               else f"{int(ok.sum())} runs against their cell means"),
           "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
@@ -563,10 +607,13 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   support = next((m.support_stats for m in members if m.info.get("method") == "dml"),
                  members[0].support_stats)
   info["fit_seconds"] = time.time() - t0
-  log.info("surface stack on y_%s: weights %s, conformal scale %.2f, level sd %.3g, "
-           "%.1fs", data.name, info["weights"], scale, level_sd, info["fit_seconds"])
+  log.info("surface stack on y_%s: weights %s, conformal scale %.2f, discrepancy %.3g "
+           "(lengthscale %s), level sd %.3g, %.1fs", data.name, info["weights"], scale,
+           amplitude, info["discrepancy"]["lengthscale"], level_sd, info["fit_seconds"])
   return StackedSurface([m for m, k in zip(members, keep) if k], weights[keep], scale,
                         level_sd * rng.standard_normal(n),
+                        discrepancy.draw_weights(split.features, amplitude, n,
+                                                 len(runs.domains), seed),
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
