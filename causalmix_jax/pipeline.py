@@ -112,6 +112,27 @@ PROCESS_0_STAGES = frozenset({"pool", "reference", "design", "fit", "optimise", 
                               "report"})
 
 
+# Config keys added after studies were written, with the value that computes what those
+# studies computed. At that value a key is left out of a stage's config section, so a
+# stage built before the key existed stays up to date; any other value makes it stale.
+ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none"}
+
+
+def _drop_added_defaults(sub: dict[str, Any]) -> None:
+  for added, default in ADDED_KEYS.items():
+    for k in list(sub):
+      if added == k:
+        if sub[k] == default:
+          del sub[k]
+      elif added.startswith(k + ".") and isinstance(sub[k], dict):
+        *path, leaf = added[len(k) + 1:].split(".")
+        node = sub[k]
+        for part in path:
+          node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+          del node[leaf]
+
+
 def _config_section(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> dict[str, Any]:
   d = cfg.to_dict()
   sub = {}
@@ -120,7 +141,9 @@ def _config_section(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> dict
     for part in k.split("."):
       v = v.get(part) if isinstance(v, dict) else None
     sub[k] = v
-  return json.loads(json.dumps(sub, sort_keys=True, default=str))
+  sub = json.loads(json.dumps(sub, sort_keys=True, default=str))
+  _drop_added_defaults(sub)
+  return sub
 
 
 def config_digest(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> str:

@@ -37,6 +37,30 @@ def fake_stages(monkeypatch):
   return stages
 
 
+def test_a_key_added_at_its_earlier_behaviour_keeps_old_stages_up_to_date(
+    tmp_path, fake_stages, monkeypatch):
+  del fake_stages
+  cfg = base.get_config("smoke")
+  # A study written before surface.stack_discrepancy existed.
+  monkeypatch.setattr(pipeline, "ADDED_KEYS", {"surface.stack_discrepancy": "none",
+                                               "surface.not_yet_written": 1})
+  with cfg.unlocked():
+    cfg.surface.not_yet_written = 1
+  pipeline.run_stages(["all"], cfg, tmp_path)
+  stamp = json.loads((tmp_path / "down" / "stamp.json").read_text())
+  assert "stack_discrepancy" not in stamp["config"]["surface"]
+  assert "not_yet_written" not in stamp["config"]["surface"]
+  pipeline.run_stages(["all"], cfg, tmp_path)
+  assert CALLS == ["up", "down"]  # the default of an added key changes nothing
+  cfg.surface.stack_discrepancy = "rff"
+  pipeline.run_stages(["all"], cfg, tmp_path)
+  assert CALLS == ["up", "down", "down"]  # another value does
+  assert pipeline.staleness(pipeline.STAGES["down"], cfg, tmp_path) is None
+  cfg.surface.stack_discrepancy = "none"
+  assert "surface.stack_discrepancy: 'rff' -> None" in pipeline.staleness(
+      pipeline.STAGES["down"], cfg, tmp_path)
+
+
 def test_skip_and_rerun(tmp_path, fake_stages):
   del fake_stages
   cfg = base.get_config("smoke")
