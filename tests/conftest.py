@@ -12,7 +12,8 @@ The smoke study (`smoke_study`) is the quickstart's tiny config run through ever
 by one `launch/main.py` invocation. Several tests need such a study (the end-to-end
 test, the validate stage's kill-and-resume reference, the notebook); it is built once
 per session, by the first worker that asks, under a file lock, and the tests that run
-stages on it work on copies.
+stages on it work on copies. Its users are one xdist group ("smoke_study"), so one
+worker builds it and runs them while the other goes on with the rest.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from causalmix_jax import api
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,6 +28,7 @@ def _main(workdir: pathlib.Path, *extra: str, stage: str = "all",
       cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
 
 
+@pytest.mark.xdist_group("smoke_study")  # one worker builds the study and runs its users
 def test_pipeline_end_to_end(smoke_study, tmp_path):
   built = smoke_study  # read only; the later invocations run on a copy
   for rel in ("pool/pool.json", "pool/covariates.json", "reference/reference.json",

@@ -333,6 +333,7 @@ def test_target_killed_at_a_random_point_resumes_to_the_same_loss(
   assert leftovers(out) == []
 
 
+@pytest.mark.xdist_group("smoke_study")  # with the study's other users, not the module
 @pytest.mark.parametrize("point", VALIDATE_TRIALS,
                          ids=[f"{e}{n}" for e, n in VALIDATE_TRIALS])
 def test_validate_killed_at_a_random_point_resumes_to_the_same_table(

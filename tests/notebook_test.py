@@ -14,6 +14,7 @@ import sys
 import ipykernel  # noqa: F401  # pylint: disable=unused-import
 import nbclient
 import nbformat
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "experiments/quickstart/response_surface.ipynb"
@@ -34,6 +35,7 @@ def _kernelspec(root: pathlib.Path) -> pathlib.Path:
   return root
 
 
+@pytest.mark.xdist_group("smoke_study")  # one worker builds the study and runs its users
 def test_notebook_executes(smoke_study, tmp_path, monkeypatch, xla_cache_env):
   workdir = tmp_path / "study"
   shutil.copytree(smoke_study, workdir)
