@@ -115,7 +115,8 @@ PROCESS_0_STAGES = frozenset({"pool", "reference", "design", "fit", "optimise", 
 # Config keys added after studies were written, with the value that computes what those
 # studies computed. At that value a key is left out of a stage's config section, so a
 # stage built before the key existed stays up to date; any other value makes it stale.
-ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none"}
+ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
+                              "surface.covariate_extrapolation": "linear"}
 
 
 def _drop_added_defaults(sub: dict[str, Any]) -> None:

@@ -237,17 +237,51 @@ def test_stack_discrepancy_adds_to_every_draw_and_is_saved(tmp_path):
   t.save(tmp_path / "t")
   np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, x), t.draws(w, x),
                              rtol=1e-6, atol=1e-7)
-  # A stack saved before the discrepancy term existed has none.
+  # A stack saved before the discrepancy term (and the covariate bounds) has neither.
   s.save(tmp_path / "s")
   np.savez(tmp_path / "s" / "posterior.npz", level_S=s.level_S)
   old = load_surface(tmp_path / "s")
   assert old.disc[0].shape == (0, d)
+  assert np.all(np.isinf(old.x_bounds[0])) and np.all(np.isinf(old.x_bounds[1]))
   np.testing.assert_allclose(old.draws(w, x), s.draws(w, x), rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match="discrepancy frequencies have 3 columns"):
     robust.StackedSurface(s.members, s.weights, s.scale, s.level_S,
                           (np.zeros((2, 3)), np.zeros(2), np.zeros((5, 2))),
                           domains=s.domains, features=s.features, outcome=s.outcome,
                           maximize=s.maximize, support_stats=s.support_stats)
+
+
+def test_clipped_covariates_are_the_sweeps_range_for_the_members(tmp_path):
+  s = _stack()
+  _, runs = _world_runs()
+  lo, hi = runs.X.min(0), runs.X.max(0)
+  t = robust.StackedSurface(s.members, s.weights, s.scale, s.level_S, s.disc, (lo, hi),
+                            domains=s.domains, features=s.features, outcome=s.outcome,
+                            maximize=s.maximize, support_stats=s.support_stats,
+                            info=s.info)
+  w = runs.W[:5]
+  far = hi + 10.0 * (hi - lo + 1.0)  # every covariate far above the sweep's range
+  np.testing.assert_allclose(t.draws(w, far), s.draws(w, hi), rtol=1e-6, atol=1e-7)
+  assert not np.allclose(s.draws(w, far), s.draws(w, hi))  # unclipped, they move
+  inside = runs.X[3]
+  np.testing.assert_allclose(t.draws(w, inside), s.draws(w, inside), rtol=1e-6,
+                             atol=1e-7)
+  fn, params = t.sampler()
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, far)), t.draws(w, far),
+                             rtol=1e-4, atol=1e-5)
+  t.save(tmp_path / "t")
+  np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, far), t.draws(w, far),
+                             rtol=1e-6, atol=1e-7)
+  # The fit sets the bounds to the sweep's range and says so; a bad value is named.
+  small = runs.select(np.arange(64))
+  clipped = fit.fit_surface(small, "loss", config=_cfg(covariate_extrapolation="clip"))
+  assert clipped.info["covariate_extrapolation"] == "clip"
+  np.testing.assert_allclose(clipped.x_bounds[0], small.X.min(0), rtol=1e-6)
+  np.testing.assert_allclose(clipped.x_bounds[1], small.X.max(0), rtol=1e-6)
+  assert s.info["covariate_extrapolation"] == "linear"
+  assert np.all(np.isinf(s.x_bounds[0])) and np.all(np.isinf(s.x_bounds[1]))
+  with pytest.raises(ValueError, match="surface.covariate_extrapolation: unknown 'flat'"):
+    fit.fit_surface(small, "loss", config=_cfg(covariate_extrapolation="flat"))
 
 
 def test_stack_is_a_calibrated_surface_on_new_pools():

@@ -33,6 +33,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # part of the held-out error without the spread, which then widens less off-support
   # (see experiments/surface_zoo/README.md).
   c.stack_discrepancy = "none"
+  # How the stack's members see a pool's covariates outside the sweep's range: "linear"
+  # (default), as they are, so covariate terms extrapolate; or "clip", each covariate
+  # clipped to the sweep's [min, max] (pool size and repetition still extrapolate
+  # through the tokens and budget). The support check still sees the raw covariates.
+  c.covariate_extrapolation = "linear"
   # Posterior draws each stack member keeps (the optimiser scores every candidate on
   # every draw; 256 draws put the 5% and 95% quantiles within ~1.5 percentage points).
   c.stack_draws = 256

@@ -401,6 +401,19 @@ def stack_discrepancy(cfg) -> str:
   return setting
 
 
+COVARIATE_EXTRAPOLATIONS = ("linear", "clip")  # surface.covariate_extrapolation; the
+# first is the default, also for configs written before the key existed
+
+
+def covariate_extrapolation(cfg) -> str:
+  """`surface.covariate_extrapolation`, checked (ValueError naming the key)."""
+  setting = str(cfg.get("covariate_extrapolation", COVARIATE_EXTRAPOLATIONS[0]))
+  if setting not in COVARIATE_EXTRAPOLATIONS:
+    raise ValueError(f"surface.covariate_extrapolation: unknown {setting!r}; known: "
+                     f"{list(COVARIATE_EXTRAPOLATIONS)}")
+  return setting
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -416,6 +429,7 @@ def check_config(method: str, cfg) -> None:
       raise ValueError(f"surface.{key}: unknown {bad}; known: {list(MODIFIERS)}")
   stack_calibration(cfg)
   stack_discrepancy(cfg)
+  covariate_extrapolation(cfg)
   if not 0 < float(cfg.interval_level) < 1:
     raise ValueError(f"surface.interval_level: must be in (0, 1), got "
                      f"{cfg.interval_level}")

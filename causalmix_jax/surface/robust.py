@@ -110,8 +110,14 @@ class StackedSurface(SurfaceBase):
 
   def __init__(self, members: Sequence[SurfaceBase], weights: Sequence[float],
                scale: float, level_S: np.ndarray,
-               disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, **kw):
+               disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+               x_bounds: tuple[np.ndarray, np.ndarray] | None = None, **kw):
     super().__init__(**kw)
+    # The members see covariates clipped to these bounds (surface.covariate_extrapolation
+    # = "clip": the sweep's range); infinite bounds leave them as they are.
+    f = len(self.features)
+    self.x_bounds = tuple(np.asarray(b, np.float32).reshape(f) for b in (
+        x_bounds if x_bounds is not None else (np.full(f, -np.inf), np.full(f, np.inf))))
     self.members = list(members)
     self.weights = np.asarray(weights, np.float64)
     self.scale = float(scale)
@@ -128,6 +134,7 @@ class StackedSurface(SurfaceBase):
 
     def fn(params, w_NxD, x_F):
       omega, b, z = params["disc"]
+      x_F = jnp.clip(x_F, *params["x_bounds"])
       return (_combine([f(p, w_NxD, x_F)[:n] for f, p in zip(fns, params["members"])],
                        params["weights"], params["scale"], params["level_S"][:n])
               + discrepancy.draws(omega, b, z[:n], w_NxD, jnp.cos))
@@ -139,7 +146,8 @@ class StackedSurface(SurfaceBase):
     params = {"members": tuple(m.sampler(tokens, budget)[1] for m in self.members),
               "weights": jnp.asarray(self.weights, jnp.float32),
               "scale": jnp.float32(self.scale), "level_S": jnp.asarray(self.level_S),
-              "disc": tuple(jnp.asarray(a) for a in self.disc)}
+              "disc": tuple(jnp.asarray(a) for a in self.disc),
+              "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
     return self._fn, params
 
   @property
@@ -149,6 +157,8 @@ class StackedSurface(SurfaceBase):
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
     omega, b, z = (np.asarray(a, np.float64) for a in self.disc)
+    if x is not None and len(self.features):
+      x = np.clip(self._x(x), *(np.asarray(a, np.float64) for a in self.x_bounds))
     return (_combine([m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
                       for m in self.members], self.weights, self.scale,
                      np.asarray(self.level_S[:self._n], np.float64))
@@ -162,7 +172,8 @@ class StackedSurface(SurfaceBase):
       m.save(directory / names[-1])
     artifacts.write_npz(directory / "posterior.npz", level_S=self.level_S,
                         disc_omega_MxD=self.disc[0], disc_b_M=self.disc[1],
-                        disc_z_SxM=self.disc[2])
+                        disc_z_SxM=self.disc[2], x_lo_F=self.x_bounds[0],
+                        x_hi_F=self.x_bounds[1])
     return artifacts.write_json(directory / "surface.json", {
         **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale})
@@ -212,7 +223,10 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     # Surfaces saved before the discrepancy term have none.
     disc = ((z["disc_omega_MxD"], z["disc_b_M"], z["disc_z_SxM"])
             if "disc_z_SxM" in z.files else None)
-  return StackedSurface(members, meta["weights"], meta["scale"], level, disc, **kw)
+    # ... and their members extrapolate the covariates as they are.
+    bounds = (z["x_lo_F"], z["x_hi_F"]) if "x_lo_F" in z.files else None
+  return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
+                        **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -606,6 +620,10 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "pool_calibration": scale}
   support = next((m.support_stats for m in members if m.info.get("method") == "dml"),
                  members[0].support_stats)
+  x_bounds = None
+  if fit_lib.covariate_extrapolation(cfg) == "clip" and len(runs.features):
+    x_bounds = (data.x.min(0), data.x.max(0))
+  info["covariate_extrapolation"] = fit_lib.covariate_extrapolation(cfg)
   info["fit_seconds"] = time.time() - t0
   log.info("surface stack on y_%s: weights %s, conformal scale %.2f, discrepancy %.3g "
            "(lengthscale %s), level sd %.3g, %.1fs", data.name, info["weights"], scale,
@@ -614,6 +632,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         level_sd * rng.standard_normal(n),
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
+                        x_bounds,
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
