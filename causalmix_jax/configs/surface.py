@@ -37,6 +37,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # (default), as they are, so covariate terms extrapolate; or "clip", each covariate
   # clipped to the sweep's [min, max] (pool size and repetition still extrapolate
   # through the tokens and budget). The support check still sees the raw covariates.
+  # "clip" improves decisions on shifted pools, but its intervals do not widen with the
+  # distance clipped away, so off-support coverage falls (experiments/surface_zoo).
   c.covariate_extrapolation = "linear"
   # Posterior draws each stack member keeps (the optimiser scores every candidate on
   # every draw; 256 draws put the 5% and 95% quantiles within ~1.5 percentage points).
