@@ -119,32 +119,27 @@ ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "surface.covariate_extrapolation": "linear"}
 
 
-def _drop_added_defaults(sub: dict[str, Any]) -> None:
+def _drop_added_defaults(d: dict[str, Any]) -> None:
+  """Removes from the config dict `d` every key of ADDED_KEYS at its earlier value."""
   for added, default in ADDED_KEYS.items():
-    for k in list(sub):
-      if added == k:
-        if sub[k] == default:
-          del sub[k]
-      elif added.startswith(k + ".") and isinstance(sub[k], dict):
-        *path, leaf = added[len(k) + 1:].split(".")
-        node = sub[k]
-        for part in path:
-          node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-          del node[leaf]
+    *path, leaf = added.split(".")
+    node: Any = d
+    for part in path:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf in node and node[leaf] == default:
+      del node[leaf]
 
 
 def _config_section(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> dict[str, Any]:
   d = cfg.to_dict()
+  _drop_added_defaults(d)
   sub = {}
   for k in keys:  # "a" or a dotted path "a.b"
     v: object = d
     for part in k.split("."):
       v = v.get(part) if isinstance(v, dict) else None
     sub[k] = v
-  sub = json.loads(json.dumps(sub, sort_keys=True, default=str))
-  _drop_added_defaults(sub)
-  return sub
+  return json.loads(json.dumps(sub, sort_keys=True, default=str))
 
 
 def config_digest(cfg: ml_collections.ConfigDict, keys: Sequence[str]) -> str:

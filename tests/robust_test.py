@@ -216,16 +216,22 @@ def test_stack_discrepancy_setting_is_checked_and_reported():
     fit.fit_surface(runs, "loss", config=_cfg(stack_discrepancy="gp"))
 
 
+def _restacked(s: robust.StackedSurface, disc=None, x_bounds=None
+               ) -> robust.StackedSurface:
+  """The stack `s` with another discrepancy (default: its own) and covariate bounds."""
+  return robust.StackedSurface(
+      s.members, s.weights, s.scale, s.level_S, s.disc if disc is None else disc,
+      x_bounds, domains=s.domains, features=s.features, outcome=s.outcome,
+      maximize=s.maximize, support_stats=s.support_stats, info=s.info)
+
+
 def test_stack_discrepancy_adds_to_every_draw_and_is_saved(tmp_path):
   s = _stack()
   _, runs = _world_runs()
   d = len(s.domains)
   disc = discrepancy.draw_weights(discrepancy.features(d, 0.3, seed=0), 0.05,
                                   len(s.level_S), d, seed=0)
-  t = robust.StackedSurface(s.members, s.weights, s.scale, s.level_S, disc,
-                            domains=s.domains, features=s.features, outcome=s.outcome,
-                            maximize=s.maximize, support_stats=s.support_stats,
-                            info=s.info)
+  t = _restacked(s, disc=disc)
   w, x = runs.W[:7], runs.X[0]
   n = t.n_draws
   delta = discrepancy.draws(*(np.asarray(a, np.float64) for a in disc), w, np.cos)
@@ -245,20 +251,14 @@ def test_stack_discrepancy_adds_to_every_draw_and_is_saved(tmp_path):
   assert np.all(np.isinf(old.x_bounds[0])) and np.all(np.isinf(old.x_bounds[1]))
   np.testing.assert_allclose(old.draws(w, x), s.draws(w, x), rtol=1e-6, atol=1e-7)
   with pytest.raises(ValueError, match="discrepancy frequencies have 3 columns"):
-    robust.StackedSurface(s.members, s.weights, s.scale, s.level_S,
-                          (np.zeros((2, 3)), np.zeros(2), np.zeros((5, 2))),
-                          domains=s.domains, features=s.features, outcome=s.outcome,
-                          maximize=s.maximize, support_stats=s.support_stats)
+    _restacked(s, disc=(np.zeros((2, 3)), np.zeros(2), np.zeros((5, 2))))
 
 
 def test_clipped_covariates_are_the_sweeps_range_for_the_members(tmp_path):
   s = _stack()
   _, runs = _world_runs()
   lo, hi = runs.X.min(0), runs.X.max(0)
-  t = robust.StackedSurface(s.members, s.weights, s.scale, s.level_S, s.disc, (lo, hi),
-                            domains=s.domains, features=s.features, outcome=s.outcome,
-                            maximize=s.maximize, support_stats=s.support_stats,
-                            info=s.info)
+  t = _restacked(s, x_bounds=(lo, hi))
   w = runs.W[:5]
   far = hi + 10.0 * (hi - lo + 1.0)  # every covariate far above the sweep's range
   np.testing.assert_allclose(t.draws(w, far), s.draws(w, hi), rtol=1e-6, atol=1e-7)

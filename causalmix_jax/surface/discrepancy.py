@@ -105,15 +105,17 @@ def _fit_sizes(e2: np.ndarray, v: np.ndarray, g: np.ndarray | None, n: np.ndarra
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-  """The fitted split of the contrast errors' variance: a v + b g(features)."""
+  """The fitted split of the contrast errors' variance: a v + b g (g of `features`)."""
   a: float
-  b: float
-  features: Features | None  # None: no discrepancy (b = 0)
-  candidates: dict[str, float]  # mean negative log pseudo-likelihood of each candidate
+  b: float = 0.0
+  features: Features | None = None  # None: no discrepancy (b = 0)
+  g_U: np.ndarray | None = None  # the unit discrepancy's variance of each contrast
+  # Mean negative log pseudo-likelihood of each candidate.
+  candidates: dict[str, float] = dataclasses.field(default_factory=dict)
 
-  def variance(self, v_U: np.ndarray, g_fn: Callable[[Features], np.ndarray]
-               ) -> np.ndarray:
-    return self.a * v_U + (0.0 if self.features is None else self.b * g_fn(self.features))
+  def variance(self, v_U: np.ndarray) -> np.ndarray:
+    """a v + b g of the contrasts the split was fitted on."""
+    return self.a * v_U + (0.0 if self.g_U is None else self.b * self.g_U)
 
   def info(self) -> dict[str, Any]:
     return {"lengthscale": None if self.features is None else self.features.lengthscale,
@@ -130,15 +132,16 @@ def fit(e2_U: np.ndarray, v_U: np.ndarray, noise_U: np.ndarray | None,
   v = np.maximum(np.asarray(v_U, np.float64), 1e-300)
   n = np.zeros_like(e2) if noise_U is None else np.asarray(noise_U, np.float64)
   a, b, nll = _fit_sizes(e2, v, None, n)
-  best, best_nll, candidates = Fit(a, 0.0, None, {}), nll, {"none": nll}
+  best, best_nll, candidates = Fit(a), nll, {"none": nll}
   dist = median_distance(w_NxD, seed)
   if dist > 0:
     for factor in LENGTHSCALE_FACTORS:
       feats = features(w_NxD.shape[1], factor * dist, seed)
-      a, b, nll = _fit_sizes(e2, v, np.asarray(g_fn(feats), np.float64), n)
+      g = np.asarray(g_fn(feats), np.float64)
+      a, b, nll = _fit_sizes(e2, v, g, n)
       candidates[f"{factor:g}x median distance"] = nll
       if b > 0 and nll < best_nll:
-        best, best_nll = Fit(a, b, feats, {}), nll
+        best, best_nll = Fit(a, b, feats, g), nll
   return dataclasses.replace(best, candidates=candidates)
 
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -375,43 +375,31 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
   return out
 
 
-STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration; the first is
-# the default, also for configs written before the key existed
+# Stack settings that name a choice: the options of each, the first the default (also for
+# configs written before the key existed).
+STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
+STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
+COVARIATE_EXTRAPOLATIONS = ("linear", "clip")  # surface.covariate_extrapolation
+
+
+def _choice(cfg, key: str, options: Sequence[str]) -> str:
+  """`surface.<key>`, its default the first option, checked (ValueError naming it)."""
+  value = str(cfg.get(key, options[0]))
+  if value not in options:
+    raise ValueError(f"surface.{key}: unknown {value!r}; known: {list(options)}")
+  return value
 
 
 def stack_calibration(cfg) -> str:
-  """`surface.stack_calibration`, checked (ValueError naming the key)."""
-  calibration = str(cfg.get("stack_calibration", STACK_CALIBRATIONS[0]))
-  if calibration not in STACK_CALIBRATIONS:
-    raise ValueError(f"surface.stack_calibration: unknown {calibration!r}; known: "
-                     f"{list(STACK_CALIBRATIONS)}")
-  return calibration
-
-
-STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy; the first is the
-# default, also for configs written before the key existed
+  return _choice(cfg, "stack_calibration", STACK_CALIBRATIONS)
 
 
 def stack_discrepancy(cfg) -> str:
-  """`surface.stack_discrepancy`, checked (ValueError naming the key)."""
-  setting = str(cfg.get("stack_discrepancy", STACK_DISCREPANCIES[0]))
-  if setting not in STACK_DISCREPANCIES:
-    raise ValueError(f"surface.stack_discrepancy: unknown {setting!r}; known: "
-                     f"{list(STACK_DISCREPANCIES)}")
-  return setting
-
-
-COVARIATE_EXTRAPOLATIONS = ("linear", "clip")  # surface.covariate_extrapolation; the
-# first is the default, also for configs written before the key existed
+  return _choice(cfg, "stack_discrepancy", STACK_DISCREPANCIES)
 
 
 def covariate_extrapolation(cfg) -> str:
-  """`surface.covariate_extrapolation`, checked (ValueError naming the key)."""
-  setting = str(cfg.get("covariate_extrapolation", COVARIATE_EXTRAPOLATIONS[0]))
-  if setting not in COVARIATE_EXTRAPOLATIONS:
-    raise ValueError(f"surface.covariate_extrapolation: unknown {setting!r}; known: "
-                     f"{list(COVARIATE_EXTRAPOLATIONS)}")
-  return setting
+  return _choice(cfg, "covariate_extrapolation", COVARIATE_EXTRAPOLATIONS)
 
 
 def check_config(method: str, cfg) -> None:

@@ -431,6 +431,13 @@ def _contrast_cells(data: _Data, folds: np.ndarray) -> tuple[np.ndarray, str]:
   return np.asarray(fold_cells).reshape(-1), "folds"
 
 
+def _cell_means(v_NxM: np.ndarray, cells_N: np.ndarray) -> np.ndarray:
+  """Mean of each column of v within each cell, n_cells x M."""
+  out = np.zeros((int(cells_N.max()) + 1, v_NxM.shape[1]))
+  np.add.at(out, cells_N, v_NxM)
+  return out / np.bincount(cells_N)[:, None]
+
+
 def _centre(v_N: np.ndarray, cells_N: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """v minus its mean within each cell (contrasts), and each row's cell size."""
   counts = np.bincount(cells_N)
@@ -573,15 +580,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
 
     def disc_var(feats):
       phi = feats(data.w)
-      return np.sum(np.stack([_centre(col, cells)[0] for col in phi.T], 1)[ok] ** 2,
-                    axis=1)
-  if fit_lib.stack_discrepancy(cfg) == "rff":
+      return np.sum((phi - _cell_means(phi, cells)[cells])[ok] ** 2, axis=1)
+  disc_setting = fit_lib.stack_discrepancy(cfg)
+  if disc_setting == "rff":
     split = discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
   else:
-    split = discrepancy.Fit(1.0, 0.0, None, {})
+    split = discrepancy.Fit(1.0)
   # One conformal factor on the fitted variance a v + b g: the members' spread gets
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
-  c = conformal_scale(err2, split.variance(var, disc_var), level, noise)
+  c = conformal_scale(err2, split.variance(var), level, noise)
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
   n_cells = int(cells.max()) + 1
@@ -590,9 +597,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   lvl_var = np.var(np.stack([np.bincount(cells, weights=d, minlength=n_cells)
                              for d in dev]) / counts, axis=0) * scale ** 2
   if split.features is not None:  # the discrepancy's share of a cell's mean error
-    phi = split.features(data.w)
-    cell_phi = np.stack([np.bincount(cells, weights=col, minlength=n_cells)
-                         for col in phi.T], 1) / counts[:, None]
+    cell_phi = _cell_means(split.features(data.w), cells)
     lvl_var = lvl_var + amplitude ** 2 * np.sum(cell_phi ** 2, axis=1)
   pure_cell = pure_var / counts if pe_dof > 0 else 0.0
   level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
@@ -608,7 +613,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
           "conformal_scale": scale, "discrepancy": {
               **split.info(), "amplitude": amplitude,
-              "setting": fit_lib.stack_discrepancy(cfg)}, "calibrated_on": (
+              "setting": disc_setting}, "calibrated_on": (
               f"{len(pi)} within-cell pairs" if len(pi)
               else f"{int(ok.sum())} runs against their cell means"),
           "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
@@ -620,10 +625,10 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "pool_calibration": scale}
   support = next((m.support_stats for m in members if m.info.get("method") == "dml"),
                  members[0].support_stats)
-  x_bounds = None
-  if fit_lib.covariate_extrapolation(cfg) == "clip" and len(runs.features):
-    x_bounds = (data.x.min(0), data.x.max(0))
   info["covariate_extrapolation"] = fit_lib.covariate_extrapolation(cfg)
+  x_bounds = None
+  if info["covariate_extrapolation"] == "clip" and len(runs.features):
+    x_bounds = (data.x.min(0), data.x.max(0))
   info["fit_seconds"] = time.time() - t0
   log.info("surface stack on y_%s: weights %s, conformal scale %.2f, discrepancy %.3g "
            "(lengthscale %s), level sd %.3g, %.1fs", data.name, info["weights"], scale,
