@@ -268,6 +268,20 @@ def test_econml_reported_skipped_when_absent(monkeypatch):
   assert "econml" in evaluation.summarise(rows)
 
 
+def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
+  seen = {}
+  monkeypatch.setattr(evaluation.fit_lib, "fit_surface",
+                      lambda runs, outcome, config=None: seen.update(config=config))
+  (ours,) = evaluation.default_methods(["ours"], {"covariate_extrapolation": "clip"})
+  ours.fit(None, "loss")
+  assert seen["config"].covariate_extrapolation == "clip"
+  assert seen["config"].stack_discrepancy == "none"  # the rest stays the default
+  with pytest.raises(ValueError, match="surface.stack_discrepancy: unknown 'gp'"):
+    evaluation.default_methods(["ours"], {"stack_discrepancy": "gp"})
+  with pytest.raises(ValueError, match="surface.nope is not a surface config key"):
+    evaluation.default_methods(["ours"], {"nope": "1"})
+
+
 def test_unknown_method_named():
   with pytest.raises(ValueError, match="unknown method"):
     evaluation.default_methods(["ours", "nope"])

@@ -267,10 +267,21 @@ def _ours_recommend(surface: Any, pool: Any, runs: Runs) -> np.ndarray:
   return optimise_recommend(surface, covariates=pool.x_F, constraints=limits)
 
 
-def _ours() -> Method:
-  """Our causal surface with the library defaults, recommended by `recommend`'s
-  default objective and method under the pool's token counts and budget."""
-  return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome),
+def _ours(settings: dict[str, str] | None = None) -> Method:
+  """Our causal surface with the library defaults (or with `settings`, surface config
+  keys to values, e.g. {"covariate_extrapolation": "clip"}), recommended by
+  `recommend`'s default objective and method under the pool's token counts and budget."""
+  if not settings:
+    return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome),
+                  _ours_predict, _ours_effect, _ours_recommend)
+  cfg = fit_lib.default_config()
+  for key, value in settings.items():
+    if key not in cfg:
+      raise ValueError(f"ours settings: surface.{key} is not a surface config key")
+    setattr(cfg, key, type(cfg[key])(value))
+  fit_lib.check_config(str(cfg.method), cfg)
+  return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome,
+                                                                  config=cfg),
                 _ours_predict, _ours_effect, _ours_recommend)
 
 
@@ -399,14 +410,16 @@ def econml_method() -> Method:
                 skipped=reason)
 
 
-def default_methods(include: Iterable[str] | None = None) -> list[Method]:
-  """The contenders by name (default: all of METHOD_NAMES, in that order)."""
+def default_methods(include: Iterable[str] | None = None,
+                    ours_settings: dict[str, str] | None = None) -> list[Method]:
+  """The contenders by name (default: all of METHOD_NAMES, in that order); "ours" with
+  the surface settings `ours_settings` (see `_ours`)."""
   names = METHOD_NAMES if include is None else tuple(include)
   unknown = [n for n in names if n not in METHOD_NAMES]
   if unknown:
     raise ValueError(f"unknown method(s) {unknown}; known: {list(METHOD_NAMES)}")
   builders: dict[str, Callable[[], Method]] = {
-      "ours": _ours,
+      "ours": lambda: _ours(ours_settings),
       "lightgbm": lambda: _lightgbm("lightgbm", True),
       "lightgbm_epochs": _lightgbm_epochs,
       "regmix": lambda: _lightgbm("regmix", False),

@@ -26,6 +26,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.seed = 0
   cfg.data_dir = ""  # empty: <repo>/../shared/data
   cfg.real = True
+  # Surface settings of "ours" other than the library defaults, as "key=value,...",
+  # e.g. "covariate_extrapolation=clip" or "stack_discrepancy=rff".
+  cfg.ours_surface = ""
 
   if arg == "smoke":
     cfg.worlds = tuple(worlds.WORLDS)[:2]

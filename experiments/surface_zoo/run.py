@@ -64,10 +64,29 @@ def _cached(path: pathlib.Path, settings: dict[str, Any]) -> list[dict[str, Any]
   return stored["rows"]
 
 
+def _ours_surface(cfg) -> dict[str, str]:
+  """--config.ours_surface="key=value,..." as a dict (ValueError naming a bad item)."""
+  out = {}
+  for item in filter(None, (i.strip() for i in str(cfg.ours_surface).split(","))):
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(f"--config.ours_surface: {item!r} is not key=value")
+    out[key.strip()] = value.strip()
+  return out
+
+
 def _world_settings(cfg, name: str) -> dict[str, Any]:
   return {"world": name, "methods": list(cfg.methods), "n_runs": cfg.n_runs,
           "n_pools": cfg.n_pools, "n_test_pools": cfg.n_test_pools,
-          "n_mixtures": cfg.n_mixtures, "seeds": cfg.seeds, "seed": cfg.seed}
+          "n_mixtures": cfg.n_mixtures, "seeds": cfg.seeds, "seed": cfg.seed,
+          **_surface_setting(cfg)}
+
+
+def _surface_setting(cfg) -> dict[str, Any]:
+  """The cache key's entry for non-default "ours" settings (none with the defaults, so
+  results stored before the setting existed stay valid)."""
+  settings = _ours_surface(cfg)
+  return {"ours_surface": settings} if settings else {}
 
 
 def main(argv: list[str]) -> None:
@@ -79,7 +98,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger(name).setLevel(logging.WARNING)
   cfg = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value)
-  methods = evaluation.default_methods(cfg.methods)
+  methods = evaluation.default_methods(cfg.methods, _ours_surface(cfg))
   rows: list[dict[str, Any]] = []
   for name in cfg.worlds:
     path = workdir / "worlds" / f"{name}.json"
@@ -97,7 +116,8 @@ def main(argv: list[str]) -> None:
     rows += world_rows
   if cfg.real:
     path = workdir / "real.json"
-    settings = {"data_dir": cfg.data_dir, "methods": list(cfg.methods)}
+    settings = {"data_dir": cfg.data_dir, "methods": list(cfg.methods),
+                **_surface_setting(cfg)}
     real_rows = _cached(path, settings)
     if real_rows is not None:
       logging.info("real sweeps: loaded from %s", path)
