@@ -216,12 +216,13 @@ def test_stack_discrepancy_setting_is_checked_and_reported():
     fit.fit_surface(runs, "loss", config=_cfg(stack_discrepancy="gp"))
 
 
-def _restacked(s: robust.StackedSurface, disc=None, x_bounds=None
+def _restacked(s: robust.StackedSurface, disc=None, x_bounds=None, hedge_S=None
                ) -> robust.StackedSurface:
-  """The stack `s` with another discrepancy (default: its own) and covariate bounds."""
+  """The stack `s` with another discrepancy (default: its own), covariate bounds and
+  extrapolation-gap draws."""
   return robust.StackedSurface(
       s.members, s.weights, s.scale, s.level_S, s.disc if disc is None else disc,
-      x_bounds, domains=s.domains, features=s.features, outcome=s.outcome,
+      x_bounds, hedge_S, domains=s.domains, features=s.features, outcome=s.outcome,
       maximize=s.maximize, support_stats=s.support_stats, info=s.info)
 
 
@@ -282,6 +283,51 @@ def test_clipped_covariates_are_the_sweeps_range_for_the_members(tmp_path):
   assert np.all(np.isinf(s.x_bounds[0])) and np.all(np.isinf(s.x_bounds[1]))
   with pytest.raises(ValueError, match="surface.covariate_extrapolation: unknown 'flat'"):
     fit.fit_surface(small, "loss", config=_cfg(covariate_extrapolation="flat"))
+
+
+def test_hedged_extrapolation_keeps_the_clipped_mean_and_widens(tmp_path):
+  s = _stack()
+  _, runs = _world_runs()
+  lo, hi = runs.X.min(0), runs.X.max(0)
+  clipped = _restacked(s, x_bounds=(lo, hi))
+  h_S = np.random.default_rng(5).standard_normal(len(s.level_S))
+  t = _restacked(s, x_bounds=(lo, hi), hedge_S=h_S)
+  w = runs.W[:6]
+  far = hi + 2.0 * (hi - lo + 1.0)
+  # Off the sweep's range: the clipped mean, the spread at the raw covariates, and h
+  # times the gap between the raw and the clipped stacked means.
+  raw_SxN, clip_N = s.draws(w, far), clipped.draws(w, far).mean(0)
+  gap_N = raw_SxN.mean(0) - clip_N
+  assert np.max(np.abs(gap_N)) > 0.01
+  n = t.n_draws
+  expected = (clip_N[None] + (raw_SxN - raw_SxN.mean(0))[:n]
+              + h_S[:n, None] * gap_N[None])
+  np.testing.assert_allclose(t.draws(w, far), expected, rtol=1e-5,
+                             atol=1e-5)  # h is kept in float32
+  # So its intervals are wider than the clipped ones and about as wide as the raw ones.
+  sd_N = np.std(t.draws(w, far), 0)
+  assert np.all(sd_N > np.std(clipped.draws(w, far), 0))
+  assert np.all(sd_N > 0.9 * np.std(raw_SxN, 0))
+  # Inside the range nothing changes.
+  inside = runs.X[3]
+  np.testing.assert_allclose(t.draws(w, inside), s.draws(w, inside), rtol=1e-6,
+                             atol=1e-7)
+  fn, params = t.sampler()
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, far)), t.draws(w, far),
+                             rtol=1e-4, atol=1e-5)
+  t.save(tmp_path / "t")
+  np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, far), t.draws(w, far),
+                             rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="hedge draws: 3, fewer than"):
+    _restacked(s, x_bounds=(lo, hi), hedge_S=np.zeros(3))
+  # The fit: the sweep's range, one standard normal per draw, said in the info.
+  small = runs.select(np.arange(64))
+  hedged = fit.fit_surface(small, "loss",
+                           config=_cfg(covariate_extrapolation="hedge"))
+  assert hedged.info["covariate_extrapolation"] == "hedge"
+  np.testing.assert_allclose(hedged.x_bounds[1], small.X.max(0), rtol=1e-6)
+  assert len(hedged.hedge_S) == len(hedged.level_S)
+  assert 0.5 < np.std(hedged.hedge_S) < 1.5
 
 
 def test_stack_is_a_calibrated_surface_on_new_pools():

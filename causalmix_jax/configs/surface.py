@@ -39,6 +39,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # through the tokens and budget). The support check still sees the raw covariates.
   # "clip" improves decisions on shifted pools, but its intervals do not widen with the
   # distance clipped away, so off-support coverage falls (experiments/surface_zoo).
+  # "hedge": the means clipped, the spread taken at the raw covariates, plus the gap
+  # between the two means times a standard normal per draw; its shifted-pool intervals
+  # cover, but the safe objective then falls back to uniform more often, which costs
+  # regret on the zoo and on the shift study's real text.
   c.covariate_extrapolation = "linear"
   # Posterior draws each stack member keeps (the optimiser scores every candidate on
   # every draw; 256 draws put the 5% and 95% quantiles within ~1.5 percentage points).

@@ -379,7 +379,7 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
 # configs written before the key existed).
 STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
 STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
-COVARIATE_EXTRAPOLATIONS = ("linear", "clip")  # surface.covariate_extrapolation
+COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:

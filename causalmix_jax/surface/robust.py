@@ -103,15 +103,20 @@ class ScalingSurface(SurfaceBase):
 
 
 class StackedSurface(SurfaceBase):
-  """sum_k a_k [m_k + c (f_k - m_k)] + delta(w) + level: member draws f_k (means m_k)
-  stacked with weights a_k, their spread scaled by the conformal factor c, a smooth
-  discrepancy of the mixture per draw (`discrepancy.py`; none when `disc` is empty),
-  and a pool-level shift per draw (zero mean; the same for every mixture of a pool)."""
+  """sum_k a_k [m_k + c (f_k - m_k)] + delta(w) + level + h g(w): member draws f_k
+  (means m_k) stacked with weights a_k, their spread scaled by the conformal factor c,
+  a smooth discrepancy of the mixture per draw (`discrepancy.py`; none when `disc` is
+  empty) and a pool-level shift per draw (zero mean; the same for every mixture of a
+  pool). The means m_k see the covariates clipped to `x_bounds`. With `hedge_S` given,
+  the spread f_k - m_k is the one at the raw covariates, and the extrapolation gap g(w)
+  (the stacked means at the raw covariates minus those at the clipped ones; zero inside
+  the bounds) enters times a standard normal h per draw."""
 
   def __init__(self, members: Sequence[SurfaceBase], weights: Sequence[float],
                scale: float, level_S: np.ndarray,
                disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-               x_bounds: tuple[np.ndarray, np.ndarray] | None = None, **kw):
+               x_bounds: tuple[np.ndarray, np.ndarray] | None = None,
+               hedge_S: np.ndarray | None = None, **kw):
     super().__init__(**kw)
     # The members see covariates clipped to these bounds (surface.covariate_extrapolation
     # = "clip": the sweep's range); infinite bounds leave them as they are.
@@ -122,6 +127,12 @@ class StackedSurface(SurfaceBase):
     self.weights = np.asarray(weights, np.float64)
     self.scale = float(scale)
     self.level_S = np.asarray(level_S, np.float32)
+    # surface.covariate_extrapolation = "hedge": one standard normal per draw scales the
+    # gap between extrapolating the covariates and clipping them (empty: no gap term).
+    self.hedge_S = np.asarray(() if hedge_S is None else hedge_S, np.float32).reshape(-1)
+    if len(self.hedge_S) and len(self.hedge_S) < len(self.level_S):
+      raise ValueError(f"hedge draws: {len(self.hedge_S)}, fewer than the "
+                       f"{len(self.level_S)} level draws")
     if disc is None:
       disc = discrepancy.draw_weights(None, 0.0, len(self.level_S), len(self.domains),
                                       0)
@@ -132,11 +143,16 @@ class StackedSurface(SurfaceBase):
     fns = tuple(m.sampler()[0] for m in self.members)
     n = min([m.n_draws for m in self.members] + [len(self.level_S), len(self.disc[2])])
 
+    hedged = bool(len(self.hedge_S))
+
     def fn(params, w_NxD, x_F):
       omega, b, z = params["disc"]
-      x_F = jnp.clip(x_F, *params["x_bounds"])
-      return (_combine([f(p, w_NxD, x_F)[:n] for f, p in zip(fns, params["members"])],
-                       params["weights"], params["scale"], params["level_S"][:n])
+      x_c = jnp.clip(x_F, *params["x_bounds"])
+      member_draws = [f(p, w_NxD, x_c)[:n] for f, p in zip(fns, params["members"])]
+      raw = ([f(p, w_NxD, x_F)[:n] for f, p in zip(fns, params["members"])] if hedged
+             else None)
+      return (_combine(member_draws, params["weights"], params["scale"],
+                       params["level_S"][:n], raw, params["hedge_S"][:n])
               + discrepancy.draws(omega, b, z[:n], w_NxD, jnp.cos))
 
     self._fn = fn
@@ -147,7 +163,8 @@ class StackedSurface(SurfaceBase):
               "weights": jnp.asarray(self.weights, jnp.float32),
               "scale": jnp.float32(self.scale), "level_S": jnp.asarray(self.level_S),
               "disc": tuple(jnp.asarray(a) for a in self.disc),
-              "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
+              "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds),
+              "hedge_S": jnp.asarray(self.hedge_S)}
     return self._fn, params
 
   @property
@@ -157,11 +174,17 @@ class StackedSurface(SurfaceBase):
   def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
             budget: float | None = None) -> np.ndarray:
     omega, b, z = (np.asarray(a, np.float64) for a in self.disc)
+    x_c = x
     if x is not None and len(self.features):
-      x = np.clip(self._x(x), *(np.asarray(a, np.float64) for a in self.x_bounds))
-    return (_combine([m.draws(w, x, tokens=tokens, budget=budget)[:self._n]
-                      for m in self.members], self.weights, self.scale,
-                     np.asarray(self.level_S[:self._n], np.float64))
+      x_c = np.clip(self._x(x), *(np.asarray(a, np.float64) for a in self.x_bounds))
+    member_draws = [m.draws(w, x_c, tokens=tokens, budget=budget)[:self._n]
+                    for m in self.members]
+    raw = None
+    if len(self.hedge_S) and x is not None and len(self.features):
+      raw = [m.draws(w, x, tokens=tokens, budget=budget)[:self._n] for m in self.members]
+    return (_combine(member_draws, self.weights, self.scale,
+                     np.asarray(self.level_S[:self._n], np.float64), raw,
+                     np.asarray(self.hedge_S[:self._n], np.float64))
             + discrepancy.draws(omega, b, z[:self._n], self._w(w), np.cos))
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
@@ -173,7 +196,7 @@ class StackedSurface(SurfaceBase):
     artifacts.write_npz(directory / "posterior.npz", level_S=self.level_S,
                         disc_omega_MxD=self.disc[0], disc_b_M=self.disc[1],
                         disc_z_SxM=self.disc[2], x_lo_F=self.x_bounds[0],
-                        x_hi_F=self.x_bounds[1])
+                        x_hi_F=self.x_bounds[1], hedge_S=self.hedge_S)
     return artifacts.write_json(directory / "surface.json", {
         **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale})
@@ -184,12 +207,21 @@ class StackedSurface(SurfaceBase):
             f"weights={np.round(self.weights, 3).tolist()}, scale={self.scale:.2f})")
 
 
-def _combine(draws_K: Sequence[Any], weights_K: Any, scale: Any, level_S: Any) -> Any:
-  """sum_k a_k [m_k + c (f_k - m_k)] + level, S x N; NumPy or jax.numpy arrays alike."""
+def _combine(draws_K: Sequence[Any], weights_K: Any, scale: Any, level_S: Any,
+             raw_K: Sequence[Any] | None = None, hedge_S: Any = None) -> Any:
+  """sum_k a_k [m_k + c (f_k - m_k)] + level, S x N; NumPy or jax.numpy arrays alike.
+
+  With `raw_K` (the members' draws at the raw covariates, `draws_K` being those at the
+  clipped ones), the spread f_k - m_k is raw_k's, and h_s times the gap between the
+  stacked means of raw_K and draws_K is added: the mean stops at the sweep's range
+  while the intervals keep widening as if the covariates' trends went on."""
   out = level_S[:, None]
-  for d, a in zip(draws_K, weights_K):
+  for k, (d, a) in enumerate(zip(draws_K, weights_K)):
     m = d.mean(0, keepdims=True)
-    out = out + a * (m + scale * (d - m))
+    spread = d if raw_K is None else raw_K[k]
+    out = out + a * (m + scale * (spread - spread.mean(0, keepdims=True)))
+    if raw_K is not None:
+      out = out + a * hedge_S[:, None] * (raw_K[k].mean(0, keepdims=True) - m)
   return out
 
 
@@ -225,8 +257,9 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
             if "disc_z_SxM" in z.files else None)
     # ... and their members extrapolate the covariates as they are.
     bounds = (z["x_lo_F"], z["x_hi_F"]) if "x_lo_F" in z.files else None
+    hedge = z["hedge_S"] if "hedge_S" in z.files else None
   return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
-                        **kw)
+                        hedge, **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -626,9 +659,11 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   support = next((m.support_stats for m in members if m.info.get("method") == "dml"),
                  members[0].support_stats)
   info["covariate_extrapolation"] = fit_lib.covariate_extrapolation(cfg)
-  x_bounds = None
-  if info["covariate_extrapolation"] == "clip" and len(runs.features):
+  x_bounds = hedge = None
+  if info["covariate_extrapolation"] != "linear" and len(runs.features):
     x_bounds = (data.x.min(0), data.x.max(0))
+    if info["covariate_extrapolation"] == "hedge":
+      hedge = np.random.default_rng([seed, 19]).standard_normal(n)
   info["fit_seconds"] = time.time() - t0
   log.info("surface stack on y_%s: weights %s, conformal scale %.2f, discrepancy %.3g "
            "(lengthscale %s), level sd %.3g, %.1fs", data.name, info["weights"], scale,
@@ -637,7 +672,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         level_sd * rng.standard_normal(n),
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
-                        x_bounds,
+                        x_bounds, hedge,
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
