@@ -116,7 +116,8 @@ PROCESS_0_STAGES = frozenset({"pool", "reference", "design", "fit", "optimise", 
 # studies computed. At that value a key is left out of a stage's config section, so a
 # stage built before the key existed stays up to date; any other value makes it stale.
 ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
-                              "surface.covariate_extrapolation": "linear"}
+                              "surface.covariate_extrapolation": "linear",
+                              "optimise.off_support": "uniform"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

@@ -280,6 +280,19 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
     evaluation.default_methods(["ours"], {"stack_discrepancy": "gp"})
   with pytest.raises(ValueError, match="surface.nope is not a surface config key"):
     evaluation.default_methods(["ours"], {"nope": "1"})
+  # off_support goes to recommend, not to the surface config.
+  asked = {}
+  monkeypatch.setattr(evaluation, "optimise_recommend",
+                      lambda surface, **kw: asked.update(kw))
+  pool = types.SimpleNamespace(tokens_D=None, budget=None, x_F=np.zeros(2))
+  (ours,) = evaluation.default_methods(["ours"], {"off_support": "anchors"})
+  ours.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
+  assert asked["off_support"] == "anchors"
+  (plain,) = evaluation.default_methods(["ours"])
+  plain.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
+  assert asked["off_support"] == "uniform"
+  with pytest.raises(ValueError, match="off_support: unknown 'best'"):
+    evaluation.default_methods(["ours"], {"off_support": "best"})
 
 
 def test_unknown_method_named():

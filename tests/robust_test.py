@@ -467,6 +467,36 @@ def test_safe_objective_stays_in_the_swept_range_and_beats_its_anchors():
     assert d.hi[0] <= 1e-6
 
 
+def test_safe_objective_off_support_can_compare_with_every_anchor():
+  world, runs = _world_runs()
+  s = _stack()
+  pool = world.shifted_pools(1, seed=2)[0]
+  order = [world.domains.index(d) for d in s.domains]
+  tokens = pool.tokens_D[order]
+  cons = {"tokens": dict(zip(s.domains, tokens)), "budget_tokens": pool.budget}
+  x = dict(zip(world.features, pool.x_F))
+  kw = dict(covariates=x, constraints=cons, n_candidates=256, n_starts=4, n_steps=20)
+  rec = recommend(s, off_support="anchors", **kw)
+  check = rec.diagnostics["safe_check"]
+  assert check["ran"] and check["fallback"] == "anchors"
+  # The pick's worst upper bound against the anchors is the one recorded, and no
+  # anchor (uniform included) has a lower one.
+  anchors = np.concatenate([np.asarray(s.support_stats["best_w"]),
+                            np.full((1, len(s.domains)), 1 / len(s.domains))])
+
+  def worst(w_D):
+    d = s.cate(np.repeat(w_D[None], len(anchors), 0), anchors, x, tokens=tokens,
+               budget=pool.budget, ci=0.9)
+    return float(np.max(d.hi))
+
+  w = np.array([rec.weights[d] for d in s.domains])
+  assert worst(w) == pytest.approx(check["anchor_difference_upper_bound"], abs=0.02)
+  assert worst(w) <= min(worst(a) for a in anchors) + 0.02
+  assert recommend(s, **kw).diagnostics["safe_check"]["fallback"] == "uniform"
+  with pytest.raises(ValueError, match="off_support: unknown 'best'"):
+    recommend(s, off_support="best", **kw)
+
+
 def test_stack_calibrates_across_pools_when_each_pool_has_one_mixture():
   """One mixture per pool state (seed replicates only): contrasts within a pool would
   be pure noise against a zero prediction, so the stack takes them across the held-out

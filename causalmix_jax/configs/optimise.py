@@ -13,6 +13,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # (alias "lcb": the risk-averse end of the `ci` credible interval, the upper one for a
   # loss, without the cap) | "pi" (probability of improving on the reference).
   c.objective = "safe"
+  # What "safe" does off the sweep's support: "uniform" (the pick must beat uniform at
+  # the paired bound, else the candidate closest to doing so: usually uniform) |
+  # "anchors" (the candidate whose worst paired bound against the sweep's best-known
+  # mixtures and uniform is lowest; see optimise/recommend.py).
+  c.off_support = "uniform"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

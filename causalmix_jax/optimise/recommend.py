@@ -22,6 +22,8 @@ from causalmix_jax.recommendation import Improvement, Interval, Recommendation
 log = logging.getLogger(__name__)
 
 METHODS = ("S", "A")
+# What the safe objective compares a pick with off the sweep's support (`off_support`).
+OFF_SUPPORT = ("uniform", "anchors")
 
 # surface -> its sampler function. A surface may build a fresh closure or partial in
 # each sampler() call; reusing the first one keeps jit's cache warm across calls (the
@@ -267,7 +269,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               objective: str = "safe", method: str = "S", *, ci: float = 0.9,
               outcome_weights: Sequence[float] | Mapping[str, float] | None = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
-              n_steps: int = 300) -> Recommendation:
+              n_steps: int = 300, off_support: str = "uniform") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -289,6 +291,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     off the support the pick moves away from uniform only with that confidence: when
     the intervals hold, it is not worse than uniform. Off the sweep's covariate support the surface's
     intervals widen, and the pick stays closer to uniform.
+  off_support: what "safe" does off the support. "uniform" (default): the check above.
+    "anchors": the pick is the candidate whose largest upper (1+ci)/2 bound of its
+    paired difference to any anchor (the sweep's best-known mixtures and uniform) is
+    lowest, so it may be worse than uniform by at most what uniform may be worse than
+    the best anchor.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
   n_candidates (>= 1), n_starts (>= 1), n_steps (>= 0): the search's size; seed >= 0.
@@ -304,6 +311,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       raise ValueError(f"surfaces disagree on domains: {domains} vs {list(s.domains)}")
   safe = str(objective).lower() == "safe"
   objective = "bound" if safe else search.canonical_objective(objective)
+  if off_support not in OFF_SUPPORT:
+    raise ValueError(f"off_support: unknown {off_support!r}; known: {list(OFF_SUPPORT)}")
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
@@ -381,6 +390,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     w_s, _ = search.search_s(prob, settings, params, xs, coefs, jnp.asarray(cand), ref_j,
                              lo_j, hi_j, c_j, radius)
     pool_w.insert(0, np.asarray(w_s))
+  n_searched = sum(len(a) for a in pool_w)
   cands = np.concatenate(pool_w + [anchors, fs.ref[None]]).astype(np.float64)
   jax.block_until_ready(theta)
   search_seconds = time.time() - t_search
@@ -420,10 +430,28 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     reasons = _off_support_reasons(supports)
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
+                  "fallback": off_support,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
                   "bound_pick_difference_to_uniform_upper_bound":
                       s_out * float(contrast_ub[best])}
-    if replaced:
+    if reasons and off_support == "anchors":
+      # Minimax against the anchors: each candidate's worst upper bound of its paired
+      # difference to an anchor (uniform's draws are the last anchor column).
+      z_a = np.concatenate([z_w[:, n_searched:n_searched + len(anchors) - 1],
+                            z_uni[:, None]], 1) if len(anchors) else z_uni[:, None]
+      worst = np.max(np.quantile(z_w[:, :, None] - z_a[:, None, :], 0.5 * (1 + ci),
+                                 axis=0), axis=1)
+      pick = int(np.argmin(np.round(worst, 12)))
+      replaced = pick != best
+      safe_check.update(replaced=replaced,
+                        anchor_difference_upper_bound=s_out * float(worst[pick]))
+      if replaced:
+        log.info("safe objective: %s; the candidate whose largest %.0f%% upper bound "
+                 "of its paired difference to an anchor is lowest (%+.4g) replaces the "
+                 "lowest-bound pick", "; ".join(reasons), 100 * 0.5 * (1 + ci),
+                 s_out * float(worst[pick]))
+      best = pick
+    elif replaced:
       best = int(np.argmin(np.round(contrast_ub, 12)))
       log.info("safe objective: %s; the lowest-bound pick's paired difference to "
                "uniform has %.0f%% upper bound %+.4g, not below 0, so the candidate with "

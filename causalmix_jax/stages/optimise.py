@@ -57,7 +57,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       constraints=settings.constraints_from_config(oc, domains, tokens, budget),
       objective=str(oc.objective), method=str(oc.method), ci=float(oc.ci),
       outcome_weights=list(weights.values()) or None, seed=int(cfg.seed),
-      n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts), n_steps=int(oc.n_steps))
+      n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts), n_steps=int(oc.n_steps),
+      off_support=str(oc.get("off_support", "uniform")))
   path = rec.write(study.path(study_lib.MIXTURE_JSON).parent)
   writer = MetricsWriter(path.parent / "metrics.jsonl")
   writer.write(event="recommend", method=rec.method, objective=rec.objective,

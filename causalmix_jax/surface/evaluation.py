@@ -11,6 +11,7 @@ by name, as `Runs` stores them); the harness maps them to and from the world's o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import logging
 import math
@@ -26,6 +27,7 @@ import pandas as pd
 
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.optimise import constraints as cons
+from causalmix_jax.optimise.recommend import OFF_SUPPORT
 from causalmix_jax.optimise.recommend import recommend as optimise_recommend
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import baselines
@@ -257,23 +259,32 @@ def _ours_effect(surface: Any, w_NxD: np.ndarray, w_ref_D: np.ndarray,
                       budget=pool.budget)
 
 
-def _ours_recommend(surface: Any, pool: Any, runs: Runs) -> np.ndarray:
+def _ours_recommend(surface: Any, pool: Any, runs: Runs,
+                    off_support: str = "uniform") -> np.ndarray:
   del runs
   limits: dict[str, Any] = {}
   if pool.tokens_D is not None:
     limits["tokens"] = dict(zip(surface.domains, np.asarray(pool.tokens_D).tolist()))
   if pool.budget is not None:
     limits["budget_tokens"] = float(pool.budget)
-  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits)
+  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits,
+                            off_support=off_support)
 
 
 def _ours(settings: dict[str, str] | None = None) -> Method:
   """Our causal surface with the library defaults (or with `settings`, surface config
-  keys to values, e.g. {"covariate_extrapolation": "clip"}), recommended by
-  `recommend`'s default objective and method under the pool's token counts and budget."""
+  keys to values, e.g. {"covariate_extrapolation": "clip"}, and "off_support", passed
+  to `recommend`), recommended by `recommend`'s default objective and method under the
+  pool's token counts and budget."""
+  settings = dict(settings or {})
+  off_support = settings.pop("off_support", "uniform")
+  if off_support not in OFF_SUPPORT:
+    raise ValueError(f"ours settings: off_support: unknown {off_support!r}; known: "
+                     f"{list(OFF_SUPPORT)}")
+  rec = functools.partial(_ours_recommend, off_support=off_support)
   if not settings:
     return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome),
-                  _ours_predict, _ours_effect, _ours_recommend)
+                  _ours_predict, _ours_effect, rec)
   cfg = fit_lib.default_config()
   for key, value in settings.items():
     if key not in cfg:
@@ -282,7 +293,7 @@ def _ours(settings: dict[str, str] | None = None) -> Method:
   fit_lib.check_config(str(cfg.method), cfg)
   return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome,
                                                                   config=cfg),
-                _ours_predict, _ours_effect, _ours_recommend)
+                _ours_predict, _ours_effect, rec)
 
 
 def _lightgbm(name: str, use_covariates: bool) -> Method:
