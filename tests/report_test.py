@@ -486,6 +486,14 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
           "sweep's range (a, b)): the lowest-bound mixture's difference to uniform has "
           "upper bound 0.0125, not below 0, so the candidate with the lowest such bound "
           "was taken (uniform itself)") in md
+  mix["diagnostics"]["safe_check"].update(fallback="anchors", took_uniform=False,
+                                          anchor_difference_upper_bound=-0.004)
+  path.write_text(json.dumps(mix))
+  assert ("safe check against the anchors (ran because y_loss: 2 covariate(s) outside "
+          "the sweep's range (a, b)): the candidate with the lowest worst-case upper "
+          "bound against the sweep's best-known mixtures and uniform (-0.004) replaced "
+          "the lowest-bound mixture (another candidate)") in report_stage.run(
+              cfg, wd).read_text()
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()
