@@ -267,8 +267,9 @@ def _ours_recommend(surface: Any, pool: Any, runs: Runs,
     limits["tokens"] = dict(zip(surface.domains, np.asarray(pool.tokens_D).tolist()))
   if pool.budget is not None:
     limits["budget_tokens"] = float(pool.budget)
-  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits,
-                            off_support=off_support)
+  # recommend's own default unless another fallback is asked for.
+  extra = {} if off_support == OFF_SUPPORT[0] else {"off_support": off_support}
+  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits, **extra)
 
 
 def _ours(settings: dict[str, str] | None = None) -> Method:
