@@ -255,6 +255,20 @@ def test_stack_discrepancy_adds_to_every_draw_and_is_saved(tmp_path):
     _restacked(s, disc=(np.zeros((2, 3)), np.zeros(2), np.zeros((5, 2))))
 
 
+def _same_inside_jitted_and_saved(t: robust.StackedSurface, s: robust.StackedSurface,
+                                  w, inside, far, tmp_path) -> None:
+  """`t` (a restacked `s`) equals `s` at in-range covariates, and its jitted sampler
+  and its saved-and-loaded copy give its own draws at the far-out ones."""
+  np.testing.assert_allclose(t.draws(w, inside), s.draws(w, inside), rtol=1e-6,
+                             atol=1e-7)
+  fn, params = t.sampler()
+  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, far)), t.draws(w, far),
+                             rtol=1e-4, atol=1e-5)
+  t.save(tmp_path / "t")
+  np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, far), t.draws(w, far),
+                             rtol=1e-6, atol=1e-7)
+
+
 def test_clipped_covariates_are_the_sweeps_range_for_the_members(tmp_path):
   s = _stack()
   _, runs = _world_runs()
@@ -264,15 +278,7 @@ def test_clipped_covariates_are_the_sweeps_range_for_the_members(tmp_path):
   far = hi + 10.0 * (hi - lo + 1.0)  # every covariate far above the sweep's range
   np.testing.assert_allclose(t.draws(w, far), s.draws(w, hi), rtol=1e-6, atol=1e-7)
   assert not np.allclose(s.draws(w, far), s.draws(w, hi))  # unclipped, they move
-  inside = runs.X[3]
-  np.testing.assert_allclose(t.draws(w, inside), s.draws(w, inside), rtol=1e-6,
-                             atol=1e-7)
-  fn, params = t.sampler()
-  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, far)), t.draws(w, far),
-                             rtol=1e-4, atol=1e-5)
-  t.save(tmp_path / "t")
-  np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, far), t.draws(w, far),
-                             rtol=1e-6, atol=1e-7)
+  _same_inside_jitted_and_saved(t, s, w, runs.X[3], far, tmp_path)
   # The fit sets the bounds to the sweep's range and says so; a bad value is named.
   small = runs.select(np.arange(64))
   clipped = fit.fit_surface(small, "loss", config=_cfg(covariate_extrapolation="clip"))
@@ -309,15 +315,7 @@ def test_hedged_extrapolation_keeps_the_clipped_mean_and_widens(tmp_path):
   assert np.all(sd_N > np.std(clipped.draws(w, far), 0))
   assert np.all(sd_N > 0.9 * np.std(raw_SxN, 0))
   # Inside the range nothing changes.
-  inside = runs.X[3]
-  np.testing.assert_allclose(t.draws(w, inside), s.draws(w, inside), rtol=1e-6,
-                             atol=1e-7)
-  fn, params = t.sampler()
-  np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, far)), t.draws(w, far),
-                             rtol=1e-4, atol=1e-5)
-  t.save(tmp_path / "t")
-  np.testing.assert_allclose(load_surface(tmp_path / "t").draws(w, far), t.draws(w, far),
-                             rtol=1e-6, atol=1e-7)
+  _same_inside_jitted_and_saved(t, s, w, runs.X[3], far, tmp_path)
   with pytest.raises(ValueError, match="hedge draws: 3, fewer than"):
     _restacked(s, x_bounds=(lo, hi), hedge_S=np.zeros(3))
   # The fit: the sweep's range, one standard normal per draw, said in the info.

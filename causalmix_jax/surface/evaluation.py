@@ -260,16 +260,15 @@ def _ours_effect(surface: Any, w_NxD: np.ndarray, w_ref_D: np.ndarray,
 
 
 def _ours_recommend(surface: Any, pool: Any, runs: Runs,
-                    off_support: str = "uniform") -> np.ndarray:
+                    **recommend_kw: Any) -> np.ndarray:
   del runs
   limits: dict[str, Any] = {}
   if pool.tokens_D is not None:
     limits["tokens"] = dict(zip(surface.domains, np.asarray(pool.tokens_D).tolist()))
   if pool.budget is not None:
     limits["budget_tokens"] = float(pool.budget)
-  # recommend's own default unless another fallback is asked for.
-  extra = {} if off_support == OFF_SUPPORT[0] else {"off_support": off_support}
-  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits, **extra)
+  return optimise_recommend(surface, covariates=pool.x_F, constraints=limits,
+                            **recommend_kw)
 
 
 def _ours(settings: dict[str, str] | None = None) -> Method:
@@ -278,11 +277,13 @@ def _ours(settings: dict[str, str] | None = None) -> Method:
   to `recommend`), recommended by `recommend`'s default objective and method under the
   pool's token counts and budget."""
   settings = dict(settings or {})
-  off_support = settings.pop("off_support", "uniform")
-  if off_support not in OFF_SUPPORT:
-    raise ValueError(f"ours settings: off_support: unknown {off_support!r}; known: "
-                     f"{list(OFF_SUPPORT)}")
-  rec = functools.partial(_ours_recommend, off_support=off_support)
+  recommend_kw = {}  # recommend's own defaults unless a setting names another
+  if "off_support" in settings:
+    recommend_kw["off_support"] = settings.pop("off_support")
+    if recommend_kw["off_support"] not in OFF_SUPPORT:
+      raise ValueError(f"ours settings: off_support: unknown "
+                       f"{recommend_kw['off_support']!r}; known: {list(OFF_SUPPORT)}")
+  rec = functools.partial(_ours_recommend, **recommend_kw)
   if not settings:
     return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome),
                   _ours_predict, _ours_effect, rec)
