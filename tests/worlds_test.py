@@ -26,8 +26,14 @@ def _sweep_pool_outcomes(world, n_pools=48):
   return runs, state, pools
 
 
+def _with_tokens(pool, tokens_D, kind="new"):
+  """The pool with other unique-token counts (and the covariates that follow them)."""
+  return worlds.Pool(x_F=np.concatenate([np.log(tokens_D / 1e9), pool.x_F[5:]]),
+                     tokens_D=tokens_D, budget=pool.budget, latent=pool.latent, kind=kind)
+
+
 def test_registry_and_interface():
-  assert len(worlds.WORLDS) >= 7
+  assert len(worlds.WORLDS) >= 10
   assert {"mixing_law", "data_constrained", "quality_transfer", "synergy", "threshold",
           "heavy_tail", "hidden"} <= set(worlds.WORLDS)
   for name, cls in worlds.WORLDS.items():
@@ -165,9 +171,7 @@ def test_data_constrained_value_depends_on_repetition():
   d = int(np.argmin(pool.tokens_D / world.typical_tokens_D))
   tokens = pool.tokens_D.copy()
   tokens[d] = world.typical_tokens_D[d]
-  restored = worlds.Pool(x_F=np.concatenate([np.log(tokens / 1e9), pool.x_F[5:]]),
-                         tokens_D=tokens, budget=pool.budget, latent=pool.latent,
-                         kind="new")
+  restored = _with_tokens(pool, tokens)
   assert world.best_mixture(pool)[d] < world.best_mixture(restored)[d] - 0.02
 
 
@@ -197,6 +201,63 @@ def test_heavy_tail_noise_is_heavy_and_heteroscedastic():
   # The default noise of the other worlds is Gaussian with noise_sd.
   g = worlds.make_world("synergy").noise(uniform, small, rng)
   assert abs(stats.kurtosis(g)) < 0.2 and np.std(g) == pytest.approx(0.01, rel=0.05)
+
+
+def test_held_out_worlds_are_registered_apart():
+  assert set(worlds.HELD_OUT_WORLDS) <= set(worlds.WORLDS)
+  assert len(set(worlds.WORLDS) - set(worlds.HELD_OUT_WORLDS)) == 7
+
+
+def test_repetition_harm_caps_a_small_domain():
+  world = worlds.make_world("repetition_harm", seed=0)
+  pool = world.new_pools(1)[0]
+  d = int(np.argmax(world.best_mixture(pool)))
+  scarce_D = pool.tokens_D.copy()
+  scarce_D[d] /= 20.0
+  scarce = _with_tokens(pool, scarce_D)
+  w_best = world.best_mixture(scarce)
+  assert w_best[d] < world.best_mixture(pool)[d] - 0.05
+  # Past the tolerance the loss rises with more of the domain; below it, it falls.
+  tolerance_w = world.tolerance_D[d] * scarce.tokens_D[d] / scarce.budget
+  def with_weight(x):
+    w = np.full(5, (1.0 - x) / 4)
+    w[d] = x
+    return world.outcome(w, scarce)[0]
+  assert with_weight(2.5 * tolerance_w) > with_weight(1.5 * tolerance_w)
+  assert with_weight(0.5 * tolerance_w) < with_weight(0.05 * tolerance_w)
+  np.testing.assert_allclose(world.epochs(np.eye(5)[d:d + 1], scarce)[0, d],
+                             scarce.budget / scarce.tokens_D[d])
+
+
+def test_natural_target_follows_the_pools_shares():
+  world = worlds.make_world("natural_target", seed=0)
+  pool = world.new_pools(1)[0]
+  np.testing.assert_allclose(world.target(pool).sum(), 1.0)
+  d = int(np.argmin(world.target(pool)))
+  rich_D = pool.tokens_D.copy()
+  rich_D[d] *= 30.0
+  rich = _with_tokens(pool, rich_D)
+  assert world.target(rich)[d] > world.target(pool)[d] + 0.2
+  assert world.best_mixture(rich)[d] > world.best_mixture(pool)[d] + 0.1
+
+
+def test_relative_quality_depends_on_the_other_domains():
+  world = worlds.make_world("relative_quality", seed=0)
+  pool = world.new_pools(1)[0]
+  q_D = world.quality(pool)
+  d = int(np.argmax(q_D))
+  others_up = q_D.copy()
+  others_up[np.arange(5) != d] = q_D[d]
+  # Domain d's own quality is unchanged; its relevance falls as the others catch up.
+  lifted = worlds.Pool(x_F=np.concatenate([pool.x_F[:5], others_up]),
+                       tokens_D=pool.tokens_D, budget=pool.budget,
+                       latent=np.concatenate([others_up, pool.latent[5:]]), kind="new")
+  assert world.relevance(lifted)[d] < world.relevance(pool)[d] - 0.05
+  assert world.best_mixture(lifted)[d] < world.best_mixture(pool)[d]
+  # The pool's size moves the relevance too (toward the domains with g_d > 0).
+  larger = _with_tokens(pool, pool.tokens_D * 8.0)
+  gainer = int(np.argmax(world.size_gain_D))
+  assert world.relevance(larger)[gainer] > world.relevance(pool)[gainer]
 
 
 def test_pool_validation():
