@@ -4,6 +4,7 @@ world with a closed-form oracle, plus the real-sweep adapters on the peer data."
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
 import types
@@ -458,3 +459,66 @@ def test_failures_are_recorded_not_raised():
   assert status[("new", "broken")] == "error: RuntimeError: no luck"
   assert status[("shifted", "nan")].startswith("error: ValueError: 40 of 40 predictions")
   assert status[("new", "my_uniform")] == "ok"
+
+
+def _replicate_rows(regrets_by_world, coverage):
+  rows = []
+  for world, regrets in regrets_by_world.items():
+    for split in evaluation.SPLITS:
+      for method, regret in zip(("ours", "lightgbm", "uniform"), regrets):
+        rows.append(evaluation._world_row(  # pylint: disable=protected-access
+            world, split, method, regret=regret,
+            effect_coverage90=coverage if method == "ours" else None))
+  return rows
+
+
+def test_replicates_count_cells_over_seeds():
+  by_seed = {0: _replicate_rows({"w1": (0.01, 0.02, 0.05), "w2": (0.06, 0.03, 0.05)}, 0.9),
+             3: _replicate_rows({"w1": (0.03, 0.02, 0.04), "w2": (0.02, 0.04, 0.05)}, 0.82)}
+  by_seed[3].append(evaluation._world_row(  # pylint: disable=protected-access
+      "w1", "new", "econml", status="skipped: econml not installed"))
+  rep = evaluation.replicates(by_seed)
+  assert rep["seeds"] == [0, 3] and rep["worlds"] == ["w1", "w2"]
+  new = rep["new"]
+  # Wins: w1/seed0 and w2/seed3; w2/seed0 is worse than uniform (0.06 > 0.05).
+  assert new["ours_le_best_baseline"] == "2/4"
+  assert new["ours_worse_than_uniform"] == "1/4"
+  assert new["ours_worse_than_uniform_cells"] == ["w2/seed0"]
+  assert new["regret_ours"] == pytest.approx(0.03)
+  assert new["regret_lightgbm"] == pytest.approx(0.0275)
+  assert new["regret_ratio_ours_over_lightgbm"] == pytest.approx(0.03 / 0.0275)
+  # 0.82 is outside [0.85, 0.95] on new pools and inside [0.80, 1.0] on shifted ones.
+  assert new["effect_coverage_in_target"] == "2/4"
+  assert new["effect_coverage_missed"] == ["w1/seed3 (0.820)", "w2/seed3 (0.820)"]
+  assert rep["shifted"]["effect_coverage_in_target"] == "4/4"
+  cell = rep["cells"]["w2/new"]
+  assert cell["regret"]["ours"] == {"0": 0.06, "3": 0.02}
+  assert cell["regret_mean"]["uniform"] == pytest.approx(0.05)
+  assert cell["regret_mean"]["econml"] is None
+  text = evaluation.summarise_replicates(by_seed)
+  assert "Seeds: 0, 3." in text
+  assert "| w2 | 0.0400 (0.060, 0.020) | 0.0350 (0.030, 0.040) |" in text
+  assert "- ours worse than uniform on 1/4 cells: w2/seed0" in text
+  with pytest.raises(ValueError, match="at least one seed"):
+    evaluation.replicates({})
+
+
+def test_replicates_script_merges_runs_of_one_seed_and_names_duplicates(tmp_path):
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from experiments.surface_zoo import replicates  # pylint: disable=import-outside-toplevel
+  def write(name, seed, rows):
+    path = tmp_path / name
+    path.write_text(json.dumps({"config": {"seed": seed}, "headline": {}, "rows": rows}))
+    return str(path)
+  a = write("a.json", 1, _replicate_rows({"w1": (0.01, 0.02, 0.05)}, 0.9))
+  b = write("b.json", 1, _replicate_rows({"w2": (0.01, 0.02, 0.05)}, 0.9))
+  c = write("c.json", 2, _replicate_rows({"w1": (0.01, 0.02, 0.05)}, 0.9))
+  by_seed = replicates.load([a, b, c])
+  assert sorted(by_seed) == [1, 2] and len(by_seed[1]) == 12 and len(by_seed[2]) == 6
+  with pytest.raises(ValueError, match="w1/new/ours at seed 1 is in both .*a.json and "
+                     ".*a.json"):
+    replicates.load([a, a])
+  bad = tmp_path / "bad.json"
+  bad.write_text("{}")
+  with pytest.raises(ValueError, match="bad.json: not a surface-zoo results.json"):
+    replicates.load([str(bad)])

@@ -20,7 +20,7 @@ import tempfile
 import time
 import warnings
 import zlib
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -961,4 +961,112 @@ def summarise(rows: Sequence[dict[str, Any]]) -> str:
         band.append(f"{m} " + ", ".join(cells))
     parts.append(f"- coverage in [{lo:.2f}, {hi:.2f}] (nominal {CI:.2f}), (world, split) "
                  "cells: " + ("; ".join(band) if band else "none"))
+  return "\n".join(parts).rstrip() + "\n"
+
+
+# -- replicates: the zoo re-drawn at other world seeds -----------------------------------
+# The issue's bands for 90% effect intervals: 85-95% on new pools, at least 80% shifted.
+TARGET_EFFECT_COVERAGE = {"new": (0.85, 0.95), "shifted": (0.80, 1.0)}
+
+
+def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str, Any]:
+  """Figures over world seeds (each seed re-draws every world's parameters, sweep and
+  pools): per (world, split), each method's regret per seed and its mean; ours' wins
+  against the best baseline and losses against uniform as counts of (world, seed)
+  cells; ours' effect coverage per cell against TARGET_EFFECT_COVERAGE; the mean
+  regret of ours and LightGBM over every cell. Only rows with status "ok" count."""
+  if not rows_by_seed:
+    raise ValueError("replicates needs the rows of at least one seed")
+  seeds = sorted(rows_by_seed)
+  index = {s: _world_index([r for r in rows_by_seed[s] if "world" in r]) for s in seeds}
+  all_rows = [r for s in seeds for r in rows_by_seed[s] if "world" in r]
+  worlds, methods = _unique(r["world"] for r in all_rows), _unique(r["method"]
+                                                                 for r in all_rows)
+  cells: dict[str, Any] = {}
+  out: dict[str, Any] = {"seeds": seeds, "worlds": worlds, "methods": methods}
+  for split in SPLITS:
+    wins = n = worse = covered = n_cov = 0
+    worse_cells, missed_cells = [], []
+    ours_all, lgbm_all = [], []
+    lo, hi = TARGET_EFFECT_COVERAGE[split]
+    for w in worlds:
+      per_method = {m: {s: _ok(index[s].get((w, split, m)), "regret") for s in seeds}
+                    for m in methods}
+      coverage = {s: _ok(index[s].get((w, split, "ours")), "effect_coverage90")
+                  for s in seeds}
+      for s in seeds:
+        ours = per_method.get("ours", {}).get(s)
+        others = [per_method[m][s] for m in methods if m != "ours"
+                  and per_method[m][s] is not None]
+        if ours is not None and others:
+          n += 1
+          wins += ours <= min(others) + 1e-12
+        uni = per_method.get("uniform", {}).get(s)
+        if ours is not None and uni is not None and ours > uni + 1e-12:
+          worse += 1
+          worse_cells.append(f"{w}/seed{s}")
+        lgbm = per_method.get("lightgbm", {}).get(s)
+        if ours is not None and lgbm is not None:
+          ours_all.append(ours)
+          lgbm_all.append(lgbm)
+        if coverage[s] is not None:
+          n_cov += 1
+          if lo <= coverage[s] <= hi:
+            covered += 1
+          else:
+            missed_cells.append(f"{w}/seed{s} ({coverage[s]:.3f})")
+      cells[f"{w}/{split}"] = {
+          "regret": {m: {str(s): v for s, v in per_method[m].items()} for m in methods},
+          "regret_mean": {m: _mean([v for v in per_method[m].values() if v is not None])
+                          for m in methods},
+          "ours_effect_coverage90": {str(s): v for s, v in coverage.items()}}
+    ratio = (float(np.mean(ours_all) / np.mean(lgbm_all))
+             if ours_all and np.mean(lgbm_all) > 0 else None)
+    out[split] = {"ours_le_best_baseline": f"{wins}/{n}",
+                  "ours_worse_than_uniform": f"{worse}/{n}",
+                  "ours_worse_than_uniform_cells": worse_cells,
+                  "regret_ours": _mean(ours_all), "regret_lightgbm": _mean(lgbm_all),
+                  "regret_ratio_ours_over_lightgbm": ratio,
+                  "effect_coverage_in_target": f"{covered}/{n_cov}",
+                  "effect_coverage_missed": missed_cells}
+  out["cells"] = cells
+  return out
+
+
+def summarise_replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> str:
+  """Markdown of `replicates`: per split, a worlds x methods table of regret (mean over
+  seeds, then each seed's value), ours' effect coverage per seed, then the counts."""
+  rep = replicates(rows_by_seed)
+  seeds, methods = rep["seeds"], rep["methods"]
+  parts: list[str] = [f"Seeds: {', '.join(str(s) for s in seeds)}.", ""]
+  for split in SPLITS:
+    parts += [f"## {split.capitalize()} pools", "",
+              "Regret, mean over seeds (per seed in brackets); ours' effect coverage:", ""]
+    body = []
+    for w in rep["worlds"]:
+      cell = rep["cells"][f"{w}/{split}"]
+      row = [w]
+      for m in methods:
+        per_seed = [cell["regret"][m][str(s)] for s in seeds]
+        row.append(f"{_fmt(cell['regret_mean'][m], '{:.4f}')} ("
+                   + ", ".join(_fmt(v, "{:.3f}") for v in per_seed) + ")")
+      row.append(", ".join(_fmt(cell["ours_effect_coverage90"][str(s)], "{:.2f}")
+                           for s in seeds))
+      body.append(row)
+    parts += _table(["world"] + methods + ["ours effect coverage"], body)
+    h = rep[split]
+    lo, hi = TARGET_EFFECT_COVERAGE[split]
+    parts += ["",
+              f"- ours at or below the best baseline on {h['ours_le_best_baseline']} "
+              "(world, seed) cells",
+              f"- ours worse than uniform on {h['ours_worse_than_uniform']} cells"
+              + (f": {', '.join(h['ours_worse_than_uniform_cells'])}"
+                 if h["ours_worse_than_uniform_cells"] else ""),
+              f"- mean regret: ours {_fmt(h['regret_ours'], '{:.4f}')}, lightgbm "
+              f"{_fmt(h['regret_lightgbm'], '{:.4f}')}, ratio "
+              f"{_fmt(h['regret_ratio_ours_over_lightgbm'], '{:.2f}')}",
+              f"- ours' effect coverage in [{lo:.2f}, {hi:.2f}] on "
+              f"{h['effect_coverage_in_target']} cells"
+              + (f"; outside: {', '.join(h['effect_coverage_missed'])}"
+                 if h["effect_coverage_missed"] else ""), ""]
   return "\n".join(parts).rstrip() + "\n"
