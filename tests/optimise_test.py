@@ -366,6 +366,19 @@ def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):
     optimise_stage.run(cfg, wd)
 
 
+
+@pytest.mark.parametrize("key,value", [("objective", "best"), ("method", "Z"),
+                                       ("off_support", "anchor")])
+def test_run_stage_names_a_bad_choice_before_reading_surfaces(tmp_path, monkeypatch, key,
+                                                              value):
+  def no_surface(d):
+    raise AssertionError("the surface was read before the config was checked")
+  monkeypatch.setattr(surface_lib, "load_surface", no_surface)
+  cfg = base.get_config("smoke")
+  cfg.optimise[key] = value
+  with pytest.raises(ValueError, match=rf"config key optimise\.{key}='{value}'"):
+    optimise_stage.run(cfg, _stage_workdir(tmp_path))
+
 def test_run_stage_multi_objective_reads_one_surface_per_outcome(tmp_path, monkeypatch):
   surfaces = {"loss_a": FakeSurface(n_domains=3, seed=5, outcome="loss_a"),
               "acc_b": FakeSurface(n_domains=3, seed=6, outcome="acc_b", maximize=True)}

@@ -12,14 +12,37 @@ import ml_collections
 from causalmix_jax import study as study_lib
 from causalmix_jax.metrics import MetricsWriter
 from causalmix_jax.optimise import constraints
+from causalmix_jax.optimise import search
 from causalmix_jax.optimise import settings
+from causalmix_jax.optimise.recommend import METHODS
+from causalmix_jax.optimise.recommend import OFF_SUPPORT
 from causalmix_jax.optimise.recommend import recommend
 
 log = logging.getLogger(__name__)
 
 
+def _check_choices(oc: ml_collections.ConfigDict) -> None:
+  """A ValueError naming the config key when optimise.objective, .method or
+  .off_support is not one `recommend` knows (checked before any surface is read)."""
+  objective = str(oc.objective)
+  if objective.lower() != "safe":
+    try:
+      search.canonical_objective(objective)
+    except ValueError as e:
+      raise ValueError(f"config key optimise.objective={objective!r}: {e}; or 'safe' "
+                       "(the default)") from None
+  if str(oc.method).upper() not in METHODS:
+    raise ValueError(f"config key optimise.method={oc.method!r} is not one of "
+                     f"{list(METHODS)}")
+  off_support = str(oc.get("off_support", "uniform"))
+  if off_support not in OFF_SUPPORT:
+    raise ValueError(f"config key optimise.off_support={off_support!r} is not one of "
+                     f"{list(OFF_SUPPORT)}")
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   study, oc = study_lib.Study(workdir), cfg.optimise
+  _check_choices(oc)
   weights = constraints.parse_domain_values(oc.outcome_weights, "optimise.outcome_weights")
   # The study's own outcome first (its surface sets the reference and support report).
   weights = dict(sorted(weights.items(), key=lambda kv: (
