@@ -117,7 +117,8 @@ PROCESS_0_STAGES = frozenset({"pool", "reference", "design", "fit", "optimise", 
 # stage built before the key existed stays up to date; any other value makes it stale.
 ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "surface.covariate_extrapolation": "linear",
-                              "optimise.off_support": "uniform"}
+                              "optimise.off_support": "uniform",
+                              "optimise.safe_score": "bound"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

@@ -295,6 +295,12 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
   assert "off_support" not in asked and set(asked) == {"covariates", "constraints"}
   with pytest.raises(ValueError, match="off_support: unknown 'best'"):
     evaluation.default_methods(["ours"], {"off_support": "best"})
+  asked.clear()
+  (mean,) = evaluation.default_methods(["ours"], {"safe_score": "mean"})
+  mean.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
+  assert asked["safe_score"] == "mean" and "off_support" not in asked
+  with pytest.raises(ValueError, match="safe_score: unknown 'median'"):
+    evaluation.default_methods(["ours"], {"safe_score": "median"})
 
 
 def test_unknown_method_named():

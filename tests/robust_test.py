@@ -495,6 +495,37 @@ def test_safe_objective_off_support_can_compare_with_every_anchor():
     recommend(s, off_support="best", **kw)
 
 
+
+def test_safe_objective_can_score_by_the_posterior_mean():
+  world, runs = _world_runs()
+  s = _stack()
+  pool = world.new_pools(1, seed=3)[0]
+  order = [world.domains.index(d) for d in s.domains]
+  tokens = pool.tokens_D[order]
+  cons = {"tokens": dict(zip(s.domains, tokens)), "budget_tokens": pool.budget}
+  x = dict(zip(world.features, pool.x_F))
+  kw = dict(covariates=x, constraints=cons, n_candidates=256, n_starts=4, n_steps=20)
+  by_mean = recommend(s, safe_score="mean", **kw)
+  by_bound = recommend(s, **kw)
+  assert by_mean.objective == by_bound.objective == "safe"
+  assert by_mean.diagnostics["safe_score"] == "mean"
+  assert by_bound.diagnostics["safe_score"] == "bound"
+  w_mean = np.array([by_mean.weights[d] for d in s.domains])
+  w_bound = np.array([by_bound.weights[d] for d in s.domains])
+  # The same region (the sweep's weight caps) ...
+  w_max = np.maximum(np.asarray(s.support_stats["w_max"]), s.w_ref)
+  assert np.all(w_mean <= w_max + 1e-6)
+  # ... and each pick is the better of the two by its own score.
+  p = s.predict(np.stack([w_mean, w_bound]), x, tokens=tokens, budget=pool.budget)
+  assert p.mean[0] <= p.mean[1] + 2e-3
+  assert p.hi[1] <= p.hi[0] + 2e-3
+  assert by_mean.objective_value == pytest.approx(by_mean.predicted.mean, abs=1e-6)
+  check = by_mean.diagnostics["safe_check"]
+  if check["ran"]:  # the off-support check applies to the mean pick too
+    assert by_mean.diagnostics["difference_to_uniform_upper_bound"] <= 1e-9
+  with pytest.raises(ValueError, match="safe_score: unknown 'median'"):
+    recommend(s, safe_score="median", **kw)
+
 def test_stack_calibrates_across_pools_when_each_pool_has_one_mixture():
   """One mixture per pool state (seed replicates only): contrasts within a pool would
   be pure noise against a zero prediction, so the stack takes them across the held-out

@@ -18,6 +18,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "anchors" (the candidate whose worst paired bound against the sweep's best-known
   # mixtures and uniform is lowest; see optimise/recommend.py).
   c.off_support = "uniform"
+  # What "safe" minimises inside its region: "bound" (the upper end of the interval) |
+  # "mean" (the posterior mean: the lowest expected loss). Cap, anchors and the
+  # off-support check are the same for both.
+  c.safe_score = "bound"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

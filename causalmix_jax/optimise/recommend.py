@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 METHODS = ("S", "A")
 # What the safe objective compares a pick with off the sweep's support (`off_support`).
 OFF_SUPPORT = ("uniform", "anchors")
+# What the safe objective minimises inside its region (`safe_score`).
+SAFE_SCORES = ("bound", "mean")
 
 # surface -> its sampler function. A surface may build a fresh closure or partial in
 # each sampler() call; reusing the first one keeps jit's cache warm across calls (the
@@ -269,7 +271,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               objective: str = "safe", method: str = "S", *, ci: float = 0.9,
               outcome_weights: Sequence[float] | Mapping[str, float] | None = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
-              n_steps: int = 300, off_support: str = "uniform") -> Recommendation:
+              n_steps: int = 300, off_support: str = "uniform",
+              safe_score: str = "bound") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -296,6 +299,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     paired difference to any anchor (the sweep's best-known mixtures and uniform) is
     lowest, so it may be worse than uniform by at most what uniform may be worse than
     the best anchor.
+  safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
+    of the interval, as above) or "mean" (the posterior mean loss, the pick with the
+    lowest expected loss under the posterior). The cap, the anchors and the
+    off-support check are the same for both.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
   n_candidates (>= 1), n_starts (>= 1), n_steps (>= 0): the search's size; seed >= 0.
@@ -310,7 +317,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     if list(s.domains) != domains:
       raise ValueError(f"surfaces disagree on domains: {domains} vs {list(s.domains)}")
   safe = str(objective).lower() == "safe"
-  objective = "bound" if safe else search.canonical_objective(objective)
+  if safe_score not in SAFE_SCORES:
+    raise ValueError(f"safe_score: unknown {safe_score!r}; known: {list(SAFE_SCORES)}")
+  objective = safe_score if safe else search.canonical_objective(objective)
   if off_support not in OFF_SUPPORT:
     raise ValueError(f"off_support: unknown {off_support!r}; known: {list(OFF_SUPPORT)}")
   method = method.upper()
@@ -497,5 +506,6 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
                    "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
                    **({"safe_check": safe_check} if safe_check is not None else {}),
+                   **({"safe_score": safe_score} if safe else {}),
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )

@@ -16,14 +16,15 @@ from causalmix_jax.optimise import search
 from causalmix_jax.optimise import settings
 from causalmix_jax.optimise.recommend import METHODS
 from causalmix_jax.optimise.recommend import OFF_SUPPORT
+from causalmix_jax.optimise.recommend import SAFE_SCORES
 from causalmix_jax.optimise.recommend import recommend
 
 log = logging.getLogger(__name__)
 
 
 def _check_choices(oc: ml_collections.ConfigDict) -> None:
-  """A ValueError naming the config key when optimise.objective, .method or
-  .off_support is not one `recommend` knows (checked before any surface is read)."""
+  """A ValueError naming the config key when optimise.objective, .method, .off_support
+  or .safe_score is not one `recommend` knows (checked before any surface is read)."""
   objective = str(oc.objective)
   if objective.lower() != "safe":
     try:
@@ -34,10 +35,11 @@ def _check_choices(oc: ml_collections.ConfigDict) -> None:
   if str(oc.method).upper() not in METHODS:
     raise ValueError(f"config key optimise.method={oc.method!r} is not one of "
                      f"{list(METHODS)}")
-  off_support = str(oc.get("off_support", "uniform"))
-  if off_support not in OFF_SUPPORT:
-    raise ValueError(f"config key optimise.off_support={off_support!r} is not one of "
-                     f"{list(OFF_SUPPORT)}")
+  for key, default, known in (("off_support", "uniform", OFF_SUPPORT),
+                              ("safe_score", "bound", SAFE_SCORES)):
+    value = str(oc.get(key, default))
+    if value not in known:
+      raise ValueError(f"config key optimise.{key}={value!r} is not one of {list(known)}")
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -81,7 +83,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       objective=str(oc.objective), method=str(oc.method), ci=float(oc.ci),
       outcome_weights=list(weights.values()) or None, seed=int(cfg.seed),
       n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts), n_steps=int(oc.n_steps),
-      off_support=str(oc.get("off_support", "uniform")))
+      off_support=str(oc.get("off_support", "uniform")),
+      safe_score=str(oc.get("safe_score", "bound")))
   path = rec.write(study.path(study_lib.MIXTURE_JSON).parent)
   writer = MetricsWriter(path.parent / "metrics.jsonl")
   writer.write(event="recommend", method=rec.method, objective=rec.objective,
