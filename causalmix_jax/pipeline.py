@@ -118,7 +118,8 @@ PROCESS_0_STAGES = frozenset({"pool", "reference", "design", "fit", "optimise", 
 ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "surface.covariate_extrapolation": "linear",
                               "optimise.off_support": "uniform",
-                              "optimise.safe_score": "bound"}
+                              "optimise.safe_score": "bound",
+                              "optimise.off_support_trigger": "range"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

@@ -301,6 +301,10 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
   assert asked["safe_score"] == "mean" and "off_support" not in asked
   with pytest.raises(ValueError, match="safe_score: unknown 'median'"):
     evaluation.default_methods(["ours"], {"safe_score": "median"})
+  asked.clear()
+  (verdict,) = evaluation.default_methods(["ours"], {"off_support_trigger": "verdict"})
+  verdict.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
+  assert asked["off_support_trigger"] == "verdict" and "safe_score" not in asked
 
 
 def test_unknown_method_named():

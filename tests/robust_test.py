@@ -526,6 +526,33 @@ def test_safe_objective_can_score_by_the_posterior_mean():
   with pytest.raises(ValueError, match="safe_score: unknown 'median'"):
     recommend(s, safe_score="median", **kw)
 
+
+def test_off_support_trigger_verdict_ignores_a_range_exit_the_verdict_allows():
+  world, runs = _world_runs()
+  s = _stack()
+  # A pool drawn like the sweep's with one covariate just outside the sweep's range:
+  # the range trigger runs the check; the calibrated verdict does not.
+  lo, hi = runs.X.min(0), runs.X.max(0)
+  pool = world.new_pools(1, seed=3)[0]
+  x = dict(zip(world.features, pool.x_F))
+  name = world.features[-1]
+  k = runs.features.index(name)
+  x[name] = hi[k] + 1e-3 * (hi[k] - lo[k])
+  report = s.support(x)
+  assert name in report["outside_range"] and not report["outside"]
+  order = [world.domains.index(d) for d in s.domains]
+  cons = {"tokens": dict(zip(s.domains, pool.tokens_D[order])),
+          "budget_tokens": pool.budget}
+  kw = dict(covariates=x, constraints=cons, n_candidates=256, n_starts=4, n_steps=20)
+  by_range = recommend(s, **kw).diagnostics
+  by_verdict = recommend(s, off_support_trigger="verdict", **kw).diagnostics
+  assert by_range["safe_check"]["ran"] and by_range["off_support_trigger"] == "range"
+  assert any("outside the sweep's range" in r for r in by_range["safe_check"]["reasons"])
+  assert not by_verdict["safe_check"]["ran"] and not by_verdict["safe_check"]["replaced"]
+  assert by_verdict["off_support_trigger"] == "verdict"
+  with pytest.raises(ValueError, match="off_support_trigger: unknown 'always'"):
+    recommend(s, off_support_trigger="always", **kw)
+
 def test_stack_calibrates_across_pools_when_each_pool_has_one_mixture():
   """One mixture per pool state (seed replicates only): contrasts within a pool would
   be pure noise against a zero prediction, so the stack takes them across the held-out

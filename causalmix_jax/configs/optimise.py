@@ -22,6 +22,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "mean" (the posterior mean: the lowest expected loss). Cap, anchors and the
   # off-support check are the same for both.
   c.safe_score = "bound"
+  # When "safe" counts the pool as off the support: "range" (the support verdict or any
+  # covariate outside the sweep's range) | "verdict" (the held-out-calibrated verdict).
+  c.off_support_trigger = "range"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

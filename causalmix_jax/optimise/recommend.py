@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 METHODS = ("S", "A")
 # What the safe objective compares a pick with off the sweep's support (`off_support`).
 OFF_SUPPORT = ("uniform", "anchors")
+# When the safe objective's off-support check runs (`off_support_trigger`): "range" on
+# the support verdict or any covariate outside the sweep's range; "verdict" on the
+# held-out-calibrated support verdict alone.
+OFF_SUPPORT_TRIGGERS = ("range", "verdict")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
 
@@ -132,9 +136,11 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
   return v / v.sum()
 
 
-def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]],
+                         trigger: str = "range") -> list[str]:
   """Why the safe objective's uniform check runs, one line per reason (empty: it does
-  not): the support verdict, and covariates outside the sweep's range."""
+  not): the support verdict, and (trigger "range") covariates outside the sweep's
+  range."""
   out = []
   for outcome, r in supports.items():
     if not r.get("inside", True):
@@ -142,7 +148,7 @@ def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]]) -> list[str]
       what = (", ".join(beyond) + " beyond the sweep's held-out limits" if beyond
               else "outside the sweep's support")
       out.append(f"y_{outcome}: {what}")
-    ranged = list(r.get("outside_range") or [])
+    ranged = list(r.get("outside_range") or []) if trigger == "range" else []
     if ranged:
       more = f" and {len(ranged) - 3} more" if len(ranged) > 3 else ""
       out.append(f"y_{outcome}: {len(ranged)} covariate(s) outside the sweep's range "
@@ -272,7 +278,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               outcome_weights: Sequence[float] | Mapping[str, float] | None = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
               n_steps: int = 300, off_support: str = "uniform",
-              safe_score: str = "bound") -> Recommendation:
+              safe_score: str = "bound",
+              off_support_trigger: str = "range") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -299,6 +306,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     paired difference to any anchor (the sweep's best-known mixtures and uniform) is
     lowest, so it may be worse than uniform by at most what uniform may be worse than
     the best anchor.
+  off_support_trigger: when "safe" counts a pool as off the support. "range" (default):
+    the support verdict or any covariate outside the sweep's range. "verdict": the
+    support verdict alone (calibrated on the sweep's own pools held out, so it flags
+    about 3/(states + 1) of pools drawn like the sweep's; a covariate a little outside
+    the range does not count unless the verdict's limits are passed).
   safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
@@ -322,6 +334,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   objective = safe_score if safe else search.canonical_objective(objective)
   if off_support not in OFF_SUPPORT:
     raise ValueError(f"off_support: unknown {off_support!r}; known: {list(OFF_SUPPORT)}")
+  if off_support_trigger not in OFF_SUPPORT_TRIGGERS:
+    raise ValueError(f"off_support_trigger: unknown {off_support_trigger!r}; known: "
+                     f"{list(OFF_SUPPORT_TRIGGERS)}")
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
@@ -436,7 +451,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # covariate outside the sweep's range (the surface's covariate terms extrapolate
     # there). A needless check costs little (the pick must beat uniform with 95%
     # confidence); a missed one can cost a bad mixture.
-    reasons = _off_support_reasons(supports)
+    reasons = _off_support_reasons(supports, off_support_trigger)
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support,
@@ -506,6 +521,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
                    "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
                    **({"safe_check": safe_check} if safe_check is not None else {}),
-                   **({"safe_score": safe_score} if safe else {}),
+                   **({"safe_score": safe_score,
+                       "off_support_trigger": off_support_trigger} if safe else {}),
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )

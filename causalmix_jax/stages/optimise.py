@@ -16,6 +16,7 @@ from causalmix_jax.optimise import search
 from causalmix_jax.optimise import settings
 from causalmix_jax.optimise.recommend import METHODS
 from causalmix_jax.optimise.recommend import OFF_SUPPORT
+from causalmix_jax.optimise.recommend import OFF_SUPPORT_TRIGGERS
 from causalmix_jax.optimise.recommend import SAFE_SCORES
 from causalmix_jax.optimise.recommend import recommend
 
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def _check_choices(oc: ml_collections.ConfigDict) -> None:
-  """A ValueError naming the config key when optimise.objective, .method, .off_support
-  or .safe_score is not one `recommend` knows (checked before any surface is read)."""
+  """A ValueError naming the config key when optimise.objective, .method, .off_support,
+  .off_support_trigger or .safe_score is not one `recommend` knows (checked before any
+  surface is read)."""
   objective = str(oc.objective)
   if objective.lower() != "safe":
     try:
@@ -36,6 +38,7 @@ def _check_choices(oc: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config key optimise.method={oc.method!r} is not one of "
                      f"{list(METHODS)}")
   for key, default, known in (("off_support", "uniform", OFF_SUPPORT),
+                              ("off_support_trigger", "range", OFF_SUPPORT_TRIGGERS),
                               ("safe_score", "bound", SAFE_SCORES)):
     value = str(oc.get(key, default))
     if value not in known:
@@ -84,7 +87,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       outcome_weights=list(weights.values()) or None, seed=int(cfg.seed),
       n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts), n_steps=int(oc.n_steps),
       off_support=str(oc.get("off_support", "uniform")),
-      safe_score=str(oc.get("safe_score", "bound")))
+      safe_score=str(oc.get("safe_score", "bound")),
+      off_support_trigger=str(oc.get("off_support_trigger", "range")))
   path = rec.write(study.path(study_lib.MIXTURE_JSON).parent)
   writer = MetricsWriter(path.parent / "metrics.jsonl")
   writer.write(event="recommend", method=rec.method, objective=rec.objective,
