@@ -528,6 +528,16 @@ def test_replicates_script_merges_runs_of_one_seed_and_names_duplicates(tmp_path
   with pytest.raises(ValueError, match="w1/new/ours at seed 1 is in both .*a.json and "
                      ".*a.json"):
     replicates.load([a, a])
+  variant = write("v.json", 1, [dict(r, regret=0.0) for r in _replicate_rows(
+      {"w2": (0.01, 0.02, 0.05)}, 0.9) if r["method"] == "ours"])
+  swapped = replicates.replace_ours(by_seed, replicates.load([variant]))
+  ours = {(r["world"], r["split"]): r["regret"] for r in swapped[1] if r["method"] == "ours"}
+  assert ours == {("w1", "new"): 0.01, ("w1", "shifted"): 0.01, ("w2", "new"): 0.0,
+                  ("w2", "shifted"): 0.0}
+  assert len(swapped[1]) == 12 and swapped[2] == by_seed[2]
+  with pytest.raises(ValueError, match="ours at seed 2 for w2/new, w2/shifted, which "
+                     "--results lacks"):
+    replicates.replace_ours(by_seed, {2: replicates.load([variant])[1]})
   bad = tmp_path / "bad.json"
   bad.write_text("{}")
   with pytest.raises(ValueError, match="bad.json: not a surface-zoo results.json"):

@@ -3,11 +3,14 @@ seeds, ours' wins against the best baseline and losses against uniform as counts
 (world, seed) cells, and ours' effect coverage against the issue's bands.
 
   python experiments/surface_zoo/replicates.py \
-      --results=workdir/zoo_seed1/results.json --results=workdir/zoo_seed2/results.json
+      --results=workdir/zoo_seed1/results.json --results=workdir/zoo_seed2/results.json \
+      [--ours_from=workdir/ours_variant_seed1/results.json ...]
 
 Each results.json is one `run.py` run; its seed is the run's `config.seed`. Runs of one
 seed over different worlds are merged; a (world, split, method) met twice at one seed is
-an error naming both files. Prints the Markdown summary (and writes it to --out if
+an error naming both files. --ours_from names runs of "ours" alone (another setting):
+their rows replace the "ours" rows of --results for the same seed, world and split, so
+a variant is compared with the baselines of the main runs. Prints the Markdown summary (and writes it to --out if
 given); the last line printed is one JSON object with the counts.
 """
 
@@ -30,6 +33,8 @@ from causalmix_jax.surface import evaluation  # noqa: E402
 
 _RESULTS = flags.DEFINE_multi_string(
     "results", None, "A zoo run's results.json (repeat the flag for each run).")
+_OURS_FROM = flags.DEFINE_multi_string(
+    "ours_from", [], "A results.json whose 'ours' rows replace those of --results.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the Markdown summary.")
 flags.mark_flags_as_required(["results"])
 
@@ -55,10 +60,31 @@ def load(paths: list[str]) -> dict[int, list[dict[str, Any]]]:
   return by_seed
 
 
+def replace_ours(by_seed: dict[int, list[dict[str, Any]]],
+                 variant: dict[int, list[dict[str, Any]]]) -> dict[int, list[dict[str, Any]]]:
+  """by_seed with its "ours" rows replaced by variant's at the same seed, world and
+  split; a variant cell with no counterpart in by_seed is an error naming it."""
+  out = {s: list(rows) for s, rows in by_seed.items()}
+  for seed, rows in variant.items():
+    ours = [r for r in rows if r["method"] == "ours"]
+    keys = {(r["world"], r["split"]) for r in ours}
+    base = out.get(seed, [])
+    have = {(r["world"], r["split"]) for r in base if r["method"] == "ours"}
+    if keys - have:
+      missing = ", ".join(f"{w}/{sp}" for w, sp in sorted(keys - have))
+      raise ValueError(f"--ours_from has ours at seed {seed} for {missing}, which "
+                       "--results lacks")
+    out[seed] = [r for r in base if not (r["method"] == "ours"
+                                         and (r["world"], r["split"]) in keys)] + ours
+  return out
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   by_seed = load(_RESULTS.value)
+  if _OURS_FROM.value:
+    by_seed = replace_ours(by_seed, load(_OURS_FROM.value))
   text = evaluation.summarise_replicates(by_seed)
   if _OUT.value:
     with artifacts.atomic_path(pathlib.Path(_OUT.value)) as tmp:
