@@ -706,20 +706,22 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
 def _safe_check_line(check: Mapping[str, Any]) -> str:
   """What the safe objective's off-support check did, and why it ran."""
   ub = check.get("bound_pick_difference_to_uniform_upper_bound")
+  # The safe objective's own pick: lowest bound (default) or lowest mean (safe_score).
+  pick = "lowest-mean" if check.get("score") == "mean" else "lowest-bound"
   if check.get("fallback") == "anchors":
     head = ("safe check against the anchors (ran because "
             + "; ".join(check.get("reasons", [])) + "): ")
     worst = _fmt(check.get("anchor_difference_upper_bound"))
     if not check.get("replaced"):
-      return head + (f"the lowest-bound mixture also had the lowest worst-case upper "
+      return head + (f"the {pick} mixture also had the lowest worst-case upper "
                      f"bound against the sweep's best-known mixtures and uniform "
                      f"({worst}), so it was kept")
     took = "uniform itself" if check.get("took_uniform") else "another candidate"
     return head + (f"the candidate with the lowest worst-case upper bound against the "
                    f"sweep's best-known mixtures and uniform ({worst}) replaced the "
-                   f"lowest-bound mixture ({took})")
+                   f"{pick} mixture ({took})")
   head = ("safe check against uniform (ran because " + "; ".join(check.get("reasons", []))
-          + f"): the lowest-bound mixture's difference to uniform has upper bound "
+          + f"): the {pick} mixture's difference to uniform has upper bound "
           f"{_fmt(ub)}")
   if not check.get("replaced"):
     return head + ", so it was kept"

@@ -494,6 +494,11 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
           "bound against the sweep's best-known mixtures and uniform (-0.004) replaced "
           "the lowest-bound mixture (another candidate)") in report_stage.run(
               cfg, wd).read_text()
+  mix["diagnostics"]["safe_check"].update(fallback="uniform", score="mean",
+                                          replaced=False)
+  path.write_text(json.dumps(mix))
+  assert ("the lowest-mean mixture's difference to uniform has upper bound 0.0125, so "
+          "it was kept") in report_stage.run(cfg, wd).read_text()
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()

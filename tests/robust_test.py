@@ -509,6 +509,7 @@ def test_safe_objective_can_score_by_the_posterior_mean():
   by_bound = recommend(s, **kw)
   assert by_mean.objective == by_bound.objective == "safe"
   assert by_mean.diagnostics["safe_score"] == "mean"
+  assert by_mean.diagnostics["safe_check"]["score"] == "mean"
   assert by_bound.diagnostics["safe_score"] == "bound"
   w_mean = np.array([by_mean.weights[d] for d in s.domains])
   w_bound = np.array([by_bound.weights[d] for d in s.domains])

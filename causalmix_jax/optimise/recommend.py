@@ -454,7 +454,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     reasons = _off_support_reasons(supports, off_support_trigger)
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
-                  "fallback": off_support,
+                  "fallback": off_support, "score": safe_score,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
                   "bound_pick_difference_to_uniform_upper_bound":
                       s_out * float(contrast_ub[best])}
