@@ -281,30 +281,26 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
     evaluation.default_methods(["ours"], {"stack_discrepancy": "gp"})
   with pytest.raises(ValueError, match="surface.nope is not a surface config key"):
     evaluation.default_methods(["ours"], {"nope": "1"})
-  # off_support goes to recommend, not to the surface config.
-  asked = {}
-  monkeypatch.setattr(evaluation, "optimise_recommend",
-                      lambda surface, **kw: asked.update(kw))
+  # The safe objective's settings go to recommend, not to the surface config; each
+  # one alone (recommend's own defaults for the rest), a bad value named.
   pool = types.SimpleNamespace(tokens_D=None, budget=None, x_F=np.zeros(2))
-  (ours,) = evaluation.default_methods(["ours"], {"off_support": "anchors"})
-  ours.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
-  assert asked["off_support"] == "anchors"
-  asked.clear()
-  (plain,) = evaluation.default_methods(["ours"])
-  plain.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
-  assert "off_support" not in asked and set(asked) == {"covariates", "constraints"}
-  with pytest.raises(ValueError, match="off_support: unknown 'best'"):
-    evaluation.default_methods(["ours"], {"off_support": "best"})
-  asked.clear()
-  (mean,) = evaluation.default_methods(["ours"], {"safe_score": "mean"})
-  mean.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
-  assert asked["safe_score"] == "mean" and "off_support" not in asked
-  with pytest.raises(ValueError, match="safe_score: unknown 'median'"):
-    evaluation.default_methods(["ours"], {"safe_score": "median"})
-  asked.clear()
-  (verdict,) = evaluation.default_methods(["ours"], {"off_support_trigger": "verdict"})
-  verdict.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
-  assert asked["off_support_trigger"] == "verdict" and "safe_score" not in asked
+
+  def recommend_kwargs(settings):
+    asked = {}
+    monkeypatch.setattr(evaluation, "optimise_recommend",
+                        lambda surface, **kw: asked.update(kw))
+    (ours,) = evaluation.default_methods(["ours"], settings)
+    ours.recommend(types.SimpleNamespace(domains=["a", "b"]), pool, None)
+    return asked
+
+  assert set(recommend_kwargs(None)) == {"covariates", "constraints"}
+  for key, value, bad in (("off_support", "anchors", "best"),
+                          ("safe_score", "mean", "median"),
+                          ("off_support_trigger", "verdict", "always")):
+    asked = recommend_kwargs({key: value})
+    assert asked[key] == value and set(asked) == {"covariates", "constraints", key}
+    with pytest.raises(ValueError, match=f"{key}: unknown '{bad}'"):
+      evaluation.default_methods(["ours"], {key: bad})
 
 
 def test_unknown_method_named():

@@ -366,7 +366,6 @@ def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):
     optimise_stage.run(cfg, wd)
 
 
-
 @pytest.mark.parametrize("key,value", [("objective", "best"), ("method", "Z"),
                                        ("off_support", "anchor"),
                                        ("safe_score", "median"),
@@ -380,6 +379,7 @@ def test_run_stage_names_a_bad_choice_before_reading_surfaces(tmp_path, monkeypa
   cfg.optimise[key] = value
   with pytest.raises(ValueError, match=rf"config key optimise\.{key}='{value}'"):
     optimise_stage.run(cfg, _stage_workdir(tmp_path))
+
 
 def test_run_stage_multi_objective_reads_one_surface_per_outcome(tmp_path, monkeypatch):
   surfaces = {"loss_a": FakeSurface(n_domains=3, seed=5, outcome="loss_a"),

@@ -433,23 +433,29 @@ def test_unknown_stack_member_is_named():
     fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest")))
 
 
+def _pool_case(world, s, pool, x=None, **sizes):
+  """A pool's covariates (`x`: the pool's own by default), its token counts in the
+  surface's domain order, and recommend's keyword arguments for it (a small search
+  unless `sizes` says otherwise)."""
+  x = dict(zip(world.features, pool.x_F)) if x is None else x
+  tokens = pool.tokens_D[[world.domains.index(d) for d in s.domains]]
+  cons = {"tokens": dict(zip(s.domains, tokens)), "budget_tokens": pool.budget}
+  sizes = {"n_candidates": 256, "n_starts": 4, "n_steps": 20, **sizes}
+  return x, tokens, dict(covariates=x, constraints=cons, **sizes)
+
+
 def test_safe_objective_stays_in_the_swept_range_and_beats_its_anchors():
   world, runs = _world_runs()
   s = _stack()
   pool = world.shifted_pools(1, seed=2)[0]
-  order = [world.domains.index(d) for d in s.domains]
-  cons = {"tokens": dict(zip(s.domains, pool.tokens_D[order])),
-          "budget_tokens": pool.budget}
-  x = dict(zip(world.features, pool.x_F))
-  rec = recommend(s, covariates=x, constraints=cons, n_candidates=512, n_starts=8,
-                  n_steps=40)
+  x, tokens, kw = _pool_case(world, s, pool, n_candidates=512, n_starts=8, n_steps=40)
+  rec = recommend(s, **kw)
   assert rec.objective == "safe"
   w = np.array([rec.weights[d] for d in s.domains])
   w_max = np.maximum(np.asarray(s.support_stats["w_max"]), s.w_ref)
   assert np.all(w <= w_max + 1e-6)
   anchors = np.concatenate([np.asarray(s.support_stats["best_w"]),
                             np.full((1, len(w)), 1 / len(w))])
-  tokens = pool.tokens_D[order]
   hi_anchor = s.predict(anchors, x, tokens=tokens, budget=pool.budget).hi.min()
   hi_rec = s.predict(w[None], x, tokens=tokens, budget=pool.budget).hi[0]
   check = rec.diagnostics["safe_check"]
@@ -469,11 +475,7 @@ def test_safe_objective_off_support_can_compare_with_every_anchor():
   world, runs = _world_runs()
   s = _stack()
   pool = world.shifted_pools(1, seed=2)[0]
-  order = [world.domains.index(d) for d in s.domains]
-  tokens = pool.tokens_D[order]
-  cons = {"tokens": dict(zip(s.domains, tokens)), "budget_tokens": pool.budget}
-  x = dict(zip(world.features, pool.x_F))
-  kw = dict(covariates=x, constraints=cons, n_candidates=256, n_starts=4, n_steps=20)
+  x, tokens, kw = _pool_case(world, s, pool)
   rec = recommend(s, off_support="anchors", **kw)
   check = rec.diagnostics["safe_check"]
   assert check["ran"] and check["fallback"] == "anchors"
@@ -495,22 +497,16 @@ def test_safe_objective_off_support_can_compare_with_every_anchor():
     recommend(s, off_support="best", **kw)
 
 
-
 def test_safe_objective_can_score_by_the_posterior_mean():
   world, runs = _world_runs()
   s = _stack()
   pool = world.new_pools(1, seed=3)[0]
-  order = [world.domains.index(d) for d in s.domains]
-  tokens = pool.tokens_D[order]
-  cons = {"tokens": dict(zip(s.domains, tokens)), "budget_tokens": pool.budget}
-  x = dict(zip(world.features, pool.x_F))
-  kw = dict(covariates=x, constraints=cons, n_candidates=256, n_starts=4, n_steps=20)
+  x, tokens, kw = _pool_case(world, s, pool)
   by_mean = recommend(s, safe_score="mean", **kw)
   by_bound = recommend(s, **kw)
   assert by_mean.objective == by_bound.objective == "safe"
-  assert by_mean.diagnostics["safe_score"] == "mean"
   assert by_mean.diagnostics["safe_check"]["score"] == "mean"
-  assert by_bound.diagnostics["safe_score"] == "bound"
+  assert by_bound.diagnostics["safe_check"]["score"] == "bound"
   w_mean = np.array([by_mean.weights[d] for d in s.domains])
   w_bound = np.array([by_bound.weights[d] for d in s.domains])
   # The same region (the sweep's weight caps) ...
@@ -541,18 +537,16 @@ def test_off_support_trigger_verdict_ignores_a_range_exit_the_verdict_allows():
   x[name] = hi[k] + 1e-3 * (hi[k] - lo[k])
   report = s.support(x)
   assert name in report["outside_range"] and not report["outside"]
-  order = [world.domains.index(d) for d in s.domains]
-  cons = {"tokens": dict(zip(s.domains, pool.tokens_D[order])),
-          "budget_tokens": pool.budget}
-  kw = dict(covariates=x, constraints=cons, n_candidates=256, n_starts=4, n_steps=20)
-  by_range = recommend(s, **kw).diagnostics
-  by_verdict = recommend(s, off_support_trigger="verdict", **kw).diagnostics
-  assert by_range["safe_check"]["ran"] and by_range["off_support_trigger"] == "range"
-  assert any("outside the sweep's range" in r for r in by_range["safe_check"]["reasons"])
-  assert not by_verdict["safe_check"]["ran"] and not by_verdict["safe_check"]["replaced"]
-  assert by_verdict["off_support_trigger"] == "verdict"
+  _, _, kw = _pool_case(world, s, pool, x)
+  by_range = recommend(s, **kw).diagnostics["safe_check"]
+  by_verdict = recommend(s, off_support_trigger="verdict", **kw).diagnostics["safe_check"]
+  assert by_range["ran"] and by_range["trigger"] == "range"
+  assert any("outside the sweep's range" in r for r in by_range["reasons"])
+  assert not by_verdict["ran"] and not by_verdict["replaced"]
+  assert by_verdict["trigger"] == "verdict"
   with pytest.raises(ValueError, match="off_support_trigger: unknown 'always'"):
     recommend(s, off_support_trigger="always", **kw)
+
 
 def test_stack_calibrates_across_pools_when_each_pool_has_one_mixture():
   """One mixture per pool state (seed replicates only): contrasts within a pool would

@@ -30,6 +30,17 @@ OFF_SUPPORT = ("uniform", "anchors")
 OFF_SUPPORT_TRIGGERS = ("range", "verdict")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
+# recommend's settings of the safe objective and the values each takes (first: default).
+SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
+                 "safe_score": SAFE_SCORES}
+
+
+def check_safe_setting(name: str, value: str) -> str:
+  """`value` if it is one SAFE_SETTINGS[name] knows, else a ValueError naming both."""
+  known = SAFE_SETTINGS[name]
+  if value not in known:
+    raise ValueError(f"{name}: unknown {value!r}; known: {list(known)}")
+  return value
 
 # surface -> its sampler function. A surface may build a fresh closure or partial in
 # each sampler() call; reusing the first one keeps jit's cache warm across calls (the
@@ -329,14 +340,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     if list(s.domains) != domains:
       raise ValueError(f"surfaces disagree on domains: {domains} vs {list(s.domains)}")
   safe = str(objective).lower() == "safe"
-  if safe_score not in SAFE_SCORES:
-    raise ValueError(f"safe_score: unknown {safe_score!r}; known: {list(SAFE_SCORES)}")
+  check_safe_setting("safe_score", safe_score)
+  check_safe_setting("off_support", off_support)
+  check_safe_setting("off_support_trigger", off_support_trigger)
   objective = safe_score if safe else search.canonical_objective(objective)
-  if off_support not in OFF_SUPPORT:
-    raise ValueError(f"off_support: unknown {off_support!r}; known: {list(OFF_SUPPORT)}")
-  if off_support_trigger not in OFF_SUPPORT_TRIGGERS:
-    raise ValueError(f"off_support_trigger: unknown {off_support_trigger!r}; known: "
-                     f"{list(OFF_SUPPORT_TRIGGERS)}")
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
@@ -447,14 +454,15 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # Uniform is a candidate (bound 0), so off the support the pick is not worse than
     # uniform unless the interval of that difference is wrong.
     best = int(np.argmin(loss))
-    # The check fires on any sign of extrapolation: the calibrated verdict, or any
-    # covariate outside the sweep's range (the surface's covariate terms extrapolate
-    # there). A needless check costs little (the pick must beat uniform with 95%
+    # By default (trigger "range") the check fires on any sign of extrapolation: the
+    # calibrated verdict, or any covariate outside the sweep's range (the surface's
+    # covariate terms extrapolate there). A needless check costs little (the pick must beat uniform with 95%
     # confidence); a missed one can cost a bad mixture.
     reasons = _off_support_reasons(supports, off_support_trigger)
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support, "score": safe_score,
+                  "trigger": off_support_trigger,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
                   "bound_pick_difference_to_uniform_upper_bound":
                       s_out * float(contrast_ub[best])}
@@ -521,7 +529,5 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
                    "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
                    **({"safe_check": safe_check} if safe_check is not None else {}),
-                   **({"safe_score": safe_score,
-                       "off_support_trigger": off_support_trigger} if safe else {}),
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )

@@ -15,12 +15,17 @@ from causalmix_jax.optimise import constraints
 from causalmix_jax.optimise import search
 from causalmix_jax.optimise import settings
 from causalmix_jax.optimise.recommend import METHODS
-from causalmix_jax.optimise.recommend import OFF_SUPPORT
-from causalmix_jax.optimise.recommend import OFF_SUPPORT_TRIGGERS
-from causalmix_jax.optimise.recommend import SAFE_SCORES
+from causalmix_jax.optimise.recommend import SAFE_SETTINGS
+from causalmix_jax.optimise.recommend import check_safe_setting
 from causalmix_jax.optimise.recommend import recommend
 
 log = logging.getLogger(__name__)
+
+
+def _safe_settings(oc: ml_collections.ConfigDict) -> dict[str, str]:
+  """optimise.off_support, .off_support_trigger and .safe_score (recommend's defaults
+  where a config predates them)."""
+  return {k: str(oc.get(k, known[0])) for k, known in SAFE_SETTINGS.items()}
 
 
 def _check_choices(oc: ml_collections.ConfigDict) -> None:
@@ -37,12 +42,11 @@ def _check_choices(oc: ml_collections.ConfigDict) -> None:
   if str(oc.method).upper() not in METHODS:
     raise ValueError(f"config key optimise.method={oc.method!r} is not one of "
                      f"{list(METHODS)}")
-  for key, default, known in (("off_support", "uniform", OFF_SUPPORT),
-                              ("off_support_trigger", "range", OFF_SUPPORT_TRIGGERS),
-                              ("safe_score", "bound", SAFE_SCORES)):
-    value = str(oc.get(key, default))
-    if value not in known:
-      raise ValueError(f"config key optimise.{key}={value!r} is not one of {list(known)}")
+  for key, value in _safe_settings(oc).items():
+    try:
+      check_safe_setting(key, value)
+    except ValueError as e:
+      raise ValueError(f"config key optimise.{key}={value!r}: {e}") from None
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -86,9 +90,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       objective=str(oc.objective), method=str(oc.method), ci=float(oc.ci),
       outcome_weights=list(weights.values()) or None, seed=int(cfg.seed),
       n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts), n_steps=int(oc.n_steps),
-      off_support=str(oc.get("off_support", "uniform")),
-      safe_score=str(oc.get("safe_score", "bound")),
-      off_support_trigger=str(oc.get("off_support_trigger", "range")))
+      **_safe_settings(oc))
   path = rec.write(study.path(study_lib.MIXTURE_JSON).parent)
   writer = MetricsWriter(path.parent / "metrics.jsonl")
   writer.write(event="recommend", method=rec.method, objective=rec.objective,

@@ -27,9 +27,8 @@ import pandas as pd
 
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.optimise import constraints as cons
-from causalmix_jax.optimise.recommend import OFF_SUPPORT
-from causalmix_jax.optimise.recommend import OFF_SUPPORT_TRIGGERS
-from causalmix_jax.optimise.recommend import SAFE_SCORES
+from causalmix_jax.optimise.recommend import SAFE_SETTINGS
+from causalmix_jax.optimise.recommend import check_safe_setting
 from causalmix_jax.optimise.recommend import recommend as optimise_recommend
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import baselines
@@ -275,18 +274,17 @@ def _ours_recommend(surface: Any, pool: Any, runs: Runs,
 
 def _ours(settings: dict[str, str] | None = None) -> Method:
   """Our causal surface with the library defaults (or with `settings`, surface config
-  keys to values, e.g. {"covariate_extrapolation": "clip"}, and "off_support",
-  "off_support_trigger" and "safe_score", passed to `recommend`), recommended by `recommend`'s default objective and method under the
-  pool's token counts and budget."""
+  keys to values, e.g. {"covariate_extrapolation": "clip"}, and recommend's
+  SAFE_SETTINGS, passed to it), recommended by `recommend`'s default objective and
+  method under the pool's token counts and budget."""
   settings = dict(settings or {})
   recommend_kw = {}  # recommend's own defaults unless a setting names another
-  for key, known in (("off_support", OFF_SUPPORT), ("safe_score", SAFE_SCORES),
-                     ("off_support_trigger", OFF_SUPPORT_TRIGGERS)):
+  for key in SAFE_SETTINGS:
     if key in settings:
-      recommend_kw[key] = settings.pop(key)
-      if recommend_kw[key] not in known:
-        raise ValueError(f"ours settings: {key}: unknown {recommend_kw[key]!r}; known: "
-                         f"{list(known)}")
+      try:
+        recommend_kw[key] = check_safe_setting(key, settings.pop(key))
+      except ValueError as e:
+        raise ValueError(f"ours settings: {e}") from None
   rec = functools.partial(_ours_recommend, **recommend_kw)
   if not settings:
     return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome),

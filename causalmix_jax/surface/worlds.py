@@ -220,10 +220,14 @@ class World:
                        f"got {np.shape(w_NxD)}")
     return w
 
+  @staticmethod
+  def log_total(pool: Pool) -> float:
+    """ln of the pool's total unique tokens over a sweep pool's typical total."""
+    return float(np.log(pool.tokens_D.sum() / np.sqrt(TOTAL_RANGE[0] * TOTAL_RANGE[1])))
+
   def pool_offset(self, pool: Pool) -> float:
     """The direct effect of the pool on the loss, the same for every mixture."""
-    log_total = np.log(pool.tokens_D.sum() / np.sqrt(TOTAL_RANGE[0] * TOTAL_RANGE[1]))
-    return (self.offset_tokens * log_total
+    return (self.offset_tokens * self.log_total(pool)
             + self.offset_quality * (np.mean(self.quality(pool)) - 0.5))
 
   def outcome(self, w_NxD: np.ndarray, pool: Pool) -> np.ndarray:
@@ -674,8 +678,8 @@ class RelativeQualityWorld(World):
 
   def relevance(self, pool: Pool) -> np.ndarray:
     """r_D: which domains the pool's state makes worth training on."""
-    log_total = np.log(pool.tokens_D.sum() / np.sqrt(TOTAL_RANGE[0] * TOTAL_RANGE[1]))
-    return _softmax(self.sharpness * self.quality(pool) + self.size_gain_D * log_total)
+    return _softmax(self.sharpness * self.quality(pool)
+                    + self.size_gain_D * self.log_total(pool))
 
   def _loss(self, w_NxD, pool):
     w = np.maximum(w_NxD, 0.0)
