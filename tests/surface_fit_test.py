@@ -11,6 +11,7 @@ import pytest
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.configs import base
 from causalmix_jax.stages import fit as fit_stage
+from causalmix_jax.surface import covariate_basis as cbasis
 from causalmix_jax.surface import fit, planted, worlds
 from causalmix_jax.surface.surface import load_surface
 
@@ -261,3 +262,39 @@ def test_support_flags_pools_drawn_like_the_sweeps_rarely_and_shifted_ones_mostl
   shifted_out, _ = flags(world.shifted_pools(24, seed=1))
   assert new_out <= 3 < new_range
   assert shifted_out >= 18
+
+
+def test_range_excess_counts_only_exits_past_the_sweeps_own_held_out_exits():
+  """One covariate moved past the sweep's range by less than the largest exit of the
+  sweep's own states held out is listed in outside_range but is no verdict; moved past
+  it, range_excess is beyond its limit. Surfaces saved before the statistic was measured
+  held out test the other three."""
+  world = worlds.make_world("synergy", seed=0)
+  runs = world.sweep(n_runs=192, n_pools=48, seed=0)
+  s = fit.fit_surface(runs, "loss", method="dml", config=fit.default_config())
+  st = s.support_stats
+  limit = max(st["held_out"]["range_excess"])
+  assert limit > 0
+  c, sd = int(st["cols"][0]), float(st["x_sd"][0])
+  name = s.features[c]
+
+  def moved(by_limits):
+    x = np.asarray(st["mean"], np.float64).copy()
+    x[c] = st["max"][c] + by_limits * limit * sd
+    return s.support(dict(zip(s.features, x.tolist())))
+
+  near, far = moved(0.5), moved(2.0)
+  assert near["outside_range"] == [name] and far["outside_range"] == [name]
+  np.testing.assert_allclose([near["range_excess"], far["range_excess"]],
+                             [0.5 * limit, 2.0 * limit], rtol=1e-6)
+  assert "range_excess" not in near["beyond"]
+  assert "range_excess" in far["beyond"] and far["outside"]
+  del st["held_out"]["range_excess"]
+  assert "range_excess" not in moved(2.0)["beyond"]
+
+
+def test_range_excess_of_rows_against_a_range():
+  xs = np.array([[0.0, 0.5], [1.5, -0.2], [-2.0, 3.0]])
+  np.testing.assert_allclose(
+      cbasis.range_excess(xs, np.array([-1.0, 0.0]), np.array([1.0, 1.0])),
+      [0.0, 0.5, 2.0])

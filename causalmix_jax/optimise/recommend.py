@@ -320,8 +320,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   off_support_trigger: when "safe" counts a pool as off the support. "range" (default):
     the support verdict or any covariate outside the sweep's range. "verdict": the
     support verdict alone (calibrated on the sweep's own pools held out, so it flags
-    about 3/(states + 1) of pools drawn like the sweep's; a covariate a little outside
-    the range does not count unless the verdict's limits are passed).
+    about 4/(states + 1) of pools drawn like the sweep's; a covariate outside the
+    range counts only when it lies farther beyond it than any of the sweep's own
+    states held out did, or when the verdict's other limits are passed).
   safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the

@@ -114,8 +114,10 @@ def held_out_support(x_NxF: np.ndarray, xb: CovariateBasis, seed: int = 0
   exchangeable with these, so "beyond the largest of them" is a test with a false
   alarm rate of about 1/(states + 1) per statistic; in-sample maxima are not (a new
   pool beats them most of the time, as the components were fitted to the sweep's
-  states). Returns {"mahalanobis", "residual", "max_abs_z"}, one value per state, or
-  None with fewer than MIN_SUPPORT_STATES states or no varying covariate."""
+  states). Returns {"mahalanobis", "residual", "max_abs_z", "range_excess"}, one value
+  per state, or None with fewer than MIN_SUPPORT_STATES states or no varying covariate.
+  range_excess: how far the state's farthest covariate lies beyond the other states'
+  [min, max], in their standard deviations (0 inside every range)."""
   if len(xb.cols) == 0:
     return None
   xv = x_NxF[:, xb.cols]
@@ -125,7 +127,7 @@ def held_out_support(x_NxF: np.ndarray, xb: CovariateBasis, seed: int = 0
   if n_states < MIN_SUPPORT_STATES:
     return None
   fold_S = nuis.fold_ids(n_states, min(n_states, SUPPORT_FOLDS), seed)
-  d_S, r_S, m_S = np.zeros(n_states), np.zeros(n_states), np.zeros(n_states)
+  d_S, r_S, m_S, e_S = (np.zeros(n_states) for _ in range(4))
   first_S = np.unique(state_N, return_index=True)[1]  # one row per state
   for f in np.unique(fold_S):
     held = np.flatnonzero(fold_S == f)
@@ -137,4 +139,13 @@ def held_out_support(x_NxF: np.ndarray, xb: CovariateBasis, seed: int = 0
       d_S[held] = mahalanobis(xs_h @ proj, score_precision(xs_tr @ proj))
     r_S[held] = np.linalg.norm(xs_h - (xs_h @ basis) @ basis.T, axis=1)
     m_S[held] = np.abs(xs_h).max(1)
-  return {"mahalanobis": d_S.tolist(), "residual": r_S.tolist(), "max_abs_z": m_S.tolist()}
+    e_S[held] = range_excess(xs_h, xs_tr.min(0), xs_tr.max(0))
+  return {"mahalanobis": d_S.tolist(), "residual": r_S.tolist(), "max_abs_z": m_S.tolist(),
+          "range_excess": e_S.tolist()}
+
+
+def range_excess(xs_NxF: np.ndarray, lo_F: np.ndarray, hi_F: np.ndarray) -> np.ndarray:
+  """Per row, the largest distance of one (standardised) covariate beyond [lo, hi];
+  0 when every covariate is inside its range. Length N."""
+  gap_NxF = np.maximum(lo_F - xs_NxF, xs_NxF - hi_F)
+  return np.maximum(gap_NxF.max(1, initial=0.0), 0.0)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from causalmix_jax import artifacts
+from causalmix_jax.surface import covariate_basis as cbasis
 from causalmix_jax.surface import features as feats
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface.prediction import Prediction
@@ -311,11 +312,15 @@ class SurfaceBase:
     outside_range: covariates outside the sweep's [min, max] (reported, not a verdict:
     with many covariates a pool drawn like the sweep's usually leaves one range).
 
-    outside: any of the three statistics beyond the largest of the sweep's own pool
-    states measured held out (`held_out_limits`, which are in `beyond`; `quantile` is
-    the share of held-out states no farther in Mahalanobis distance), or a covariate
-    the sweep held constant moved. A pool drawn like the sweep's is flagged about
-    3 / (states + 1) of the time. Surfaces saved without held-out statistics compare
+    range_excess: the largest move of one varying covariate beyond the sweep's range,
+    in sweep standard deviations (0 inside every range).
+
+    outside: any of the four statistics (mahalanobis, residual, max_abs_z,
+    range_excess) beyond the largest of the sweep's own pool states measured held out
+    (`held_out_limits`, which are in `beyond`; `quantile` is the share of held-out
+    states no farther in Mahalanobis distance), or a covariate the sweep held constant
+    moved. A pool drawn like the sweep's is flagged about 4 / (states + 1) of the
+    time. Surfaces saved without held-out statistics compare
     with the sweep's in-sample maxima (`residual_tol` over its largest residual) and
     ranges instead."""
     x = self._x(x)
@@ -362,6 +367,10 @@ class SurfaceBase:
                max_sweep_standardised_distance=float(sweep_std.max(initial=0.0)),
                residual=resid, max_sweep_residual=float(st["sweep_residual_max"]),
                max_abs_z=float(np.abs(xs).max(initial=0.0)))
+    # Beyond the sweep's range, in the same standardised units.
+    x_mu, x_sd = np.asarray(st["x_mu"]), np.asarray(st["x_sd"])
+    out["range_excess"] = float(cbasis.range_excess(
+        xs[None, :], (lo[cols] - x_mu) / x_sd, (hi[cols] - x_mu) / x_sd)[0])
     # A covariate the sweep held constant that moves is outside whatever the rest say.
     varying = {self.features[c] for c in cols}
     moved_constant = [f for f in outside if f not in varying]
@@ -370,9 +379,9 @@ class SurfaceBase:
       # Against the sweep's states measured out of sample (see `held_out_support`):
       # beyond the largest held-out statistic, on any of the three.
       limits = {k: float(np.max(v)) for k, v in held.items()}
-      beyond = [k for k, v in (("mahalanobis", d), ("residual", resid),
-                               ("max_abs_z", out["max_abs_z"]))
-                if v > limits[k] * (1 + 1e-9) + 1e-9]
+      # (Surfaces saved before "range_excess" was measured held out test the others.)
+      beyond = [k for k in ("mahalanobis", "residual", "max_abs_z", "range_excess")
+                if k in limits and out[k] > limits[k] * (1 + 1e-9) + 1e-9]
       out.update(quantile=float(np.mean(np.asarray(held["mahalanobis"]) <= d)),
                  held_out_limits=limits, beyond=beyond,
                  outside=bool(beyond or moved_constant))
