@@ -18,8 +18,11 @@ setuptools.setup(
     long_description=(here / "README.md").read_text(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["causalmix_jax", "causalmix_jax.*"]),
-    package_data={"causalmix_jax.data": ["default_pool/*", "default_pool/**/*"]},
+    # The embedded default pool is a data directory: listed as a package of its own so
+    # that its files travel with the wheel.
+    packages=setuptools.find_packages(include=["causalmix_jax", "causalmix_jax.*"])
+    + ["causalmix_jax.data.default_pool"],
+    package_data={"causalmix_jax.data.default_pool": ["*"]},
     include_package_data=True,
     install_requires=requirements,
     extras_require={"test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4",
