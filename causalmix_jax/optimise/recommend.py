@@ -457,8 +457,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     best = int(np.argmin(loss))
     # By default (trigger "range") the check fires on any sign of extrapolation: the
     # calibrated verdict, or any covariate outside the sweep's range (the surface's
-    # covariate terms extrapolate there). A needless check costs little (the pick must beat uniform with 95%
-    # confidence); a missed one can cost a bad mixture.
+    # covariate terms extrapolate there). A needless check costs little (the pick must
+    # beat uniform with 95% confidence); a missed one can cost a bad mixture.
     reasons = _off_support_reasons(supports, off_support_trigger)
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,

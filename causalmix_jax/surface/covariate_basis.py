@@ -148,4 +148,4 @@ def range_excess(xs_NxF: np.ndarray, lo_F: np.ndarray, hi_F: np.ndarray) -> np.n
   """Per row, the largest distance of one (standardised) covariate beyond [lo, hi];
   0 when every covariate is inside its range. Length N."""
   gap_NxF = np.maximum(lo_F - xs_NxF, xs_NxF - hi_F)
-  return np.maximum(gap_NxF.max(1, initial=0.0), 0.0)
+  return gap_NxF.max(1, initial=0.0)

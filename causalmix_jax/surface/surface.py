@@ -320,9 +320,8 @@ class SurfaceBase:
     (`held_out_limits`, which are in `beyond`; `quantile` is the share of held-out
     states no farther in Mahalanobis distance), or a covariate the sweep held constant
     moved. A pool drawn like the sweep's is flagged about 4 / (states + 1) of the
-    time. Surfaces saved without held-out statistics compare
-    with the sweep's in-sample maxima (`residual_tol` over its largest residual) and
-    ranges instead."""
+    time. Surfaces saved without held-out statistics compare with the sweep's
+    in-sample maxima (`residual_tol` over its largest residual) and ranges instead."""
     x = self._x(x)
     st = self.support_stats
     if not self.features:
@@ -350,7 +349,8 @@ class SurfaceBase:
                  outside=bool(d > sweep_d.max() or outside))
       return out
     cols = np.asarray(st["cols"], np.int64).reshape(-1)
-    xs = (x[cols] - np.asarray(st["x_mu"])) / np.asarray(st["x_sd"])
+    x_mu, x_sd = np.asarray(st["x_mu"]), np.asarray(st["x_sd"])
+    xs = (x[cols] - x_mu) / x_sd
     if len(cols) == 0:  # no covariate varies (or a covariate-blind surface)
       out.update(mahalanobis=0.0, quantile=1.0, standardised_distance=0.0,
                  max_sweep_standardised_distance=0.0, residual=0.0,
@@ -368,7 +368,6 @@ class SurfaceBase:
                residual=resid, max_sweep_residual=float(st["sweep_residual_max"]),
                max_abs_z=float(np.abs(xs).max(initial=0.0)))
     # Beyond the sweep's range, in the same standardised units.
-    x_mu, x_sd = np.asarray(st["x_mu"]), np.asarray(st["x_sd"])
     out["range_excess"] = float(cbasis.range_excess(
         xs[None, :], (lo[cols] - x_mu) / x_sd, (hi[cols] - x_mu) / x_sd)[0])
     # A covariate the sweep held constant that moves is outside whatever the rest say.
@@ -377,7 +376,7 @@ class SurfaceBase:
     held = st.get("held_out")
     if held is not None:
       # Against the sweep's states measured out of sample (see `held_out_support`):
-      # beyond the largest held-out statistic, on any of the three.
+      # beyond the largest held-out statistic, on any of the four.
       limits = {k: float(np.max(v)) for k, v in held.items()}
       # (Surfaces saved before "range_excess" was measured held out test the others.)
       beyond = [k for k in ("mahalanobis", "residual", "max_abs_z", "range_excess")
