@@ -548,6 +548,31 @@ def test_off_support_trigger_verdict_ignores_a_range_exit_the_verdict_allows():
     recommend(s, off_support_trigger="always", **kw)
 
 
+def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_path):
+  world, runs = _world_runs()
+  s = _stack()
+  g = s.info["heldout_guard"]
+  # Judged on the sweep's held-out (fold, pool state) cells: 16 states, each a cell.
+  assert g["cells"] == 16 and 0 <= g["changed"] <= g["cells"]
+  assert g["guard"] == (g["loss_guarded"] < g["loss_unguarded"])
+  s.save(tmp_path / "surface")
+  assert load_surface(tmp_path / "surface").info["heldout_guard"] == g
+  # A pool inside the support and the range (one of the sweep's own states): "range"
+  # does not run the check; "heldout" runs it exactly when the evidence favours the guard.
+  pool = world.new_pools(1, seed=3)[0]
+  _, _, kw = _pool_case(world, s, pool, dict(zip(runs.features, runs.X[0])))
+  assert not s.support(kw["covariates"])["outside_range"]
+  base = recommend(s, **kw).diagnostics["safe_check"]
+  assert not base["ran"]
+  for favoured in (True, False):
+    with pytest.MonkeyPatch.context() as mp:  # the shared surface's info is restored
+      mp.setitem(s.info, "heldout_guard", dict(g, guard=favoured))
+      check = recommend(s, off_support_trigger="heldout", **kw).diagnostics["safe_check"]
+    assert check["ran"] == favoured and check["trigger"] == "heldout"
+    assert any("held-out pool states" in r for r in check["reasons"]) == favoured
+  assert s.info["heldout_guard"] == g
+
+
 def test_stack_calibrates_across_pools_when_each_pool_has_one_mixture():
   """One mixture per pool state (seed replicates only): contrasts within a pool would
   be pure noise against a zero prediction, so the stack takes them across the held-out

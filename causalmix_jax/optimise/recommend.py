@@ -26,8 +26,9 @@ METHODS = ("S", "A")
 OFF_SUPPORT = ("uniform", "anchors")
 # When the safe objective's off-support check runs (`off_support_trigger`): "range" on
 # the support verdict or any covariate outside the sweep's range; "verdict" on the
-# held-out-calibrated support verdict alone.
-OFF_SUPPORT_TRIGGERS = ("range", "verdict")
+# held-out-calibrated support verdict alone; "heldout" as "range", and on every pool
+# when the guarded decision did better on the sweep's own pool states held out.
+OFF_SUPPORT_TRIGGERS = ("range", "verdict", "heldout")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
 # recommend's settings of the safe objective and the values each takes (first: default).
@@ -148,18 +149,26 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
 
 
 def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]],
-                         trigger: str = "range") -> list[str]:
+                         trigger: str = "range",
+                         guards: Mapping[str, Mapping[str, Any]] | None = None
+                         ) -> list[str]:
   """Why the safe objective's uniform check runs, one line per reason (empty: it does
-  not): the support verdict, and (trigger "range") covariates outside the sweep's
-  range."""
+  not): the support verdict, (triggers "range" and "heldout") covariates outside the
+  sweep's range, and (trigger "heldout") the surface's held-out evidence for the guard
+  (`guards`: each outcome's `heldout_guard` fit info)."""
   out = []
+  for outcome, g in (guards or {}).items():
+    if trigger == "heldout" and g and g.get("guard"):
+      out.append(f"y_{outcome}: on {g['cells']} held-out pool states of the sweep the "
+                 f"guarded pick did better (mean loss {g['loss_guarded']:.4g} vs "
+                 f"{g['loss_unguarded']:.4g})")
   for outcome, r in supports.items():
     if not r.get("inside", True):
       beyond = r.get("beyond") or []
       what = (", ".join(beyond) + " beyond the sweep's held-out limits" if beyond
               else "outside the sweep's support")
       out.append(f"y_{outcome}: {what}")
-    ranged = list(r.get("outside_range") or []) if trigger == "range" else []
+    ranged = list(r.get("outside_range") or []) if trigger != "verdict" else []
     if ranged:
       more = f" and {len(ranged) - 3} more" if len(ranged) > 3 else ""
       out.append(f"y_{outcome}: {len(ranged)} covariate(s) outside the sweep's range "
@@ -322,7 +331,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     support verdict alone (calibrated on the sweep's own pools held out, so it flags
     about 4/(states + 1) of pools drawn like the sweep's; a covariate outside the
     range counts only when it lies farther beyond it than any of the sweep's own
-    states held out did, or when the verdict's other limits are passed).
+    states held out did, or when the verdict's other limits are passed). "heldout": as
+    "range", and on every pool when the surface's fit found that the guarded decision
+    did better than the unguarded one on the sweep's own pool states held out (its
+    info's `heldout_guard`; surfaces without it, or sweeps of one pool state, behave as
+    "range").
   safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
@@ -459,7 +472,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # calibrated verdict, or any covariate outside the sweep's range (the surface's
     # covariate terms extrapolate there). A needless check costs little (the pick must
     # beat uniform with 95% confidence); a missed one can cost a bad mixture.
-    reasons = _off_support_reasons(supports, off_support_trigger)
+    reasons = _off_support_reasons(
+        supports, off_support_trigger,
+        {s.outcome: (getattr(s, "info", None) or {}).get("heldout_guard")
+         for s in surfaces})
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support, "score": safe_score,

@@ -48,6 +48,7 @@ import scipy.optimize
 from scipy import stats
 
 from causalmix_jax import artifacts
+from causalmix_jax.surface import decisions
 from causalmix_jax.surface import discrepancy
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface import scaling
@@ -635,6 +636,14 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   pure_cell = pure_var / counts if pe_dof > 0 else 0.0
   level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
       if n_cells >= MIN_GROUPS and fold_by != "runs" else 0.0
+  # The safe objective's uniform guard, judged on held-out pool states: only where the
+  # cells are pool states (a decision for one pool among its own runs).
+  if fold_by != "runs" and contrasts_within == "pool states":
+    guard = decisions.guard_evidence(mean + scale * dev, data.y, data.w, cells,
+                                     data.name in runs.maximize, level)
+  else:
+    guard = {"cells": 0, "guard": False,
+             "skipped": f"held-out cells are {contrasts_within}, folds by {fold_by}"}
   heldout = {nm: {"contrast_mse": float(np.mean((yc - c) ** 2)),
                   "spearman": float(stats.spearmanr(o.mean(0), data.y).statistic)}
              for nm, c, o in zip(names, contrasts, oofs)}
@@ -649,7 +658,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               "setting": disc_setting}, "calibrated_on": (
               f"{len(pi)} within-cell pairs" if len(pi)
               else f"{int(ok.sum())} runs against their cell means"),
-          "level_sd": level_sd, "heldout": heldout, "noise_sd": noise_sd,
+          "level_sd": level_sd, "heldout": heldout, "heldout_guard": guard,
+          "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
           "chosen": members[int(np.argmax(weights))].info.get("chosen", {}),
@@ -668,6 +678,11 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   log.info("surface stack on y_%s: weights %s, conformal scale %.2f, discrepancy %.3g "
            "(lengthscale %s), level sd %.3g, %.1fs", data.name, info["weights"], scale,
            amplitude, info["discrepancy"]["lengthscale"], level_sd, info["fit_seconds"])
+  if guard["cells"]:
+    log.info("surface stack on y_%s: on %d held-out pool states the uniform guard "
+             "changed %d decisions; mean observed loss %.4g guarded vs %.4g unguarded",
+             data.name, guard["cells"], guard["changed"], guard["loss_guarded"],
+             guard["loss_unguarded"])
   return StackedSurface([m for m, k in zip(members, keep) if k], weights[keep], scale,
                         level_sd * rng.standard_normal(n),
                         discrepancy.draw_weights(split.features, amplitude, n,
