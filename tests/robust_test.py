@@ -538,7 +538,7 @@ def test_off_support_trigger_verdict_ignores_a_range_exit_the_verdict_allows():
   report = s.support(x)
   assert name in report["outside_range"] and not report["outside"]
   _, _, kw = _pool_case(world, s, pool, x)
-  by_range = recommend(s, **kw).diagnostics["safe_check"]
+  by_range = recommend(s, off_support_trigger="range", **kw).diagnostics["safe_check"]
   by_verdict = recommend(s, off_support_trigger="verdict", **kw).diagnostics["safe_check"]
   assert by_range["ran"] and by_range["trigger"] == "range"
   assert any("outside the sweep's range" in r for r in by_range["reasons"])
@@ -562,12 +562,12 @@ def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_pa
   pool = world.new_pools(1, seed=3)[0]
   _, _, kw = _pool_case(world, s, pool, dict(zip(runs.features, runs.X[0])))
   assert not s.support(kw["covariates"])["outside_range"]
-  base = recommend(s, **kw).diagnostics["safe_check"]
+  base = recommend(s, off_support_trigger="range", **kw).diagnostics["safe_check"]
   assert not base["ran"]
   for favoured in (True, False):
     with pytest.MonkeyPatch.context() as mp:  # the shared surface's info is restored
       mp.setitem(s.info, "heldout_guard", dict(g, guard=favoured))
-      check = recommend(s, off_support_trigger="heldout", **kw).diagnostics["safe_check"]
+      check = recommend(s, **kw).diagnostics["safe_check"]  # "heldout": the default
     assert check["ran"] == favoured and check["trigger"] == "heldout"
     assert any("held-out pool states" in r for r in check["reasons"]) == favoured
   assert s.info["heldout_guard"] == g

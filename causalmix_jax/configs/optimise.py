@@ -22,11 +22,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "mean" (the posterior mean: the lowest expected loss). Cap, anchors and the
   # off-support check are the same for both.
   c.safe_score = "bound"
-  # When "safe" counts the pool as off the support: "range" (the support verdict or any
-  # covariate outside the sweep's range) | "verdict" (the held-out-calibrated verdict) |
-  # "heldout" (as "range", and every pool when the guarded decision did better on the
-  # sweep's own pool states held out: the surface's info "heldout_guard").
-  c.off_support_trigger = "range"
+  # When "safe" counts the pool as off the support: "heldout" (as "range", and every
+  # pool when the guarded decision did better on the sweep's own pool states held out:
+  # the surface's info "heldout_guard") | "range" (the support verdict or any covariate
+  # outside the sweep's range) | "verdict" (the held-out-calibrated verdict).
+  c.off_support_trigger = "heldout"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 METHODS = ("S", "A")
 # What the safe objective compares a pick with off the sweep's support (`off_support`).
 OFF_SUPPORT = ("uniform", "anchors")
-# When the safe objective's off-support check runs (`off_support_trigger`): "range" on
-# the support verdict or any covariate outside the sweep's range; "verdict" on the
-# held-out-calibrated support verdict alone; "heldout" as "range", and on every pool
-# when the guarded decision did better on the sweep's own pool states held out.
-OFF_SUPPORT_TRIGGERS = ("range", "verdict", "heldout")
+# When the safe objective's off-support check runs (`off_support_trigger`): "heldout"
+# as "range", and on every pool when the guarded decision did better on the sweep's own
+# pool states held out; "range" on the support verdict or any covariate outside the
+# sweep's range; "verdict" on the held-out-calibrated support verdict alone.
+OFF_SUPPORT_TRIGGERS = ("heldout", "range", "verdict")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
 # recommend's settings of the safe objective and the values each takes (first: default).
@@ -299,7 +299,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
               n_steps: int = 300, off_support: str = "uniform",
               safe_score: str = "bound",
-              off_support_trigger: str = "range") -> Recommendation:
+              off_support_trigger: str = "heldout") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -326,16 +326,16 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     paired difference to any anchor (the sweep's best-known mixtures and uniform) is
     lowest, so it may be worse than uniform by at most what uniform may be worse than
     the best anchor.
-  off_support_trigger: when "safe" counts a pool as off the support. "range" (default):
-    the support verdict or any covariate outside the sweep's range. "verdict": the
-    support verdict alone (calibrated on the sweep's own pools held out, so it flags
-    about 4/(states + 1) of pools drawn like the sweep's; a covariate outside the
-    range counts only when it lies farther beyond it than any of the sweep's own
-    states held out did, or when the verdict's other limits are passed). "heldout": as
-    "range", and on every pool when the surface's fit found that the guarded decision
-    did better than the unguarded one on the sweep's own pool states held out (its
-    info's `heldout_guard`; surfaces without it, or sweeps of one pool state, behave as
-    "range").
+  off_support_trigger: when "safe" counts a pool as off the support. "heldout"
+    (default): as "range", and on every pool when the surface's fit found that the
+    guarded decision did better than the unguarded one on the sweep's own pool states
+    held out (its info's `heldout_guard`; surfaces without it, or sweeps of one pool
+    state, behave as "range"). "range": the support verdict or any covariate outside
+    the sweep's range. "verdict": the support verdict alone (calibrated on the sweep's
+    own pools held out, so it flags about 4/(states + 1) of pools drawn like the
+    sweep's; a covariate outside the range counts only when it lies farther beyond it
+    than any of the sweep's own states held out did, or when the verdict's other
+    limits are passed).
   safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
