@@ -13,7 +13,7 @@ and compute the covariates of a pool. Everything a notebook needs, in one import
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Mapping
 
 from causalmix_jax.optimise import recommend
 from causalmix_jax.runs import Runs, load_runs

@@ -303,6 +303,52 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
       evaluation.default_methods(["ours"], {key: bad})
 
 
+class _LinearSurface:
+  """A surface stand-in with ours' predict / cate signatures: linear in w, intervals
+  +-0.05, so its coverage is neither 0 nor 1 on the fake world."""
+
+  c_D = np.array([0.3, -0.2, 0.1])
+
+  def predict(self, w_NxD, x_F, ci, tokens=None, budget=None):
+    del x_F, ci, tokens, budget
+    m = 3.0 + np.asarray(w_NxD) @ self.c_D
+    return Prediction(m, m - 0.05, m + 0.05)
+
+  def cate(self, w_NxD, w_ref_D, x_F, ci, tokens=None, budget=None):
+    del x_F, ci, tokens, budget
+    m = (np.asarray(w_NxD) - np.asarray(w_ref_D)) @ self.c_D
+    return Prediction(m, m - 0.05, m + 0.05)
+
+
+def test_effect_reference_diagnosis_matches_the_harness():
+  world, surface = FakeWorld(), _LinearSurface()
+  method = evaluation.Method(
+      "ours", lambda runs, outcome: surface, evaluation._ours_predict,
+      evaluation._ours_effect, lambda m, pool, runs: np.full(3, 1.0 / 3.0))
+  rows = evaluation.evaluate_world(world, [method], **SIZES)
+  runs = world.sweep(n_runs=SIZES["n_runs"], n_pools=SIZES["n_pools"])
+  diag = evaluation.effect_reference_diagnosis(
+      world, surface, runs, n_test_pools=SIZES["n_test_pools"],
+      n_mixtures=SIZES["n_mixtures"])
+  assert set(diag) == set(evaluation.SPLITS)
+  for row in rows:
+    d = diag[row["split"]]
+    assert d["effect_vs_natural"] == pytest.approx(row["effect_coverage90"], abs=1e-12)
+    assert d["prediction"] == pytest.approx(row["pred_coverage90"], abs=1e-12)
+    assert 0.0 <= d["effect_vs_median_mixture"] <= 1.0
+    assert np.isfinite(d["effect_slope_median"])
+  covers = [diag[s][k] for s in evaluation.SPLITS
+            for k in ("effect_vs_natural", "effect_vs_median_mixture")]
+  assert any(0.0 < c < 1.0 for c in covers)  # the stand-in is neither exact nor vague
+
+
+def test_parse_ours_settings_names_a_bad_item():
+  assert evaluation.parse_ours_settings(" a=1, b = x ,") == {"a": "1", "b": "x"}
+  assert evaluation.parse_ours_settings("") == {}
+  with pytest.raises(ValueError, match="'nope' is not key=value"):
+    evaluation.parse_ours_settings("a=1,nope")
+
+
 def test_unknown_method_named():
   with pytest.raises(ValueError, match="unknown method"):
     evaluation.default_methods(["ours", "nope"])

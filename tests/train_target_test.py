@@ -9,7 +9,6 @@ import json
 import pathlib
 import re
 
-import jax
 import numpy as np
 import pytest
 

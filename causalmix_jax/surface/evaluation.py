@@ -425,6 +425,18 @@ def econml_method() -> Method:
                 skipped=reason)
 
 
+def parse_ours_settings(text: str) -> dict[str, str]:
+  """"key=value,..." (a zoo config's `ours_surface`) as a dict; ValueError naming the
+  item that is not key=value."""
+  out = {}
+  for item in filter(None, (i.strip() for i in str(text).split(","))):
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise ValueError(f"--config.ours_surface: {item!r} is not key=value")
+    out[key.strip()] = value.strip()
+  return out
+
+
 def default_methods(include: Iterable[str] | None = None,
                     ours_settings: dict[str, str] | None = None) -> list[Method]:
   """The contenders by name (default: all of METHOD_NAMES, in that order); "ours" with
@@ -520,6 +532,38 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
           "recommend_s": _mean(seconds), "n_pools": len(cases),
           "safe_check_ran": _mean([float(r) for r, _ in checks]),
           "safe_check_replaced": _mean([float(x) for _, x in checks])}
+
+
+def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
+                               n_test_pools: int, n_mixtures: int = 200,
+                               seed: int = 0) -> dict[str, dict[str, float]]:
+  """Where a fitted surface's effect intervals miss, per split: the coverage of the
+  zoo's effects (test mixtures against the pool's natural mixture), of the same
+  mixtures against the test mixture of median true loss instead, and of the
+  predictions; and the median over pools of the slope of estimated on true effects
+  (below 1: shrunk). The pools and mixtures are `evaluate_world`'s for the same
+  arguments, so "effect_vs_natural" is its ours' effect coverage for this surface."""
+  align = _align(world, runs)
+  pools = {"new": world.new_pools(n_test_pools, seed=seed),
+           "shifted": world.shifted_pools(n_test_pools, seed=seed)}
+  out = {}
+  for i, split in enumerate(SPLITS):
+    natural, median_ref, pred, slope = [], [], [], []
+    for case in _cases(world, pools[split], align, n_mixtures,
+                       np.random.default_rng([seed, i, 17])):
+      e = _ours_effect(surface, case.w_NxD, case.w_nat_D, case.view)
+      natural.append(float(np.mean(e.covers(case.effect_N))))
+      k = int(np.argsort(case.truth_N)[len(case.truth_N) // 2])
+      e_k = _ours_effect(surface, case.w_NxD, case.w_NxD[k], case.view)
+      median_ref.append(float(np.mean(e_k.covers(case.truth_N - case.truth_N[k]))))
+      pred.append(float(np.mean(_ours_predict(surface, case.w_NxD, case.view)
+                                .covers(case.truth_N))))
+      slope.append(float(np.polyfit(case.effect_N, e.mean, 1)[0]))
+    out[split] = {"effect_vs_natural": float(np.mean(natural)),
+                  "effect_vs_median_mixture": float(np.mean(median_ref)),
+                  "prediction": float(np.mean(pred)),
+                  "effect_slope_median": float(np.median(slope))}
+  return out
 
 
 def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_pools: int,

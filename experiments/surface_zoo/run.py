@@ -66,13 +66,7 @@ def _cached(path: pathlib.Path, settings: dict[str, Any]) -> list[dict[str, Any]
 
 def _ours_surface(cfg) -> dict[str, str]:
   """--config.ours_surface="key=value,..." as a dict (ValueError naming a bad item)."""
-  out = {}
-  for item in filter(None, (i.strip() for i in str(cfg.ours_surface).split(","))):
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-      raise ValueError(f"--config.ours_surface: {item!r} is not key=value")
-    out[key.strip()] = value.strip()
-  return out
+  return evaluation.parse_ours_settings(cfg.ours_surface)
 
 
 def _world_settings(cfg, name: str) -> dict[str, Any]:
