@@ -570,6 +570,11 @@ def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_pa
       check = recommend(s, **kw).diagnostics["safe_check"]  # "heldout": the default
     assert check["ran"] == favoured and check["trigger"] == "heldout"
     assert any("held-out pool states" in r for r in check["reasons"]) == favoured
+  with pytest.MonkeyPatch.context() as mp:  # a surface saved before the evidence existed
+    mp.delitem(s.info, "heldout_guard")
+    legacy = recommend(s, **kw)
+  assert not legacy.diagnostics["safe_check"]["ran"]
+  assert legacy.weights == recommend(s, off_support_trigger="range", **kw).weights
   assert s.info["heldout_guard"] == g
 
 

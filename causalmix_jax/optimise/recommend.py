@@ -149,7 +149,7 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
 
 
 def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]],
-                         trigger: str = "range",
+                         trigger: str,
                          guards: Mapping[str, Mapping[str, Any]] | None = None
                          ) -> list[str]:
   """Why the safe objective's uniform check runs, one line per reason (empty: it does
@@ -468,10 +468,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # Uniform is a candidate (bound 0), so off the support the pick is not worse than
     # uniform unless the interval of that difference is wrong.
     best = int(np.argmin(loss))
-    # By default (trigger "range") the check fires on any sign of extrapolation: the
-    # calibrated verdict, or any covariate outside the sweep's range (the surface's
-    # covariate terms extrapolate there). A needless check costs little (the pick must
-    # beat uniform with 95% confidence); a missed one can cost a bad mixture.
+    # By default (trigger "heldout") the check fires on any sign of extrapolation (the
+    # calibrated verdict, or any covariate outside the sweep's range, where the
+    # surface's covariate terms extrapolate), and on every pool when the sweep's own
+    # pool states, held out, did better with it. A needless check costs little (the
+    # pick must beat uniform with 95% confidence); a missed one can cost a bad mixture.
     reasons = _off_support_reasons(
         supports, off_support_trigger,
         {s.outcome: (getattr(s, "info", None) or {}).get("heldout_guard")
