@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import subprocess
 import sys
 import types
 
@@ -340,6 +341,17 @@ def test_effect_reference_diagnosis_matches_the_harness():
   covers = [diag[s][k] for s in evaluation.SPLITS
             for k in ("effect_vs_natural", "effect_vs_median_mixture")]
   assert any(0.0 < c < 1.0 for c in covers)  # the stand-in is neither exact nor vague
+
+
+def test_diagnose_script_names_an_unknown_world_before_any_fit():
+  root = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.run(
+      [sys.executable, str(root / "experiments/surface_zoo/diagnose.py"),
+       f"--config={root / 'experiments/surface_zoo/config.py'}", "--world=threshold",
+       "--world=nope"], capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "--world: unknown world 'nope'" in proc.stderr + proc.stdout
+  assert "effects vs natural" not in proc.stdout  # nothing was fitted
 
 
 def test_parse_ours_settings_names_a_bad_item():

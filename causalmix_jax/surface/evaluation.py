@@ -212,10 +212,20 @@ def _cases(world: World, pools: Sequence[Pool], align: _Alignment, n_mixtures: i
     w_world = sample_test_mixtures(shares_D, n_mixtures, rng)
     truth_N = np.asarray(world.outcome(w_world, pool), np.float64)
     nat_value = float(np.asarray(world.outcome(shares_D[None, :], pool))[0])
-    world.best_mixture(pool)  # the oracle, computed (and cached) before any timing
     out.append(_Case(pool, align.pool(pool), align.to_runs(w_world),
                      align.to_runs(shares_D), truth_N, truth_N - nat_value))
   return out
+
+
+def _split_cases(world: World, align: _Alignment, n_test_pools: int, n_mixtures: int,
+                 seed: int) -> dict[str, list[_Case]]:
+  """The test cases of each split: `n_test_pools` new and shifted pools, each with
+  `n_mixtures` test mixtures (deterministic given the arguments)."""
+  pools = {"new": world.new_pools(n_test_pools, seed=seed),
+           "shifted": world.shifted_pools(n_test_pools, seed=seed)}
+  return {split: _cases(world, pools[split], align, n_mixtures,
+                        np.random.default_rng([seed, i, 17]))
+          for i, split in enumerate(SPLITS)}
 
 
 # -- the methods -------------------------------------------------------------------------
@@ -543,14 +553,11 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
   predictions; and the median over pools of the slope of estimated on true effects
   (below 1: shrunk). The pools and mixtures are `evaluate_world`'s for the same
   arguments, so "effect_vs_natural" is its ours' effect coverage for this surface."""
-  align = _align(world, runs)
-  pools = {"new": world.new_pools(n_test_pools, seed=seed),
-           "shifted": world.shifted_pools(n_test_pools, seed=seed)}
+  cases = _split_cases(world, _align(world, runs), n_test_pools, n_mixtures, seed)
   out = {}
-  for i, split in enumerate(SPLITS):
+  for split in SPLITS:
     natural, median_ref, pred, slope = [], [], [], []
-    for case in _cases(world, pools[split], align, n_mixtures,
-                       np.random.default_rng([seed, i, 17])):
+    for case in cases[split]:
       e = _ours_effect(surface, case.w_NxD, case.w_nat_D, case.view)
       natural.append(float(np.mean(e.covers(case.effect_N))))
       k = int(np.argsort(case.truth_N)[len(case.truth_N) // 2])
@@ -577,11 +584,10 @@ def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_po
   t0 = time.perf_counter()
   runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed)
   align = _align(world, runs)
-  pools = {"new": world.new_pools(n_test_pools, seed=seed),
-           "shifted": world.shifted_pools(n_test_pools, seed=seed)}
-  cases = {split: _cases(world, pools[split], align, n_mixtures,
-                         np.random.default_rng([seed, i, 17]))
-           for i, split in enumerate(SPLITS)}
+  cases = _split_cases(world, align, n_test_pools, n_mixtures, seed)
+  for split_cases in cases.values():
+    for case in split_cases:
+      world.best_mixture(case.pool)  # the oracle, computed (and cached) before timing
   say(f"{world.name}: sweep of {len(runs)} runs, {n_test_pools} new + {n_test_pools} "
       f"shifted pools, truth and oracle in {time.perf_counter() - t0:.1f}s")
   rows = []

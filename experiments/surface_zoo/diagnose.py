@@ -38,9 +38,8 @@ _WORLD = flags.DEFINE_multi_string(
 flags.mark_flags_as_required(["config", "world"])
 
 
-def diagnose(cfg, name: str) -> dict:
+def diagnose(cfg, world: worlds.World) -> dict:
   """The figures of one world at the config's settings."""
-  world = worlds.make_world(name, seed=cfg.seed)
   runs = world.sweep(n_runs=cfg.n_runs, n_pools=cfg.n_pools, seeds=cfg.seeds,
                      seed=cfg.seed)
   (ours,) = evaluation.default_methods(
@@ -48,7 +47,7 @@ def diagnose(cfg, name: str) -> dict:
   t0 = time.perf_counter()
   surface = ours.fit(runs, evaluation.OUTCOME)
   info = getattr(surface, "info", None) or {}
-  return {"world": name, "seed": int(cfg.seed),
+  return {"world": world.name, "seed": int(cfg.seed),
           "fit_s": round(time.perf_counter() - t0, 1),
           "heldout_guard": info.get("heldout_guard"),
           "conformal_scale": info.get("conformal_scale"),
@@ -62,15 +61,15 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.WARNING)
   cfg = _CONFIG.value
-  unknown = [w for w in _WORLD.value if w not in worlds.WORLDS]
-  if unknown:
-    raise app.UsageError(f"--world: unknown world(s) {unknown}; known: "
-                         f"{sorted(worlds.WORLDS)}")
+  try:  # every name checked before any fit
+    built = [worlds.make_world(name, seed=cfg.seed) for name in _WORLD.value]
+  except ValueError as e:
+    raise app.UsageError(f"--world: {e}") from None
   out = []
-  for name in _WORLD.value:
-    row = diagnose(cfg, name)
+  for world in built:
+    row = diagnose(cfg, world)
     cov = row["coverage"]
-    print(f"{name} (seed {row['seed']}): guard {row['heldout_guard']}; " + "; ".join(
+    print(f"{world.name} (seed {row['seed']}): guard {row['heldout_guard']}; " + "; ".join(
         f"{split} effects vs natural {c['effect_vs_natural']:.3f}, vs median mixture "
         f"{c['effect_vs_median_mixture']:.3f}, predictions {c['prediction']:.3f}, "
         f"slope {c['effect_slope_median']:.2f}" for split, c in cov.items()), flush=True)
