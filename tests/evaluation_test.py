@@ -143,7 +143,51 @@ def _checked() -> evaluation.Method:
   return evaluation.Method("checked", _no_fit, None, None, recommend)
 
 
+def _claiming(name: str, pick, lo: float, hi: float) -> evaluation.Method:
+  """Recommends pick(pool, runs) and reports [lo, hi] as its gain over uniform."""
+  def recommend(model, pool, runs):
+    w = pick(pool, runs)
+    return types.SimpleNamespace(
+        weights=dict(zip(runs.domains, np.asarray(w, float).tolist())), diagnostics={},
+        improvement_over_uniform=types.SimpleNamespace(lo=lo, hi=hi))
+  return evaluation.Method(name, _no_fit, None, None, recommend)
+
+
 SIZES = dict(n_runs=60, n_pools=12, n_test_pools=2, n_mixtures=40)
+
+
+def test_gain_interval_counts_against_the_true_gain():
+  world = FakeWorld()
+  oracle = _oracle(world).recommend
+  lopsided = lambda pool, runs: np.array([0.98, 0.01, 0.01])  # noqa: E731
+  uniform = lambda pool, runs: np.full(3, 1 / 3)  # noqa: E731
+  methods = [_claiming("best", lambda p, r: oracle(None, p, r), 1e-12, 1e9),
+             _claiming("lopsided", lopsided, 0.5, 1.0),
+             _claiming("lopsided_wide", lopsided, -1e9, 1e9),
+             _claiming("stays", uniform, 0.0, 0.0), _checked()]
+  rows = evaluation.evaluate_world(world, methods, **SIZES)
+  by = {(r["split"], r["method"]): r for r in rows}
+  for split in evaluation.SPLITS:
+    gains = lambda m: {k: by[(split, m)][k] for k in evaluation.GAIN_KEYS}  # noqa: E731
+    # The oracle beats uniform on every pool, inside its (claiming) interval.
+    assert gains("best") == dict(gain_moved=2, gain_below=0, gain_above=0, gain_claims=2,
+                                 gain_false_claims=0)
+    # Nearly all weight on one domain is worse than uniform under log returns: every
+    # claim is false, and the truth lies below the interval.
+    assert gains("lopsided") == dict(gain_moved=2, gain_below=2, gain_above=0,
+                                     gain_claims=2, gain_false_claims=2)
+    assert gains("lopsided_wide") == dict(gain_moved=2, gain_below=0, gain_above=0,
+                                          gain_claims=0, gain_false_claims=0)
+    # Uniform itself is no test of the interval; a method without one has no counts.
+    assert gains("stays") == dict(gain_moved=0, gain_below=0, gain_above=0,
+                                  gain_claims=0, gain_false_claims=0)
+    assert all(v is None for v in gains("checked").values())
+  g = evaluation.pooled_gains([by[("new", "lopsided")], by[("shifted", "best")], None])
+  assert g == dict(moved=4, below=2, above=0, claims=4, false_claims=2)
+  assert evaluation.gain_text(g).startswith(
+      "the pick moved from uniform on 4 pools; the true gain over uniform fell below its "
+      "90% interval on 2 (50%) (nominal 5%) and above it on 0 (0%)")
+  assert evaluation.pooled_gains([by[("new", "checked")]]) is None
 
 
 @pytest.fixture(name="fast_candidates")
@@ -565,6 +609,33 @@ def test_replicates_count_cells_over_seeds():
   assert "- ours worse than uniform on 1/4 cells: w2/seed0" in text
   with pytest.raises(ValueError, match="at least one seed"):
     evaluation.replicates({})
+
+
+def test_gain_counts_pooled_in_headline_and_replicates():
+  def with_gains(rows, false_claims):
+    return [dict(r, gain_moved=3, gain_below=1, gain_above=0, gain_claims=2,
+                 gain_false_claims=false_claims) if r["method"] == "ours" else r
+            for r in rows]
+  seed0 = with_gains(_replicate_rows({"w1": (0.01, 0.02, 0.05)}, 0.9), 0)
+  seed1 = with_gains(_replicate_rows({"w1": (0.01, 0.02, 0.05),
+                                      "w2": (0.01, 0.02, 0.05)}, 0.9), 1)
+  seed1 = [dict(r, gain_false_claims=0) if r["world"] == "w2" else r for r in seed1]
+  head = evaluation.headline(seed1)
+  assert head["ours_gain_new"] == dict(moved=6, below=2, above=0, claims=4,
+                                       false_claims=1)
+  assert ("- ours' gain over uniform (shifted pools): the pick moved from uniform on 6 "
+          "pools; the true gain over uniform fell below its 90% interval on 2 (33%)"
+          in evaluation.summarise(seed1))
+  rep = evaluation.replicates({0: seed0, 1: seed1})
+  assert rep["new"]["ours_gain"] == dict(moved=9, below=3, above=0, claims=6,
+                                         false_claims=1)
+  assert rep["new"]["ours_gain_false_claim_cells"] == ["w1/seed1"]
+  text = evaluation.summarise_replicates({0: seed0, 1: seed1})
+  assert ("the interval claimed a gain (lower end > 0) on 6, and the pick was in truth "
+          "worse than uniform on 1 of those (w1/seed1)") in text
+  # Runs made before the counts existed have none: no line, no error.
+  assert evaluation.replicates({0: _replicate_rows({"w1": (0.01, 0.02, 0.05)}, 0.9)}
+                               )["new"]["ours_gain"] is None
 
 
 def test_replicates_script_merges_runs_of_one_seed_and_names_duplicates(tmp_path):

@@ -68,7 +68,14 @@ HELDOUT_SHARE = 0.2
 
 WORLD_KEYS = ("world", "split", "method", "spearman", "pred_coverage90",
               "effect_coverage90", "regret", "regret_sd", "fit_s", "recommend_s",
-              "n_pools", "safe_check_ran", "safe_check_replaced", "status")
+              "n_pools", "safe_check_ran", "safe_check_replaced", "gain_moved",
+              "gain_below", "gain_above", "gain_claims", "gain_false_claims", "status")
+# The gain_* keys test the interval a recommendation reports for its own gain over
+# uniform (`Recommendation.improvement_over_uniform`, 90%) against the true gain, on the
+# pools where the pick is not uniform: counts of those pools, of true gains below the
+# interval (nominal 5%) and above it, of pools where the interval's lower end claims a
+# gain (> 0), and of those claims where the pick was in truth worse than uniform.
+GAIN_KEYS = ("gain_moved", "gain_below", "gain_above", "gain_claims", "gain_false_claims")
 REAL_KEYS = ("dataset", "split", "method", "outcome", "spearman", "r2", "coverage90",
              "n_train", "n_test", "fit_s", "status")
 
@@ -96,7 +103,8 @@ class Method:
   effect(model, w_NxD, w_ref_D, pool) -> the effect of each mixture against w_ref;
   recommend(model, pool, runs) -> a mixture (length D), or a `Recommendation` (its
   safe objective's check is then counted: `safe_check_ran` / `safe_check_replaced`,
-  shares of the pools). predict / effect are None when the method cannot answer them;
+  shares of the pools, and its interval of the gain over uniform is tested: the
+  GAIN_KEYS counts). predict / effect are None when the method cannot answer them;
   `skipped` says why a method cannot run at all."""
   name: str
   fit: Callable[[Runs, str], Any]
@@ -516,6 +524,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world: World,
            align: _Alignment) -> dict[str, Any]:
   rho, pred_cov, eff_cov, regrets, seconds, checks = [], [], [], [], [], []
+  gains: list[tuple[float, float, float]] = []  # (lo, hi, true gain) where the pick moved
+  reported = False  # did the method report an interval of its gain over uniform
   dn = len(runs.domains)
   for case in cases:
     if method.predict is not None:
@@ -529,19 +539,42 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
     t0 = time.perf_counter()
     out = method.recommend(model, case.view, runs)
     seconds.append(time.perf_counter() - t0)
+    gain = None
     if hasattr(out, "weights"):  # a Recommendation
       check = (getattr(out, "diagnostics", None) or {}).get("safe_check")
       if check is not None:
         checks.append((bool(check["ran"]), bool(check["replaced"])))
+      gain = getattr(out, "improvement_over_uniform", None)
+      reported = reported or gain is not None
       out = [out.weights[d] for d in runs.domains]
     w_D = _as_mixture(out, dn)
     regrets.append(float(world.regret(align.to_world(w_D), case.pool)))
+    if gain is not None and not np.allclose(w_D, 1.0 / dn, atol=1e-6):
+      # Regrets are losses against one oracle, so their difference is the true gain
+      # (positive: the pick is better than uniform), in the interval's units.
+      uniform = float(world.regret(np.full(dn, 1.0 / dn), case.pool))
+      gains.append((float(gain.lo), float(gain.hi), uniform - regrets[-1]))
   return {"spearman": _mean(rho), "pred_coverage90": _mean(pred_cov),
           "effect_coverage90": _mean(eff_cov), "regret": _mean(regrets),
           "regret_sd": _finite(np.std(regrets)) if regrets else None,
           "recommend_s": _mean(seconds), "n_pools": len(cases),
           "safe_check_ran": _mean([float(r) for r, _ in checks]),
-          "safe_check_replaced": _mean([float(x) for _, x in checks])}
+          "safe_check_replaced": _mean([float(x) for _, x in checks]),
+          **_gain_counts(gains, reported)}
+
+
+def _gain_counts(gains: Sequence[tuple[float, float, float]], applies: bool
+                 ) -> dict[str, int | None]:
+  """GAIN_KEYS from (lo, hi, true gain) of the pools where the pick moved from uniform;
+  None when the method reports no interval of its gain."""
+  if not applies:
+    return {k: None for k in GAIN_KEYS}
+  g = np.asarray(gains, np.float64).reshape(-1, 3)
+  lo, hi, true = g[:, 0], g[:, 1], g[:, 2]
+  claims = lo > 0
+  return {"gain_moved": int(len(g)), "gain_below": int(np.sum(true < lo)),
+          "gain_above": int(np.sum(true > hi)), "gain_claims": int(np.sum(claims)),
+          "gain_false_claims": int(np.sum(claims & (true < 0)))}
 
 
 def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
@@ -911,6 +944,10 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
       vals = [v for v in vals if v is not None]
       if vals:
         out[f"ours_{key}_{split}"] = _mean(vals)
+  for split in SPLITS:  # ours' interval of its gain over uniform, pooled over worlds
+    gain = pooled_gains([index.get((w, split, "ours")) for w in worlds])
+    if gain is not None:
+      out[f"ours_gain_{split}"] = gain
   ours_s, lgbm_s = out.get("regret_shifted_ours"), out.get("regret_shifted_lightgbm")
   if ours_s is not None and lgbm_s:
     out["regret_shifted_ratio_ours_over_lightgbm"] = ours_s / lgbm_s
@@ -925,6 +962,27 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
   if real:
     out["real_ours_spearman"] = real
   return out
+
+
+def pooled_gains(rows: Sequence[dict[str, Any] | None]) -> dict[str, int] | None:
+  """The GAIN_KEYS counts summed over rows with status "ok" that have them (None when
+  none has)."""
+  have = [r for r in rows if r is not None and r.get("status") == "ok"
+          and r.get("gain_moved") is not None]
+  if not have:
+    return None
+  return {k[len("gain_"):]: int(sum(int(r[k]) for r in have)) for k in GAIN_KEYS}
+
+
+def gain_text(g: dict[str, int]) -> str:
+  """One line on pooled gain counts (see GAIN_KEYS)."""
+  n = g["moved"]
+  share = (lambda k: f"{g[k]} ({g[k] / n:.0%})") if n else (lambda k: str(g[k]))
+  return (f"the pick moved from uniform on {n} pools; the true gain over uniform fell "
+          f"below its 90% interval on {share('below')} (nominal 5%) and above it on "
+          f"{share('above')}; the interval claimed a gain (lower end > 0) on "
+          f"{g['claims']}, and the pick was in truth worse than uniform on "
+          f"{g['false_claims']} of those")
 
 
 def _r2_text(v: float | None) -> str:
@@ -1001,6 +1059,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> str:
               if f"ours_safe_check_ran_{s}" in h]
     if checks:
       parts.append("- ours' safe check against uniform ran on " + ", ".join(checks))
+    for split in SPLITS:
+      if f"ours_gain_{split}" in h:
+        parts.append(f"- ours' gain over uniform ({split} pools): "
+                     + gain_text(h[f"ours_gain_{split}"]))
     band = []
     for m in methods:
       cells = []
@@ -1072,6 +1134,10 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
           "regret_mean": {m: _mean([v for v in per_method[m].values() if v is not None])
                           for m in methods},
           "ours_effect_coverage90": {str(s): v for s, v in coverage.items()}}
+    gain_rows = [index[s].get((w, split, "ours")) for w in worlds for s in seeds]
+    false_cells = [f"{r['world']}/seed{s}" for s in seeds for r in
+                   (index[s].get((w, split, "ours")) for w in worlds)
+                   if r is not None and (r.get("gain_false_claims") or 0) > 0]
     ratio = (float(np.mean(ours_all) / np.mean(lgbm_all))
              if ours_all and np.mean(lgbm_all) > 0 else None)
     out[split] = {"ours_le_best_baseline": f"{wins}/{n}",
@@ -1080,7 +1146,9 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                   "regret_ours": _mean(ours_all), "regret_lightgbm": _mean(lgbm_all),
                   "regret_ratio_ours_over_lightgbm": ratio,
                   "effect_coverage_in_target": f"{covered}/{n_cov}",
-                  "effect_coverage_missed": missed_cells}
+                  "effect_coverage_missed": missed_cells,
+                  "ours_gain": pooled_gains(gain_rows),
+                  "ours_gain_false_claim_cells": false_cells}
   out["cells"] = cells
   return out
 
@@ -1120,5 +1188,11 @@ def summarise_replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -
               f"- ours' effect coverage in [{lo:.2f}, {hi:.2f}] on "
               f"{h['effect_coverage_in_target']} cells"
               + (f"; outside: {', '.join(h['effect_coverage_missed'])}"
-                 if h["effect_coverage_missed"] else ""), ""]
+                 if h["effect_coverage_missed"] else "")]
+    if h["ours_gain"] is not None:
+      parts.append("- ours' gain over uniform, pooled over cells: "
+                   + gain_text(h["ours_gain"])
+                   + (f" ({', '.join(h['ours_gain_false_claim_cells'])})"
+                      if h["ours_gain_false_claim_cells"] else ""))
+    parts.append("")
   return "\n".join(parts).rstrip() + "\n"
