@@ -322,6 +322,13 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
   ours.fit(None, "loss")
   assert seen["config"].covariate_extrapolation == "clip"
   assert seen["config"].stack_discrepancy == "none"  # the rest stays the default
+  (ours,) = evaluation.default_methods(["ours"], evaluation.parse_ours_settings(
+      "stack_members=dml+scaling+transfer,max_x_components=8"))
+  ours.fit(None, "loss")  # a tuple from "+"-joined items, other types converted
+  assert seen["config"].stack_members == ("dml", "scaling", "transfer")
+  assert seen["config"].max_x_components == 8
+  with pytest.raises(ValueError, match="surface.stack_members: unknown member 'forest'"):
+    evaluation.default_methods(["ours"], {"stack_members": "dml+forest"})
   with pytest.raises(ValueError, match="surface.stack_discrepancy: unknown 'gp'"):
     evaluation.default_methods(["ours"], {"stack_discrepancy": "gp"})
   with pytest.raises(ValueError, match="surface.nope is not a surface config key"):

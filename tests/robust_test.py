@@ -83,6 +83,48 @@ def test_scaling_family_recovers_its_own_law():
   assert s.info["map"]["steps"] < scaling.MAX_ITERS
 
 
+def _transfer_truth_runs(n: int = 120, seed: int = 0) -> tuple[Runs, dict]:
+  """Runs drawn from the transfer form itself: one power law in pooled data, so the
+  domains substitute for one another."""
+  rng = np.random.default_rng(seed)
+  d = 4
+  theta = {"a_D": np.log(np.array([1.0, 0.2, 0.5, 0.05])), "b_DxK": np.zeros((d, 0)),
+           "logit_alpha": np.log(0.5 / 0.5), "log_amp": np.log(0.3),
+           "log_eps": np.log(0.01), "log_rstar": np.log(15.4), "e0": 1.0,
+           "e_K": np.zeros(0)}
+  w = rng.dirichlet(np.ones(d), n)
+  f = np.asarray(scaling.mean_fn(theta, w, None, np.zeros((n, 0)), "transfer"))
+  frame = pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "seed": 0})
+  for j in range(d):
+    frame[f"w_d{j}"] = w[:, j]
+  frame["y_loss"] = f + 0.01 * rng.standard_normal(n)
+  return Runs(frame, source="transfer-truth"), theta
+
+
+def test_transfer_form_recovers_its_law_and_the_stack_prefers_it(tmp_path):
+  runs, theta = _transfer_truth_runs()
+  s = fit.fit_surface(runs, "loss", method="transfer", config=_cfg())
+  assert s.info["method"] == "transfer" and s.spec.form == "transfer"
+  w_new = np.random.default_rng(5).dirichlet(np.ones(4), 200)
+  truth = np.asarray(scaling.mean_fn(theta, w_new, None, np.zeros((200, 0)), "transfer"))
+  p = s.predict(w_new)
+  assert stats.spearmanr(p.mean, truth).statistic > 0.97
+  assert np.mean(np.abs(p.mean - truth)) < 0.03
+  # Saved and read back, it answers the same (its spec carries the form).
+  s.save(tmp_path / "surface")
+  back = load_surface(tmp_path / "surface")
+  assert back.spec.form == "transfer"
+  np.testing.assert_allclose(back.draws(w_new[:5]), s.draws(w_new[:5]), rtol=1e-5,
+                             atol=1e-6)
+  # Per-domain power laws make the domains complements; on this law the held-out
+  # contrasts say the transfer form is the better family.
+  stack = fit.fit_surface(runs, "loss", config=_cfg(
+      stack_members=("scaling", "transfer")))
+  assert stack.info["weights"]["transfer"] > 0.5
+  heldout = stack.info["heldout"]
+  assert heldout["transfer"]["contrast_mse"] < heldout["scaling"]["contrast_mse"]
+
+
 def test_fold_searches_start_at_the_full_fit_and_reach_their_modes():
   runs, _ = _scaling_truth_runs()
   w = runs.W
@@ -108,16 +150,17 @@ def test_fold_searches_start_at_the_full_fit_and_reach_their_modes():
     assert float(potential(jnp.asarray(maps[-1], jnp.float32), masks[k])) > warm_f - 1e-6
 
 
+@pytest.mark.parametrize("form", ["boxcox", "transfer"])
 @pytest.mark.parametrize("tokens_known", [True, False])
-def test_map_search_gradient_equals_autodiff(tokens_known):
+def test_map_search_gradient_equals_autodiff(tokens_known, form):
   rng = np.random.default_rng(2)
   d, k, n = 3, 2, 40
-  flat0, _ = scaling._flat_init(d, k)
+  flat0, _ = scaling._flat_init(d, k, form)
   w = jnp.asarray(rng.dirichlet(np.ones(d), n), jnp.float32)
   s = jnp.asarray(rng.standard_normal((n, k)), jnp.float32)
   u = jnp.asarray(rng.uniform(0.05, 2.0, (n, d)), jnp.float32) if tokens_known else None
   y = jnp.asarray(rng.standard_normal(n), jnp.float32)
-  objective = scaling._objective(w, u, s, y)
+  objective = scaling._objective(w, u, s, y, form)
   mask = jnp.asarray(rng.random(n) < 0.7)
   ours = jax.jit(objective.gradient_and_curvature)
   autodiff = jax.jit(jax.grad(objective.potential))
@@ -133,7 +176,7 @@ def test_map_search_gradient_equals_autodiff(tokens_known):
 def test_structured_jacobian_equals_autodiff(form, tokens_known):
   rng = np.random.default_rng(0)
   d, k, n = 4, 3, 30
-  flat0, unravel = scaling._flat_init(d, k)
+  flat0, unravel = scaling._flat_init(d, k, form)
   flat = flat0 + 0.3 * rng.standard_normal(flat0.shape).astype(np.float32)
   w = jnp.asarray(rng.dirichlet(np.ones(d), n), jnp.float32)
   s = jnp.asarray(rng.standard_normal((n, k)), jnp.float32)

@@ -13,9 +13,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "stack" (default): the DML, GP and scaling-law families stacked by leave-pools-out
   # prediction of within-pool contrasts, intervals calibrated by split-conformal on
   # the held-out pools (surface/robust.py). Or one family alone: "dml" | "outcome" |
-  # "gp" | "scaling".
+  # "gp" | "scaling" | "transfer".
   c.method = "stack"
-  c.stack_members = ("dml", "scaling")  # or add "gp" (flexible in X; ~50 s a fit)
+  # Members: add "gp" (flexible in X; ~50 s a fit) or "transfer" (the scaling law's
+  # transfer form, where domains substitute for one another).
+  c.stack_members = ("dml", "scaling")
   # Effect-modifier bases of the DML member inside the stack. "quadratic" puts the
   # design past the number of runs on covariate-rich sweeps (dual form), ~5x the fit.
   c.stack_modifiers = ("linear",)

@@ -292,7 +292,8 @@ def _ours_recommend(surface: Any, pool: Any, runs: Runs,
 
 def _ours(settings: dict[str, str] | None = None) -> Method:
   """Our causal surface with the library defaults (or with `settings`, surface config
-  keys to values, e.g. {"covariate_extrapolation": "clip"}, and recommend's
+  keys to values, e.g. {"covariate_extrapolation": "clip"} or, for a tuple,
+  {"stack_members": "dml+scaling+transfer"}, and recommend's
   SAFE_SETTINGS, passed to it), recommended by `recommend`'s default objective and
   method under the pool's token counts and budget."""
   settings = dict(settings or {})
@@ -311,7 +312,10 @@ def _ours(settings: dict[str, str] | None = None) -> Method:
   for key, value in settings.items():
     if key not in cfg:
       raise ValueError(f"ours settings: surface.{key} is not a surface config key")
-    setattr(cfg, key, type(cfg[key])(value))
+    if isinstance(cfg[key], tuple):  # "a+b" for a tuple: commas separate settings
+      setattr(cfg, key, tuple(v.strip() for v in value.split("+") if v.strip()))
+    else:
+      setattr(cfg, key, type(cfg[key])(value))
   fit_lib.check_config(str(cfg.method), cfg)
   return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome,
                                                                   config=cfg),

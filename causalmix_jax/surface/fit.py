@@ -69,7 +69,7 @@ from causalmix_jax.surface.surface import DesignSpec, Surface, SurfaceBase, modi
 
 log = logging.getLogger(__name__)
 
-METHODS = ("stack", "dml", "outcome", "gp", "scaling")
+METHODS = ("stack", "dml", "outcome", "gp", "scaling", "transfer")
 INFERENCES = ("exact", "nuts", "svi")
 # Fewest usable runs any method fits (the folds need at least surface.n_folds).
 MIN_RUNS = 10
@@ -418,6 +418,15 @@ def check_config(method: str, cfg) -> None:
   stack_calibration(cfg)
   stack_discrepancy(cfg)
   covariate_extrapolation(cfg)
+  from causalmix_jax.surface import robust  # imports this module
+  members, known = tuple(cfg.get("stack_members", ())), robust.MEMBERS
+  for name in members:
+    if name not in known:
+      raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
+                       f"{list(known)}")
+  if method == "stack" and not members:
+    raise ValueError("surface.stack_members: empty; name at least one of "
+                     f"{list(known)}")
   if not 0 < float(cfg.interval_level) < 1:
     raise ValueError(f"surface.interval_level: must be in (0, 1), got "
                      f"{cfg.interval_level}")
@@ -497,6 +506,7 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
 
   method: "stack" (default; the families below stacked and calibrated on held-out
   pools, `robust.py`), "scaling" (the structured scaling law, `scaling.py`),
+  "transfer" (its transfer form: one power law in the pooled effective data),
   "dml" (cross-fitted nuisances, heterogeneous effect theta(X)),
   "outcome" (Y ~ f(T, X) with T x X interactions) or "gp" (outcome model plus a
   random-Fourier-feature GP over (log-ratio mixture, X)). config: a ConfigDict like
@@ -509,10 +519,12 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   cfg = default_config() if config is None else config
   check_config(method, cfg)
   check_runs(runs, outcome, method, cfg)
-  if method in ("stack", "scaling"):
+  if method in ("stack", "scaling", "transfer"):
     from causalmix_jax.surface import robust
-    fn = robust.fit_stack if method == "stack" else robust.fit_scaling
-    return fn(runs, outcome, config, covariate_blind=covariate_blind)
+    if method == "stack":
+      return robust.fit_stack(runs, outcome, config, covariate_blind=covariate_blind)
+    return robust.fit_scaling(runs, outcome, config, covariate_blind=covariate_blind,
+                              form="boxcox" if method == "scaling" else "transfer")
   if threadpoolctl is None:
     return _fit_surface(runs, outcome, method, config, covariate_blind)
   with threadpoolctl.threadpool_limits(1, user_api="blas"):

@@ -56,7 +56,7 @@ from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
 
 log = logging.getLogger(__name__)
 
-MEMBERS = ("dml", "gp", "scaling")
+MEMBERS = ("dml", "gp", "scaling", "transfer")
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
 # Below this many runs the members' fold refits (each on 4/5 of the runs) would fall
 # under the 10 runs a surface needs once the fit stage's own cross-validation holds
@@ -352,9 +352,11 @@ def _member_draws(surface: SurfaceBase, data: _Data, rows: np.ndarray, n: int
 # -- members ------------------------------------------------------------------------
 
 def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = False,
-                _masks: np.ndarray | None = None):
-  """Fits the scaling-law family (`scaling.py`). With `_masks` (M x N over the usable
-  runs) also returns the draws of the fit on each mask (for cross-validation)."""
+                _masks: np.ndarray | None = None, form: str = "boxcox"):
+  """Fits the scaling-law family (`scaling.py`; `form` "boxcox": per-domain power laws,
+  "transfer": one power law in the domains' pooled effective data). With `_masks` (M x
+  N over the usable runs) also returns the draws of the fit on each mask (for
+  cross-validation)."""
   from causalmix_jax.surface import fit as fit_lib
   cfg = fit_lib.default_config() if config is None else config
   t0 = time.time()
@@ -368,12 +370,13 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
   if _masks is not None:
     masks = np.concatenate([np.asarray(_masks, bool), masks], axis=0)
   maps, draws, optimiser = scaling.fit_draws(data.w, u, s, (data.y - y_mu) / y_sd, masks,
-                                             int(cfg.num_samples), int(cfg.seed))
-  spec = scaling.ScalingSpec(data.w.shape[1], xb.k, u is not None)
+                                             int(cfg.num_samples), int(cfg.seed), form)
+  spec = scaling.ScalingSpec(data.w.shape[1], xb.k, u is not None, form=form)
   tokens_med = None if u is None else np.median(data.tokens, axis=0)
   budget_med = None if u is None else float(np.median(data.budget))
   sigma = float(np.exp(scaling.unflatten(spec, maps[-1])["log_sigma"]) * y_sd)
-  info = {"method": "scaling", "inference": "laplace", "n_runs": int(len(data.y)),
+  info = {"method": "transfer" if form == "transfer" else "scaling",
+          "inference": "laplace", "n_runs": int(len(data.y)),
           "noise_sd": sigma,
           "covariates": {"components": xb.k, "pool_states": xb.n_states},
           "map": optimiser, "fit_seconds": time.time() - t0}
@@ -426,10 +429,10 @@ def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
   return full, oof
 
 
-def _scaling_member(runs, outcome, cfg, covariate_blind, data, folds):
+def _scaling_member(runs, outcome, cfg, covariate_blind, data, folds, form="boxcox"):
   masks = np.stack([folds != k for k in range(int(folds.max()) + 1)])
   full, fold_params = fit_scaling(runs, outcome, cfg, covariate_blind=covariate_blind,
-                                  _masks=masks)
+                                  _masks=masks, form=form)
   n = full.n_draws
   oof = np.empty((n, len(data.y)))
   for k, params in enumerate(fold_params):
@@ -560,8 +563,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
                        f"{list(MEMBERS)}")
     t1 = time.time()
-    if name == "scaling":
-      full, oof = _scaling_member(runs, outcome, cfg, covariate_blind, data, folds)
+    if name in ("scaling", "transfer"):
+      full, oof = _scaling_member(runs, outcome, cfg, covariate_blind, data, folds,
+                                  "transfer" if name == "transfer" else "boxcox")
     else:
       full, oof = _linear_member(runs, outcome, name, cfg, covariate_blind, data, folds)
     secs[name] = time.time() - t1

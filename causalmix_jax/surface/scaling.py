@@ -20,6 +20,16 @@ data at eff + eps = 1, and as alpha_d -> 0 it becomes the log-linear law
 A (eff + eps)^-alpha, the same family makes small exponents trade a growing amplitude
 against a falling e0 along a flat valley that no optimiser crosses in a few steps
 (`form="power"`, kept to load surfaces saved that way).
+The transfer form (`form="transfer"`) pools the domains before one power law, as in
+scaling laws for transfer (Hernandez et al., 2021), where data of one distribution
+counts as a multiple of another's:
+
+  f(w, x) = e0 + e . c(s(x)) + A * ((sum_d r_d(x) eff_d(w) + eps)^(-alpha) - 1) / alpha
+  r_d(x)  = exp(a_d + b_d . c(s(x)))           (rate at which domain d transfers)
+
+so the domains substitute for one another, and a domain's marginal value falls as the
+others grow. The per-domain form makes them complements with separate returns; which of
+the two a sweep supports is for `robust.py`'s held-out stacking to say.
 All sites are real-valued Normals (A_d through exp, alpha_d in (0, 1) through a sigmoid,
 eps above 1e-4), so the posterior is fitted
 as a MAP point with a Laplace (Gaussian) approximation in the unconstrained space. The
@@ -79,7 +89,7 @@ MAX_ITERS = 300
 GRAD_TOL = 1e-4
 GAIN_TOL = 1e-5
 DAMPING0 = 1e-3
-FORMS = ("boxcox", "power")
+FORMS = ("boxcox", "power", "transfer")
 PREDICTIVES = ("linearised", "sampled")
 
 
@@ -149,10 +159,24 @@ def _domain_terms(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray,
       theta["log_rstar"], w_NxD, u_NxD, c_NxK)
 
 
+def _transfer_term(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray,
+                   u_NxD: jnp.ndarray | None, c_NxK: jnp.ndarray) -> jnp.ndarray:
+  """The transfer form's power law in the pooled effective data, length N."""
+  eff = effective_share(w_NxD, u_NxD, theta["log_rstar"])
+  rate_NxD = jnp.exp(jnp.clip(theta["a_D"][None, :] + c_NxK @ theta["b_DxK"].T,
+                              -30.0, 10.0))
+  pooled = jnp.sum(rate_NxD * eff, axis=-1) + EPS_FLOOR + jnp.exp(theta["log_eps"])
+  alpha = jax.nn.sigmoid(theta["logit_alpha"])
+  amp = jnp.exp(jnp.clip(theta["log_amp"], -30.0, 10.0))
+  return amp * jnp.expm1(-alpha * jnp.log(pooled)) / alpha
+
+
 def mean_fn(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray, u_NxD: jnp.ndarray | None,
             s_NxK: jnp.ndarray, form: str = "boxcox") -> jnp.ndarray:
   """Expected standardised outcome, length N."""
   c_NxK = _soft_scores(s_NxK)
+  if form == "transfer":
+    return theta["e0"] + c_NxK @ theta["e_K"] + _transfer_term(theta, w_NxD, u_NxD, c_NxK)
   terms = _domain_terms(theta, w_NxD, u_NxD, c_NxK, form)
   return theta["e0"] + c_NxK @ theta["e_K"] + terms.sum(-1)
 
@@ -164,7 +188,10 @@ def mean_jacobian(theta: dict[str, jnp.ndarray], w_NxD: jnp.ndarray,
 
   The same numbers as `jax.jacfwd` of `mean_fn`, at a fraction of its cost: a
   domain's own sites move only its term, so each is differentiated through that one
-  term instead of through all D of them."""
+  term instead of through all D of them. (The transfer form pools the domains before
+  its power law, so there every site moves every run: forward mode over all sites.)"""
+  if form == "transfer":
+    return jax.jacfwd(lambda th: mean_fn(th, w_NxD, u_NxD, s_NxK, form))(theta)
   c_NxK = _soft_scores(s_NxK)
   term = jax.jacfwd(functools.partial(_domain_term, form=form), argnums=(0, 1, 2))
   d_a, d_b, d_alpha = jax.vmap(term, in_axes=(0, 0, 0, None, None, 1,
@@ -194,55 +221,70 @@ PRIORS: dict[str, tuple[float, float]] = {
     "e_K": (0.0, 1.0),
     "log_sigma": (float(np.log(0.3)), 1.5),
 }
+# The transfer form's own sites: log rates of transfer (a unit rate counts a domain's
+# effective share in full; the sweep sets their ratios), one exponent and one amplitude.
+TRANSFER_PRIORS: dict[str, tuple[float, float]] = {
+    "a_D": (0.0, 1.5),
+    "logit_alpha": (LOGIT_ALPHA0, 1.0),
+    "log_amp": (LOG_SLOPE0, 1.5),
+}
 
 
-def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None):
+def _priors(form: str) -> dict[str, tuple[float, float]]:
+  return {**PRIORS, **TRANSFER_PRIORS} if form == "transfer" else PRIORS
+
+
+def model(w_NxD, u_NxD, s_NxK, mask_N, y_N=None, form: str = "boxcox"):
   """The NumPyro model (standardised y). `mask_N` drops rows (cross-validation)."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
-  shapes = _site_shapes(d, k)
+  shapes = _site_shapes(d, k, form)
+  priors = _priors(form)
 
   def site(name):
-    prior = dist.Normal(*PRIORS[name])
+    prior = dist.Normal(*priors[name])
     if shapes[name]:
       prior = prior.expand(list(shapes[name])).to_event(len(shapes[name]))
     return numpyro.sample(name, prior)
 
   theta = {name: site(name) for name in shapes if name != "log_sigma"}
   log_sigma = site("log_sigma")
-  f = mean_fn(theta, w_NxD, u_NxD, s_NxK)
+  f = mean_fn(theta, w_NxD, u_NxD, s_NxK, form)
   with numpyro.plate("runs", w_NxD.shape[0]):
     numpyro.sample("y", dist.Normal(f, jnp.exp(log_sigma)).mask(mask_N), obs=y_N)
 
 
-def _site_shapes(d: int, k: int) -> dict[str, tuple[int, ...]]:
+def _site_shapes(d: int, k: int, form: str = "boxcox") -> dict[str, tuple[int, ...]]:
+  if form == "transfer":
+    return {"a_D": (d,), "b_DxK": (d, k), "logit_alpha": (), "log_amp": (),
+            "log_eps": (), "log_rstar": (), "e0": (), "e_K": (k,), "log_sigma": ()}
   return {"a_D": (d,), "b_DxK": (d, k), "logit_alpha_D": (d,), "log_eps": (),
           "log_rstar": (), "e0": (), "e_K": (k,), "log_sigma": ()}
 
 
-def _prior_flat(d: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _prior_flat(d: int, k: int, form: str = "boxcox") -> tuple[np.ndarray, np.ndarray]:
   """(centres, precisions) of the priors, in the flat vector's order."""
-  shapes = _site_shapes(d, k)
-  loc, _ = ravel_pytree({n: np.full(shapes[n], PRIORS[n][0], np.float32) for n in shapes})
-  prec, _ = ravel_pytree({n: np.full(shapes[n], PRIORS[n][1] ** -2.0, np.float32)
+  shapes, priors = _site_shapes(d, k, form), _priors(form)
+  loc, _ = ravel_pytree({n: np.full(shapes[n], priors[n][0], np.float32) for n in shapes})
+  prec, _ = ravel_pytree({n: np.full(shapes[n], priors[n][1] ** -2.0, np.float32)
                           for n in shapes})
   return np.asarray(loc), np.asarray(prec)
 
 
-def _init_theta(d: int, k: int) -> dict[str, jnp.ndarray]:
+def _init_theta(d: int, k: int, form: str = "boxcox") -> dict[str, jnp.ndarray]:
   """Where the MAP search starts: every prior's centre, with unit noise sd."""
-  shapes = _site_shapes(d, k)
-  return {n: jnp.full(shapes[n], 0.0 if n == "log_sigma" else PRIORS[n][0], jnp.float32)
+  shapes, priors = _site_shapes(d, k, form), _priors(form)
+  return {n: jnp.full(shapes[n], 0.0 if n == "log_sigma" else priors[n][0], jnp.float32)
           for n in shapes}
 
 
-def _flat_init(d: int, k: int):
+def _flat_init(d: int, k: int, form: str = "boxcox"):
   """(initial parameters as one flat vector, the function naming its sites)."""
-  return ravel_pytree(_init_theta(d, k))
+  return ravel_pytree(_init_theta(d, k, form))
 
 
-def _sigma_index(d: int, k: int) -> int:
+def _sigma_index(d: int, k: int, form: str = "boxcox") -> int:
   """Position of `log_sigma` in the flat parameter vector (sites in sorted order)."""
-  shapes = _site_shapes(d, k)
+  shapes = _site_shapes(d, k, form)
   return sum(int(np.prod(shapes[n])) for n in sorted(shapes) if n < "log_sigma")
 
 
@@ -252,23 +294,23 @@ class _Objective(NamedTuple):
                                    tuple[jnp.ndarray, jnp.ndarray]]
 
 
-def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
+def _objective(w_NxD, u_NxD, s_NxK, y_N, form: str = "boxcox") -> _Objective:
   """The per-run potential (minus the log posterior over the observed runs, divided by
   their number) of a row mask, and its exact gradient with the Levenberg-Marquardt
   curvature, both as functions of (flat parameters, mask). u_NxD: None without tokens."""
   d, k = w_NxD.shape[1], s_NxK.shape[1]
-  flat0, unravel = _flat_init(d, k)
-  i_sigma = _sigma_index(d, k)
+  flat0, unravel = _flat_init(d, k, form)
+  i_sigma = _sigma_index(d, k, form)
   e_sigma = jnp.zeros(flat0.shape[0]).at[i_sigma].set(1.0)
 
   def potential(flat, mask):
-    lp, _ = infer_util.log_density(model, (w_NxD, u_NxD, s_NxK, mask, y_N), {},
+    lp, _ = infer_util.log_density(model, (w_NxD, u_NxD, s_NxK, mask, y_N, form), {},
                                    unravel(flat))
     return -lp / jnp.maximum(mask.sum(), 1.0)
 
   # Every site's prior is Normal: minus the log prior is a diagonal quadratic.
   with jax.ensure_compile_time_eval():
-    prior_loc, prior_prec = _prior_flat(d, k)
+    prior_loc, prior_prec = _prior_flat(d, k, form)
 
   def gradient_and_curvature(flat, mask):
     # The exact gradient of the Normal likelihood and the priors, from the mean's
@@ -277,9 +319,9 @@ def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
     # and the priors'.
     theta = unravel(flat)
     j_NxP = jax.vmap(lambda row: ravel_pytree(row)[0])(
-        mean_jacobian(theta, w_NxD, u_NxD, s_NxK))
+        mean_jacobian(theta, w_NxD, u_NxD, s_NxK, form))
     inv_var = jnp.exp(-2.0 * flat[i_sigma])
-    r_N = mask * (y_N - mean_fn(theta, w_NxD, u_NxD, s_NxK))
+    r_N = mask * (y_N - mean_fn(theta, w_NxD, u_NxD, s_NxK, form))
     rss = jnp.sum(r_N * r_N)
     g = -(j_NxP.T @ r_N) * inv_var + (mask.sum() - rss * inv_var) * e_sigma
     g = g + prior_prec * (flat - prior_loc)
@@ -291,16 +333,16 @@ def _objective(w_NxD, u_NxD, s_NxK, y_N) -> _Objective:
   return _Objective(potential, gradient_and_curvature)
 
 
-@functools.partial(jax.jit, static_argnames=("tokens_known", "n_draws"))
+@functools.partial(jax.jit, static_argnames=("tokens_known", "n_draws", "form"))
 def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
-               n_draws: int):
+               n_draws: int, form: str = "boxcox"):
   """MAP and Laplace draws of the parameters for every row mask; also the
   Levenberg-Marquardt steps each MAP took, its largest gradient coordinate and the
   final damping. The last mask's search starts at the priors' centre; the others
   (cross-validation folds, which hold most of its runs) start at its MAP, side by side,
   which takes a fraction of the steps."""
-  flat0, _ = _flat_init(w_NxD.shape[1], s_NxK.shape[1])
-  objective = _objective(w_NxD, u_NxD if tokens_known else None, s_NxK, y_N)
+  flat0, _ = _flat_init(w_NxD.shape[1], s_NxK.shape[1], form)
+  objective = _objective(w_NxD, u_NxD if tokens_known else None, s_NxK, y_N, form)
   potential = objective.potential
 
   def fit_one(mask, key, start):
@@ -354,14 +396,14 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
 
 def unflatten(spec: ScalingSpec, flat_P: np.ndarray) -> dict[str, np.ndarray]:
   """The named sites of a flat parameter vector."""
-  _, unravel = _flat_init(spec.n_domains, spec.n_x)
+  _, unravel = _flat_init(spec.n_domains, spec.n_x, spec.form)
   return {k: np.asarray(v) for k, v in unravel(jnp.asarray(flat_P)).items()}
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _predict_std(spec: ScalingSpec, draws_SxP, map_P, w_NxD, u_NxD, s_NxK):
   """Draws of the standardised expected outcome, S x N."""
-  _, unravel = _flat_init(spec.n_domains, spec.n_x)
+  _, unravel = _flat_init(spec.n_domains, spec.n_x, spec.form)
   u = u_NxD if spec.tokens_known else None
   if spec.predictive == "sampled":
     return jax.vmap(lambda p: mean_fn(unravel(p), w_NxD, u, s_NxK, spec.form))(draws_SxP)
@@ -373,17 +415,18 @@ def _predict_std(spec: ScalingSpec, draws_SxP, map_P, w_NxD, u_NxD, s_NxK):
 
 
 def fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
-              ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int
-              ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+              ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int,
+              form: str = "boxcox") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """(MAP M x P, draws M x S x P, optimiser report) of the standardised-outcome model
-  for each mask. The report gives the full fit's (last mask's) steps, largest gradient
+  for each mask (`form`: "boxcox", per-domain power laws, or "transfer"). The report gives the full fit's (last mask's) steps, largest gradient
   coordinate and why the search stopped, and the most steps any mask took."""
   tokens_known = u_NxD is not None
   u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
   out = _fit_masks(
       jnp.asarray(w_NxD, jnp.float32), u, jnp.asarray(s_NxK, jnp.float32),
       jnp.asarray(ys_N, jnp.float32), jnp.asarray(masks_MxN, bool),
-      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws))
+      jax.random.PRNGKey(seed), tokens_known=tokens_known, n_draws=int(n_draws),
+      form=form)
   maps, draws, iters, g_max, damping = (np.asarray(a) for a in out)
   if g_max[-1] < GRAD_TOL:
     stopped = "gradient below tolerance"
