@@ -9,8 +9,10 @@ never mix scales. Every member family is refitted with each group held out:
 
 - members: the DML surface (`fit.py`, linear in physics features, effects modified by
   the covariates), the GP surface (random Fourier features over mixture and covariates:
-  flexible in X) and the structured scaling law (`scaling.py`: power laws in effective
-  data with data-constrained repetition, so it extrapolates pool size physically);
+  flexible in X), the structured scaling law (`scaling.py`: power laws in effective
+  data with data-constrained repetition, so it extrapolates pool size physically) and
+  its transfer form ("transfer": one power law in the domains' pooled effective data,
+  so domains substitute for one another);
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
   uses), so a family that is wrong for this sweep gets no weight;
