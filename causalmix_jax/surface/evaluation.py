@@ -1138,9 +1138,8 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
           "regret_mean": {m: _mean([v for v in per_method[m].values() if v is not None])
                           for m in methods},
           "ours_effect_coverage90": {str(s): v for s, v in coverage.items()}}
-    gain_rows = [index[s].get((w, split, "ours")) for w in worlds for s in seeds]
-    false_cells = [f"{r['world']}/seed{s}" for s in seeds for r in
-                   (index[s].get((w, split, "ours")) for w in worlds)
+    ours_rows = [(s, index[s].get((w, split, "ours"))) for s in seeds for w in worlds]
+    false_cells = [f"{r['world']}/seed{s}" for s, r in ours_rows
                    if r is not None and (r.get("gain_false_claims") or 0) > 0]
     ratio = (float(np.mean(ours_all) / np.mean(lgbm_all))
              if ours_all and np.mean(lgbm_all) > 0 else None)
@@ -1151,7 +1150,7 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                   "regret_ratio_ours_over_lightgbm": ratio,
                   "effect_coverage_in_target": f"{covered}/{n_cov}",
                   "effect_coverage_missed": missed_cells,
-                  "ours_gain": pooled_gains(gain_rows),
+                  "ours_gain": pooled_gains([r for _, r in ours_rows]),
                   "ours_gain_false_claim_cells": false_cells}
   out["cells"] = cells
   return out

@@ -519,12 +519,12 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   cfg = default_config() if config is None else config
   check_config(method, cfg)
   check_runs(runs, outcome, method, cfg)
-  if method in ("stack", "scaling", "transfer"):
-    from causalmix_jax.surface import robust
-    if method == "stack":
-      return robust.fit_stack(runs, outcome, config, covariate_blind=covariate_blind)
+  from causalmix_jax.surface import robust
+  if method == "stack":
+    return robust.fit_stack(runs, outcome, config, covariate_blind=covariate_blind)
+  if method in robust.SCALING_FORMS:
     return robust.fit_scaling(runs, outcome, config, covariate_blind=covariate_blind,
-                              form="boxcox" if method == "scaling" else "transfer")
+                              form=robust.SCALING_FORMS[method])
   if threadpoolctl is None:
     return _fit_surface(runs, outcome, method, config, covariate_blind)
   with threadpoolctl.threadpool_limits(1, user_api="blas"):

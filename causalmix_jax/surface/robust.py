@@ -59,6 +59,8 @@ from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
 log = logging.getLogger(__name__)
 
 MEMBERS = ("dml", "gp", "scaling", "transfer")
+# The members (and `fit_surface` methods) that are forms of the scaling family.
+SCALING_FORMS = {"scaling": "boxcox", "transfer": "transfer"}
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
 # Below this many runs the members' fold refits (each on 4/5 of the runs) would fall
 # under the 10 runs a surface needs once the fit stage's own cross-validation holds
@@ -560,14 +562,11 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     return surface
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
   members, oofs, names, secs = [], [], [], {}
-  for name in tuple(cfg.stack_members):
-    if name not in MEMBERS:
-      raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
-                       f"{list(MEMBERS)}")
+  for name in tuple(cfg.stack_members):  # checked by fit.check_config
     t1 = time.time()
-    if name in ("scaling", "transfer"):
+    if name in SCALING_FORMS:
       full, oof = _scaling_member(runs, outcome, cfg, covariate_blind, data, folds,
-                                  "transfer" if name == "transfer" else "boxcox")
+                                  SCALING_FORMS[name])
     else:
       full, oof = _linear_member(runs, outcome, name, cfg, covariate_blind, data, folds)
     secs[name] = time.time() - t1
