@@ -474,6 +474,8 @@ def test_unknown_stack_member_is_named():
   _, runs = _world_runs()
   with pytest.raises(ValueError, match="surface.stack_members.*forest"):
     fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest")))
+  with pytest.raises(ValueError, match="surface.stack_members: empty"):
+    fit.fit_surface(runs, "loss", config=_cfg(stack_members=()))
 
 
 def _pool_case(world, s, pool, x=None, **sizes):
