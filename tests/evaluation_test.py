@@ -389,6 +389,9 @@ def test_effect_reference_diagnosis_matches_the_harness():
     assert d["prediction"] == pytest.approx(row["pred_coverage90"], abs=1e-12)
     assert 0.0 <= d["effect_vs_median_mixture"] <= 1.0
     assert np.isfinite(d["effect_slope_median"])
+    # The stand-in's effect intervals are +-0.05: sd 0.05 / z at the 90% level.
+    assert d["effect_median_sd"] == pytest.approx(0.05 / 1.6448536, rel=1e-5)
+    assert d["effect_median_abs_error"] > 0.0
   covers = [diag[s][k] for s in evaluation.SPLITS
             for k in ("effect_vs_natural", "effect_vs_median_mixture")]
   assert any(0.0 < c < 1.0 for c in covers)  # the stand-in is neither exact nor vague

@@ -249,6 +249,29 @@ def test_stack_calibration_setting_is_checked_and_reported():
     fit.fit_surface(runs, "loss", config=bad)
 
 
+def test_stack_reports_what_its_calibration_saw():
+  """The held-out contrasts the conformal step scored: their count, median error and
+  calibrated sd, the share inside the interval (at least the level, by construction)
+  and whether the run noise was taken out, which only replicate runs allow."""
+  world, runs = _world_runs()
+  frame = runs.to_frame()
+  # Two runs of this sweep drew the same one-hot mixture in one pool (replicates by
+  # accident); without them no run repeats another.
+  once = frame[~frame.filter(like="w_").round(9).duplicated()]
+  assert len(once) == len(frame) - 2
+  s = fit.fit_surface(Runs(once.reset_index(drop=True), source="once"), "loss",
+                      config=_cfg())
+  cal = s.info["calibration"]
+  assert cal["contrasts"] > 100
+  assert 0.9 <= cal["coverage"] <= 0.95
+  assert 0 < cal["median_abs_error"] < 10 * cal["median_sd"]
+  assert cal["run_noise"] == "left in (no replicate runs)"
+  twice = fit.fit_surface(world.sweep(n_runs=64, n_pools=16, seeds=2, seed=0), "loss",
+                          config=_cfg())
+  assert twice.info["calibration"]["run_noise"].startswith("taken out")
+  assert 0.9 <= twice.info["calibration"]["coverage"] <= 0.95
+
+
 def test_stack_discrepancy_setting_is_checked_and_reported():
   s = _stack()
   assert s.info["discrepancy"]["setting"] == "none"

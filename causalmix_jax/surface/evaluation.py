@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.optimise import constraints as cons
@@ -587,16 +588,24 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
   """Where a fitted surface's effect intervals miss, per split: the coverage of the
   zoo's effects (test mixtures against the pool's natural mixture), of the same
   mixtures against the test mixture of median true loss instead, and of the
-  predictions; and the median over pools of the slope of estimated on true effects
-  (below 1: shrunk). The pools and mixtures are `evaluate_world`'s for the same
-  arguments, so "effect_vs_natural" is its ours' effect coverage for this surface."""
+  predictions; the median over pools of the slope of estimated on true effects
+  (below 1: shrunk); and, over every (pool, mixture) of the zoo's effects, the median
+  absolute error and the median interval sd (half-width over the normal quantile of
+  the level), to set beside the fit's own held-out figures (`info["calibration"]` of a
+  stacked surface): an interval that is right on the held-out pairs and misses here
+  has a spread whose shape, not its size, is wrong. The pools and mixtures are
+  `evaluate_world`'s for the same arguments, so "effect_vs_natural" is its ours'
+  effect coverage for this surface."""
   cases = _split_cases(world, _align(world, runs), n_test_pools, n_mixtures, seed)
+  z = float(stats.norm.ppf(0.5 + CI / 2))
   out = {}
   for split in SPLITS:
-    natural, median_ref, pred, slope = [], [], [], []
+    natural, median_ref, pred, slope, abs_err, sd = [], [], [], [], [], []
     for case in cases[split]:
       e = _ours_effect(surface, case.w_NxD, case.w_nat_D, case.view)
       natural.append(float(np.mean(e.covers(case.effect_N))))
+      abs_err.append(np.abs(e.mean - case.effect_N))
+      sd.append((e.hi - e.lo) / (2.0 * z))
       k = int(np.argsort(case.truth_N)[len(case.truth_N) // 2])
       e_k = _ours_effect(surface, case.w_NxD, case.w_NxD[k], case.view)
       median_ref.append(float(np.mean(e_k.covers(case.truth_N - case.truth_N[k]))))
@@ -606,7 +615,9 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
     out[split] = {"effect_vs_natural": float(np.mean(natural)),
                   "effect_vs_median_mixture": float(np.mean(median_ref)),
                   "prediction": float(np.mean(pred)),
-                  "effect_slope_median": float(np.median(slope))}
+                  "effect_slope_median": float(np.median(slope)),
+                  "effect_median_abs_error": float(np.median(np.concatenate(abs_err))),
+                  "effect_median_sd": float(np.median(np.concatenate(sd)))}
   return out
 
 

@@ -629,6 +629,19 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
   c = conformal_scale(err2, split.variance(var), level, noise)
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
+  z = float(stats.norm.ppf(0.5 + level / 2))
+  # What the calibration saw, to set beside a test's errors and interval sds: the
+  # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
+  # and the calibrated sds of the same contrasts.
+  calibration = {
+      "contrasts": int(len(err2)),
+      "median_abs_error": float(np.median(np.sqrt(err2))),
+      "median_sd": float(np.median(c * np.sqrt(split.variance(var)))),
+      "coverage": float(np.mean(np.maximum(err2 - (0.0 if noise is None else noise),
+                                           0.0)
+                                <= (z * c) ** 2 * split.variance(var))),
+      "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
+                    else "left in (no replicate runs)")}
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
   n_cells = int(cells.max()) + 1
   counts = np.bincount(cells)
@@ -663,6 +676,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               "setting": disc_setting}, "calibrated_on": (
               f"{len(pi)} within-cell pairs" if len(pi)
               else f"{int(ok.sum())} runs against their cell means"),
+          "calibration": calibration,
           "level_sd": level_sd, "heldout": heldout, "heldout_guard": guard,
           "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)

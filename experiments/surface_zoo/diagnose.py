@@ -2,7 +2,8 @@
 uniform guard (`info["heldout_guard"]`), its conformal scale, and where its effect
 intervals miss (`evaluation.effect_reference_diagnosis`: effects against the pool's
 natural mixture, as the zoo scores them, against a test mixture of median true loss,
-and predictions).
+and predictions; the median error and interval sd of those effects beside the same
+figures of the held-out contrasts the fit calibrated on).
 
   python experiments/surface_zoo/diagnose.py --config=experiments/surface_zoo/config.py \
       --config.seed=7 --world=threshold --world=relative_quality
@@ -51,6 +52,7 @@ def diagnose(cfg, world: worlds.World) -> dict:
           "fit_s": round(time.perf_counter() - t0, 1),
           "heldout_guard": info.get("heldout_guard"),
           "conformal_scale": info.get("conformal_scale"),
+          "calibration": info.get("calibration"),
           "coverage": evaluation.effect_reference_diagnosis(
               world, surface, runs, n_test_pools=cfg.n_test_pools,
               n_mixtures=cfg.n_mixtures, seed=cfg.seed)}
@@ -72,7 +74,14 @@ def main(argv: list[str]) -> None:
     print(f"{world.name} (seed {row['seed']}): guard {row['heldout_guard']}; " + "; ".join(
         f"{split} effects vs natural {c['effect_vs_natural']:.3f}, vs median mixture "
         f"{c['effect_vs_median_mixture']:.3f}, predictions {c['prediction']:.3f}, "
-        f"slope {c['effect_slope_median']:.2f}" for split, c in cov.items()), flush=True)
+        f"slope {c['effect_slope_median']:.2f}, median |error| "
+        f"{c['effect_median_abs_error']:.4f} / sd {c['effect_median_sd']:.4f}"
+        for split, c in cov.items()), flush=True)
+    cal = row["calibration"]
+    if cal:
+      print(f"  held-out calibration: {cal['contrasts']} contrasts, median |error| "
+            f"{cal['median_abs_error']:.4f} / sd {cal['median_sd']:.4f}, coverage "
+            f"{cal['coverage']:.3f}, run noise {cal['run_noise']}", flush=True)
     out.append(row)
   print(json.dumps({"worlds": out}))
 
