@@ -304,6 +304,11 @@ def test_stack_discrepancy_adds_to_every_draw_and_is_saved(tmp_path):
   delta = discrepancy.draws(*(np.asarray(a, np.float64) for a in disc), w, np.cos)
   np.testing.assert_allclose(t.draws(w, x) - s.draws(w, x)[:n], delta[:n], atol=1e-6)
   assert np.std(delta) > 0.01
+  # Its draws are centred, as are the pool level's: neither moves the predictive mean
+  # at any mixture, however few the draws.
+  np.testing.assert_allclose(delta.mean(0), 0.0, atol=1e-6)
+  assert abs(float(np.mean(s.level_S))) < 1e-6
+  np.testing.assert_allclose(t.draws(w, x).mean(0), s.draws(w, x)[:n].mean(0), atol=1e-6)
   fn, params = t.sampler()
   np.testing.assert_allclose(np.asarray(jax.jit(fn)(params, w, x)), t.draws(w, x),
                              rtol=1e-4, atol=1e-5)
@@ -392,6 +397,7 @@ def test_hedged_extrapolation_keeps_the_clipped_mean_and_widens(tmp_path):
   np.testing.assert_allclose(hedged.x_bounds[1], small.X.max(0), rtol=1e-6)
   assert len(hedged.hedge_S) == len(hedged.level_S)
   assert 0.5 < np.std(hedged.hedge_S) < 1.5
+  assert abs(float(np.mean(hedged.hedge_S))) < 1e-6  # the gap adds no mean
 
 
 def test_stack_is_a_calibrated_surface_on_new_pools():

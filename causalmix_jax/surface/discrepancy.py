@@ -145,6 +145,17 @@ def fit(e2_U: np.ndarray, v_U: np.ndarray, noise_U: np.ndarray | None,
   return dataclasses.replace(best, candidates=candidates)
 
 
+def centred_normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
+  """Standard normals centred over the first axis (the draws), for the stack's
+  zero-mean terms (this discrepancy; the pool level and the extrapolation gap of
+  `robust.py`): they then add nothing to the predictive mean at any mixture, however
+  few the draws. The spread is kept: variance 1 over the draws in expectation."""
+  z = rng.standard_normal(shape)
+  if shape[0] < 2:
+    return np.zeros(shape)
+  return (z - z.mean(0)) * np.sqrt(shape[0] / (shape[0] - 1))
+
+
 def draw_weights(feats: Features | None, amplitude: float, n_draws: int, n_domains: int,
                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(omega_MxD, b_M, z_SxM) of the discrepancy's draws: delta = cos(w Omega^T + b) z^T,
@@ -153,7 +164,7 @@ def draw_weights(feats: Features | None, amplitude: float, n_draws: int, n_domai
     return (np.zeros((0, n_domains), np.float32), np.zeros(0, np.float32),
             np.zeros((n_draws, 0), np.float32))
   m = len(feats.b_M)
-  z = np.random.default_rng([seed, 41]).standard_normal((n_draws, m))
+  z = centred_normal(np.random.default_rng([seed, 41]), n_draws, m)
   return (feats.omega_MxD.astype(np.float32), feats.b_M.astype(np.float32),
           (amplitude * np.sqrt(2.0 / m) * z).astype(np.float32))
 

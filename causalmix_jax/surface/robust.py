@@ -692,7 +692,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   if info["covariate_extrapolation"] != "linear" and len(runs.features):
     x_bounds = (data.x.min(0), data.x.max(0))
     if info["covariate_extrapolation"] == "hedge":
-      hedge = np.random.default_rng([seed, 19]).standard_normal(n)
+      hedge = discrepancy.centred_normal(np.random.default_rng([seed, 19]), n)
   info["fit_seconds"] = time.time() - t0
   log.info("surface stack on y_%s: weights %s, conformal scale %.2f, discrepancy %.3g "
            "(lengthscale %s), level sd %.3g, %.1fs", data.name, info["weights"], scale,
@@ -703,7 +703,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
              data.name, guard["cells"], guard["changed"], guard["loss_guarded"],
              guard["loss_unguarded"])
   return StackedSurface([m for m, k in zip(members, keep) if k], weights[keep], scale,
-                        level_sd * rng.standard_normal(n),
+                        level_sd * discrepancy.centred_normal(rng, n),
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
                         x_bounds, hedge,
