@@ -527,14 +527,21 @@ def stack_weights(contrasts_KxN: np.ndarray, target_N: np.ndarray) -> np.ndarray
   return a / a.sum()
 
 
+def _normalised_errors(err2_N: np.ndarray, var_N: np.ndarray,
+                       noise_N: np.ndarray | None = None) -> np.ndarray:
+  """Held-out squared errors less the known run noise (floored at 0), over their
+  posterior variance."""
+  r = err2_N - (0.0 if noise_N is None else noise_N)
+  return np.maximum(r, 0.0) / np.maximum(var_N, 1e-30)
+
+
 def conformal_scale(err2_N: np.ndarray, var_N: np.ndarray, level: float,
                     noise_N: np.ndarray | None = None) -> float:
   """Scale of the posterior spread so that the split-conformal `level` quantile of the
   held-out errors, normalised by their posterior sd (after taking out known run
   noise), sits on the edge of the central `level` interval."""
   z = float(stats.norm.ppf(0.5 + level / 2))
-  r = err2_N - (0.0 if noise_N is None else noise_N)
-  r = np.maximum(r, 0.0) / np.maximum(var_N, 1e-30)
+  r = _normalised_errors(err2_N, var_N, noise_N)
   n = len(r)
   q = min(1.0, np.ceil((n + 1) * level) / n)
   return float(np.sqrt(np.quantile(r, q, method="higher")) / z)
@@ -627,7 +634,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     split = discrepancy.Fit(1.0)
   # One conformal factor on the fitted variance a v + b g: the members' spread gets
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
-  c = conformal_scale(err2, split.variance(var), level, noise)
+  var_fit = split.variance(var)
+  c = conformal_scale(err2, var_fit, level, noise)
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
   z = float(stats.norm.ppf(0.5 + level / 2))
   # What the calibration saw, to set beside a test's errors and interval sds: the
@@ -636,10 +644,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   calibration = {
       "contrasts": int(len(err2)),
       "median_abs_error": float(np.median(np.sqrt(err2))),
-      "median_sd": float(np.median(c * np.sqrt(split.variance(var)))),
-      "coverage": float(np.mean(np.maximum(err2 - (0.0 if noise is None else noise),
-                                           0.0)
-                                <= (z * c) ** 2 * split.variance(var))),
+      "median_sd": float(np.median(c * np.sqrt(var_fit))),
+      "coverage": float(np.mean(_normalised_errors(err2, var_fit, noise)
+                                <= (z * c) ** 2)),
       "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
                     else "left in (no replicate runs)")}
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.

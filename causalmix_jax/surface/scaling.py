@@ -418,8 +418,9 @@ def fit_draws(w_NxD: np.ndarray, u_NxD: np.ndarray | None, s_NxK: np.ndarray,
               ys_N: np.ndarray, masks_MxN: np.ndarray, n_draws: int, seed: int,
               form: str = "boxcox") -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
   """(MAP M x P, draws M x S x P, optimiser report) of the standardised-outcome model
-  for each mask (`form`: "boxcox", per-domain power laws, or "transfer"). The report gives the full fit's (last mask's) steps, largest gradient
-  coordinate and why the search stopped, and the most steps any mask took."""
+  for each mask (`form`: "boxcox", per-domain power laws, or "transfer"). The report
+  gives the full fit's (last mask's) steps, largest gradient coordinate and why the
+  search stopped, and the most steps any mask took."""
   tokens_known = u_NxD is not None
   u = jnp.asarray(u_NxD if tokens_known else np.ones_like(w_NxD), jnp.float32)
   out = _fit_masks(
