@@ -44,7 +44,12 @@ flags.DEFINE_integer("test_pools", 20, "new pools scored per planted world")
 flags.DEFINE_integer("candidates", 5000, "candidate mixtures per new pool")
 flags.DEFINE_integer("seed", 0, "seed of the first planted world")
 flags.DEFINE_integer("planted_worlds", 4,
-                     "planted worlds (seeds seed, seed + 1, ...); figures are means")
+                     "planted worlds (seeds seed, seed + 1, ...); figures are means; "
+                     "0 skips the planted section")
+flags.DEFINE_string("ours_surface", "",
+                    "surface settings of ours, key=value,... as the zoo's "
+                    "--config.ours_surface (e.g. stack_discrepancy=rff); default: the "
+                    "library default")
 FLAGS = flags.FLAGS
 FIT_ROUNDS = 7  # side-by-side fit-time rounds on RegMix's runs (as the RegMix study)
 
@@ -59,11 +64,12 @@ def _regmix_dir(flag: str | None) -> pathlib.Path:
                           "--regmix_dir")
 
 
-def regmix_section(regmix_dir: pathlib.Path, outcome: str, folds: int) -> dict:
+def regmix_section(regmix_dir: pathlib.Path, outcome: str, folds: int,
+                   config=None) -> dict:
   runs = runs_lib.from_regmix(regmix_dir / "train_mixture_1m.csv",
                               regmix_dir / "train_pile_loss_1m.csv")
   models = {
-      "ours": lambda r: fit.fit_surface(r, outcome),
+      "ours": lambda r: fit.fit_surface(r, outcome, config=config),
       "lightgbm": lambda r: baselines.fit_regmix_lgbm(r, outcome, n_boot=0),
       "linear": lambda r: baselines.fit_linear(r, outcome),
   }
@@ -78,7 +84,7 @@ def regmix_section(regmix_dir: pathlib.Path, outcome: str, folds: int) -> dict:
     logging.info("regmix %s: Spearman %.4f R^2 %.4f (%.1fs)", name, cv["spearman"],
                  cv["r2"], time.perf_counter() - t0)
   # Fit time on all runs, side by side (the study's measure: warm-up, then rounds).
-  timing = evaluation.fit_seconds(runs, outcome, FIT_ROUNDS)
+  timing = evaluation.fit_seconds(runs, outcome, FIT_ROUNDS, config=config)
   for key in ("ours_fit_s", "lightgbm_fit_s", "ours_fit_median_s", "lightgbm_fit_median_s",
               "fit_time_ratio_ours_over_lgbm", "fit_time_median_ratio_ours_over_lgbm"):
     out[key] = timing[key]
@@ -88,11 +94,11 @@ def regmix_section(regmix_dir: pathlib.Path, outcome: str, folds: int) -> dict:
 
 
 def planted_worlds(n_worlds: int, n_runs: int, n_pools: int, n_test_pools: int,
-                   n_cand: int, seed: int) -> dict:
+                   n_cand: int, seed: int, config=None) -> dict:
   """`planted_section` on `n_worlds` worlds (seeds seed, seed + 1, ...): the mean of each
   figure, and each world's CATE coverage (one world's coverage varies a lot with how
   well the surface's features happen to fit it)."""
-  worlds = [planted_section(n_runs, n_pools, n_test_pools, n_cand, seed + i)
+  worlds = [planted_section(n_runs, n_pools, n_test_pools, n_cand, seed + i, config)
             for i in range(n_worlds)]
   out = {k: float(np.mean([w[k] for w in worlds])) for k in worlds[0]}
   out["n_worlds"] = n_worlds
@@ -102,13 +108,13 @@ def planted_worlds(n_worlds: int, n_runs: int, n_pools: int, n_test_pools: int,
 
 
 def planted_section(n_runs: int, n_pools: int, n_test_pools: int, n_cand: int,
-                    seed: int) -> dict:
+                    seed: int, config=None) -> dict:
   world = planted.PlantedWorld(n_domains=5, n_features=3, seed=seed)
   runs = world.sample_sweep(n_runs=n_runs, n_pool_states=n_pools, noise=0.02)
   t0 = time.perf_counter()
-  ours = fit.fit_surface(runs, "loss")
+  ours = fit.fit_surface(runs, "loss", config=config)
   t_ours = time.perf_counter() - t0
-  blind = fit.fit_surface(runs, "loss", covariate_blind=True)
+  blind = fit.fit_surface(runs, "loss", config=config, covariate_blind=True)
   lgbm = baselines.fit_regmix_lgbm(runs, "loss", n_boot=0)
   rng = np.random.default_rng(seed + 11)
   xs = world.pool_states(n_test_pools, seed=seed + 5)
@@ -159,22 +165,28 @@ def main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("jax", "absl", "causalmix_jax.runs", "causalmix_jax.surface"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  result = {"regmix": regmix_section(_regmix_dir(args.regmix_dir), args.outcome,
-                                     args.folds),
-            "planted": planted_worlds(args.planted_worlds, args.planted_runs,
-                                      args.planted_pools, args.test_pools,
-                                      args.candidates, args.seed)}
-  r, p = result["regmix"], result["planted"]
+  settings = evaluation.parse_ours_settings(args.ours_surface)
+  config = evaluation.surface_config(settings) if settings else None
+  result = {"ours_surface": settings,
+            "regmix": regmix_section(_regmix_dir(args.regmix_dir), args.outcome,
+                                     args.folds, config)}
+  if args.planted_worlds > 0:
+    result["planted"] = planted_worlds(args.planted_worlds, args.planted_runs,
+                                       args.planted_pools, args.test_pools,
+                                       args.candidates, args.seed, config)
+  r = result["regmix"]
   print(f"RegMix {r['outcome']}: {args.folds}-fold Spearman ours {r['ours_spearman']:.4f} "
         f"vs LightGBM {r['lightgbm_spearman']:.4f} vs linear {r['linear_spearman']:.4f}; "
         f"fit {r['ours_fit_s']:.3f}s vs {r['lightgbm_fit_s']:.3f}s "
         f"(ratio {r['fit_time_ratio_ours_over_lgbm']:.2f})")
-  print(f"Planted: CATE MAE ours {p['ours_cate_mae']:.4f} blind {p['blind_cate_mae']:.4f} "
-        f"LightGBM {p['lightgbm_cate_mae']:.4f}; regret ours {p['ours_regret']:.4f} "
-        f"blind {p['blind_regret']:.4f} LightGBM {p['lightgbm_regret']:.4f} (risk-averse "
-        f"pick: ours {p['ours_regret_bound']:.4f} blind {p['blind_regret_bound']:.4f}); "
-        f"90% CATE coverage {p['ours_cate_coverage90']:.3f} (mean of {p['n_worlds']} worlds: "
-        + ", ".join(f"{c:.3f}" for c in p["ours_cate_coverage90_by_world"]) + ")")
+  p = result.get("planted")
+  if p:
+    print(f"Planted: CATE MAE ours {p['ours_cate_mae']:.4f} blind {p['blind_cate_mae']:.4f} "
+          f"LightGBM {p['lightgbm_cate_mae']:.4f}; regret ours {p['ours_regret']:.4f} "
+          f"blind {p['blind_regret']:.4f} LightGBM {p['lightgbm_regret']:.4f} (risk-averse "
+          f"pick: ours {p['ours_regret_bound']:.4f} blind {p['blind_regret_bound']:.4f}); "
+          f"90% CATE coverage {p['ours_cate_coverage90']:.3f} (mean of {p['n_worlds']} worlds: "
+          + ", ".join(f"{c:.3f}" for c in p["ours_cate_coverage90_by_world"]) + ")")
   print(json.dumps(result, default=float))
 
 

@@ -20,7 +20,7 @@ BENCHMARK_FLAGS = {
                        "pools", "planted_domains", "planted_runs", "skip_planted",
                        "regmix_method", "planted_method"),
     "bench_surface": ("regmix_dir", "outcome", "folds", "planted_runs", "planted_pools",
-                      "test_pools", "candidates", "seed", "planted_worlds"),
+                      "test_pools", "candidates", "seed", "planted_worlds", "ours_surface"),
     "bench_sweep": ("P", "presets", "steps", "batch", "seq", "proc_subset",
                     "skip_processes", "seq_subset", "rounds", "vmap_width"),
     "bench_train": ("proxy", "proxy_batch", "target", "batch", "seq_len", "dtype", "remat",

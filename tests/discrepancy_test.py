@@ -65,6 +65,24 @@ def test_fit_finds_a_planted_discrepancy_and_its_lengthscale():
   assert info["neg_loglik"]["0.5x median distance"] == min(info["neg_loglik"].values())
 
 
+def test_size_search_gradient_matches_finite_differences():
+  e2, v, noise, g_fn, w = _contrasts(a=4.0, b=0.01, factor=0.5)
+  g = g_fn(discrepancy.features(4, discrepancy.median_distance(w, 0), 0))
+  a0, b0 = 3.0, 0.02
+  for p in (np.array([0.2, -0.7]), np.array([-2.0, 1.5])):
+    f, grad = discrepancy._neg_loglik_and_grad(p, a0, b0, e2, v, g, noise)
+    assert f == pytest.approx(discrepancy._neg_loglik(
+        a0 * np.exp(p[0]), b0 * np.exp(p[1]), e2, v, g, noise))
+    h = 1e-6
+    for k in range(2):
+      dp = np.zeros(2)
+      dp[k] = h
+      num = (discrepancy._neg_loglik_and_grad(p + dp, a0, b0, e2, v, g, noise)[0]
+             - discrepancy._neg_loglik_and_grad(p - dp, a0, b0, e2, v, g, noise)[0]
+             ) / (2 * h)
+      assert grad[k] == pytest.approx(num, rel=1e-4, abs=1e-8)
+
+
 def test_fit_leaves_the_discrepancy_out_when_the_spread_explains_the_errors():
   e2, v, noise, g_fn, w = _contrasts(a=4.0, b=0.0, factor=0.5)
   split = discrepancy.fit(e2, v, noise, g_fn, w, seed=0)

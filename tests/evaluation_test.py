@@ -415,6 +415,17 @@ def test_parse_ours_settings_names_a_bad_item():
     evaluation.parse_ours_settings("a=1,nope")
 
 
+def test_surface_config_applies_and_checks_settings():
+  cfg = evaluation.surface_config({"stack_members": "dml+transfer",
+                                   "stack_discrepancy": "rff", "max_x_components": "64"})
+  assert cfg.stack_members == ("dml", "transfer")
+  assert cfg.stack_discrepancy == "rff" and cfg.max_x_components == 64
+  with pytest.raises(ValueError, match="surface.nope is not a surface config key"):
+    evaluation.surface_config({"nope": "1"})
+  with pytest.raises(ValueError, match="stack_members"):
+    evaluation.surface_config({"stack_members": "dml+nope"})
+
+
 def test_unknown_method_named():
   with pytest.raises(ValueError, match="unknown method"):
     evaluation.default_methods(["ours", "nope"])
@@ -473,11 +484,12 @@ def test_real_sweeps_missing_data_reported(tmp_path):
 def test_fit_seconds_times_rounds_after_a_warm_up(monkeypatch):
   """One untimed warm-up fit of each model, then side-by-side rounds: the fastest, the
   median and their ratios."""
-  calls = {"ours": 0, "lgbm": []}
+  calls = {"ours": 0, "lgbm": [], "configs": []}
   clock = iter([0.0, 0.5, 1.0, 1.3, 2.0, 2.4])  # ours takes 0.5, 0.3, 0.4 s
 
-  def fake_fit(runs, outcome):
+  def fake_fit(runs, outcome, config=None):
     calls["ours"] += 1
+    calls["configs"].append(config)
     return types.SimpleNamespace(info={"member_seconds": {"dml": 0.1},
                                        "chosen": {"floor": 0.01}})
 
@@ -492,7 +504,8 @@ def test_fit_seconds_times_rounds_after_a_warm_up(monkeypatch):
   monkeypatch.setattr(evaluation.baselines, "fit_regmix_lgbm", fake_lgbm)
   monkeypatch.setattr(evaluation, "time", types.SimpleNamespace(
       perf_counter=lambda: next(clock)))
-  out = evaluation.fit_seconds(None, "loss", 3)
+  out = evaluation.fit_seconds(None, "loss", 3, config="candidate")
+  assert calls["configs"] == ["candidate"] * 4  # the warm-up and every round
   assert calls["ours"] == 4 and calls["lgbm"] == [0] + [evaluation.LGBM_BOOT] * 3
   assert out["ours_fit_s"] == pytest.approx(0.3)
   assert out["ours_fit_median_s"] == pytest.approx(0.4)

@@ -309,6 +309,15 @@ def _ours(settings: dict[str, str] | None = None) -> Method:
   if not settings:
     return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome),
                   _ours_predict, _ours_effect, rec)
+  cfg = surface_config(settings)
+  return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome,
+                                                                  config=cfg),
+                _ours_predict, _ours_effect, rec)
+
+
+def surface_config(settings: dict[str, str]):
+  """The surface's default config with `settings` (surface config keys to values as
+  text; "a+b" for a tuple) applied and checked; ValueError naming a bad key or value."""
   cfg = fit_lib.default_config()
   for key, value in settings.items():
     if key not in cfg:
@@ -318,9 +327,7 @@ def _ours(settings: dict[str, str] | None = None) -> Method:
     else:
       setattr(cfg, key, type(cfg[key])(value))
   fit_lib.check_config(str(cfg.method), cfg)
-  return Method("ours", lambda runs, outcome: fit_lib.fit_surface(runs, outcome,
-                                                                  config=cfg),
-                _ours_predict, _ours_effect, rec)
+  return cfg
 
 
 def _lightgbm(name: str, use_covariates: bool) -> Method:
@@ -834,19 +841,19 @@ def _olmix_rows(olmix_dir: pathlib.Path, swarm: str, methods: Sequence[Method],
   return rows
 
 
-def fit_seconds(runs: Runs, outcome: str, rounds: int) -> dict[str, Any]:
+def fit_seconds(runs: Runs, outcome: str, rounds: int, config=None) -> dict[str, Any]:
   """Seconds to fit all runs, side by side: after an untimed warm-up fit of each (which
-  compiles the table's shapes), `rounds` rounds of one fit each of the default surface
-  and of RegMix's LightGBM (with its LGBM_BOOT bootstrap members, timed apart). The
-  fastest and the median of each, their ratios, and the surface's last member seconds
-  and chosen design."""
-  fit_lib.fit_surface(runs, outcome)
+  compiles the table's shapes), `rounds` rounds of one fit each of the surface (the
+  default, or `config`) and of RegMix's LightGBM (with its LGBM_BOOT bootstrap members,
+  timed apart). The fastest and the median of each, their ratios, and the surface's
+  last member seconds and chosen design."""
+  fit_lib.fit_surface(runs, outcome, config=config)
   baselines.fit_regmix_lgbm(runs, outcome, n_boot=0, use_covariates=False)
   ours, lgbm, lgbm_boot = [], [], []
   surface = None
   for _ in range(max(int(rounds), 1)):
     t0 = time.perf_counter()
-    surface = fit_lib.fit_surface(runs, outcome)
+    surface = fit_lib.fit_surface(runs, outcome, config=config)
     ours.append(time.perf_counter() - t0)
     model = baselines.fit_regmix_lgbm(runs, outcome, n_boot=LGBM_BOOT,
                                       use_covariates=False)
