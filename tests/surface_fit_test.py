@@ -304,3 +304,26 @@ def test_range_excess_of_rows_against_a_range():
   np.testing.assert_allclose(
       cbasis.range_excess(xs, np.array([-1.0, 0.0]), np.array([1.0, 1.0])),
       [0.0, 0.5, 2.0])
+
+
+def test_fit_surface_runs_every_family_on_one_blas_thread(monkeypatch):
+  """The families' solves and searches are small; BLAS threads only add overhead, so a
+  fit runs on one, whatever the caller's setting, and restores it after."""
+  threadpoolctl = pytest.importorskip("threadpoolctl")
+  from causalmix_jax.surface import robust
+  seen = []
+
+  def blas_threads():
+    return {i["num_threads"] for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "blas"}
+
+  def fake_stack(runs, outcome, config, covariate_blind=False):
+    seen.append(blas_threads())
+    return "fitted"
+
+  monkeypatch.setattr(robust, "fit_stack", fake_stack)
+  with threadpoolctl.threadpool_limits(2, user_api="blas"):
+    before = blas_threads()
+    assert fit.fit_surface(_wide_runs()[1], "loss") == "fitted"
+    assert blas_threads() == before
+  assert seen == [{1}]

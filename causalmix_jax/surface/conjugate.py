@@ -5,6 +5,7 @@ weakly-informative noise prior and the posterior draws."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -160,10 +161,16 @@ def conjugate_fit(z_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   """See `_conjugate_fit`; runs its small dense solves on one BLAS thread (threads
   only add overhead at these sizes, and much more on a shared machine)."""
   args = (z_NxQ, y_N, groups_Q, weights_N, iters, tol, form, prior, start)
+  with one_blas_thread():
+    return _conjugate_fit(*args)
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager:
+  """A context that runs NumPy's and SciPy's BLAS on one thread (a no-op without
+  threadpoolctl). Limits nest: an inner one inside an outer one changes nothing."""
   if threadpoolctl is None:
-    return _conjugate_fit(*args)
-  with _blas_controller().limit(limits=1, user_api="blas"):
-    return _conjugate_fit(*args)
+    return contextlib.nullcontext()
+  return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @functools.lru_cache(maxsize=1)

@@ -41,11 +41,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-try:
-  import threadpoolctl
-except ImportError:  # optional: only limits BLAS threads for speed
-  threadpoolctl = None
-
 from causalmix_jax.runs import DegenerateRunsError, RunsTableError
 from causalmix_jax.surface import features as feats
 from causalmix_jax.surface.conjugate import ALPHA_MIN  # noqa: F401  (re-exported)
@@ -57,6 +52,7 @@ from causalmix_jax.surface.conjugate import conjugate_draws
 from causalmix_jax.surface.conjugate import conjugate_fit
 from causalmix_jax.surface.conjugate import linear_residual_var  # noqa: F401
 from causalmix_jax.surface.conjugate import noise_prior
+from causalmix_jax.surface.conjugate import one_blas_thread
 from causalmix_jax.surface.conjugate import pure_error  # noqa: F401  (robust.py, tests)
 from causalmix_jax.surface.covariate_basis import CovariateBasis
 from causalmix_jax.surface.covariate_basis import covariate_basis
@@ -519,16 +515,21 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   cfg = default_config() if config is None else config
   check_config(method, cfg)
   check_runs(runs, outcome, method, cfg)
+  # Every family's solves and searches are small: BLAS threads only add overhead at
+  # these sizes (tenfold on a shared machine, in the discrepancy's size search).
+  with one_blas_thread():
+    return _fit_any(runs, outcome, method, config, covariate_blind)
+
+
+def _fit_any(runs, outcome: str, method: str, config, covariate_blind: bool
+             ) -> SurfaceBase:
   from causalmix_jax.surface import robust
   if method == "stack":
     return robust.fit_stack(runs, outcome, config, covariate_blind=covariate_blind)
   if method in robust.SCALING_FORMS:
     return robust.fit_scaling(runs, outcome, config, covariate_blind=covariate_blind,
                               form=robust.SCALING_FORMS[method])
-  if threadpoolctl is None:
-    return _fit_surface(runs, outcome, method, config, covariate_blind)
-  with threadpoolctl.threadpool_limits(1, user_api="blas"):
-    return _fit_surface(runs, outcome, method, config, covariate_blind)
+  return _fit_surface(runs, outcome, method, config, covariate_blind)
 
 
 def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool, *,
