@@ -165,8 +165,11 @@ def main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
   for noisy in ("jax", "absl", "causalmix_jax.runs", "causalmix_jax.surface"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  settings = evaluation.parse_ours_settings(args.ours_surface)
-  config = evaluation.surface_config(settings) if settings else None
+  try:  # before any fit, so a bad setting costs nothing
+    settings = evaluation.parse_ours_settings(args.ours_surface)
+    config = evaluation.surface_config(settings) if settings else None
+  except ValueError as e:
+    raise app.UsageError(f"--ours_surface={args.ours_surface!r}: {e}") from None
   result = {"ours_surface": settings,
             "regmix": regmix_section(_regmix_dir(args.regmix_dir), args.outcome,
                                      args.folds, config)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import pathlib
+import subprocess
+import sys
 from typing import Iterator
 
 import pytest
@@ -61,6 +63,18 @@ def test_benchmark_defines_its_flags(script):
     assert callable(module.main)
     missing = [n for n in names if n not in flags.FLAGS]
     assert not missing, f"{script} does not define --{', --'.join(missing)}"
+
+
+def test_bench_surface_names_a_bad_surface_setting_before_fitting():
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/bench_surface.py", "--planted_worlds=0",
+       "--ours_surface=stack_members=dml+nope"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  out = proc.stdout + proc.stderr
+  assert "--ours_surface='stack_members=dml+nope'" in out
+  assert "unknown member 'nope'" in out
+  assert "5-fold Spearman" not in out  # nothing was fitted
 
 
 def test_regmix_pile_config_variants():
