@@ -630,14 +630,17 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
 
 def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_pools: int,
                    n_test_pools: int, n_mixtures: int = 200, seeds: int = 1, seed: int = 0,
+                   uniform_anchors: bool = False,
                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-  """Fits each method once on `world.sweep(...)` and scores it on `n_test_pools` new and
-  shifted pools: one row per (split, method) with the keys of WORLD_KEYS (None where
-  a metric does not apply; `status` is "ok", "skipped: ..." or "error: ...").
-  Deterministic given the arguments, except the timings."""
+  """Fits each method once on `world.sweep(...)` (with a uniform run in every pool
+  state if `uniform_anchors`) and scores it on `n_test_pools` new and shifted pools:
+  one row per (split, method) with the keys of WORLD_KEYS (None where a metric does not
+  apply; `status` is "ok", "skipped: ..." or "error: ..."). Deterministic given the
+  arguments, except the timings."""
   say = progress or log.info
   t0 = time.perf_counter()
-  runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed)
+  runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed,
+                     uniform_anchors=uniform_anchors)
   align = _align(world, runs)
   cases = _split_cases(world, align, n_test_pools, n_mixtures, seed)
   for split_cases in cases.values():

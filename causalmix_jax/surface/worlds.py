@@ -306,11 +306,14 @@ class World:
 
   # -- sweeps -------------------------------------------------------------------------
   def sweep(self, n_runs: int = 384, n_pools: int = 48, seeds: int = 1,
-            seed: int = 0) -> Runs:
+            seed: int = 0, uniform_anchors: bool = False) -> Runs:
     """A confounded proxy sweep: run i trains on pool `i % n_pools` (`sweep_pools`) with
     a mixture ~ Dirichlet(alpha * token shares of the pool), alpha log-uniform in
     `ALPHA_RANGE`, repeated at each of `seeds` seeds with independent noise. Columns:
-    run_id, seed, pool_state, w_<d>, x_<f>, tokens_<d>, budget_tokens, y_loss."""
+    run_id, seed, pool_state, w_<d>, x_<f>, tokens_<d>, budget_tokens, y_loss.
+
+    uniform_anchors: the first run of each pool state trains on the uniform mixture
+    instead (every other run, and every run's noise, is the same as without)."""
     if n_runs < 1 or n_pools < 1 or seeds < 1:
       raise ValueError("sweep needs n_runs >= 1, n_pools >= 1 and seeds >= 1")
     pools = self.sweep_pools(n_pools, seed)
@@ -322,6 +325,8 @@ class World:
     empty = g_NxD.sum(-1) <= 0
     g_NxD[empty] = rng.dirichlet(np.ones(self.n_domains), int(empty.sum()))
     w_NxD = g_NxD / g_NxD.sum(-1, keepdims=True)
+    if uniform_anchors:
+      w_NxD[:n_pools] = 1.0 / self.n_domains  # run p is the first of pool state p
     mean_N = np.empty(n_runs)
     for p, pool in enumerate(pools):
       rows = state_N == p
@@ -348,7 +353,7 @@ class World:
                 source=f"world {self.name}(seed={self.seed}, sweep seed={seed})",
                 meta={"format": "world", "world": self.name, "mechanism": self.mechanism,
                       "world_seed": self.seed, "sweep_seed": seed, "n_pools": n_pools,
-                      "noise_sd": self.noise_sd})
+                      "noise_sd": self.noise_sd, "uniform_anchors": bool(uniform_anchors)})
 
 
 # -- the mechanisms --------------------------------------------------------------------

@@ -24,6 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   cfg.n_mixtures = 200
   cfg.seeds = 1
   cfg.seed = 0
+  # The sweep's design: True runs the uniform mixture as the first run of every pool
+  # state (the rest stay random), so held-out evidence can score uniform itself.
+  cfg.uniform_anchors = False
   cfg.data_dir = ""  # empty: <repo>/../shared/data
   cfg.real = True
   # Surface settings of "ours" other than the library defaults, as "key=value,...",

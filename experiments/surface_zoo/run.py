@@ -73,7 +73,9 @@ def _world_settings(cfg, name: str) -> dict[str, Any]:
   return {"world": name, "methods": list(cfg.methods), "n_runs": cfg.n_runs,
           "n_pools": cfg.n_pools, "n_test_pools": cfg.n_test_pools,
           "n_mixtures": cfg.n_mixtures, "seeds": cfg.seeds, "seed": cfg.seed,
-          **_surface_setting(cfg)}
+          **_surface_setting(cfg),
+          # Only when set, so results stored before the option existed stay valid.
+          **({"uniform_anchors": True} if cfg.uniform_anchors else {})}
 
 
 def _surface_setting(cfg) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def main(argv: list[str]) -> None:
       world_rows = evaluation.evaluate_world(
           world, methods, n_runs=cfg.n_runs, n_pools=cfg.n_pools,
           n_test_pools=cfg.n_test_pools, n_mixtures=cfg.n_mixtures, seeds=cfg.seeds,
-          seed=cfg.seed)
+          seed=cfg.seed, uniform_anchors=bool(cfg.uniform_anchors))
       artifacts.write_json(path, {"settings": settings, "rows": world_rows})
     rows += world_rows
   if cfg.real:
