@@ -270,3 +270,25 @@ def test_pool_validation():
   world = worlds.make_world("synergy")
   with pytest.raises(ValueError):
     world.outcome(np.ones((3, 4)) / 4, world.new_pools(1)[0])
+
+
+def test_uniform_anchors_put_one_uniform_run_in_every_pool_state():
+  world = worlds.make_world("threshold", seed=3)
+  plain = world.sweep(n_runs=60, n_pools=12, seeds=2, seed=1)
+  anchored = world.sweep(n_runs=60, n_pools=12, seeds=2, seed=1, uniform_anchors=True)
+  assert anchored.meta["uniform_anchors"] and not plain.meta["uniform_anchors"]
+  f_plain, f_anch = plain.to_frame(), anchored.to_frame()
+  wcols = [c for c in f_anch.columns if c.startswith("w_")]
+  is_uniform = np.all(np.isclose(f_anch[wcols].to_numpy(), 1.0 / len(wcols)), axis=1)
+  # Exactly one uniform run per pool state and seed, and it is that state's first run.
+  per_state = f_anch[is_uniform].groupby(["seed", "pool_state"]).size()
+  assert len(per_state) == 2 * 12 and (per_state == 1).all()
+  first = f_anch.groupby(["seed", "pool_state"]).head(1)
+  assert is_uniform[first.index].all()
+  # Every other run is unchanged.
+  rest = ~is_uniform
+  np.testing.assert_array_equal(f_anch.loc[rest, wcols + ["y_loss"]].to_numpy(),
+                                f_plain.loc[rest, wcols + ["y_loss"]].to_numpy())
+  first_rows = first.index[first["seed"] == 0]
+  assert not np.allclose(f_anch.loc[first_rows, "y_loss"],
+                         f_plain.loc[first_rows, "y_loss"])  # they trained on uniform

@@ -313,7 +313,7 @@ class World:
     run_id, seed, pool_state, w_<d>, x_<f>, tokens_<d>, budget_tokens, y_loss.
 
     uniform_anchors: the first run of each pool state trains on the uniform mixture
-    instead (every other run, and every run's noise, is the same as without)."""
+    instead; every other run (mixture, noise and outcome) is the same as without."""
     if n_runs < 1 or n_pools < 1 or seeds < 1:
       raise ValueError("sweep needs n_runs >= 1, n_pools >= 1 and seeds >= 1")
     pools = self.sweep_pools(n_pools, seed)
