@@ -523,6 +523,8 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
 
 def _fit_any(runs, outcome: str, method: str, config, covariate_blind: bool
              ) -> SurfaceBase:
+  """The fit of `method` on checked runs and config (the stack, a scaling form, or
+  one linear family)."""
   from causalmix_jax.surface import robust
   if method == "stack":
     return robust.fit_stack(runs, outcome, config, covariate_blind=covariate_blind)
