@@ -408,6 +408,22 @@ def test_diagnose_script_names_an_unknown_world_before_any_fit():
   assert "effects vs natural" not in proc.stdout  # nothing was fitted
 
 
+def test_evaluate_world_asks_for_uniform_anchors_only_when_set():
+  calls = []
+
+  class Recording(FakeWorld):
+    def sweep(self, **kw):
+      calls.append(kw)
+      raise StopIteration  # the sweep's arguments are all this test needs
+
+  for anchors in (False, True):
+    with pytest.raises(StopIteration):
+      evaluation.evaluate_world(Recording(), [], n_runs=8, n_pools=4, n_test_pools=1,
+                                uniform_anchors=anchors)
+  assert "uniform_anchors" not in calls[0]  # a world without the option still runs
+  assert calls[1]["uniform_anchors"] is True
+
+
 def test_parse_ours_settings_names_a_bad_item():
   assert evaluation.parse_ours_settings(" a=1, b = x ,") == {"a": "1", "b": "x"}
   assert evaluation.parse_ours_settings("") == {}

@@ -639,8 +639,9 @@ def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_po
   arguments, except the timings."""
   say = progress or log.info
   t0 = time.perf_counter()
-  runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed,
-                     uniform_anchors=uniform_anchors)
+  # Asked for only when set, so a world without the option still runs.
+  anchors = {"uniform_anchors": True} if uniform_anchors else {}
+  runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed, **anchors)
   align = _align(world, runs)
   cases = _split_cases(world, align, n_test_pools, n_mixtures, seed)
   for split_cases in cases.values():
