@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from causalmix_jax import runs as runs_lib
 from causalmix_jax.optimise import constraints as cons
@@ -36,6 +35,7 @@ from causalmix_jax.surface import baselines
 from causalmix_jax.surface import diagnostics
 from causalmix_jax.surface import fit as fit_lib
 from causalmix_jax.surface.prediction import Prediction
+from causalmix_jax.surface.prediction import central_z
 
 if TYPE_CHECKING:
   from causalmix_jax.surface.worlds import Pool, World
@@ -604,7 +604,7 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
   `evaluate_world`'s for the same arguments, so "effect_vs_natural" is its ours'
   effect coverage for this surface."""
   cases = _split_cases(world, _align(world, runs), n_test_pools, n_mixtures, seed)
-  z = float(stats.norm.ppf(0.5 + CI / 2))
+  z = central_z(CI)
   out = {}
   for split in SPLITS:
     natural, median_ref, pred, slope, abs_err, sd = [], [], [], [], [], []

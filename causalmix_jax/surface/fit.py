@@ -55,6 +55,7 @@ from causalmix_jax.surface.conjugate import noise_prior
 from causalmix_jax.surface.conjugate import one_blas_thread
 from causalmix_jax.surface.conjugate import pure_error  # noqa: F401  (robust.py, tests)
 from causalmix_jax.surface.covariate_basis import CovariateBasis
+from causalmix_jax.surface.prediction import central_z
 from causalmix_jax.surface.covariate_basis import covariate_basis
 from causalmix_jax.surface.covariate_basis import held_out_support
 from causalmix_jax.surface.covariate_basis import mahalanobis
@@ -291,8 +292,7 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
   also holds the surface's misfit, which is a systematic error of the effect that the
   interval must cover, and taking it out made intervals too narrow. Without replicates
   nothing is taken out, so the scale errs on the wide side by the noise's share."""
-  from scipy import stats
-  z_level = float(stats.norm.ppf(0.5 + level / 2))
+  z_level = central_z(level)
   uniq = np.unique(pools_N)
   if len(uniq) < max(n_folds, 4):
     return 1.0

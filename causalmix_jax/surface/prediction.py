@@ -6,6 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from scipy import stats
+
+
+def central_z(ci: float) -> float:
+  """The standard normal quantile whose central interval holds `ci` (1.645 at 0.9)."""
+  return float(stats.norm.ppf(0.5 + ci / 2))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,6 +54,7 @@ from causalmix_jax.surface import decisions
 from causalmix_jax.surface import discrepancy
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface import scaling
+from causalmix_jax.surface.prediction import central_z
 from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
 
 log = logging.getLogger(__name__)
@@ -540,11 +541,14 @@ def conformal_scale(err2_N: np.ndarray, var_N: np.ndarray, level: float,
   """Scale of the posterior spread so that the split-conformal `level` quantile of the
   held-out errors, normalised by their posterior sd (after taking out known run
   noise), sits on the edge of the central `level` interval."""
-  z = float(stats.norm.ppf(0.5 + level / 2))
-  r = _normalised_errors(err2_N, var_N, noise_N)
-  n = len(r)
+  return _conformal_scale(_normalised_errors(err2_N, var_N, noise_N), level)
+
+
+def _conformal_scale(r_N: np.ndarray, level: float) -> float:
+  """conformal_scale of normalised errors r (`_normalised_errors`)."""
+  n = len(r_N)
   q = min(1.0, np.ceil((n + 1) * level) / n)
-  return float(np.sqrt(np.quantile(r, q, method="higher")) / z)
+  return float(np.sqrt(np.quantile(r_N, q, method="higher")) / central_z(level))
 
 
 def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False):
@@ -635,9 +639,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # One conformal factor on the fitted variance a v + b g: the members' spread gets
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
   var_fit = split.variance(var)
-  c = conformal_scale(err2, var_fit, level, noise)
+  r = _normalised_errors(err2, var_fit, noise)
+  c = _conformal_scale(r, level)
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
-  z = float(stats.norm.ppf(0.5 + level / 2))
   # What the calibration saw, to set beside a test's errors and interval sds: the
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
   # and the calibrated sds of the same contrasts.
@@ -645,8 +649,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       "contrasts": int(len(err2)),
       "median_abs_error": float(np.median(np.sqrt(err2))),
       "median_sd": float(np.median(c * np.sqrt(var_fit))),
-      "coverage": float(np.mean(_normalised_errors(err2, var_fit, noise)
-                                <= (z * c) ** 2)),
+      "coverage": float(np.mean(r <= (central_z(level) * c) ** 2)),
       "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
                     else "left in (no replicate runs)")}
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
