@@ -408,6 +408,21 @@ def test_diagnose_script_names_an_unknown_world_before_any_fit():
   assert "effects vs natural" not in proc.stdout  # nothing was fitted
 
 
+def test_zoo_cache_key_holds_uniform_anchors_only_when_set():
+  """Stored results of a random sweep are not reused for an anchored one, and results
+  stored before the option existed stay valid."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+          "from experiments.surface_zoo import config, run; cfg = config.get_config(); "
+          "plain = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = True; "
+          "print(json.dumps([plain, run._world_settings(cfg, 'threshold')]))")
+  proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                        text=True, timeout=120, check=True)
+  plain, anchored = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert "uniform_anchors" not in plain
+  assert anchored == {**plain, "uniform_anchors": True}
+
+
 def test_evaluate_world_asks_for_uniform_anchors_only_when_set():
   calls = []
 
