@@ -28,8 +28,11 @@ from scipy.stats import qmc
 
 log = logging.getLogger(__name__)
 
-MIX_PRIOR, MIX_FLAT, MIX_SPACE = 0, 1, 2
-MIX_KINDS = ("prior", "flat", "space_filling")
+MIX_PRIOR, MIX_FLAT, MIX_SPACE, MIX_ANCHOR = 0, 1, 2, 3
+MIX_KINDS = ("prior", "flat", "space_filling", "anchor")
+# Reference mixtures a design may run in every pool state (`design.anchors`): the
+# uniform mixture and the state's own token shares ("natural").
+ANCHORS = ("uniform", "natural")
 
 
 class DesignError(ValueError):
@@ -109,6 +112,7 @@ def make_states(pool: Any, design_cfg: ml_collections.ConfigDict, *, seq_len: in
   states = [base]
   min_tokens = max(int(design_cfg.min_tokens_per_domain), seq_len + 1)
   factors = tuple(design_cfg.shift_factors)
+  check_anchors(design_cfg)
   kinds = tuple(design_cfg.state_kinds)
   unknown = sorted(set(kinds) - {"scarce", "rich", "dup", "subsample", "quality"})
   if unknown or not kinds:
@@ -201,6 +205,40 @@ def _renamed(pool_shift: Any, state: Any, name: str) -> Any:
 # ----------------------------------------------------------------------------- design
 
 
+def check_anchors(design_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`design.anchors`, checked: known names, no repeats, and room for them among each
+  state's prior-centred mixtures (a DesignError names the keys at fault)."""
+  anchors = tuple(str(a) for a in design_cfg.get("anchors", ()))
+  if not anchors:
+    return anchors
+  unknown = sorted(set(anchors) - set(ANCHORS))
+  if unknown or len(set(anchors)) != len(anchors):
+    raise DesignError(f"config key design.anchors={anchors}: unknown or repeated "
+                      f"name(s) {unknown or anchors}; known: {list(ANCHORS)}")
+  if bool(design_cfg.state_per_mixture):
+    raise DesignError(f"config key design.anchors={anchors} needs several mixtures per "
+                      "pool state; design.state_per_mixture=True gives each state one")
+  m = int(design_cfg.n_mixtures)
+  n_prior = m - int(round(m * float(design_cfg.flat_fraction))) - int(
+      round(m * float(design_cfg.space_filling_fraction)))
+  if n_prior < len(anchors):
+    raise DesignError(
+        f"config key design.anchors={anchors}: anchors replace prior-centred mixtures, "
+        f"and design.n_mixtures={m} with design.flat_fraction="
+        f"{design_cfg.flat_fraction} and design.space_filling_fraction="
+        f"{design_cfg.space_filling_fraction} leaves {n_prior} per state")
+  return anchors
+
+
+def anchor_mixtures(anchors: Sequence[str], n_tokens_D: np.ndarray) -> np.ndarray:
+  """The anchors' mixtures for one pool state, before its bounds: uniform, or the
+  state's token shares ("natural")."""
+  n_tokens_D = np.asarray(n_tokens_D, np.float64)
+  rows = [np.full(len(n_tokens_D), 1.0 / len(n_tokens_D)) if a == "uniform"
+          else n_tokens_D / n_tokens_D.sum() for a in anchors]
+  return np.stack(rows) if rows else np.zeros((0, len(n_tokens_D)))
+
+
 def _state_box(design_cfg: ml_collections.ConfigDict, n_tokens_D: np.ndarray,
                budget_tokens: int, s: int) -> tuple[np.ndarray, np.ndarray]:
   lo, hi = weight_bounds(n_tokens_D, budget_tokens, min_weight=design_cfg.min_weight,
@@ -257,10 +295,12 @@ def draw_mixtures(rng: np.random.Generator, design_cfg: ml_collections.ConfigDic
   """Mixtures for every state: (w_ExD, state_E, kind_E, concentration_E), E = S * M.
 
   Flat and space-filling mixtures are shared by all states; prior-centred ones are drawn
-  around each state's token shares. All are projected onto the bounds and caps of
-  their state.
+  around each state's token shares, and the anchors (`design.anchors`) take the place
+  of each state's first prior-centred draws (every other draw is as without them). All
+  are projected onto the bounds and caps of their state.
   """
   n_states, d = n_tokens_SxD.shape
+  anchors = check_anchors(design_cfg)
   if bool(design_cfg.state_per_mixture):
     return _one_mixture_per_state(rng, design_cfg, n_tokens_SxD, budget_tokens, seed)
   m = int(design_cfg.n_mixtures)
@@ -283,11 +323,17 @@ def draw_mixtures(rng: np.random.Generator, design_cfg: ml_collections.ConfigDic
     prior_draws = np.stack([dirichlet_around(rng, prior, c, 1)[0] for c in conc]) \
         if n_prior else np.zeros((0, d))
     w = np.concatenate([prior_draws, shared])
+    kind = np.concatenate([np.full(n_prior, MIX_PRIOR, np.int32), shared_kind])
+    conc_s = np.concatenate([conc, np.zeros(n_flat + n_space)])
+    if anchors:
+      w[:len(anchors)] = anchor_mixtures(anchors, n_tokens_SxD[s])
+      kind[:len(anchors)] = MIX_ANCHOR
+      conc_s[:len(anchors)] = 0.0
     lo, hi = _state_box(design_cfg, n_tokens_SxD[s], budget_tokens, s)
     w_list.append(project_to_box_simplex(w, lo, hi))
     state_list.append(np.full(m, s, np.int32))
-    kind_list.append(np.concatenate([np.full(n_prior, MIX_PRIOR, np.int32), shared_kind]))
-    conc_list.append(np.concatenate([conc, np.zeros(n_flat + n_space)]))
+    kind_list.append(kind)
+    conc_list.append(conc_s)
   return (np.concatenate(w_list), np.concatenate(state_list), np.concatenate(kind_list),
           np.concatenate(conc_list))
 
@@ -407,6 +453,7 @@ def design_meta(cfg: ml_collections.ConfigDict, domains: Sequence[str],
                  "lower": {d: float(v) for d, v in zip(domains, lo)}},
       "budget_tokens": budget,
       "concentrations": [float(c) for c in cfg.design.concentrations],
+      "anchors": list(check_anchors(cfg.design)),
       "mixture_kinds": list(MIX_KINDS),
       "n_runs": int(len(arrays["run_id_N"])),
       "n_interventions": int(arrays["intervention_N"].max() + 1),

@@ -97,6 +97,57 @@ def test_flat_and_space_filling_mixtures_are_shared_by_every_state():
   assert (d["mixture_kind_N"] == interventions.MIX_SPACE).sum() == 15
 
 
+def test_anchors_run_uniform_and_natural_in_every_state_and_leave_the_rest():
+  n, r = _states_arrays()
+  plain_cfg = _cfg(n_mixtures=10, flat_fraction=0.2, space_filling_fraction=0.2, seeds=2)
+  plain = interventions.build_design(plain_cfg, DOMAINS, n, r)
+  cfg = _cfg(n_mixtures=10, flat_fraction=0.2, space_filling_fraction=0.2, seeds=2,
+             anchors=("uniform", "natural"))
+  d = interventions.build_design(cfg, DOMAINS, n, r)
+  anchor = d["mixture_kind_N"] == interventions.MIX_ANCHOR
+  assert anchor.sum() == 3 * 2 * 2  # states x anchors x seeds
+  for s in range(3):
+    rows = np.flatnonzero(anchor & (d["state_N"] == s) & (d["seed_N"] == 0))
+    np.testing.assert_allclose(d["w_NxD"][rows[0]], 0.25, atol=1e-12)
+    np.testing.assert_allclose(d["w_NxD"][rows[1]], n[s] / n[s].sum(), atol=1e-12)
+  # Every other run is the design without anchors, run for run.
+  np.testing.assert_array_equal(d["w_NxD"][~anchor], plain["w_NxD"][~anchor])
+  assert np.all(plain["mixture_kind_N"][anchor] == interventions.MIX_PRIOR)
+  np.testing.assert_array_equal(d["run_id_N"], plain["run_id_N"])
+
+
+def test_anchors_respect_the_states_bounds_and_caps():
+  n, r = _states_arrays()
+  cfg = _cfg(n_mixtures=10, max_epochs=0.5, seeds=1, anchors=("uniform",))
+  cfg.proxy.optim.steps = 100
+  cfg.proxy.optim.batch_size = 8
+  cfg.proxy.model.seq_len = 32  # budget 25,600: a (5,000 tokens) capped at 0.0977
+  d = interventions.build_design(cfg, DOMAINS, n, r)
+  w = d["w_NxD"][(d["mixture_kind_N"] == interventions.MIX_ANCHOR) & (d["state_N"] == 1)]
+  assert w[0, 0] <= 0.5 * 5_000 / 25_600 + 1e-9 and abs(w[0].sum() - 1) < 1e-9
+
+
+@pytest.mark.parametrize("design, match", [
+    (dict(anchors=("uniform", "best")), "design.anchors"),
+    (dict(anchors=("uniform", "uniform")), "design.anchors"),
+    (dict(anchors=("uniform",), state_per_mixture=True), "state_per_mixture"),
+    (dict(anchors=("uniform", "natural"), n_mixtures=4, flat_fraction=0.5,
+          space_filling_fraction=0.25), "design.n_mixtures=4"),
+])
+def test_bad_anchors_name_the_config_keys(design, match):
+  n, r = _states_arrays()
+  with pytest.raises(interventions.DesignError, match=match):
+    interventions.build_design(_cfg(**design), DOMAINS, n, r)
+
+
+def test_bad_anchors_stop_the_design_before_any_state_is_built():
+  docs = {d: ["abcdefgh" * 50] * 10 for d in DOMAINS}
+  pool = pool_lib.from_documents(docs, ["target"])
+  cfg = _cfg(anchors=("natrual",))
+  with pytest.raises(interventions.DesignError, match="natrual"):
+    interventions.make_states(pool, cfg.design, seq_len=32, rng=np.random.default_rng(0))
+
+
 def test_sobol_simplex_is_space_filling():
   pts = interventions.sobol_simplex(64, 3, seed=0)
   np.testing.assert_allclose(pts.sum(1), 1.0)

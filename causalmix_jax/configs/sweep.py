@@ -22,6 +22,11 @@ def design_section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # design's pick trained worse than this one's (experiments/quickstart/README.md);
   # experiments/shift uses it.
   c.state_per_mixture = False
+  # Reference mixtures run in every pool state in place of its first prior-centred
+  # draws: "uniform" and/or "natural" (the state's token shares). They give the sweep
+  # the outcome of uniform under every state, which the surface's held-out guard and
+  # the safe objective compare a pick with (experiments/surface_zoo/README.md).
+  c.anchors = ()
   # Pool states: the full pool, then scarce / rich / duplicated / subsampled variants.
   # Runs = n_pool_states * seeds (one mixture per state) or n_pool_states * n_mixtures
   # * seeds.
