@@ -72,6 +72,10 @@ class Recommendation:
   zeroed: tuple[str, ...] = ()  # domains set to 0 by the sampler's smallest weight
   theta: dict[str, float] = dataclasses.field(default_factory=dict)
   diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # The sweep's best-known mixture (empty when the surface does not record its sweep)
+  # and the recommendation's improvement over it.
+  best_known: dict[str, float] = dataclasses.field(default_factory=dict)
+  improvement_over_best_known: Improvement | None = None
 
   def __post_init__(self):
     if list(self.weights) != list(self.domains):
@@ -91,8 +95,12 @@ class Recommendation:
                       "predicted": self.reference_predicted.to_dict()},
         "uniform": {"weights": {d: 1.0 / len(self.domains) for d in self.domains},
                     "predicted": self.uniform_predicted.to_dict()},
+        **({"best_known": {"weights": {d: float(v) for d, v in self.best_known.items()}}}
+           if self.best_known else {}),
         "improvement": {"over_reference": self.improvement_over_reference.to_dict(),
-                        "over_uniform": self.improvement_over_uniform.to_dict()},
+                        "over_uniform": self.improvement_over_uniform.to_dict(),
+                        **({"over_best_known": self.improvement_over_best_known.to_dict()}
+                           if self.improvement_over_best_known is not None else {})},
         "outcome": self.outcome,
         "maximize": bool(self.maximize),
         "method": self.method,
@@ -146,6 +154,10 @@ class Recommendation:
         zeroed=tuple(d.get("zeroed", ())),
         theta={k: float(v) for k, v in d.get("theta", {}).items()},
         diagnostics=dict(d.get("diagnostics", {})),
+        best_known={k: float(v) for k, v in d.get("best_known", {}).get("weights",
+                                                                      {}).items()},
+        improvement_over_best_known=(Improvement.from_dict(imp["over_best_known"])
+                                     if "over_best_known" in imp else None),
     )
 
   @classmethod

@@ -190,6 +190,51 @@ def test_gain_interval_counts_against_the_true_gain():
   assert evaluation.pooled_gains([by[("new", "checked")]]) is None
 
 
+def _knowing(name: str, pick, known, lo: float, hi: float) -> evaluation.Method:
+  """Recommends pick(pool, runs), names `known` as the sweep's best-known mixture and
+  reports [lo, hi] as its gain over it."""
+  def recommend(model, pool, runs):
+    w = np.asarray(pick(pool, runs), float)
+    return types.SimpleNamespace(
+        weights=dict(zip(runs.domains, w.tolist())), diagnostics={},
+        best_known=dict(zip(runs.domains, np.asarray(known, float).tolist())),
+        improvement_over_best_known=types.SimpleNamespace(lo=lo, hi=hi))
+  return evaluation.Method(name, _no_fit, None, None, recommend)
+
+
+def test_gain_over_the_best_known_mixture_counts_against_the_truth():
+  world = FakeWorld()
+  oracle = _oracle(world).recommend
+  lopsided = np.array([0.98, 0.01, 0.01])
+  uniform = np.full(3, 1 / 3)
+  methods = [_knowing("best", lambda p, r: oracle(None, p, r), lopsided, 1e-12, 1e9),
+             _knowing("lopsided", lambda p, r: lopsided, uniform, 0.5, 1.0),
+             _knowing("same", lambda p, r: uniform, uniform, -1.0, 1.0), _my_uniform()]
+  rows = evaluation.evaluate_world(world, methods, **SIZES)
+  by = {(r["split"], r["method"]): r for r in rows}
+  for split in evaluation.SPLITS:
+    known = lambda m: {k: by[(split, m)][k] for k in evaluation.KNOWN_KEYS}  # noqa: E731
+    assert known("best") == dict(known_pools=2, known_below=0, known_worse=0,
+                                 known_claims=2, known_false_claims=0)
+    # Worse than the best-known mixture, below the interval that claimed a gain.
+    assert known("lopsided") == dict(known_pools=2, known_below=2, known_worse=2,
+                                     known_claims=2, known_false_claims=2)
+    assert known("same") == dict(known_pools=2, known_below=0, known_worse=0,
+                                 known_claims=0, known_false_claims=0)
+    assert all(v is None for v in known("my_uniform").values())
+  g = evaluation.pooled_known([by[("new", "lopsided")], by[("shifted", "best")], None,
+                               by[("new", "my_uniform")]])
+  assert g == dict(pools=4, below=2, worse=2, claims=4, false_claims=2)
+  assert evaluation.known_text(g).startswith(
+      "on 4 pools the true gain over the sweep's best-known mixture fell below its 90% "
+      "interval on 2 (50%) (nominal 5%); the pick was in truth worse than that mixture "
+      "on 2 (50%)")
+  ours = [dict(r, method="ours") for r in rows if r["method"] == "lopsided"]
+  assert "- ours' gain over the sweep's best-known mixture (new pools): on 2 pools" in (
+      evaluation.summarise(ours))
+  assert evaluation.replicates({0: ours})["shifted"]["ours_known"]["below"] == 2
+
+
 @pytest.fixture(name="fast_candidates")
 def fixture_fast_candidates(monkeypatch):
   monkeypatch.setattr(evaluation, "N_CANDIDATES", 2000)

@@ -30,6 +30,18 @@ def _rec(**kw) -> Recommendation:
   return Recommendation(**args)
 
 
+def test_gain_over_the_best_known_mixture_round_trips_and_may_be_absent():
+  rec = _rec(best_known={"arxiv": 0.5, "web: crawl #2": 0.25, 'quo"te': 0.25},
+             improvement_over_best_known=Improvement(0.05, -0.01, 0.1, 0.8))
+  assert Recommendation.from_json(rec.to_json()) == rec
+  d = json.loads(rec.to_json())
+  assert d["improvement"]["over_best_known"]["lo"] == -0.01
+  old = _rec()  # a mixture.json written before the field, or by a surface without it
+  assert "over_best_known" not in json.loads(old.to_json())["improvement"]
+  back = Recommendation.from_json(old.to_json())
+  assert back.best_known == {} and back.improvement_over_best_known is None
+
+
 def test_json_round_trip_is_exact():
   rec = _rec()
   back = Recommendation.from_json(rec.to_json())

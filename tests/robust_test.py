@@ -571,6 +571,24 @@ def test_safe_objective_off_support_can_compare_with_every_anchor():
     recommend(s, off_support="best", **kw)
 
 
+def test_recommendation_reports_its_gain_over_the_sweeps_best_known_mixture():
+  world, runs = _world_runs()
+  s = _stack()
+  pool = world.shifted_pools(1, seed=2)[0]
+  x, tokens, kw = _pool_case(world, s, pool)
+  for objective in ("safe", "mean"):
+    rec = recommend(s, objective=objective, **kw)
+    known = np.asarray(s.support_stats["best_w"][0])
+    assert list(rec.best_known) == list(s.domains)
+    np.testing.assert_allclose([rec.best_known[d] for d in s.domains], known / known.sum())
+    w = np.array([rec.weights[d] for d in s.domains])
+    p = s.predict(np.stack([known, w]), x, tokens=tokens, budget=pool.budget).mean
+    gain = rec.improvement_over_best_known
+    assert gain.mean == pytest.approx(p[0] - p[1], abs=0.02)  # a loss: lower is better
+    assert gain.lo <= gain.mean <= gain.hi and 0 <= gain.prob_better <= 1
+    assert "over_best_known" in rec.to_dict()["improvement"]
+
+
 def test_safe_objective_can_score_by_the_posterior_mean():
   world, runs = _world_runs()
   s = _stack()

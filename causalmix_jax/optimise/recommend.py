@@ -244,6 +244,20 @@ def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
   return capped, fs, np.concatenate([best.reshape(-1, len(domains)), uniform])
 
 
+def best_known_mixture(surface: Any) -> np.ndarray | None:
+  """The sweep's best-known mixture (the run that did best against its own pool
+  state's mean, `support_stats["best_w"][0]`), or None when the surface does not
+  record it."""
+  st = getattr(surface, "support_stats", None) or {}
+  best = st.get("best_w") if isinstance(st, Mapping) else None
+  if best is None or len(best) == 0:
+    return None
+  w = np.asarray(best[0], np.float64).reshape(-1)
+  if w.shape != (len(surface.domains),) or not np.all(np.isfinite(w)) or w.sum() <= 0:
+    return None
+  return np.maximum(w, 0.0) / np.maximum(w, 0.0).sum()
+
+
 def _check_int(name: str, value: Any, least: int) -> int:
   """An integer argument (an integral float passes), at least `least`."""
   integral = isinstance(value, numbers.Integral) or (
@@ -340,6 +354,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
     off-support check are the same for both.
+  The Recommendation reports the pick's improvement over the reference, over uniform
+  and, when the surface records its sweep, over the sweep's best-known mixture
+  (`best_known`), each from joint posterior draws.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
   n_candidates (>= 1), n_starts (>= 1), n_steps (>= 0): the search's size; seed >= 0.
@@ -447,12 +464,16 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     feasible.append(wf)
     infos.append(info)
   w_all = np.stack(feasible)
+  # Scored beside the candidates: the reference, uniform and (when the surface records
+  # its sweep) the sweep's best-known mixture, for the paired improvements.
+  w_known = best_known_mixture(surfaces[0])
+  extra = [fs.ref[None], np.full((1, len(domains)), 1 / len(domains))]
+  extra += [] if w_known is None else [w_known[None]]
   z = np.asarray(search.draws(prob.fns, params, xs, coefs,
-                              jnp.asarray(np.concatenate([w_all, fs.ref[None],
-                                                          np.full((1, len(domains)),
-                                                                  1 / len(domains))]),
-                                          jnp.float32)), np.float64)
-  z_w, z_ref, z_uni = z[:, :-2], z[:, -2], z[:, -1]
+                              jnp.asarray(np.concatenate([w_all] + extra), jnp.float32)),
+                 np.float64)
+  z_w, z_ref, z_uni = z[:, :-len(extra)], z[:, len(w_all)], z[:, len(w_all) + 1]
+  z_known = None if w_known is None else z[:, -1]
   loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
                                            smooth=False), np.float64)
   contrast_ub = np.quantile(z_w - z_uni[:, None], 0.5 * (1 + ci), axis=0)
@@ -529,6 +550,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       uniform_predicted=_summary(s_out * z_uni, ci),
       improvement_over_reference=_improvement(z_ref, z_w[:, best], ci),
       improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci),
+      best_known=({} if w_known is None
+                  else {d: float(v) for d, v in zip(domains, w_known)}),
+      improvement_over_best_known=(None if z_known is None
+                                   else _improvement(z_known, z_w[:, best], ci)),
       outcome=surfaces[0].outcome if single else "+".join(
           f"{w:g}*{s.outcome}" for w, s in zip(ow, surfaces)),
       maximize=bool(surfaces[0].maximize) if single else False,

@@ -70,13 +70,23 @@ HELDOUT_SHARE = 0.2
 WORLD_KEYS = ("world", "split", "method", "spearman", "pred_coverage90",
               "effect_coverage90", "regret", "regret_sd", "fit_s", "recommend_s",
               "n_pools", "safe_check_ran", "safe_check_replaced", "gain_moved",
-              "gain_below", "gain_above", "gain_claims", "gain_false_claims", "status")
+              "gain_below", "gain_above", "gain_claims", "gain_false_claims",
+              "known_pools", "known_below", "known_worse", "known_claims",
+              "known_false_claims", "status")
 # The gain_* keys test the interval a recommendation reports for its own gain over
 # uniform (`Recommendation.improvement_over_uniform`, 90%) against the true gain, on the
 # pools where the pick is not uniform: counts of those pools, of true gains below the
 # interval (nominal 5%) and above it, of pools where the interval's lower end claims a
 # gain (> 0), and of those claims where the pick was in truth worse than uniform.
 GAIN_KEYS = ("gain_moved", "gain_below", "gain_above", "gain_claims", "gain_false_claims")
+# The known_* keys test the interval of the pick's gain over the sweep's best-known
+# mixture (`Recommendation.improvement_over_best_known`) on the test pool, over every
+# pool: counts of pools, of true gains below the interval's lower end (the pick did
+# worse against the best-known mixture than the interval says; nominal 5%), of pools
+# where the pick was in truth worse than the best-known mixture, of the interval's
+# claims of a gain (lower end > 0) and of those claims that were false.
+KNOWN_KEYS = ("known_pools", "known_below", "known_worse", "known_claims",
+              "known_false_claims")
 REAL_KEYS = ("dataset", "split", "method", "outcome", "spearman", "r2", "coverage90",
              "n_train", "n_test", "fit_s", "status")
 
@@ -537,6 +547,7 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
            align: _Alignment) -> dict[str, Any]:
   rho, pred_cov, eff_cov, regrets, seconds, checks = [], [], [], [], [], []
   gains: list[tuple[float, float, float]] = []  # (lo, hi, true gain) where the pick moved
+  known: list[tuple[float, float, float]] = []  # (lo, hi, true gain) over the best-known
   reported = False  # did the method report an interval of its gain over uniform
   dn = len(runs.domains)
   for case in cases:
@@ -558,9 +569,18 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
         checks.append((bool(check["ran"]), bool(check["replaced"])))
       gain = getattr(out, "improvement_over_uniform", None)
       reported = reported or gain is not None
+      over_known = getattr(out, "improvement_over_best_known", None)
+      w_known = getattr(out, "best_known", None)
       out = [out.weights[d] for d in runs.domains]
+    else:
+      over_known = w_known = None
     w_D = _as_mixture(out, dn)
     regrets.append(float(world.regret(align.to_world(w_D), case.pool)))
+    if over_known is not None and w_known:
+      w_known_D = _as_mixture([w_known[d] for d in runs.domains], dn)
+      known.append((float(over_known.lo), float(over_known.hi),
+                    float(world.regret(align.to_world(w_known_D), case.pool))
+                    - regrets[-1]))
     if gain is not None and not np.allclose(w_D, 1.0 / dn, atol=1e-6):
       # Regrets are losses against one oracle, so their difference is the true gain
       # (positive: the pick is better than uniform), in the interval's units.
@@ -572,7 +592,20 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
           "recommend_s": _mean(seconds), "n_pools": len(cases),
           "safe_check_ran": _mean([float(r) for r, _ in checks]),
           "safe_check_replaced": _mean([float(x) for _, x in checks]),
-          **_gain_counts(gains, reported)}
+          **_gain_counts(gains, reported), **_known_counts(known)}
+
+
+def _known_counts(known: Sequence[tuple[float, float, float]]) -> dict[str, int | None]:
+  """KNOWN_KEYS from (lo, hi, true gain over the best-known mixture) of every pool;
+  None when the method reports no such interval."""
+  if not known:
+    return {k: None for k in KNOWN_KEYS}
+  g = np.asarray(known, np.float64).reshape(-1, 3)
+  lo, true = g[:, 0], g[:, 2]
+  claims = lo > 0
+  return {"known_pools": int(len(g)), "known_below": int(np.sum(true < lo)),
+          "known_worse": int(np.sum(true < 0)), "known_claims": int(np.sum(claims)),
+          "known_false_claims": int(np.sum(claims & (true < 0)))}
 
 
 def _gain_counts(gains: Sequence[tuple[float, float, float]], applies: bool
@@ -974,6 +1007,9 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     gain = pooled_gains([index.get((w, split, "ours")) for w in worlds])
     if gain is not None:
       out[f"ours_gain_{split}"] = gain
+    known = pooled_known([index.get((w, split, "ours")) for w in worlds])
+    if known is not None:
+      out[f"ours_known_{split}"] = known
   ours_s, lgbm_s = out.get("regret_shifted_ours"), out.get("regret_shifted_lightgbm")
   if ours_s is not None and lgbm_s:
     out["regret_shifted_ratio_ours_over_lightgbm"] = ours_s / lgbm_s
@@ -990,14 +1026,36 @@ def headline(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
+def _pooled_counts(rows: Sequence[dict[str, Any] | None], keys: Sequence[str]
+                   ) -> dict[str, int] | None:
+  """The `keys` counts (named without their prefix) summed over rows with status "ok"
+  that have them (None when none has)."""
+  have = [r for r in rows if r is not None and r.get("status") == "ok"
+          and r.get(keys[0]) is not None]
+  if not have:
+    return None
+  return {k.split("_", 1)[1]: int(sum(int(r[k]) for r in have)) for k in keys}
+
+
 def pooled_gains(rows: Sequence[dict[str, Any] | None]) -> dict[str, int] | None:
   """The GAIN_KEYS counts summed over rows with status "ok" that have them (None when
   none has)."""
-  have = [r for r in rows if r is not None and r.get("status") == "ok"
-          and r.get("gain_moved") is not None]
-  if not have:
-    return None
-  return {k[len("gain_"):]: int(sum(int(r[k]) for r in have)) for k in GAIN_KEYS}
+  return _pooled_counts(rows, GAIN_KEYS)
+
+
+def pooled_known(rows: Sequence[dict[str, Any] | None]) -> dict[str, int] | None:
+  """The KNOWN_KEYS counts summed likewise."""
+  return _pooled_counts(rows, KNOWN_KEYS)
+
+
+def known_text(g: dict[str, int]) -> str:
+  """One line on pooled counts of the gain over the best-known mixture (KNOWN_KEYS)."""
+  n = g["pools"]
+  share = (lambda k: f"{g[k]} ({g[k] / n:.0%})") if n else (lambda k: str(g[k]))
+  return (f"on {n} pools the true gain over the sweep's best-known mixture fell below "
+          f"its 90% interval on {share('below')} (nominal 5%); the pick was in truth "
+          f"worse than that mixture on {share('worse')}; the interval claimed a gain on "
+          f"{g['claims']}, false on {g['false_claims']}")
 
 
 def gain_text(g: dict[str, int]) -> str:
@@ -1089,6 +1147,9 @@ def summarise(rows: Sequence[dict[str, Any]]) -> str:
       if f"ours_gain_{split}" in h:
         parts.append(f"- ours' gain over uniform ({split} pools): "
                      + gain_text(h[f"ours_gain_{split}"]))
+      if f"ours_known_{split}" in h:
+        parts.append(f"- ours' gain over the sweep's best-known mixture ({split} pools): "
+                     + known_text(h[f"ours_known_{split}"]))
     band = []
     for m in methods:
       cells = []
@@ -1173,6 +1234,7 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                   "effect_coverage_in_target": f"{covered}/{n_cov}",
                   "effect_coverage_missed": missed_cells,
                   "ours_gain": pooled_gains([r for _, r in ours_rows]),
+                  "ours_known": pooled_known([r for _, r in ours_rows]),
                   "ours_gain_false_claim_cells": false_cells}
   out["cells"] = cells
   return out
@@ -1219,5 +1281,8 @@ def summarise_replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -
                    + gain_text(h["ours_gain"])
                    + (f" ({', '.join(h['ours_gain_false_claim_cells'])})"
                       if h["ours_gain_false_claim_cells"] else ""))
+    if h["ours_known"] is not None:
+      parts.append("- ours' gain over the sweep's best-known mixture, pooled over cells: "
+                   + known_text(h["ours_known"]))
     parts.append("")
   return "\n".join(parts).rstrip() + "\n"
