@@ -350,6 +350,8 @@ def test_run_stage_writes_mixture_with_constraints(tmp_path, monkeypatch):
   assert (wd / "optimise" / "mixture.yaml").exists()
   rows = [json.loads(x) for x in (wd / "optimise" / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["event"] == "recommend"
+  # The fake surface records no sweep, so there is no best-known mixture to compare.
+  assert rows[-1]["improvement_over_best_known"] is None and "best_known" not in mix
 
 
 def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):

@@ -99,6 +99,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
                improvement_over_reference=rec.improvement_over_reference.mean,
                prob_better_than_reference=rec.improvement_over_reference.prob_better,
                improvement_over_uniform=rec.improvement_over_uniform.mean,
+               improvement_over_best_known=(
+                   None if rec.improvement_over_best_known is None
+                   else rec.improvement_over_best_known.mean),
                zeroed=len(rec.zeroed), search_seconds=rec.diagnostics["search_seconds"],
                budget_tokens=budget)
   writer.close()
