@@ -1,6 +1,7 @@
 """Validation of a recommendation by training it: which mixtures to train side by side
 (the recommendation under each optimiser and objective, uniform, natural token shares,
-RegMix's LightGBM picks, the covariate-blind surface's pick), the design that trains
+RegMix's LightGBM picks, the covariate-blind surface's pick, the sweep's best-known
+mixture), the design that trains
 each for several seeds with common random numbers through the sweep's machinery, and the
 table of realized outcomes with paired differences to the recommendation."""
 
@@ -17,7 +18,7 @@ from scipy import stats
 log = logging.getLogger(__name__)
 
 KNOWN_MIXTURES = ("recommended", "S_mean", "S_bound", "A_mean", "A_bound", "uniform",
-                  "natural", "regmix", "regmix_topk", "blind")
+                  "natural", "regmix", "regmix_topk", "blind", "best_known")
 
 
 class ValidationError(ValueError):
@@ -81,9 +82,11 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
   `optimise` config as it stands), "<S|A>_<mean|bound>" (that method and objective, the
   same constraints), "regmix" / "regmix_topk" (LightGBM on weights + covariates: the
   best Monte-Carlo candidate around the natural mixture / the mean of its top-k),
-  "blind" (the covariate-blind surface's recommendation, the configured objective)."""
+  "blind" (the covariate-blind surface's recommendation, the configured objective),
+  "best_known" (the sweep's best-known mixture, which the recommendation reports its
+  improvement over)."""
   # pylint: disable=import-outside-toplevel
-  from causalmix_jax.optimise.recommend import recommend
+  from causalmix_jax.optimise.recommend import best_known_mixture, recommend
   from causalmix_jax.optimise import settings
   from causalmix_jax.surface import baselines
   from causalmix_jax.surface import fit
@@ -128,6 +131,12 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
       return optimise(blind, str(oc.method), str(oc.objective))
     if name == "recommended":
       return optimise(surface, str(oc.method), str(oc.objective))
+    if name == "best_known":
+      w = best_known_mixture(surface)
+      if w is None:
+        raise ValidationError("config key validate.mixtures names 'best_known', but the "
+                              "fitted surface records no best-known mixture of its sweep")
+      return w
     method, objective = name.split("_")
     return optimise(surface, method, objective)
 

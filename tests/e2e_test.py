@@ -63,7 +63,8 @@ def test_pipeline_end_to_end(smoke_study, tmp_path):
   table = study.validation.set_index("mixture")
   assert table.loc["recommended", "seeds"] == 3
   assert table.loc["recommended", "diff_vs_recommended"] == 0.0
-  assert {"uniform", "natural", "regmix", "regmix_topk", "blind"} <= set(table.index)
+  assert {"uniform", "natural", "regmix", "regmix_topk", "blind",
+          "best_known"} <= set(table.index)
   assert len(study.validation_runs) >= 3 * len(set(study.validation_runs["mixture"]))
   assert "## Validation: the recommendation trained beside its baselines" in report
   copy = tmp_path / "study"

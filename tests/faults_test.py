@@ -70,14 +70,14 @@ def _draw(points: list[tuple[str, int]], k: int, seed: int) -> list[tuple[str, i
   return [points[i] for i in sorted(idx)]
 
 
-# The validate stage of the smoke study, run through launch/main.py on one device: 27 runs
-# (9 distinct mixtures x 3 seeds) in 7 chunks of 4. Writes: 1 is design_digest.json, 2-8
-# the chunks, 9 runs.parquet, 10 runs.csv, 11 results.parquet, 12 table.md, 13
+# The validate stage of the smoke study, run through launch/main.py on one device: 30 runs
+# (10 distinct mixtures x 3 seeds) in 8 chunks of 4. Writes: 1 is design_digest.json,
+# 2-9 the chunks, 10 runs.parquet, 11 runs.csv, 12 results.parquet, 13 table.md, 14
 # summary.json (the stage's stamp follows).
-VALIDATE_CHUNKS = 7
+VALIDATE_CHUNKS = 8
 VALIDATE_POINTS = ([("computed", n) for n in range(1, VALIDATE_CHUNKS + 1)]
-                   + [("written", n) for n in range(1, 14)]
-                   + [("renamed", n) for n in range(1, 14)])
+                   + [("written", n) for n in range(1, 15)]
+                   + [("renamed", n) for n in range(1, 15)])
 
 SWEEP_TRIALS = _draw(SWEEP_POINTS, 5, SEED)
 TARGET_TRIALS = _draw(TARGET_POINTS, 5, SEED + 1)

@@ -327,3 +327,21 @@ def test_fit_surface_runs_every_family_on_one_blas_thread(monkeypatch):
     assert fit.fit_surface(_wide_runs()[1], "loss") == "fitted"
     assert blas_threads() == before
   assert seen == [{1}]
+
+
+def test_best_known_mixtures_rank_seed_replicates_by_their_mean():
+  # Two pool states, three mixtures run in each with two seeds. Mixture a's seed 0 is
+  # the single best run of state 0 (lucky); b is better on average in both states.
+  a, b, c = [0.6, 0.2, 0.2], [0.2, 0.6, 0.2], [0.2, 0.2, 0.6]
+  w = np.array([a, a, b, b, c, c] * 2)
+  x = np.repeat(np.array([[0.0, 1.0], [1.0, 0.5]]), 6, axis=0)
+  y = np.array([0.80, 1.40, 1.05, 1.07, 1.20, 1.22,    # state 0: a 1.10, b 1.06
+                2.10, 2.30, 2.02, 2.04, 2.20, 2.22])   # state 1: a 2.20, b 2.03
+  xb = cbasis.covariate_basis(x, 4)
+  best = fit._support_stats(x, w, xb, y, maximize=False, n_best=3)["best_w"]
+  np.testing.assert_allclose(best[0], b)
+  assert [list(v) for v in best] == [b, a, c]
+  # Without replicates every run is its own mean: the best run leads.
+  one = fit._support_stats(x[::2], w[::2], cbasis.covariate_basis(x[::2], 4), y[::2],
+                           n_best=1)["best_w"]
+  np.testing.assert_allclose(one[0], a)

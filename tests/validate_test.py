@@ -2,6 +2,8 @@
 each for every seed with common seeds, and the table's paired differences and intervals
 are those of the realized outcomes."""
 
+import types
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,3 +56,16 @@ def test_bad_validate_config_is_named():
   cfg.validate.scale = "huge"
   with pytest.raises(validation.ValidationError, match=r"validate\.scale='huge'"):
     validation.check_config(cfg.validate)
+
+
+def test_best_known_is_the_sweeps_best_known_mixture_or_a_named_error():
+  cfg = base.get_config("smoke")
+  assert "best_known" in cfg.validate.mixtures
+  surface = types.SimpleNamespace(domains=("a", "b"), support_stats={
+      "best_w": [[0.2, 0.8], [0.5, 0.5]]})
+  pick = validation.make_picker(cfg, None, surface, {}, {"a": 10.0, "b": 10.0}, 64.0)
+  np.testing.assert_allclose(pick("best_known"), [0.2, 0.8])
+  bare = types.SimpleNamespace(domains=("a", "b"), support_stats={})
+  pick = validation.make_picker(cfg, None, bare, {}, {"a": 10.0, "b": 10.0}, 64.0)
+  with pytest.raises(validation.ValidationError, match="validate.mixtures.*best_known"):
+    pick("best_known")

@@ -11,9 +11,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # Trained side by side, each for `seeds` seeds with common random numbers: the
   # recommendation ("recommended", the optimise stage's pick), the optimiser's variants
   # "<S|A>_<mean|bound>", uniform, natural token shares, RegMix's LightGBM best candidate
-  # ("regmix") and top-k mean ("regmix_topk"), and the covariate-blind surface ("blind").
+  # ("regmix") and top-k mean ("regmix_topk"), the covariate-blind surface ("blind"),
+  # and the sweep's best-known mixture ("best_known", which the recommendation reports
+  # its improvement over: trained here, that claim is checked).
   c.mixtures = ("recommended", "S_mean", "S_bound", "A_mean", "A_bound", "uniform",
-                "natural", "regmix", "regmix_topk", "blind")
+                "natural", "regmix", "regmix_topk", "blind", "best_known")
   c.seeds = 3
   # "proxy": the proxies' model and budget (the scale the surface predicts, so predicted
   # and realized outcomes are compared); "target": the target's model and budget.

@@ -1,5 +1,6 @@
 """The `validate` stage: trains the recommendation beside its baselines (uniform, natural,
-RegMix, the covariate-blind pick, the optimiser's other variants), several seeds each with
+RegMix, the covariate-blind pick, the sweep's best-known mixture, the optimiser's other
+variants), several seeds each with
 common random numbers, in one vmapped program through the sweep's machinery ->
 `validate/results.parquet` (one row per run), `validate/summary.json` and
 `validate/table.md` (per mixture: realized mean and interval, paired difference to the

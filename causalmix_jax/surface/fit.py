@@ -349,10 +349,16 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
   resid = xs - (xs @ xb.basis_FxK) @ xb.basis_FxK.T if len(xb.cols) else xs
   if y is not None:
     # The sweep's best-known mixtures (anchors of the safe objective): best against
-    # their own pool state's mean, so a good pool does not pass for a good mixture.
+    # their own pool state's mean, so a good pool does not pass for a good mixture, and
+    # each (mixture, state) by the mean of its seed replicates, so a lucky seed does not
+    # pass for a good mixture either.
     _, g = np.unique(np.round(x, 9), axis=0, return_inverse=True)
     g = np.asarray(g).reshape(-1)
-    rel = y - (np.bincount(g, weights=y) / np.bincount(g))[g]
+    _, r = np.unique(np.concatenate([np.round(w, 9), g[:, None]], axis=1), axis=0,
+                     return_inverse=True)
+    r = np.asarray(r).reshape(-1)
+    y_rep = (np.bincount(r, weights=y) / np.bincount(r))[r]
+    rel = y_rep - (np.bincount(g, weights=y) / np.bincount(g))[g]
     order = np.argsort(-rel if maximize else rel, kind="stable")
     seen: list[np.ndarray] = []
     for i in order:
