@@ -245,9 +245,9 @@ def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
 
 
 def best_known_mixture(surface: Any) -> np.ndarray | None:
-  """The sweep's best-known mixture (the run that did best against its own pool
-  state's mean, `support_stats["best_w"][0]`), or None when the surface does not
-  record it."""
+  """The sweep's best-known mixture (the mixture whose runs, averaged over seed
+  replicates, did best against their pool state's mean: `support_stats["best_w"][0]`),
+  or None when the surface does not record it."""
   st = getattr(surface, "support_stats", None) or {}
   best = st.get("best_w") if isinstance(st, Mapping) else None
   if best is None or len(best) == 0:
