@@ -595,17 +595,26 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
           **_gain_counts(gains, reported), **_known_counts(known)}
 
 
+def _interval_counts(triples: Sequence[tuple[float, float, float]]) -> dict[str, int]:
+  """Counts over (lo, hi, true gain) of a reported gain interval: pools ("n"), true
+  gains below / above the interval, true losses ("worse": gain < 0), the interval's
+  claims of a gain (lo > 0) and its false claims."""
+  g = np.asarray(triples, np.float64).reshape(-1, 3)
+  lo, hi, true = g[:, 0], g[:, 1], g[:, 2]
+  claims = lo > 0
+  return {"n": int(len(g)), "below": int(np.sum(true < lo)),
+          "above": int(np.sum(true > hi)), "worse": int(np.sum(true < 0)),
+          "claims": int(np.sum(claims)), "false_claims": int(np.sum(claims & (true < 0)))}
+
+
 def _known_counts(known: Sequence[tuple[float, float, float]]) -> dict[str, int | None]:
   """KNOWN_KEYS from (lo, hi, true gain over the best-known mixture) of every pool;
   None when the method reports no such interval."""
   if not known:
     return {k: None for k in KNOWN_KEYS}
-  g = np.asarray(known, np.float64).reshape(-1, 3)
-  lo, true = g[:, 0], g[:, 2]
-  claims = lo > 0
-  return {"known_pools": int(len(g)), "known_below": int(np.sum(true < lo)),
-          "known_worse": int(np.sum(true < 0)), "known_claims": int(np.sum(claims)),
-          "known_false_claims": int(np.sum(claims & (true < 0)))}
+  c = _interval_counts(known)
+  return {"known_pools": c["n"], **{f"known_{k}": c[k] for k in
+                                    ("below", "worse", "claims", "false_claims")}}
 
 
 def _gain_counts(gains: Sequence[tuple[float, float, float]], applies: bool
@@ -614,12 +623,9 @@ def _gain_counts(gains: Sequence[tuple[float, float, float]], applies: bool
   None when the method reports no interval of its gain."""
   if not applies:
     return {k: None for k in GAIN_KEYS}
-  g = np.asarray(gains, np.float64).reshape(-1, 3)
-  lo, hi, true = g[:, 0], g[:, 1], g[:, 2]
-  claims = lo > 0
-  return {"gain_moved": int(len(g)), "gain_below": int(np.sum(true < lo)),
-          "gain_above": int(np.sum(true > hi)), "gain_claims": int(np.sum(claims)),
-          "gain_false_claims": int(np.sum(claims & (true < 0)))}
+  c = _interval_counts(gains)
+  return {"gain_moved": c["n"], **{f"gain_{k}": c[k] for k in
+                                   ("below", "above", "claims", "false_claims")}}
 
 
 def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
@@ -1048,10 +1054,15 @@ def pooled_known(rows: Sequence[dict[str, Any] | None]) -> dict[str, int] | None
   return _pooled_counts(rows, KNOWN_KEYS)
 
 
+def _share(g: dict[str, int], n: int, key: str) -> str:
+  """g[key], with its share of n when n > 0 ("3 (25%)")."""
+  return f"{g[key]} ({g[key] / n:.0%})" if n else str(g[key])
+
+
 def known_text(g: dict[str, int]) -> str:
   """One line on pooled counts of the gain over the best-known mixture (KNOWN_KEYS)."""
   n = g["pools"]
-  share = (lambda k: f"{g[k]} ({g[k] / n:.0%})") if n else (lambda k: str(g[k]))
+  share = functools.partial(_share, g, n)
   return (f"on {n} pools the true gain over the sweep's best-known mixture fell below "
           f"its 90% interval on {share('below')} (nominal 5%); the pick was in truth "
           f"worse than that mixture on {share('worse')}; the interval claimed a gain on "
@@ -1061,7 +1072,7 @@ def known_text(g: dict[str, int]) -> str:
 def gain_text(g: dict[str, int]) -> str:
   """One line on pooled gain counts (see GAIN_KEYS)."""
   n = g["moved"]
-  share = (lambda k: f"{g[k]} ({g[k] / n:.0%})") if n else (lambda k: str(g[k]))
+  share = functools.partial(_share, g, n)
   return (f"the pick moved from uniform on {n} pools; the true gain over uniform fell "
           f"below its 90% interval on {share('below')} (nominal 5%) and above it on "
           f"{share('above')}; the interval claimed a gain (lower end > 0) on "

@@ -55,13 +55,13 @@ from causalmix_jax.surface.conjugate import noise_prior
 from causalmix_jax.surface.conjugate import one_blas_thread
 from causalmix_jax.surface.conjugate import pure_error  # noqa: F401  (robust.py, tests)
 from causalmix_jax.surface.covariate_basis import CovariateBasis
-from causalmix_jax.surface.prediction import central_z
 from causalmix_jax.surface.covariate_basis import covariate_basis
 from causalmix_jax.surface.covariate_basis import held_out_support
 from causalmix_jax.surface.covariate_basis import mahalanobis
 from causalmix_jax.surface.covariate_basis import score_precision
 from causalmix_jax.surface import models
 from causalmix_jax.surface import nuisance as nuis
+from causalmix_jax.surface.prediction import central_z
 from causalmix_jax.surface.surface import DesignSpec, Surface, SurfaceBase, modifier_basis
 
 log = logging.getLogger(__name__)
