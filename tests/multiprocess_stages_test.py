@@ -31,6 +31,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "tests/multiprocess_stages_test.py"
 N_PROCESSES = 2
 TIMEOUT_S = 180
+# A failed job must stop well before a hang would end (JAX's 300 s timeouts).
+STOP_S = 120
 # Messages of a jax build without multi-process CPU support (then the test is skipped).
 UNSUPPORTED = ("Multiprocess computations aren't implemented",
                "not implemented on the CPU backend", "cpu_collectives")
@@ -154,8 +156,9 @@ def test_failed_process_stops_the_job_and_is_named(bad, says, one_process, tmp_p
                                                 "validate"))
   t0 = time.time()
   code, out = _two_processes(workdir, "sweep", xla_cache_env, capfd, extra=((), (bad,)))
-  assert code != 0
-  assert time.time() - t0 < 60, f"the job took {time.time() - t0:.0f}s to stop"
+  assert code not in (0, local_processes.TIMEOUT_EXIT_CODE), code
+  # Starting two JAX processes on a loaded 2-core machine can take most of a minute.
+  assert time.time() - t0 < STOP_S, f"the job took {time.time() - t0:.0f}s to stop"
   assert f"process 1 of {N_PROCESSES} (pid " in out, out[-3000:]
   assert "stopping the others" in out, out[-3000:]
   assert says in out, out[-3000:]
