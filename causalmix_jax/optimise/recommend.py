@@ -18,6 +18,7 @@ import numpy as np
 from causalmix_jax.optimise import constraints as cons
 from causalmix_jax.optimise import search
 from causalmix_jax.recommendation import Improvement, Interval, Recommendation
+from causalmix_jax.surface import decisions
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,16 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
   if np.any(v < 0) or abs(v.sum() - 1) > 1e-6:
     raise ValueError(f"reference mixture must be >= 0 and sum to 1 (sum={v.sum():.6g})")
   return v / v.sum()
+
+
+def decision_scale(surfaces: Sequence[Any]) -> float:
+  """The factor on the spread of the paired difference to uniform: the largest scale a
+  surface's fit applied (`info["decision_calibration"]`, surface.decision_calibration
+  = "conformal"); 1 when none did."""
+  scales = [float(d["scale"]) for d in
+            ((getattr(s, "info", None) or {}).get("decision_calibration") or {}
+             for s in surfaces) if d.get("applied") and d.get("scale")]
+  return max(scales, default=1.0)
 
 
 def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]],
@@ -300,8 +311,13 @@ def _summary(u_S: np.ndarray, ci: float) -> Interval:
   return Interval(float(u_S.mean()), float(q[0]), float(q[1]))
 
 
-def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float) -> Improvement:
+def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float,
+                 scale: float = 1.0) -> Improvement:
+  """The paired difference's summary; its draws' spread around their mean times
+  `scale` (a surface's decision calibration)."""
   d = z_base_S - z_w_S  # loss units: positive = better
+  if scale != 1.0:
+    d = d.mean() + scale * (d - d.mean())
   q = np.quantile(d, [0.5 * (1 - ci), 0.5 * (1 + ci)])
   return Improvement(float(d.mean()), float(q[0]), float(q[1]), float((d > 0).mean()))
 
@@ -334,7 +350,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     covariate is outside the sweep's range). Uniform's own bound is 0, so
     off the support the pick moves away from uniform only with that confidence: when
     the intervals hold, it is not worse than uniform. Off the sweep's covariate support the surface's
-    intervals widen, and the pick stays closer to uniform.
+    intervals widen, and the pick stays closer to uniform. When the surface's fit
+    calibrated that paired difference on its held-out pool states
+    (surface.decision_calibration = "conformal"), its spread around its mean is scaled
+    by the fitted factor, in this check and in the reported gain over uniform.
   off_support: what "safe" does off the support. "uniform" (default): the check above.
     "anchors": the pick is the candidate whose largest upper (1+ci)/2 bound of its
     paired difference to any anchor (the sweep's best-known mixtures and uniform) is
@@ -476,7 +495,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   z_known = None if w_known is None else z[:, -1]
   loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
                                            smooth=False), np.float64)
-  contrast_ub = np.quantile(z_w - z_uni[:, None], 0.5 * (1 + ci), axis=0)
+  dscale = decision_scale(surfaces)
+  contrast_ub = decisions.scaled_upper(z_w - z_uni[:, None], 0.5 * (1 + ci), dscale)
   safe_check = None
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
@@ -501,6 +521,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support, "score": safe_score,
+                  "decision_scale": dscale,
                   "trigger": off_support_trigger,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
                   "bound_pick_difference_to_uniform_upper_bound":
@@ -549,7 +570,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       reference_predicted=_summary(s_out * z_ref, ci),
       uniform_predicted=_summary(s_out * z_uni, ci),
       improvement_over_reference=_improvement(z_ref, z_w[:, best], ci),
-      improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci),
+      improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci, dscale),
       best_known=({} if w_known is None
                   else {d: float(v) for d, v in zip(domains, w_known)}),
       improvement_over_best_known=(None if z_known is None

@@ -382,6 +382,7 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
 STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
 STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
 COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
+DECISION_CALIBRATIONS = ("none", "conformal")  # surface.decision_calibration
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -404,6 +405,10 @@ def covariate_extrapolation(cfg) -> str:
   return _choice(cfg, "covariate_extrapolation", COVARIATE_EXTRAPOLATIONS)
 
 
+def decision_calibration(cfg) -> str:
+  return _choice(cfg, "decision_calibration", DECISION_CALIBRATIONS)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -420,6 +425,7 @@ def check_config(method: str, cfg) -> None:
   stack_calibration(cfg)
   stack_discrepancy(cfg)
   covariate_extrapolation(cfg)
+  decision_calibration(cfg)
   from causalmix_jax.surface import robust  # imports this module
   members, known = tuple(cfg.get("stack_members", ())), robust.MEMBERS
   for name in members:

@@ -666,12 +666,23 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       if n_cells >= MIN_GROUPS and fold_by != "runs" else 0.0
   # The safe objective's uniform guard, judged on held-out pool states: only where the
   # cells are pool states (a decision for one pool among its own runs).
+  # With `decision_calibration = "conformal"` the guard's own query (the pick against
+  # uniform) is calibrated on the same cells first, and the guard is judged as scaled.
+  dec_setting = fit_lib.decision_calibration(cfg)
+  decision = {"setting": dec_setting, "scale": None}
   if fold_by != "runs" and contrasts_within == "pool states":
-    guard = decisions.guard_evidence(mean + scale * dev, data.y, data.w, cells,
-                                     data.name in runs.maximize, level)
+    heldout_draws = mean + scale * dev
+    maximize = data.name in runs.maximize
+    decision.update(decisions.decision_scale(heldout_draws, data.y, data.w, cells,
+                                             maximize, level))
+    decision["applied"] = dec_setting == "conformal" and decision["scale"] is not None
+    guard = decisions.guard_evidence(
+        heldout_draws, data.y, data.w, cells, maximize, level,
+        scale=decision["scale"] if decision["applied"] else 1.0)
   else:
-    guard = {"cells": 0, "guard": False,
-             "skipped": f"held-out cells are {contrasts_within}, folds by {fold_by}"}
+    skipped = f"held-out cells are {contrasts_within}, folds by {fold_by}"
+    guard = {"cells": 0, "guard": False, "skipped": skipped}
+    decision.update(cells=0, applied=False, reason=skipped)
   heldout = {nm: {"contrast_mse": float(np.mean((yc - c) ** 2)),
                   "spearman": float(stats.spearmanr(o.mean(0), data.y).statistic)}
              for nm, c, o in zip(names, contrasts, oofs)}
@@ -688,6 +699,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               else f"{int(ok.sum())} runs against their cell means"),
           "calibration": calibration,
           "level_sd": level_sd, "heldout": heldout, "heldout_guard": guard,
+          "decision_calibration": decision,
           "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
