@@ -723,6 +723,10 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
   head = ("safe check against uniform (ran because " + "; ".join(check.get("reasons", []))
           + f"): the {pick} mixture's difference to uniform has upper bound "
           f"{_fmt(ub)}")
+  scale = check.get("decision_scale", 1.0)
+  if scale != 1.0:
+    head += (f" (its spread scaled by {_fmt(scale)}, the decision calibration fitted on "
+             "the sweep's held-out pool states)")
   if not check.get("replaced"):
     return head + ", so it was kept"
   took = "uniform itself" if check.get("took_uniform") else "another candidate"

@@ -499,6 +499,11 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   path.write_text(json.dumps(mix))
   assert ("the lowest-mean mixture's difference to uniform has upper bound 0.0125, so "
           "it was kept") in report_stage.run(cfg, wd).read_text()
+  mix["diagnostics"]["safe_check"]["decision_scale"] = 1.25
+  path.write_text(json.dumps(mix))
+  assert ("the lowest-mean mixture's difference to uniform has upper bound 0.0125 (its "
+          "spread scaled by 1.25, the decision calibration fitted on the sweep's "
+          "held-out pool states), so it was kept") in report_stage.run(cfg, wd).read_text()
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()

@@ -741,3 +741,52 @@ def test_safe_check_runs_when_a_covariate_leaves_the_sweeps_range():
       "y_loss: 1 covariate(s) outside the sweep's range (quality_math)"]
   support, plain = check(pools[3])
   assert support["inside"] and not support["outside_range"] and not plain["ran"]
+
+
+def test_decision_calibration_is_off_by_default_checked_and_needs_19_decisions():
+  s = _stack()
+  dec = s.info["decision_calibration"]
+  assert dec["setting"] == "none" and not dec["applied"]
+  _, runs = _world_runs()
+  with pytest.raises(ValueError, match="surface.decision_calibration: unknown 'yes'"):
+    fit.fit_surface(runs, "loss", config=_cfg(decision_calibration="yes"))
+  # 16 pool states: too few held-out decisions for a 95% conformal bound.
+  small = fit.fit_surface(runs, "loss", config=_cfg(decision_calibration="conformal"))
+  dec = small.info["decision_calibration"]
+  assert dec["cells"] <= 16 and dec["scale"] is None and not dec["applied"]
+  assert "needs 19" in dec["reason"]
+
+
+@functools.lru_cache(maxsize=None)
+def _calibrated_stack():
+  """The stack fitted with the guard's decision calibration on 36 pool states."""
+  world = worlds.make_world("mixing_law", seed=0)
+  runs = world.sweep(n_runs=288, n_pools=36, seed=0)
+  return world, fit.fit_surface(runs, "loss",
+                                config=_cfg(decision_calibration="conformal"))
+
+
+def test_decision_calibration_scales_the_guard_and_the_gain_over_uniform():
+  world, s = _calibrated_stack()
+  dec = s.info["decision_calibration"]
+  assert dec["applied"] and dec["cells"] >= 19 and dec["scale"] > 0
+  # The same surface without it: every draw is the same, only the scale differs.
+  plain = _restacked(s)
+  plain.info = {**s.info, "decision_calibration": {**dec, "applied": False}}
+  pool = world.shifted_pools(1, seed=2)[0]
+  _, _, kw = _pool_case(world, s, pool)
+  rec, ref = recommend(s, **kw), recommend(plain, **kw)
+  assert rec.diagnostics["safe_check"]["decision_scale"] == dec["scale"]
+  assert ref.diagnostics["safe_check"]["decision_scale"] == 1.0
+  assert ref.diagnostics["safe_check"]["bound_pick"] == rec.diagnostics["safe_check"][
+      "bound_pick"]
+  if rec.weights == ref.weights:
+    g, g0 = rec.improvement_over_uniform, ref.improvement_over_uniform
+    assert g.mean == pytest.approx(g0.mean)
+    assert g.mean - g.lo == pytest.approx(dec["scale"] * (g0.mean - g0.lo), rel=1e-6)
+    assert g.hi - g.mean == pytest.approx(dec["scale"] * (g0.hi - g0.mean), rel=1e-6)
+    # The other comparisons are not scaled.
+    assert rec.improvement_over_best_known == ref.improvement_over_best_known
+  ub = "bound_pick_difference_to_uniform_upper_bound"
+  assert (rec.diagnostics["safe_check"][ub] >= ref.diagnostics["safe_check"][ub]) == (
+      dec["scale"] >= 1)

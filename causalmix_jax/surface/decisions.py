@@ -85,7 +85,8 @@ def decision_scale(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
   k = int(np.ceil((n + 1) * q))
   out: dict[str, Any] = {"cells": n, "scale": None}
   if k > n:
-    out["reason"] = f"{n} held-out decisions; a {q:.0%} conformal bound needs {k}"
+    need = next(m for m in range(1, 10 ** 6) if np.ceil((m + 1) * q) <= m)
+    out["reason"] = f"{n} held-out decisions; a {q:.0%} conformal bound needs {need}"
     return out
   c = float(np.sort(r)[k - 1])
   if c <= 0:

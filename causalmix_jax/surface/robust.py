@@ -31,6 +31,11 @@ never mix scales. Every member family is refitted with each group held out:
   is first split between the scaled spread and a smooth discrepancy of the mixture
   (`discrepancy.py`), and the conformal factor scales both.
 
+The same held-out pool states judge the safe objective's uniform guard and, with
+`surface.decision_calibration = "conformal"`, calibrate the guard's own query, the
+pick's paired difference to uniform (`decisions.py`); `recommend` reads both from the
+surface's info.
+
 The result is an ordinary surface (`SurfaceBase`): predict, cate, theta, support, a
 pure jittable sampler for the optimiser, save and load.
 """
