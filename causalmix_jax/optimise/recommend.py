@@ -315,9 +315,7 @@ def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float,
                  scale: float = 1.0) -> Improvement:
   """The paired difference's summary; its draws' spread around their mean times
   `scale` (a surface's decision calibration)."""
-  d = z_base_S - z_w_S  # loss units: positive = better
-  if scale != 1.0:
-    d = d.mean() + scale * (d - d.mean())
+  d = decisions.spread_scaled(z_base_S - z_w_S, scale)  # loss units: positive = better
   q = np.quantile(d, [0.5 * (1 - ci), 0.5 * (1 + ci)])
   return Improvement(float(d.mean()), float(q[0]), float(q[1]), float((d > 0).mean()))
 

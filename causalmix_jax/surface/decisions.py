@@ -47,14 +47,18 @@ def _cell_decisions(loss_SxN: np.ndarray, w_NxD: np.ndarray, cells_N: np.ndarray
     yield rows, cell, pick, near
 
 
-def scaled_upper(diff_SxK: np.ndarray, q: float, scale: float = 1.0) -> np.ndarray:
-  """The upper q quantile of each column of paired-difference draws after their spread
-  around the column's mean is multiplied by `scale`."""
-  upper = np.quantile(diff_SxK, q, axis=0)
+def spread_scaled(diff_SxK: np.ndarray, scale: float = 1.0) -> np.ndarray:
+  """Paired-difference draws with their spread around each column's mean multiplied by
+  `scale` (the draws themselves when it is 1)."""
   if scale == 1.0:
-    return upper
+    return diff_SxK
   m = diff_SxK.mean(0)
-  return m + scale * (upper - m)
+  return m + scale * (diff_SxK - m)
+
+
+def scaled_upper(diff_SxK: np.ndarray, q: float, scale: float = 1.0) -> np.ndarray:
+  """The upper q quantile of each column of `spread_scaled` draws."""
+  return np.quantile(spread_scaled(diff_SxK, scale), q, axis=0)
 
 
 def decision_scale(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
