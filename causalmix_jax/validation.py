@@ -2,8 +2,9 @@
 (the recommendation under each optimiser and objective, uniform, natural token shares,
 RegMix's LightGBM picks, the covariate-blind surface's pick, the sweep's best-known
 mixture), the design that trains
-each for several seeds with common random numbers through the sweep's machinery, and the
-table of realized outcomes with paired differences to the recommendation."""
+each for several seeds with common random numbers through the sweep's machinery, the
+table of realized outcomes with paired differences to the recommendation, and the
+comparison of those tables over several studies (`compare_studies`)."""
 
 from __future__ import annotations
 
@@ -253,4 +254,110 @@ def markdown(frame: pd.DataFrame, mixtures: Mapping[str, np.ndarray],
             "|---|" + "---|" * len(domains)]
   for name, w in mixtures.items():
     lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in w) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# -- several studies ---------------------------------------------------------------------
+
+# What each recommendation reported about its gain over a validated mixture: the
+# Recommendation's improvement attribute for each validate mixture name.
+REPORTED_GAINS = {"uniform": "improvement_over_uniform",
+                  "best_known": "improvement_over_best_known"}
+
+
+def _verdict(lo: float, hi: float) -> str:
+  """"better" when the interval of the recommendation's gain lies above 0, "worse"
+  below it, otherwise (or with no interval) "level"."""
+  if np.isfinite(lo) and lo > 0:
+    return "better"
+  if np.isfinite(hi) and hi < 0:
+    return "worse"
+  return "level"
+
+
+def compare_studies(cases: Sequence[tuple[str, pd.DataFrame, Any]]) -> dict[str, Any]:
+  """The recommendation against every other validated mixture, over several studies
+  (e.g. one study per design seed).
+
+  cases: (label, the validate stage's table, the optimise stage's Recommendation) per
+    study. The recommendation's realized gain over a mixture is that mixture's paired
+    difference turned so that positive means the recommendation did better (the
+    difference itself for a loss), with its interval.
+
+  Returns {"studies": labels, "outcome", "maximize", "mixtures": {name: {"per_study":
+  {label: {"gain", "lo", "hi", "verdict"}}, "better", "level", "worse"}}, "best":
+  {label: the best mixture's name}, "reported": {name: [{"study", "predicted": [mean,
+  lo, hi], "realized", "where": "below" | "inside" | "above"}]}} for the mixtures whose
+  gain the recommendation reported (REPORTED_GAINS). A table without the
+  recommendation's row, or studies of different outcomes, raise ValidationError naming
+  the study.
+  """
+  if not cases:
+    raise ValidationError("no studies to compare")
+  labels = [label for label, _, _ in cases]
+  if len(set(labels)) != len(labels):
+    raise ValidationError(f"study labels repeat: {labels}")
+  first = cases[0][2]
+  mixtures: dict[str, dict[str, Any]] = {}
+  reported: dict[str, list[dict[str, Any]]] = {}
+  best: dict[str, str] = {}
+  for label, frame, rec in cases:
+    if (rec.outcome, bool(rec.maximize)) != (first.outcome, bool(first.maximize)):
+      raise ValidationError(
+          f"study {label}: outcome {rec.outcome!r} (maximize={rec.maximize}) differs from "
+          f"study {labels[0]}'s {first.outcome!r} (maximize={first.maximize})")
+    rows = frame.set_index("mixture")
+    if "recommended" not in rows.index:
+      raise ValidationError(f"study {label}: the validation table has no 'recommended' "
+                            f"row; it has {list(rows.index)}")
+    sign = -1.0 if rec.maximize else 1.0
+    best[label] = str(rows["mean"].idxmax() if rec.maximize else rows["mean"].idxmin())
+    for name, r in rows.iterrows():
+      if name == "recommended":
+        continue
+      lo, hi = sorted((sign * float(r["diff_lo"]), sign * float(r["diff_hi"])))
+      gain = sign * float(r["diff_vs_recommended"])
+      entry = mixtures.setdefault(str(name), {"per_study": {}})
+      entry["per_study"][label] = {"gain": gain, "lo": lo, "hi": hi,
+                                   "verdict": _verdict(lo, hi)}
+      said = getattr(rec, REPORTED_GAINS.get(str(name), ""), None)
+      if said is not None and np.isfinite(said.lo) and np.isfinite(said.hi):
+        where = ("below" if gain < said.lo else "above" if gain > said.hi else "inside")
+        reported.setdefault(str(name), []).append(
+            {"study": label, "predicted": [said.mean, said.lo, said.hi],
+             "realized": gain, "where": where})
+  for entry in mixtures.values():
+    verdicts = [v["verdict"] for v in entry["per_study"].values()]
+    entry.update({k: verdicts.count(k) for k in ("better", "level", "worse")})
+  return {"studies": labels, "outcome": first.outcome, "maximize": bool(first.maximize),
+          "mixtures": mixtures, "best": best, "reported": reported}
+
+
+def comparison_markdown(result: Mapping[str, Any]) -> str:
+  """`compare_studies`' result as Markdown: the recommendation's realized gain over each
+  mixture per study with its interval and verdict, the counts, each study's best
+  mixture, and the reported gains against the realized ones."""
+  labels = result["studies"]
+  unit = "higher is better" if result["maximize"] else "lower is better"
+  lines = [f"Realized gain of the recommendation over each mixture (`{result['outcome']}`, "
+           f"{unit}; positive: the recommendation did better), with its interval:", "",
+           "| mixture | " + " | ".join(labels) + " | better / level / worse |",
+           "|---|" + "---|" * (len(labels) + 1)]
+  for name, entry in result["mixtures"].items():
+    cells = []
+    for label in labels:
+      v = entry["per_study"].get(label)
+      cells.append("–" if v is None else
+                   f"{v['gain']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]")
+    lines.append(f"| {name} | " + " | ".join(cells)
+                 + f" | {entry['better']} / {entry['level']} / {entry['worse']} |")
+  lines += ["", "Best mixture per study: " + "; ".join(
+      f"{label} {result['best'][label]}" for label in labels) + "."]
+  for name, checks in result["reported"].items():
+    inside = sum(c["where"] == "inside" for c in checks)
+    lines += ["", f"Reported gain over {name} against the realized one: {inside} of "
+              f"{len(checks)} inside the reported interval."]
+    lines += [f"- {c['study']}: predicted {c['predicted'][0]:+.3f} [{c['predicted'][1]:+.3f}, "
+              f"{c['predicted'][2]:+.3f}], realized {c['realized']:+.3f} ({c['where']})"
+              for c in checks]
   return "\n".join(lines) + "\n"

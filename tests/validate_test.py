@@ -1,7 +1,12 @@
 """Tests of the validation statistics: distinct mixtures share runs, the design trains
-each for every seed with common seeds, and the table's paired differences and intervals
-are those of the realized outcomes."""
+each for every seed with common seeds, the table's paired differences and intervals
+are those of the realized outcomes, and the comparison over several studies (and its
+script, experiments/shift/compare.py) counts them."""
 
+import json
+import pathlib
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -10,6 +15,7 @@ import pytest
 
 from causalmix_jax import validation
 from causalmix_jax.configs import base
+from causalmix_jax.recommendation import Improvement, Interval, Recommendation
 
 
 def test_distinct_mixtures_share_rows_and_design_pairs_seeds():
@@ -69,3 +75,96 @@ def test_best_known_is_the_sweeps_best_known_mixture_or_a_named_error():
   pick = validation.make_picker(cfg, None, bare, {}, {"a": 10.0, "b": 10.0}, 64.0)
   with pytest.raises(validation.ValidationError, match="validate.mixtures.*best_known"):
     pick("best_known")
+
+
+def _study(diffs: dict[str, tuple[float, float, float]], means: dict[str, float],
+           over_uniform: tuple[float, float, float], maximize: bool = False,
+           outcome: str = "target"):
+  """A validation table (paired differences mixture - recommended) and a
+  Recommendation reporting `over_uniform` (mean, lo, hi) as its gain over uniform."""
+  rows = [{"mixture": "recommended", "mean": means["recommended"], "diff_vs_recommended": 0.0,
+           "diff_lo": 0.0, "diff_hi": 0.0}]
+  rows += [{"mixture": n, "mean": means[n], "diff_vs_recommended": d, "diff_lo": lo,
+            "diff_hi": hi} for n, (d, lo, hi) in diffs.items()]
+  iv = Interval(1.0, 0.9, 1.1)
+  imp = Improvement(*over_uniform, 0.9)
+  rec = Recommendation(domains=("a", "b"), weights={"a": 0.5, "b": 0.5}, predicted=iv,
+                       reference={"a": 0.5, "b": 0.5}, reference_predicted=iv,
+                       uniform_predicted=iv, improvement_over_reference=imp,
+                       improvement_over_uniform=imp, outcome=outcome, maximize=maximize,
+                       method="S", objective="safe")
+  return pd.DataFrame(rows), rec
+
+
+def test_compare_studies_counts_verdicts_and_checks_reported_gains():
+  t1, r1 = _study({"uniform": (0.10, 0.05, 0.15), "regmix": (-0.02, -0.05, 0.01)},
+                  {"recommended": 2.9, "uniform": 3.0, "regmix": 2.88},
+                  over_uniform=(0.3, 0.2, 0.4))
+  t2, r2 = _study({"uniform": (0.02, -0.01, 0.05), "regmix": (-0.06, -0.09, -0.03)},
+                  {"recommended": 2.95, "uniform": 2.97, "regmix": 2.89},
+                  over_uniform=(0.03, 0.0, 0.1))
+  out = validation.compare_studies([("s1", t1, r1), ("s2", t2, r2)])
+  uni, reg = out["mixtures"]["uniform"], out["mixtures"]["regmix"]
+  assert uni["per_study"]["s1"] == {"gain": 0.10, "lo": 0.05, "hi": 0.15,
+                                    "verdict": "better"}
+  assert (uni["better"], uni["level"], uni["worse"]) == (1, 1, 0)
+  assert (reg["better"], reg["level"], reg["worse"]) == (0, 1, 1)
+  assert out["best"] == {"s1": "regmix", "s2": "regmix"}
+  assert [c["where"] for c in out["reported"]["uniform"]] == ["below", "inside"]
+  assert "best_known" not in out["reported"]  # not reported by these recommendations
+  md = validation.comparison_markdown(out)
+  assert "| uniform | +0.100 [+0.050, +0.150] | +0.020 [-0.010, +0.050] | 1 / 1 / 0 |" in md
+  assert "1 of 2 inside the reported interval" in md
+  # A maximised outcome: the differences turn, so a mixture that scored higher wins.
+  t3, r3 = _study({"uniform": (0.10, 0.05, 0.15)}, {"recommended": 0.5, "uniform": 0.6},
+                  over_uniform=(0.1, 0.0, 0.2), maximize=True, outcome="acc")
+  up = validation.compare_studies([("m", t3, r3)])
+  assert up["mixtures"]["uniform"]["per_study"]["m"] == {
+      "gain": -0.10, "lo": -0.15, "hi": -0.05, "verdict": "worse"}
+  assert up["best"] == {"m": "uniform"} and up["reported"]["uniform"][0]["where"] == "below"
+
+
+def test_compare_studies_names_bad_input():
+  t1, r1 = _study({"uniform": (0.1, 0.0, 0.2)}, {"recommended": 1.0, "uniform": 1.1},
+                  over_uniform=(0.1, 0.0, 0.2))
+  with pytest.raises(validation.ValidationError, match="study s2: the validation table "
+                     "has no 'recommended' row"):
+    validation.compare_studies([("s1", t1, r1), ("s2", t1.iloc[1:], r1)])
+  _, r_acc = _study({}, {"recommended": 1.0}, (0, 0, 0), maximize=True, outcome="acc")
+  with pytest.raises(validation.ValidationError, match="study s2: outcome 'acc'"):
+    validation.compare_studies([("s1", t1, r1), ("s2", t1, r_acc)])
+  with pytest.raises(validation.ValidationError, match="labels repeat"):
+    validation.compare_studies([("s1", t1, r1), ("s1", t1, r1)])
+
+
+def test_compare_script_reads_workdirs_and_names_a_missing_artifact(tmp_path):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  workdirs = []
+  for name, gain in (("seed_a", 0.1), ("seed_b", -0.05)):
+    table, rec = _study({"uniform": (gain, gain - 0.02, gain + 0.02)},
+                        {"recommended": 3.0, "uniform": 3.0 + gain},
+                        over_uniform=(0.05, 0.0, 0.2))
+    wd = tmp_path / name
+    (wd / "validate").mkdir(parents=True)
+    (wd / "optimise").mkdir()
+    (wd / "validate" / "summary.json").write_text(json.dumps(
+        {"table": table.to_dict("records")}))
+    (wd / "optimise" / "mixture.json").write_text(rec.to_json())
+    workdirs.append(wd)
+  script = [sys.executable, str(root / "experiments" / "shift" / "compare.py")]
+  proc = subprocess.run(script + [f"--workdir={w}" for w in workdirs]
+                        + [f"--out={tmp_path / 'cmp.md'}"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["studies"] == ["seed_a", "seed_b"]
+  assert result["mixtures"]["uniform"]["better"] == 1
+  assert result["mixtures"]["uniform"]["worse"] == 1
+  assert [c["where"] for c in result["reported"]["uniform"]] == ["inside", "below"]
+  assert "| uniform | +0.100" in (tmp_path / "cmp.md").read_text()
+  (workdirs[1] / "validate" / "summary.json").unlink()
+  proc = subprocess.run(script + [f"--workdir={w}" for w in workdirs],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert f"--workdir={workdirs[1]}: validation summary not found" in proc.stderr
+  assert "validate stage" in proc.stderr
