@@ -265,9 +265,12 @@ REPORTED_GAINS = {"uniform": "improvement_over_uniform",
                   "best_known": "improvement_over_best_known"}
 
 
-def _verdict(lo: float, hi: float) -> str:
-  """"better" when the interval of the recommendation's gain lies above 0, "worse"
-  below it, otherwise (or with no interval) "level"."""
+def _verdict(gain: float, lo: float, hi: float) -> str:
+  """The verdict on the recommendation's gain: "same" when the mixture trained on the
+  recommendation's own runs (gain and interval exactly 0), "better" when the interval
+  lies above 0, "worse" when below it, otherwise (or with no interval) "level"."""
+  if gain == lo == hi == 0.0:
+    return "same"
   if np.isfinite(lo) and lo > 0:
     return "better"
   if np.isfinite(hi) and hi < 0:
@@ -285,10 +288,11 @@ def compare_studies(cases: Sequence[tuple[str, pd.DataFrame, Any]]) -> dict[str,
     difference itself for a loss), with its interval.
 
   Returns {"studies": labels, "outcome", "maximize", "mixtures": {name: {"per_study":
-  {label: {"gain", "lo", "hi", "verdict"}}, "better", "level", "worse"}}, "best":
-  {label: the best mixture's name}, "reported": {name: [{"study", "predicted": [mean,
-  lo, hi], "realized", "where": "below" | "inside" | "above"}]}} for the mixtures whose
-  gain the recommendation reported (REPORTED_GAINS). A table without the
+  {label: {"gain", "lo", "hi", "verdict"}}, "better", "level", "worse", "same"}},
+  "best": {label: the best mixture's name}, "reported": {name: [{"study", "predicted":
+  [mean, lo, hi], "realized", "where": "below" | "inside" | "above"}]}} for the
+  mixtures whose gain the recommendation reported (REPORTED_GAINS), leaving out the
+  studies where that mixture was the recommendation itself ("same"). A table without the
   recommendation's row, or studies of different outcomes, raise ValidationError naming
   the study.
   """
@@ -318,17 +322,18 @@ def compare_studies(cases: Sequence[tuple[str, pd.DataFrame, Any]]) -> dict[str,
       lo, hi = sorted((sign * float(r["diff_lo"]), sign * float(r["diff_hi"])))
       gain = sign * float(r["diff_vs_recommended"])
       entry = mixtures.setdefault(str(name), {"per_study": {}})
-      entry["per_study"][label] = {"gain": gain, "lo": lo, "hi": hi,
-                                   "verdict": _verdict(lo, hi)}
+      verdict = _verdict(gain, lo, hi)
+      entry["per_study"][label] = {"gain": gain, "lo": lo, "hi": hi, "verdict": verdict}
       said = getattr(rec, REPORTED_GAINS.get(str(name), ""), None)
-      if said is not None and np.isfinite(said.lo) and np.isfinite(said.hi):
+      if (said is not None and verdict != "same" and np.isfinite(said.lo)
+          and np.isfinite(said.hi)):
         where = ("below" if gain < said.lo else "above" if gain > said.hi else "inside")
         reported.setdefault(str(name), []).append(
             {"study": label, "predicted": [said.mean, said.lo, said.hi],
              "realized": gain, "where": where})
   for entry in mixtures.values():
     verdicts = [v["verdict"] for v in entry["per_study"].values()]
-    entry.update({k: verdicts.count(k) for k in ("better", "level", "worse")})
+    entry.update({k: verdicts.count(k) for k in ("better", "level", "worse", "same")})
   return {"studies": labels, "outcome": first.outcome, "maximize": bool(first.maximize),
           "mixtures": mixtures, "best": best, "reported": reported}
 
@@ -347,10 +352,11 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
     cells = []
     for label in labels:
       v = entry["per_study"].get(label)
-      cells.append("–" if v is None else
+      cells.append("–" if v is None else "= recommended" if v["verdict"] == "same" else
                    f"{v['gain']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]")
+    same = f" (the recommendation on {entry['same']})" if entry["same"] else ""
     lines.append(f"| {name} | " + " | ".join(cells)
-                 + f" | {entry['better']} / {entry['level']} / {entry['worse']} |")
+                 + f" | {entry['better']} / {entry['level']} / {entry['worse']}{same} |")
   lines += ["", "Best mixture per study: " + "; ".join(
       f"{label} {result['best'][label]}" for label in labels) + "."]
   for name, checks in result["reported"].items():

@@ -168,3 +168,17 @@ def test_compare_script_reads_workdirs_and_names_a_missing_artifact(tmp_path):
   assert proc.returncode != 0
   assert f"--workdir={workdirs[1]}: validation summary not found" in proc.stderr
   assert "validate stage" in proc.stderr
+
+
+def test_compare_studies_sets_apart_a_mixture_that_was_the_recommendation():
+  # The recommendation was uniform: they share runs, so the difference is exactly 0.
+  t, r = _study({"uniform": (0.0, 0.0, 0.0), "natural": (0.05, 0.01, 0.09)},
+                {"recommended": 3.0, "uniform": 3.0, "natural": 3.05},
+                over_uniform=(0.0, 0.0, 0.0))
+  out = validation.compare_studies([("s", t, r)])
+  uni = out["mixtures"]["uniform"]
+  assert uni["per_study"]["s"]["verdict"] == "same"
+  assert (uni["better"], uni["level"], uni["worse"], uni["same"]) == (0, 0, 0, 1)
+  assert "uniform" not in out["reported"]
+  assert "| uniform | = recommended | 0 / 0 / 0 (the recommendation on 1) |" in (
+      validation.comparison_markdown(out))
