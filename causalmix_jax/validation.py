@@ -19,7 +19,7 @@ from scipy import stats
 log = logging.getLogger(__name__)
 
 KNOWN_MIXTURES = ("recommended", "S_mean", "S_bound", "A_mean", "A_bound", "uniform",
-                  "natural", "regmix", "regmix_topk", "blind", "best_known")
+                  "natural", "regmix", "regmix_topk", "blind", "best_known", "unguarded")
 
 
 class ValidationError(ValueError):
@@ -53,15 +53,29 @@ def scaled_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return out
 
 
+def unguarded_weights(rec: Any, domains: Sequence[str]) -> np.ndarray:
+  """The safe objective's pick before its off-support check against uniform (the
+  recommendation's `diagnostics["safe_check"]["bound_pick"]`; the scored
+  `safe_score` pick); the recommendation itself when no check was recorded."""
+  check = (getattr(rec, "diagnostics", None) or {}).get("safe_check") or {}
+  w = check.get("bound_pick") or rec.weights
+  return np.array([float(w[d]) for d in domains])
+
+
 def candidate_mixtures(names: Sequence[str], domains: Sequence[str], *,
                        recommended: np.ndarray, tokens_D: np.ndarray,
-                       pick: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+                       pick: Callable[[str], np.ndarray],
+                       unguarded: np.ndarray | None = None) -> dict[str, np.ndarray]:
   """{name: weights} for each requested mixture. `pick(name)` computes the ones that
-  need a model (the optimiser variants, RegMix, the covariate-blind surface)."""
+  need a model (the optimiser variants, RegMix, the covariate-blind surface, and
+  "unguarded" unless it is given: the recommendation's pick before the safe objective's
+  check against uniform, `unguarded_weights`)."""
   out: dict[str, np.ndarray] = {}
   for name in names:
     if name == "recommended":
       w = np.asarray(recommended, np.float64)
+    elif name == "unguarded" and unguarded is not None:
+      w = np.asarray(unguarded, np.float64)
     elif name == "uniform":
       w = np.full(len(domains), 1.0 / len(domains))
     elif name == "natural":
@@ -85,7 +99,8 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
   best Monte-Carlo candidate around the natural mixture / the mean of its top-k),
   "blind" (the covariate-blind surface's recommendation, the configured objective),
   "best_known" (the sweep's best-known mixture, which the recommendation reports its
-  improvement over)."""
+  improvement over), "unguarded" (the recommendation's pick before the safe objective's
+  check against uniform)."""
   # pylint: disable=import-outside-toplevel
   from causalmix_jax.optimise.recommend import best_known_mixture, recommend
   from causalmix_jax.optimise import settings
@@ -94,8 +109,8 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
   oc, domains = cfg.optimise, list(surface.domains)
   tokens_D = np.array([tokens[d] for d in domains], np.float64)
 
-  def optimise(s: Any, method: str, objective: str) -> np.ndarray:
-    rec = recommend(
+  def recommendation(s: Any, method: str, objective: str) -> Any:
+    return recommend(
         s, covariates=dict(covariates) if s.features else None,
         reference=settings.reference_from_config(str(oc.reference), s, domains,
                                                  dict(tokens)),
@@ -103,6 +118,9 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
         objective=objective, method=method, ci=float(oc.ci), seed=int(cfg.seed),
         n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts),
         n_steps=int(oc.n_steps))
+
+  def optimise(s: Any, method: str, objective: str) -> np.ndarray:
+    rec = recommendation(s, method, objective)
     return np.array([rec.weights[d] for d in domains])
 
   scored: list[tuple[Any, np.ndarray, np.ndarray]] = []
@@ -132,6 +150,9 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
       return optimise(blind, str(oc.method), str(oc.objective))
     if name == "recommended":
       return optimise(surface, str(oc.method), str(oc.objective))
+    if name == "unguarded":
+      return unguarded_weights(recommendation(surface, str(oc.method), str(oc.objective)),
+                               domains)
     if name == "best_known":
       w = best_known_mixture(surface)
       if w is None:

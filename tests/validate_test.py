@@ -182,3 +182,24 @@ def test_compare_studies_sets_apart_a_mixture_that_was_the_recommendation():
   assert "uniform" not in out["reported"]
   assert "| uniform | = recommended | 0 / 0 / 0 (the recommendation on 1) |" in (
       validation.comparison_markdown(out))
+
+
+def test_unguarded_is_the_pick_before_the_safe_check_against_uniform():
+  _, rec = _study({}, {"recommended": 1.0}, (0, 0, 0))
+  # No check recorded (another objective): the recommendation itself.
+  np.testing.assert_allclose(validation.unguarded_weights(rec, ["b", "a"]), [0.5, 0.5])
+  rec.diagnostics["safe_check"] = {"ran": True, "replaced": True,
+                                   "bound_pick": {"a": 0.9, "b": 0.1}}
+  np.testing.assert_allclose(validation.unguarded_weights(rec, ["b", "a"]), [0.1, 0.9])
+  given = validation.candidate_mixtures(
+      ["recommended", "unguarded"], ["a", "b"], recommended=[0.5, 0.5],
+      tokens_D=np.array([1.0, 1.0]), pick=lambda n: pytest.fail(f"no pick for {n}"),
+      unguarded=validation.unguarded_weights(rec, ["a", "b"]))
+  np.testing.assert_allclose(given["unguarded"], [0.9, 0.1])
+  picked = validation.candidate_mixtures(
+      ["recommended", "unguarded"], ["a", "b"], recommended=[0.5, 0.5],
+      tokens_D=np.array([1.0, 1.0]), pick=lambda n: np.array([0.3, 0.7]))
+  np.testing.assert_allclose(picked["unguarded"], [0.3, 0.7])
+  cfg = base.get_config("smoke")
+  cfg.validate.mixtures = ("recommended", "unguarded")
+  validation.check_config(cfg.validate)  # a known name

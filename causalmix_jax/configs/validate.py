@@ -13,7 +13,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "<S|A>_<mean|bound>", uniform, natural token shares, RegMix's LightGBM best candidate
   # ("regmix") and top-k mean ("regmix_topk"), the covariate-blind surface ("blind"),
   # and the sweep's best-known mixture ("best_known", which the recommendation reports
-  # its improvement over: trained here, that claim is checked).
+  # its improvement over: trained here, that claim is checked). Also known, not run by
+  # default: "unguarded", the recommendation's pick before the safe objective's check
+  # against uniform (the recommendation itself when the check kept it), which shows
+  # what that check cost or saved.
   c.mixtures = ("recommended", "S_mean", "S_bound", "A_mean", "A_bound", "uniform",
                 "natural", "regmix", "regmix_topk", "blind", "best_known")
   c.seeds = 3

@@ -46,7 +46,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
   mixtures = validation.candidate_mixtures(
       vc.mixtures, domains, recommended=([rec.weights[d] for d in domains] if same
                                          else pick("recommended")),
-      tokens_D=tokens_D, pick=pick)
+      tokens_D=tokens_D, pick=pick,
+      unguarded=validation.unguarded_weights(rec, domains) if same else None)
   # Every process trains process 0's mixtures (the picks are refitted on each process).
   # Stacked in their order (a dict pytree would come back with its keys sorted).
   names = list(mixtures)

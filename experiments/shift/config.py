@@ -15,8 +15,9 @@ sweep never saw, and train the recommendation beside the baselines on that pool.
   state), except `math` cut to 1/16 of its tokens, which forces repetition at any
   sizeable math weight, `code` with a quarter of its tokens duplicated, and `literature`
   quality-filtered to its lower-loss half of documents.
-- Validate: the recommendation, its variants, uniform, natural, RegMix's LightGBM picks
-  and the covariate-blind pick, 3 seeds each, on the deploy pool, at the proxies' scale
+- Validate: the recommendation, its variants, uniform, natural, RegMix's LightGBM picks,
+  the covariate-blind pick, the sweep's best-known mixture and the pick before the safe
+  check against uniform ("unguarded"), 3 seeds each, on the deploy pool, at the proxies' scale
   and budget (so the surface's predictions are checked too); the recommendation is made
   for that budget.
 Sized for a 2-core CPU; ":smoke" is a tiny variant for tests.
@@ -43,6 +44,10 @@ def get_config(arg: str | None = None):
     cfg.pool.deploy.dup_rate.code = 0.25
     cfg.pool.deploy.quality.literature = 0.5
     cfg.validate.scale = "proxy"
+    # Also the pick before the safe objective's check against uniform, to see on real
+    # text what that check costs or saves (the same runs as the recommendation when the
+    # check kept it).
+    cfg.validate.mixtures = tuple(cfg.validate.mixtures) + ("unguarded",)
     # Recommend for the budget the validation trains at (the proxies' 51k tokens), so the
     # recommendation, its predictions and the realized outcomes are about one budget.
     cfg.target.optim.steps = cfg.proxy.optim.steps
