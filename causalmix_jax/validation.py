@@ -8,6 +8,7 @@ comparison of those tables over several studies (`compare_studies`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, Mapping, Sequence
 
@@ -141,6 +142,10 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
       return cands[order[:int(cfg.validate.regmix_top_k)]].mean(0)
     return cands[order[0]]
 
+  @functools.cache
+  def main_recommendation() -> Any:  # one optimiser run for "recommended" and "unguarded"
+    return recommendation(surface, str(oc.method), str(oc.objective))
+
   def pick(name: str) -> np.ndarray:
     if name in ("regmix", "regmix_topk"):
       return regmix(name == "regmix_topk")
@@ -149,10 +154,9 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
                               config=cfg.surface, covariate_blind=True)
       return optimise(blind, str(oc.method), str(oc.objective))
     if name == "recommended":
-      return optimise(surface, str(oc.method), str(oc.objective))
+      return np.array([main_recommendation().weights[d] for d in domains])
     if name == "unguarded":
-      return unguarded_weights(recommendation(surface, str(oc.method), str(oc.objective)),
-                               domains)
+      return unguarded_weights(main_recommendation(), domains)
     if name == "best_known":
       w = best_known_mixture(surface)
       if w is None:

@@ -149,7 +149,7 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
   return v / v.sum()
 
 
-def decision_scale(surfaces: Sequence[Any]) -> float:
+def _applied_decision_scale(surfaces: Sequence[Any]) -> float:
   """The factor on the spread of the paired difference to uniform: the largest scale a
   surface's fit applied (`info["decision_calibration"]`, surface.decision_calibration
   = "conformal"); 1 when none did."""
@@ -493,7 +493,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   z_known = None if w_known is None else z[:, -1]
   loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
                                            smooth=False), np.float64)
-  dscale = decision_scale(surfaces)
+  dscale = _applied_decision_scale(surfaces)
   contrast_ub = decisions.scaled_upper(z_w - z_uni[:, None], 0.5 * (1 + ci), dscale)
   safe_check = None
   if objective == "pi":  # most probable improvement, then the lower mean loss

@@ -32,10 +32,15 @@ import numpy as np
 MIN_CELLS = 4
 
 
-def _cell_decisions(loss_SxN: np.ndarray, w_NxD: np.ndarray, cells_N: np.ndarray,
-                    q: float):
-  """Per held-out cell with at least two distinct mixtures: (its rows, its draws S x n,
-  the bound's pick, the run nearest uniform), the indices into the cell's rows."""
+def _cell_decisions(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
+                    cells_N: np.ndarray, maximize: bool, q: float):
+  """Per held-out cell with at least two distinct mixtures, in loss units (-y when
+  maximised): (the cell's draws S x n, its observed losses n, the bound's pick, the run
+  nearest uniform), the last two indices into the cell's runs."""
+  sign = -1.0 if maximize else 1.0
+  loss_SxN = sign * np.asarray(draws_SxN, np.float64)
+  obs_N = sign * np.asarray(y_N, np.float64)
+  w_NxD = np.asarray(w_NxD, np.float64)
   uniform_D = np.full(w_NxD.shape[1], 1.0 / w_NxD.shape[1])
   for c in np.unique(cells_N):
     rows = np.flatnonzero(cells_N == c)
@@ -44,7 +49,7 @@ def _cell_decisions(loss_SxN: np.ndarray, w_NxD: np.ndarray, cells_N: np.ndarray
     cell = loss_SxN[:, rows]
     pick = int(np.argmin(np.round(np.quantile(cell, q, axis=0), 12)))
     near = int(np.argmin(np.sum((w_NxD[rows] - uniform_D) ** 2, axis=1)))
-    yield rows, cell, pick, near
+    yield cell, obs_N[rows], pick, near
 
 
 def spread_scaled(diff_SxK: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -72,19 +77,16 @@ def decision_scale(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
   the ceil((n + 1) q)-th smallest r, q = (1+ci)/2, or None (with "reason") when n is too
   small for that rank to exist or the quantile is not positive.
   """
-  sign = -1.0 if maximize else 1.0
-  loss_SxN = sign * np.asarray(draws_SxN, np.float64)
-  obs_N = sign * np.asarray(y_N, np.float64)
   q = 0.5 * (1.0 + float(ci))
   r = []
-  for rows, cell, pick, near in _cell_decisions(loss_SxN, np.asarray(w_NxD, np.float64),
-                                                cells_N, q):
+  for cell, obs, pick, near in _cell_decisions(draws_SxN, y_N, w_NxD, cells_N, maximize,
+                                               q):
     if pick == near:
       continue
     d_S = cell[:, pick] - cell[:, near]
     m, half = float(d_S.mean()), float(np.quantile(d_S, q) - d_S.mean())
     if half > 0:
-      r.append((obs_N[rows[pick]] - obs_N[rows[near]] - m) / half)
+      r.append((obs[pick] - obs[near] - m) / half)
   n = len(r)
   k = int(np.ceil((n + 1) * q))
   out: dict[str, Any] = {"cells": n, "scale": None}
@@ -117,18 +119,15 @@ def guard_evidence(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
   cells ("loss_unguarded", "loss_guarded"; loss = -y when maximised) and "guard": True
   when the guarded rule's mean loss is strictly lower over at least MIN_CELLS cells.
   """
-  sign = -1.0 if maximize else 1.0
-  loss_SxN = sign * np.asarray(draws_SxN, np.float64)
-  obs_N = sign * np.asarray(y_N, np.float64)
   q = 0.5 * (1.0 + float(ci))
   unguarded, guarded, changed = [], [], 0
-  for rows, cell, pick, near in _cell_decisions(loss_SxN, np.asarray(w_NxD, np.float64),
-                                                cells_N, q):
+  for cell, obs, pick, near in _cell_decisions(draws_SxN, y_N, w_NxD, cells_N, maximize,
+                                               q):
     diff_ub = scaled_upper(cell - cell[:, [near]], q, scale)
     safe = pick if diff_ub[pick] <= 0 else int(np.argmin(np.round(diff_ub, 12)))
     changed += int(safe != pick)
-    unguarded.append(obs_N[rows[pick]])
-    guarded.append(obs_N[rows[safe]])
+    unguarded.append(obs[pick])
+    guarded.append(obs[safe])
   n = len(unguarded)
   out = {"cells": n, "changed": changed,
          "loss_unguarded": float(np.mean(unguarded)) if n else None,
