@@ -3,6 +3,7 @@ each for every seed with common seeds, the table's paired differences and interv
 are those of the realized outcomes, and the comparison over several studies (and its
 script, experiments/shift/compare.py) counts them."""
 
+import importlib
 import json
 import pathlib
 import subprocess
@@ -203,3 +204,26 @@ def test_unguarded_is_the_pick_before_the_safe_check_against_uniform():
   cfg = base.get_config("smoke")
   cfg.validate.mixtures = ("recommended", "unguarded")
   validation.check_config(cfg.validate)  # a known name
+
+
+def test_picker_runs_the_optimiser_once_for_recommended_and_unguarded(monkeypatch):
+  # The module (the package re-exports its function under the same name).
+  recommend_lib = importlib.import_module("causalmix_jax.optimise.recommend")
+  settings = importlib.import_module("causalmix_jax.optimise.settings")
+  calls = []
+
+  def fake_recommend(surface, **kw):
+    calls.append(kw["objective"])
+    return types.SimpleNamespace(
+        weights={"a": 0.5, "b": 0.5},
+        diagnostics={"safe_check": {"ran": True, "replaced": True,
+                                    "bound_pick": {"a": 0.8, "b": 0.2}}})
+  monkeypatch.setattr(recommend_lib, "recommend", fake_recommend)
+  monkeypatch.setattr(settings, "reference_from_config", lambda *a: None)
+  monkeypatch.setattr(settings, "constraints_from_config", lambda *a: None)
+  cfg = base.get_config("smoke")
+  surface = types.SimpleNamespace(domains=("a", "b"), features=())
+  pick = validation.make_picker(cfg, None, surface, {}, {"a": 10.0, "b": 10.0}, 64.0)
+  np.testing.assert_allclose(pick("unguarded"), [0.8, 0.2])
+  np.testing.assert_allclose(pick("recommended"), [0.5, 0.5])
+  assert calls == [str(cfg.optimise.objective)]
