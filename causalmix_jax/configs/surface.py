@@ -16,7 +16,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "gp" | "scaling" | "transfer".
   c.method = "stack"
   # Members: add "gp" (flexible in X; ~50 s a fit) or "transfer" (the scaling law's
-  # transfer form, where domains substitute for one another).
+  # transfer form, where domains substitute for one another). Any of them with
+  # "_blind" ("dml_blind", "scaling_blind") is that family without the covariates (the
+  # same effect in every pool), which the stack weighs against the covariate-aware one
+  # on held-out pools; left out when no covariate varies.
   c.stack_members = ("dml", "scaling")
   # Effect-modifier bases of the DML member inside the stack. "quadratic" puts the
   # design past the number of runs on covariate-rich sweeps (dual form), ~5x the fit.

@@ -716,10 +716,14 @@ def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_po
         row = _world_row(world.name, split, method.name, fit_s=fit_s, status=_status(e))
       rows.append(row)
       done[split] = row
+    info = getattr(model, "info", None)
+    weights = info.get("weights") if isinstance(info, dict) else None
     say(f"{world.name} / {method.name}: fit {fit_s:.2f}s, recommend "
         f"{_fmt(done['new']['recommend_s'], '{:.3f}')}s per pool, regret new "
         f"{_fmt(done['new']['regret'], '{:.4f}')} shifted "
-        f"{_fmt(done['shifted']['regret'], '{:.4f}')}")
+        f"{_fmt(done['shifted']['regret'], '{:.4f}')}"
+        + ("" if not weights else ", stack weights " + ", ".join(
+            f"{k} {v:.2f}" for k, v in weights.items())))
   return rows
 
 

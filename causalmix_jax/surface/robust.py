@@ -12,7 +12,8 @@ never mix scales. Every member family is refitted with each group held out:
   flexible in X), the structured scaling law (`scaling.py`: power laws in effective
   data with data-constrained repetition, so it extrapolates pool size physically) and
   its transfer form ("transfer": one power law in the domains' pooled effective data,
-  so domains substitute for one another);
+  so domains substitute for one another); each also covariate-blind ("dml_blind", ...:
+  the same effect in every pool, left out when the sweep's covariates do not vary);
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
   uses), so a family that is wrong for this sweep gets no weight;
@@ -64,7 +65,12 @@ from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
 
 log = logging.getLogger(__name__)
 
-MEMBERS = ("dml", "gp", "scaling", "transfer")
+BASE_MEMBERS = ("dml", "gp", "scaling", "transfer")
+# Each family also as a member that ignores the covariates ("dml_blind", ...): the same
+# effect in every pool. Stacked beside the covariate-aware family, it takes the weight
+# when effects modified by the pool do not predict held-out pools better.
+BLIND_SUFFIX = "_blind"
+MEMBERS = BASE_MEMBERS + tuple(m + BLIND_SUFFIX for m in BASE_MEMBERS)
 # The members (and `fit_surface` methods) that are forms of the scaling family.
 SCALING_FORMS = {"scaling": "boxcox", "transfer": "transfer"}
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
@@ -556,6 +562,25 @@ def _conformal_scale(r_N: np.ndarray, level: float) -> float:
   return float(np.sqrt(np.quantile(r_N, q, method="higher")) / central_z(level))
 
 
+def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data
+                  ) -> list[str]:
+  """The members to fit, in the config's order (names checked by fit.check_config).
+  A blind member is left out where it would repeat its family: the stack itself is
+  covariate-blind, or no covariate varies across the sweep."""
+  names = []
+  varies = len(nuis.varying_columns(data.x)) > 0
+  for name in requested:
+    family = name.removesuffix(BLIND_SUFFIX)
+    if name != family and (covariate_blind or not varies):
+      why = "the stack is covariate-blind" if covariate_blind else "no covariate varies"
+      if family in requested:
+        log.info("stack member %s left out: %s, so it is %s", name, why, family)
+        continue
+      log.info("stack member %s fitted as %s: %s", name, family, why)
+    names.append(name)
+  return names
+
+
 def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False):
   """Fits every member family, stacks them by held-out contrasts and calibrates the
   intervals by split-conformal on the same held-out pools (see the module docstring)."""
@@ -578,13 +603,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     return surface
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
   members, oofs, names, secs = [], [], [], {}
-  for name in tuple(cfg.stack_members):  # checked by fit.check_config
+  for name in _member_names(tuple(cfg.stack_members), covariate_blind, data):
     t1 = time.time()
-    if name in SCALING_FORMS:
-      full, oof = _scaling_member(runs, outcome, cfg, covariate_blind, data, folds,
-                                  SCALING_FORMS[name])
+    family = name.removesuffix(BLIND_SUFFIX)
+    blind = covariate_blind or name != family
+    if family in SCALING_FORMS:
+      full, oof = _scaling_member(runs, outcome, cfg, blind, data, folds,
+                                  SCALING_FORMS[family])
     else:
-      full, oof = _linear_member(runs, outcome, name, cfg, covariate_blind, data, folds)
+      full, oof = _linear_member(runs, outcome, family, cfg, blind, data, folds)
     secs[name] = time.time() - t1
     if not np.all(np.isfinite(oof)):
       log.warning("stack member %s: non-finite held-out predictions; left out", name)
@@ -712,7 +739,10 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "nuisance": members[0].info.get("nuisance"),
           "evidence": members[0].info.get("evidence", {}),
           "pool_calibration": scale}
-  support = next((m.support_stats for m in members if m.info.get("method") == "dml"),
+  # The support is the covariate-aware DML member's where there is one (a blind
+  # member's support sees the mixtures alone).
+  support = next((m.support_stats for nm, m in zip(names, members)
+                  if m.info.get("method") == "dml" and not nm.endswith(BLIND_SUFFIX)),
                  members[0].support_stats)
   info["covariate_extrapolation"] = fit_lib.covariate_extrapolation(cfg)
   x_bounds = hedge = None
