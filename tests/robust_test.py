@@ -790,3 +790,64 @@ def test_decision_calibration_scales_the_guard_and_the_gain_over_uniform():
   ub = "bound_pick_difference_to_uniform_upper_bound"
   assert (rec.diagnostics["safe_check"][ub] >= ref.diagnostics["safe_check"][ub]) == (
       dec["scale"] >= 1)
+
+
+def _modified_effect_frame(modified: bool, n_states: int = 16, per_state: int = 8,
+                           seed: int = 0) -> pd.DataFrame:
+  """Runs over pool states with one covariate q: the effect of domain 0 against domain
+  1 flips sign with q (`modified`), or is the same in every pool."""
+  rng = np.random.default_rng(seed)
+  q = np.repeat(np.linspace(-1.0, 1.0, n_states), per_state)
+  w = rng.dirichlet(np.ones(3), len(q))
+  slope = q if modified else np.zeros_like(q)
+  y = 2.0 + 0.3 * q + w @ np.array([0.1, 0.0, 0.2]) + 0.4 * slope * (w[:, 0] - w[:, 1])
+  frame = pd.DataFrame({"run_id": [f"r{i}" for i in range(len(q))], "seed": 0})
+  for j in range(3):
+    frame[f"w_d{j}"] = w[:, j]
+  frame["x_q"] = q
+  frame["y_loss"] = y + 0.005 * rng.standard_normal(len(q))
+  return frame
+
+
+def test_blind_members_answer_every_pool_alike_and_weigh_by_held_out_pools():
+  """A blind member is its family without the covariates: the same effect in every
+  pool. Where the effect flips with the pool the stack gives it next to no weight, and
+  the support stays the covariate-aware DML member's."""
+  members = ("dml", "scaling", "dml_blind", "scaling_blind")
+  runs = Runs(_modified_effect_frame(modified=True), source="modified-effect")
+  s = fit.fit_surface(runs, "loss", config=_cfg(stack_members=members))
+  assert s.info["members"] == list(members)
+  assert s.info["weights"]["dml_blind"] + s.info["weights"]["scaling_blind"] < 0.1
+  assert s.info["heldout"]["dml"]["contrast_mse"] < \
+      0.5 * s.info["heldout"]["dml_blind"]["contrast_mse"]
+  aware = fit.fit_surface(runs, "loss", config=_cfg())
+  far, far_aware = s.support({"q": 3.0}), aware.support({"q": 3.0})
+  assert far["outside"] and far_aware["outside"]
+  for key in ("mahalanobis", "max_abs_z", "range_excess"):
+    assert far[key] == pytest.approx(far_aware[key])
+  # Alone, a blind member's effect does not move with the pool; the aware one's flips.
+  blind = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml_blind",)))
+  aware_dml = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml",)))
+  w_a, w_b = np.array([[0.8, 0.1, 0.1]]), np.array([0.1, 0.8, 0.1])
+  lo, hi = (blind.cate(w_a, w_b, {"q": q}).mean[0] for q in (-1.0, 1.0))
+  np.testing.assert_allclose(lo, hi, atol=1e-9)
+  lo, hi = (aware_dml.cate(w_a, w_b, {"q": q}).mean[0] for q in (-1.0, 1.0))
+  assert lo < -0.1 < 0.1 < hi
+
+
+def test_blind_members_are_left_out_where_no_covariate_varies(caplog):
+  """Without a varying covariate a blind member would repeat its family: left out
+  when the family is a member too (and said so), fitted under its name otherwise."""
+  frame = _modified_effect_frame(modified=False).drop(columns=["x_q"])
+  runs = Runs(frame, source="no-covariates")
+  with caplog.at_level("INFO", logger=robust.__name__):
+    s = fit.fit_surface(runs, "loss", config=_cfg(
+        stack_members=("dml", "scaling", "scaling_blind")))
+  assert s.info["members"] == ["dml", "scaling"]
+  assert "stack member scaling_blind left out: no covariate varies" in caplog.text
+  alone = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml_blind",
+                                                                    "scaling")))
+  assert alone.info["members"] == ["dml_blind", "scaling"]
+  with pytest.raises(ValueError, match="surface.stack_members: unknown member "
+                                       "'forest_blind'"):
+    fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest_blind")))
