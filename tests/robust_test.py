@@ -809,13 +809,17 @@ def _modified_effect_frame(modified: bool, n_states: int = 16, per_state: int = 
   return frame
 
 
-def test_blind_members_answer_every_pool_alike_and_weigh_by_held_out_pools():
+def test_blind_members_answer_every_pool_alike_and_weigh_by_held_out_pools(tmp_path):
   """A blind member is its family without the covariates: the same effect in every
   pool. Where the effect flips with the pool the stack gives it next to no weight, and
   the support stays the covariate-aware DML member's."""
   members = ("dml", "scaling", "dml_blind", "scaling_blind")
   runs = Runs(_modified_effect_frame(modified=True), source="modified-effect")
   s = fit.fit_surface(runs, "loss", config=_cfg(stack_members=members))
+  s.save(tmp_path / "surface")
+  w_new = np.random.default_rng(1).dirichlet(np.ones(3), 4)
+  np.testing.assert_allclose(load_surface(tmp_path / "surface").draws(w_new, {"q": 0.5}),
+                             s.draws(w_new, {"q": 0.5}), rtol=1e-5, atol=1e-6)
   assert s.info["members"] == list(members)
   assert s.info["weights"]["dml_blind"] + s.info["weights"]["scaling_blind"] < 0.1
   assert s.info["heldout"]["dml"]["contrast_mse"] < \
