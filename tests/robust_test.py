@@ -793,14 +793,15 @@ def test_decision_calibration_scales_the_guard_and_the_gain_over_uniform():
 
 
 def _modified_effect_frame(modified: bool, n_states: int = 16, per_state: int = 8,
-                           seed: int = 0) -> pd.DataFrame:
-  """Runs over pool states with one covariate q: the effect of domain 0 against domain
-  1 flips sign with q (`modified`), or is the same in every pool."""
+                           seed: int = 0, level: float = 0.3) -> pd.DataFrame:
+  """Runs over pool states with one covariate q that moves the loss by `level` q: the
+  effect of domain 0 against domain 1 flips sign with q (`modified`), or is the same
+  in every pool."""
   rng = np.random.default_rng(seed)
   q = np.repeat(np.linspace(-1.0, 1.0, n_states), per_state)
   w = rng.dirichlet(np.ones(3), len(q))
   slope = q if modified else np.zeros_like(q)
-  y = 2.0 + 0.3 * q + w @ np.array([0.1, 0.0, 0.2]) + 0.4 * slope * (w[:, 0] - w[:, 1])
+  y = 2.0 + level * q + w @ np.array([0.1, 0.0, 0.2]) + 0.4 * slope * (w[:, 0] - w[:, 1])
   frame = pd.DataFrame({"run_id": [f"r{i}" for i in range(len(q))], "seed": 0})
   for j in range(3):
     frame[f"w_d{j}"] = w[:, j]
@@ -855,3 +856,39 @@ def test_blind_members_are_left_out_where_no_covariate_varies(caplog):
   with pytest.raises(ValueError, match="surface.stack_members: unknown member "
                                        "'forest_blind'"):
     fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest_blind")))
+
+
+def test_covariate_selection_keeps_the_set_held_out_pools_favour():
+  """`stack_covariates = "select"` fits each member with and without the covariates
+  and keeps the blind set only when held-out pools favour it plainly: not where the
+  effect flips with the pool, yes where the covariate only adds noise to the effect."""
+  cfg = _cfg(stack_covariates="select")
+  flips = fit.fit_surface(Runs(_modified_effect_frame(modified=True),
+                               source="modified"), "loss", config=cfg)
+  sel = flips.info["covariate_selection"]
+  assert sel["chosen"] == "aware" and flips.info["members"] == ["dml", "scaling"]
+  assert sel["aware_mse"] < sel["blind_mse"] and sel["units"] == 16
+  # The same effect in every pool, and many covariates that do nothing but vary: the
+  # aware members fit effects that move with them, which held-out pools do not bear.
+  frame = _modified_effect_frame(modified=False, n_states=16, per_state=6, level=0.0)
+  rng = np.random.default_rng(3)
+  frame["y_loss"] += 0.02 * rng.standard_normal(len(frame))
+  _, idx = np.unique(frame["x_q"].to_numpy(), return_inverse=True)
+  for k in range(12):
+    frame[f"x_noise{k}"] = rng.standard_normal(16)[idx]
+  same = fit.fit_surface(Runs(frame, source="same"), "loss", config=cfg)
+  sel = same.info["covariate_selection"]
+  assert sel["chosen"] == "blind", sel
+  assert same.info["members"] == ["dml_blind", "scaling_blind"]
+  assert sel["unit_diff_mean"] > sel["unit_diff_se"]
+  # The support still sees the covariates: a pool far along one is outside.
+  assert same.support({"q": 0.0, **{f"noise{k}": 6.0 for k in range(12)}})["outside"]
+  default = fit.fit_surface(Runs(frame, source="same"), "loss", config=_cfg())
+  assert default.info["covariate_selection"] == {"setting": "aware", "chosen": "aware"}
+  with pytest.raises(ValueError, match="surface.stack_covariates: unknown 'both'"):
+    fit.fit_surface(Runs(frame, source="same"), "loss",
+                    config=_cfg(stack_covariates="both"))
+  with pytest.raises(ValueError, match=r"surface.stack_members: \['dml_blind'\] with "
+                                       "surface.stack_covariates = 'select'"):
+    fit.fit_surface(Runs(frame, source="same"), "loss", config=_cfg(
+        stack_covariates="select", stack_members=("dml", "dml_blind")))

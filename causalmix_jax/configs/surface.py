@@ -21,6 +21,12 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # same effect in every pool), which the stack weighs against the covariate-aware one
   # on held-out pools; left out when no covariate varies.
   c.stack_members = ("dml", "scaling")
+  # "aware" (default): the members above as named. "select": each is also fitted
+  # without the covariates, and the stack keeps the blind set only when its held-out
+  # contrast error per pool state is lower than the aware set's by more than one
+  # standard error (info["covariate_selection"]); the support check still sees the
+  # covariates. Name only covariate-aware members with it.
+  c.stack_covariates = "aware"
   # Effect-modifier bases of the DML member inside the stack. "quadratic" puts the
   # design past the number of runs on covariate-rich sweeps (dual form), ~5x the fit.
   c.stack_modifiers = ("linear",)

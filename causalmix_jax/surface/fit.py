@@ -383,6 +383,7 @@ STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
 STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
 COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
 DECISION_CALIBRATIONS = ("none", "conformal")  # surface.decision_calibration
+STACK_COVARIATES = ("aware", "select")  # surface.stack_covariates
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -409,6 +410,10 @@ def decision_calibration(cfg) -> str:
   return _choice(cfg, "decision_calibration", DECISION_CALIBRATIONS)
 
 
+def stack_covariates(cfg) -> str:
+  return _choice(cfg, "stack_covariates", STACK_COVARIATES)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -432,6 +437,11 @@ def check_config(method: str, cfg) -> None:
     if name not in known:
       raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
                        f"{list(known)}")
+  blind = [m for m in members if m.endswith(robust.BLIND_SUFFIX)]
+  if stack_covariates(cfg) == "select" and blind:
+    raise ValueError(f"surface.stack_members: {blind} with surface.stack_covariates = "
+                     "'select', which fits every member's blind copy itself; name the "
+                     "covariate-aware members only")
   if method == "stack" and not members:
     raise ValueError("surface.stack_members: empty; name at least one of "
                      f"{list(known)}")

@@ -562,11 +562,14 @@ def _conformal_scale(r_N: np.ndarray, level: float) -> float:
   return float(np.sqrt(np.quantile(r_N, q, method="higher")) / central_z(level))
 
 
-def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data
-                  ) -> list[str]:
-  """The members to fit, in the config's order (names checked by fit.check_config).
-  A blind member is left out where it would repeat its family: the stack itself is
-  covariate-blind, or no covariate varies across the sweep."""
+def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data,
+                  select: bool = False) -> list[str]:
+  """The members to fit, in the config's order (names checked by fit.check_config),
+  each followed by its blind copy when `select`. A blind member is left out where it
+  would repeat its family: the stack itself is covariate-blind, or no covariate varies
+  across the sweep."""
+  if select:
+    requested = tuple(n for name in requested for n in (name, name + BLIND_SUFFIX))
   names = []
   varies = len(nuis.varying_columns(data.x)) > 0
   for name in requested:
@@ -574,11 +577,41 @@ def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data
     if name != family and (covariate_blind or not varies):
       why = "the stack is covariate-blind" if covariate_blind else "no covariate varies"
       if family in requested:
-        log.info("stack member %s left out: %s, so it is %s", name, why, family)
+        (log.debug if select else log.info)(
+            "stack member %s left out: %s, so it is %s", name, why, family)
         continue
       log.info("stack member %s fitted as %s: %s", name, family, why)
     names.append(name)
   return names
+
+
+def select_covariates(contrasts_KxN: np.ndarray, target_N: np.ndarray,
+                      blind_K: np.ndarray, units_N: np.ndarray) -> dict[str, Any]:
+  """Whether the stack keeps its covariate-aware members or their blind copies
+  (`surface.stack_covariates = "select"`).
+
+  Each set is stacked on its own (`stack_weights`) and its held-out contrast errors are
+  summed per unit (a pool state, or a row where states are not repeated). The blind set
+  is chosen only when its mean per-unit squared error is lower by more than one
+  standard error of the paired per-unit difference: effects that move with the pool
+  are kept unless held-out pools say plainly that they predict worse than one effect
+  for every pool."""
+  units = np.asarray(units_N).reshape(-1)
+  _, units = np.unique(units, return_inverse=True)
+  n_units = int(units.max()) + 1
+  err = {}
+  for kind, mask in (("aware", ~blind_K), ("blind", blind_K)):
+    c_KxN = contrasts_KxN[mask]
+    a_K = stack_weights(c_KxN, target_N)
+    err[kind] = np.bincount(units, weights=(target_N - a_K @ c_KxN) ** 2,
+                            minlength=n_units)
+  d_U = err["aware"] - err["blind"]  # positive: the blind set did better
+  se = float(d_U.std(ddof=1) / np.sqrt(n_units)) if n_units > 1 else np.inf
+  chosen = "blind" if float(d_U.mean()) > se else "aware"
+  return {"setting": "select", "chosen": chosen, "units": n_units,
+          "aware_mse": float(err["aware"].sum() / len(target_N)),
+          "blind_mse": float(err["blind"].sum() / len(target_N)),
+          "unit_diff_mean": float(d_U.mean()), "unit_diff_se": se}
 
 
 def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False):
@@ -603,7 +636,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     return surface
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
   members, oofs, names, secs = [], [], [], {}
-  for name in _member_names(tuple(cfg.stack_members), covariate_blind, data):
+  select = fit_lib.stack_covariates(cfg) == "select"
+  for name in _member_names(tuple(cfg.stack_members), covariate_blind, data, select):
     t1 = time.time()
     family = name.removesuffix(BLIND_SUFFIX)
     blind = covariate_blind or name != family
@@ -628,6 +662,24 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   cells, contrasts_within = _contrast_cells(data, folds)
   yc, cell_n = _centre(data.y, cells)
   contrasts = np.stack([_centre(o.mean(0), cells)[0] for o in oofs])
+  blind_K = np.array([nm.endswith(BLIND_SUFFIX) for nm in names])
+  # The support is the covariate-aware DML member's where there is one, kept or not (a
+  # blind member's support sees no covariates, and a pool's distance is still asked).
+  support = next((m.support_stats for m, b in zip(members, blind_K)
+                  if m.info.get("method") == "dml" and not b), members[0].support_stats)
+  covariates = {"setting": fit_lib.stack_covariates(cfg), "chosen": "aware"}
+  if select and blind_K.any() and (~blind_K).any():
+    covariates = select_covariates(contrasts, yc, blind_K, data.groups)
+    keep_K = blind_K if covariates["chosen"] == "blind" else ~blind_K
+    log.info("surface stack on y_%s: the %s members kept (held-out contrast mse %.4g "
+             "aware, %.4g blind; per-unit difference %.3g +- %.3g over %d units)",
+             data.name, covariates["chosen"], covariates["aware_mse"],
+             covariates["blind_mse"], covariates["unit_diff_mean"],
+             covariates["unit_diff_se"], covariates["units"])
+    members = [m for m, k in zip(members, keep_K) if k]
+    oofs = [o for o, k in zip(oofs, keep_K) if k]
+    names = [nm for nm, k in zip(names, keep_K) if k]
+    contrasts = contrasts[keep_K]
   weights = stack_weights(contrasts, yc)
   keep = weights > 0
   stacked = sum(a * o for a, o in zip(weights, oofs))  # S x N held-out draws
@@ -731,7 +783,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               else f"{int(ok.sum())} runs against their cell means"),
           "calibration": calibration,
           "level_sd": level_sd, "heldout": heldout, "heldout_guard": guard,
-          "decision_calibration": decision,
+          "decision_calibration": decision, "covariate_selection": covariates,
           "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
@@ -739,11 +791,6 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "nuisance": members[0].info.get("nuisance"),
           "evidence": members[0].info.get("evidence", {}),
           "pool_calibration": scale}
-  # The support is the covariate-aware DML member's where there is one (a blind
-  # member's support sees the mixtures alone).
-  support = next((m.support_stats for nm, m in zip(names, members)
-                  if m.info.get("method") == "dml" and not nm.endswith(BLIND_SUFFIX)),
-                 members[0].support_stats)
   info["covariate_extrapolation"] = fit_lib.covariate_extrapolation(cfg)
   x_bounds = hedge = None
   if info["covariate_extrapolation"] != "linear" and len(runs.features):
