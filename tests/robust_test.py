@@ -816,7 +816,8 @@ def test_blind_members_answer_every_pool_alike_and_weigh_by_held_out_pools(tmp_p
   the support stays the covariate-aware DML member's."""
   members = ("dml", "scaling", "dml_blind", "scaling_blind")
   runs = Runs(_modified_effect_frame(modified=True), source="modified-effect")
-  s = fit.fit_surface(runs, "loss", config=_cfg(stack_members=members))
+  s = fit.fit_surface(runs, "loss", config=_cfg(stack_members=members,
+                                                stack_covariates="aware"))
   s.save(tmp_path / "surface")
   w_new = np.random.default_rng(1).dirichlet(np.ones(3), 4)
   np.testing.assert_allclose(load_surface(tmp_path / "surface").draws(w_new, {"q": 0.5}),
@@ -825,14 +826,16 @@ def test_blind_members_answer_every_pool_alike_and_weigh_by_held_out_pools(tmp_p
   assert s.info["weights"]["dml_blind"] + s.info["weights"]["scaling_blind"] < 0.1
   assert s.info["heldout"]["dml"]["contrast_mse"] < \
       0.5 * s.info["heldout"]["dml_blind"]["contrast_mse"]
-  aware = fit.fit_surface(runs, "loss", config=_cfg())
+  aware = fit.fit_surface(runs, "loss", config=_cfg(stack_covariates="aware"))
   far, far_aware = s.support({"q": 3.0}), aware.support({"q": 3.0})
   assert far["outside"] and far_aware["outside"]
   for key in ("mahalanobis", "max_abs_z", "range_excess"):
     assert far[key] == pytest.approx(far_aware[key])
   # Alone, a blind member's effect does not move with the pool; the aware one's flips.
-  blind = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml_blind",)))
-  aware_dml = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml",)))
+  blind = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml_blind",),
+                                                    stack_covariates="aware"))
+  aware_dml = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml",),
+                                                        stack_covariates="aware"))
   w_a, w_b = np.array([[0.8, 0.1, 0.1]]), np.array([0.1, 0.8, 0.1])
   lo, hi = (blind.cate(w_a, w_b, {"q": q}).mean[0] for q in (-1.0, 1.0))
   np.testing.assert_allclose(lo, hi, atol=1e-9)
@@ -847,22 +850,24 @@ def test_blind_members_are_left_out_where_no_covariate_varies(caplog):
   runs = Runs(frame, source="no-covariates")
   with caplog.at_level("INFO", logger=robust.__name__):
     s = fit.fit_surface(runs, "loss", config=_cfg(
-        stack_members=("dml", "scaling", "scaling_blind")))
+        stack_members=("dml", "scaling", "scaling_blind"), stack_covariates="aware"))
   assert s.info["members"] == ["dml", "scaling"]
   assert "stack member scaling_blind left out: no covariate varies" in caplog.text
-  alone = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml_blind",
-                                                                    "scaling")))
+  alone = fit.fit_surface(runs, "loss", config=_cfg(
+      stack_members=("dml_blind", "scaling"), stack_covariates="aware"))
   assert alone.info["members"] == ["dml_blind", "scaling"]
   with pytest.raises(ValueError, match="surface.stack_members: unknown member "
                                        "'forest_blind'"):
-    fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest_blind")))
+    fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "forest_blind"),
+                                              stack_covariates="aware"))
 
 
 def test_covariate_selection_keeps_the_set_held_out_pools_favour():
-  """`stack_covariates = "select"` fits each member with and without the covariates
-  and keeps the blind set only when held-out pools favour it plainly: not where the
-  effect flips with the pool, yes where the covariate only adds noise to the effect."""
-  cfg = _cfg(stack_covariates="select")
+  """`stack_covariates = "select"` (the default) fits each member with and without the
+  covariates and keeps the blind set only when held-out pools favour it plainly: not
+  where the effect flips with the pool, yes where the covariates only add noise to the
+  effect."""
+  cfg = _cfg()
   flips = fit.fit_surface(Runs(_modified_effect_frame(modified=True),
                                source="modified"), "loss", config=cfg)
   sel = flips.info["covariate_selection"]
@@ -883,8 +888,10 @@ def test_covariate_selection_keeps_the_set_held_out_pools_favour():
   assert sel["unit_diff_mean"] > sel["unit_diff_se"]
   # The support still sees the covariates: a pool far along one is outside.
   assert same.support({"q": 0.0, **{f"noise{k}": 6.0 for k in range(12)}})["outside"]
-  default = fit.fit_surface(Runs(frame, source="same"), "loss", config=_cfg())
-  assert default.info["covariate_selection"] == {"setting": "aware", "chosen": "aware"}
+  aware = fit.fit_surface(Runs(frame, source="same"), "loss",
+                          config=_cfg(stack_covariates="aware"))
+  assert aware.info["covariate_selection"] == {"setting": "aware", "chosen": "aware"}
+  assert aware.info["members"] == ["dml", "scaling"]
   with pytest.raises(ValueError, match="surface.stack_covariates: unknown 'both'"):
     fit.fit_surface(Runs(frame, source="same"), "loss",
                     config=_cfg(stack_covariates="both"))

@@ -383,7 +383,7 @@ STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
 STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
 COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
 DECISION_CALIBRATIONS = ("none", "conformal")  # surface.decision_calibration
-STACK_COVARIATES = ("aware", "select")  # surface.stack_covariates
+STACK_COVARIATES = ("select", "aware")  # surface.stack_covariates
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
