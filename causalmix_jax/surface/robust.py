@@ -14,6 +14,10 @@ never mix scales. Every member family is refitted with each group held out:
   its transfer form ("transfer": one power law in the domains' pooled effective data,
   so domains substitute for one another); each also covariate-blind ("dml_blind", ...:
   the same effect in every pool, left out when the sweep's covariates do not vary);
+- covariates (`surface.stack_covariates = "select"`, the default): every member is
+  fitted with and without the covariates, and the blind set replaces the aware one
+  only when its held-out contrast error per pool state is lower by more than one
+  standard error (`select_covariates`);
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
   uses), so a family that is wrong for this sweep gets no weight;
