@@ -501,6 +501,9 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
   blocks.append(Para(f"Outcome `{surface.outcome}` ({better} is "
                      f"better) over {len(surface.domains)} domains and "
                      f"{len(surface.features)} covariates."))
+  line = covariate_selection_line(getattr(surface, "info", None))
+  if line:
+    blocks.append(Para(line))
   diag = _read_optional_json(workdir / study_lib.SURFACE_DIAGNOSTICS,
                              "surface diagnostics", notes)
   if diag is not None:
@@ -513,6 +516,27 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
   else:
     notes.append(f"predicted-vs-actual figure not found ({fig}).")
   return blocks
+
+
+def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
+  """Whether the stack kept its covariate-aware members or dropped the covariates
+  (`surface.stack_covariates = "select"`), with the held-out errors that decided; None
+  when no selection was made."""
+  sel = (info or {}).get("covariate_selection") or {}
+  if sel.get("setting") != "select" or "aware_mse" not in sel:
+    return None
+  numbers = (f"held-out contrast error {_fmt(sel['aware_mse'])} with the covariates "
+             f"and {_fmt(sel['blind_mse'])} without; per pool state the difference is "
+             f"{_fmt(sel['unit_diff_mean'])} +- {_fmt(sel['unit_diff_se'])} over "
+             f"{sel['units']} states")
+  if sel.get("chosen") == "blind":
+    return ("Covariates: the stack dropped them (" + numbers + "). On the sweep's "
+            "held-out pool states, one effect for every pool predicted the effects "
+            "better than effects that move with the pool's covariates. So the pool's "
+            "covariates do not move this recommendation, and the section on what the "
+            "pool state changes can show no effect of them.")
+  return ("Covariates: the stack kept them (" + numbers + "; they are dropped only "
+          "when the error without them is lower by more than one standard error).")
 
 
 def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path,

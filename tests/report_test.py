@@ -507,3 +507,24 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()
+
+
+def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  assert "Covariates: the stack" not in report_stage.run(cfg, wd).read_text()
+  sel = {"setting": "select", "chosen": "blind", "units": 40, "aware_mse": 0.0021,
+         "blind_mse": 0.0012, "unit_diff_mean": 0.0019, "unit_diff_se": 0.00095}
+  monkeypatch.setattr(FakeSurface, "info", {"covariate_selection": sel}, raising=False)
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("Covariates: the stack dropped them (held-out contrast error 0.0021 with the "
+          "covariates and 0.0012 without; per pool state the difference is 0.0019 +- "
+          "0.00095 over 40 states). On the sweep's held-out pool states") in md
+  sel.update(chosen="aware", blind_mse=0.0030, unit_diff_mean=-0.0009)
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("Covariates: the stack kept them (held-out contrast error 0.0021 with the "
+          "covariates and 0.003 without; per pool state the difference is -0.0009 +- "
+          "0.00095 over 40 states; they are dropped only when") in md
+  # "aware" as set (no selection made): nothing to state.
+  monkeypatch.setattr(FakeSurface, "info", {"covariate_selection": {
+      "setting": "aware", "chosen": "aware"}}, raising=False)
+  assert "Covariates: the stack" not in report_stage.run(cfg, wd).read_text()
