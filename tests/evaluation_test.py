@@ -766,3 +766,23 @@ def test_replicates_script_merges_runs_of_one_seed_and_names_duplicates(tmp_path
   bad.write_text("{}")
   with pytest.raises(ValueError, match="bad.json: not a surface-zoo results.json"):
     replicates.load([str(bad)])
+
+
+def test_progress_names_a_stack_fits_weights():
+  """A fit whose info carries stack weights has them in its progress line; a model
+  without them has none."""
+
+  class _Stacked(_LinearSurface):
+    info = {"weights": {"dml": 0.6, "scaling_blind": 0.4}}
+
+  lines = {}
+  for name, surface in (("stacked", _Stacked()), ("plain", _LinearSurface())):
+    method = evaluation.Method(
+        "ours", lambda runs, outcome, s=surface: s, evaluation._ours_predict,
+        evaluation._ours_effect, lambda m, pool, runs: np.full(3, 1.0 / 3.0))
+    said = []
+    evaluation.evaluate_world(FakeWorld(), [method], progress=said.append, **SIZES)
+    lines[name] = [m for m in said if "/ ours: fit" in m]
+  assert lines["stacked"] and lines["stacked"][0].endswith(
+      ", stack weights dml 0.60, scaling_blind 0.40")
+  assert lines["plain"] and "stack weights" not in lines["plain"][0]

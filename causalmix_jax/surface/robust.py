@@ -590,9 +590,11 @@ def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data
 
 
 def select_covariates(contrasts_KxN: np.ndarray, target_N: np.ndarray,
-                      blind_K: np.ndarray, units_N: np.ndarray) -> dict[str, Any]:
+                      blind_K: np.ndarray, units_N: np.ndarray
+                      ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
   """Whether the stack keeps its covariate-aware members or their blind copies
-  (`surface.stack_covariates = "select"`).
+  (`surface.stack_covariates = "select"`). Returns (the choice and its figures, the
+  mask of kept members over K, the kept set's stacking weights).
 
   Each set is stacked on its own (`stack_weights`) and its held-out contrast errors are
   summed per unit (a pool state, or a row where states are not repeated). The blind set
@@ -603,19 +605,21 @@ def select_covariates(contrasts_KxN: np.ndarray, target_N: np.ndarray,
   units = np.asarray(units_N).reshape(-1)
   _, units = np.unique(units, return_inverse=True)
   n_units = int(units.max()) + 1
-  err = {}
-  for kind, mask in (("aware", ~blind_K), ("blind", blind_K)):
+  sets = {"aware": ~blind_K, "blind": blind_K}
+  err, weights = {}, {}
+  for kind, mask in sets.items():
     c_KxN = contrasts_KxN[mask]
-    a_K = stack_weights(c_KxN, target_N)
-    err[kind] = np.bincount(units, weights=(target_N - a_K @ c_KxN) ** 2,
+    weights[kind] = stack_weights(c_KxN, target_N)
+    err[kind] = np.bincount(units, weights=(target_N - weights[kind] @ c_KxN) ** 2,
                             minlength=n_units)
   d_U = err["aware"] - err["blind"]  # positive: the blind set did better
   se = float(d_U.std(ddof=1) / np.sqrt(n_units)) if n_units > 1 else np.inf
   chosen = "blind" if float(d_U.mean()) > se else "aware"
-  return {"setting": "select", "chosen": chosen, "units": n_units,
+  info = {"setting": "select", "chosen": chosen, "units": n_units,
           "aware_mse": float(err["aware"].sum() / len(target_N)),
           "blind_mse": float(err["blind"].sum() / len(target_N)),
           "unit_diff_mean": float(d_U.mean()), "unit_diff_se": se}
+  return info, sets[chosen], weights[chosen]
 
 
 def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False):
@@ -672,9 +676,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   support = next((m.support_stats for m, b in zip(members, blind_K)
                   if m.info.get("method") == "dml" and not b), members[0].support_stats)
   covariates = {"setting": fit_lib.stack_covariates(cfg), "chosen": "aware"}
+  weights = None  # the stacking weights, when the selection already fitted them
   if select and blind_K.any() and (~blind_K).any():
-    covariates = select_covariates(contrasts, yc, blind_K, data.groups)
-    keep_K = blind_K if covariates["chosen"] == "blind" else ~blind_K
+    covariates, keep_K, weights = select_covariates(contrasts, yc, blind_K, data.groups)
     log.info("surface stack on y_%s: the %s members kept (held-out contrast mse %.4g "
              "aware, %.4g blind; per-unit difference %.3g +- %.3g over %d units)",
              data.name, covariates["chosen"], covariates["aware_mse"],
@@ -684,7 +688,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     oofs = [o for o, k in zip(oofs, keep_K) if k]
     names = [nm for nm, k in zip(names, keep_K) if k]
     contrasts = contrasts[keep_K]
-  weights = stack_weights(contrasts, yc)
+  if weights is None:
+    weights = stack_weights(contrasts, yc)
   keep = weights > 0
   stacked = sum(a * o for a, o in zip(weights, oofs))  # S x N held-out draws
   mean = stacked.mean(0)
