@@ -519,24 +519,33 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
 
 
 def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
-  """Whether the stack kept its covariate-aware members or dropped the covariates
-  (`surface.stack_covariates = "select"`), with the held-out errors that decided; None
-  when no selection was made."""
+  """Which covariate set the stack kept (`surface.stack_covariates = "select"` or
+  "select_all"): the covariate-aware members, their blind copies or their copies on all
+  the pool states' components, with the held-out errors that decided; None when no
+  selection was made."""
   sel = (info or {}).get("covariate_selection") or {}
-  if sel.get("setting") != "select" or "aware_mse" not in sel:
+  if sel.get("setting") not in ("select", "select_all") or "aware_mse" not in sel:
     return None
-  numbers = (f"held-out contrast error {_fmt(sel['aware_mse'])} with the covariates "
-             f"and {_fmt(sel['blind_mse'])} without; per pool state the difference is "
-             f"{_fmt(sel['unit_diff_mean'])} +- {_fmt(sel['unit_diff_se'])} over "
-             f"{sel['units']} states")
+  parts = [f"held-out contrast error {_fmt(sel['aware_mse'])} with the covariates"]
+  if "blind_mse" in sel:
+    parts.append(f"{_fmt(sel['blind_mse'])} without (per pool state "
+                 f"{_fmt(sel['unit_diff_mean'])} +- {_fmt(sel['unit_diff_se'])} lower)")
+  if "all_mse" in sel:
+    parts.append(f"{_fmt(sel['all_mse'])} on all their components (per pool state "
+                 f"{_fmt(sel['all_diff_mean'])} +- {_fmt(sel['all_diff_se'])} lower)")
+  numbers = "; ".join(parts) + f", over {sel['units']} held-out states"
+  rule = ("another set replaces the covariates as capped only when its error is lower "
+          "by more than one standard error")
   if sel.get("chosen") == "blind":
     return ("Covariates: the stack dropped them (" + numbers + "). On the sweep's "
             "held-out pool states, one effect for every pool predicted the effects "
             "better than effects that move with the pool's covariates. So the pool's "
             "covariates do not move this recommendation, and the section on what the "
             "pool state changes can show no effect of them.")
-  return ("Covariates: the stack kept them (" + numbers + "; they are dropped only "
-          "when the error without them is lower by more than one standard error).")
+  if sel.get("chosen") == "all":
+    return ("Covariates: the stack kept every principal component of the pool states ("
+            + numbers + "; " + rule + ").")
+  return "Covariates: the stack kept them (" + numbers + "; " + rule + ")."
 
 
 def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path,

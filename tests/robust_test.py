@@ -899,3 +899,86 @@ def test_covariate_selection_keeps_the_set_held_out_pools_favour():
                                        "surface.stack_covariates = 'select'"):
     fit.fit_surface(Runs(frame, source="same"), "loss", config=_cfg(
         stack_covariates="select", stack_members=("dml", "dml_blind")))
+
+
+def test_select_covariates_replaces_the_aware_set_only_on_plain_held_out_evidence():
+  """Each set is stacked alone and scored per unit; the aware set stays unless another
+  is lower by more than one standard error, and of those the lowest error wins."""
+  rng = np.random.default_rng(0)
+  units = np.repeat(np.arange(20), 5)
+  target = rng.standard_normal(100)
+  noise = lambda sd: target + sd * rng.standard_normal(100)  # noqa: E731
+  sets = np.array(["aware", "blind", "all"])
+  info, keep, w = robust.select_covariates(np.stack([noise(0.5), noise(0.3), noise(0.1)]),
+                                           target, sets, units)
+  assert info["chosen"] == "all" and keep.tolist() == [False, False, True]
+  assert w.tolist() == [1.0]
+  assert info["aware_mse"] > info["blind_mse"] > info["all_mse"]
+  assert info["unit_diff_mean"] > info["unit_diff_se"]
+  assert info["all_diff_mean"] > info["all_diff_se"]
+  # Level with the aware set: it stays, whatever the point estimates say.
+  same = noise(0.3)
+  info, keep, _ = robust.select_covariates(
+      np.stack([same, same + 1e-4 * rng.standard_normal(100), noise(2.0)]), target,
+      sets, units)
+  assert info["chosen"] == "aware" and keep.tolist() == [True, False, False]
+  # The two-set form still reads a bool mask as blind or not.
+  info, keep, _ = robust.select_covariates(np.stack([noise(0.5), noise(0.1)]), target,
+                                           np.array([False, True]), units)
+  assert info["chosen"] == "blind" and "all_mse" not in info
+  with pytest.raises(ValueError, match="no covariate-aware member"):
+    robust.select_covariates(np.stack([noise(0.1)]), target, np.array(["blind"]), units)
+
+
+def _hidden_direction_frame(n_states: int = 24, per_state: int = 6, seed: int = 0
+                            ) -> pd.DataFrame:
+  """Pool states with three groups of three strongly correlated covariates that do not
+  touch the outcome, and one covariate q, independent of them, that flips the effect of
+  domain 0 against domain 1: q is the fourth principal component of the states."""
+  rng = np.random.default_rng(seed)
+  q_S = rng.permutation(np.linspace(-1.0, 1.0, n_states))
+  frame = _modified_effect_frame(modified=False, n_states=n_states,
+                                 per_state=per_state, seed=seed, level=0.0)
+  state = np.repeat(np.arange(n_states), per_state)
+  q = q_S[state]
+  w = frame[["w_d0", "w_d1", "w_d2"]].to_numpy()
+  frame["x_q"] = q
+  frame["y_loss"] += 0.4 * q * (w[:, 0] - w[:, 1])
+  for g in range(3):
+    factor = rng.standard_normal(n_states)
+    for k in range(3):
+      frame[f"x_g{g}_{k}"] = (factor + 0.05 * rng.standard_normal(n_states))[state]
+  return frame
+
+
+def test_select_all_keeps_every_component_where_a_capped_basis_misses_the_modifier(
+    caplog):
+  """`stack_covariates = "select_all"` adds each member on every principal component of
+  the pool states. Where the covariate that moves the effect lies past the component
+  cap, held-out pools favour that set and the stack keeps it; where the cap keeps every
+  component there is no such copy to fit."""
+  frame = _hidden_direction_frame()
+  runs = Runs(frame, source="hidden-direction")
+  capped = fit.fit_surface(runs, "loss", config=_cfg(max_x_components=2))
+  assert capped.info["covariate_selection"]["chosen"] != "all"
+  s = fit.fit_surface(runs, "loss", config=_cfg(max_x_components=2,
+                                                stack_covariates="select_all"))
+  sel = s.info["covariate_selection"]
+  assert sel["setting"] == "select_all" and sel["chosen"] == "all", sel
+  assert s.info["members"] == ["dml_all", "scaling_all"]
+  assert sel["all_mse"] < 0.5 * min(sel["aware_mse"], sel["blind_mse"])
+  assert s.info["member_info"]["dml_all"]["covariates"]["components"] > 2
+  w_a, w_b = np.array([[0.8, 0.1, 0.1]]), np.array([0.1, 0.8, 0.1])
+  others = {c: 0.0 for c in runs.features if c != "q"}
+  lo, hi = (s.cate(w_a, w_b, {**others, "q": q}).mean[0] for q in (-1.0, 1.0))
+  assert lo < -0.1 < 0.1 < hi
+  # One covariate: the cap keeps its one component, so no copy on all of them.
+  with caplog.at_level("DEBUG", logger=robust.__name__):
+    one = fit.fit_surface(Runs(_modified_effect_frame(modified=True), source="one"),
+                          "loss", config=_cfg(stack_covariates="select_all"))
+  assert one.info["members"] == ["dml", "scaling"]
+  assert "stack member dml_all left out: the cap keeps all 1 components" in caplog.text
+  with pytest.raises(ValueError, match=r"surface.stack_members: \['scaling_all'\] with "
+                                       "surface.stack_covariates = 'select_all'"):
+    fit.fit_surface(runs, "loss", config=_cfg(stack_covariates="select_all",
+                                              stack_members=("dml", "scaling_all")))

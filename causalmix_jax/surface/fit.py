@@ -383,7 +383,7 @@ STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
 STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
 COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
 DECISION_CALIBRATIONS = ("none", "conformal")  # surface.decision_calibration
-STACK_COVARIATES = ("select", "aware")  # surface.stack_covariates
+STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -437,10 +437,11 @@ def check_config(method: str, cfg) -> None:
     if name not in known:
       raise ValueError(f"surface.stack_members: unknown member {name!r}; known: "
                        f"{list(known)}")
-  blind = [m for m in members if m.endswith(robust.BLIND_SUFFIX)]
-  if stack_covariates(cfg) == "select" and blind:
-    raise ValueError(f"surface.stack_members: {blind} with surface.stack_covariates = "
-                     "'select', which fits every member's blind copy itself; name the "
+  copies = [m for m in members if robust.member_set(m)[1] != "aware"]
+  setting = stack_covariates(cfg)
+  if setting != "aware" and copies:
+    raise ValueError(f"surface.stack_members: {copies} with surface.stack_covariates = "
+                     f"{setting!r}, which fits every member's copies itself; name the "
                      "covariate-aware members only")
   if method == "stack" and not members:
     raise ValueError("surface.stack_members: empty; name at least one of "

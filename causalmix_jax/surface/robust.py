@@ -13,11 +13,14 @@ never mix scales. Every member family is refitted with each group held out:
   data with data-constrained repetition, so it extrapolates pool size physically) and
   its transfer form ("transfer": one power law in the domains' pooled effective data,
   so domains substitute for one another); each also covariate-blind ("dml_blind", ...:
-  the same effect in every pool, left out when the sweep's covariates do not vary);
+  the same effect in every pool, left out when the sweep's covariates do not vary) and
+  on every principal component of the pool states ("dml_all", ...: left out when the
+  `surface.max_x_components` cap already keeps them all);
 - covariates (`surface.stack_covariates = "select"`, the default): every member is
   fitted with and without the covariates, and the blind set replaces the aware one
   only when its held-out contrast error per pool state is lower by more than one
-  standard error (`select_covariates`);
+  standard error (`select_covariates`); "select_all" also fits every member on all
+  the components, a third set that replaces the aware one by the same test;
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
   uses), so a family that is wrong for this sweep gets no weight;
@@ -74,7 +77,12 @@ BASE_MEMBERS = ("dml", "gp", "scaling", "transfer")
 # effect in every pool. Stacked beside the covariate-aware family, it takes the weight
 # when effects modified by the pool do not predict held-out pools better.
 BLIND_SUFFIX = "_blind"
-MEMBERS = BASE_MEMBERS + tuple(m + BLIND_SUFFIX for m in BASE_MEMBERS)
+# Each family also on every principal component of the sweep's pool states ("dml_all",
+# ...) instead of at most `surface.max_x_components`: effects that may move with every
+# direction the pool states span.
+ALL_SUFFIX = "_all"
+COVARIATE_SETS = {"aware": "", "blind": BLIND_SUFFIX, "all": ALL_SUFFIX}
+MEMBERS = tuple(m + suffix for suffix in COVARIATE_SETS.values() for m in BASE_MEMBERS)
 # The members (and `fit_surface` methods) that are forms of the scaling family.
 SCALING_FORMS = {"scaling": "boxcox", "transfer": "transfer"}
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
@@ -566,22 +574,41 @@ def _conformal_scale(r_N: np.ndarray, level: float) -> float:
   return float(np.sqrt(np.quantile(r_N, q, method="higher")) / central_z(level))
 
 
+def member_set(name: str) -> tuple[str, str]:
+  """(family, covariate set) of a stack member's name: "dml_blind" -> ("dml",
+  "blind"), "scaling_all" -> ("scaling", "all"), "dml" -> ("dml", "aware")."""
+  for kind, suffix in COVARIATE_SETS.items():
+    if suffix and name.endswith(suffix):
+      return name.removesuffix(suffix), kind
+  return name, "aware"
+
+
+def all_components(cfg, data: _Data) -> int:
+  """The component cap of an "all" member: every component the pool states span."""
+  return max(int(cfg.max_x_components), data.x.shape[1])
+
+
 def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data,
-                  select: bool = False) -> list[str]:
+                  copies: tuple[str, ...] = (), capped_k: int = 0, all_k: int = 0
+                  ) -> list[str]:
   """The members to fit, in the config's order (names checked by fit.check_config),
-  each followed by its blind copy when `select`. A blind member is left out where it
-  would repeat its family: the stack itself is covariate-blind, or no covariate varies
-  across the sweep."""
-  if select:
-    requested = tuple(n for name in requested for n in (name, name + BLIND_SUFFIX))
+  each followed by its copies on the covariate sets `copies` ("blind", "all"). A copy
+  is left out where it would repeat its family: a blind one where the stack itself is
+  covariate-blind or no covariate varies across the sweep; an "all" one there too, or
+  where the cap already keeps every component (`capped_k` == `all_k`)."""
+  requested = tuple(n for name in requested
+                    for n in (name, *(name + COVARIATE_SETS[c] for c in copies)))
   names = []
   varies = len(nuis.varying_columns(data.x)) > 0
   for name in requested:
-    family = name.removesuffix(BLIND_SUFFIX)
-    if name != family and (covariate_blind or not varies):
-      why = "the stack is covariate-blind" if covariate_blind else "no covariate varies"
+    family, kind = member_set(name)
+    if kind != "aware" and (covariate_blind or not varies
+                            or (kind == "all" and capped_k >= all_k)):
+      why = ("the stack is covariate-blind" if covariate_blind else
+             "no covariate varies" if not varies else
+             f"the cap keeps all {all_k} components")
       if family in requested:
-        (log.debug if select else log.info)(
+        (log.debug if copies else log.info)(
             "stack member %s left out: %s, so it is %s", name, why, family)
         continue
       log.info("stack member %s fitted as %s: %s", name, family, why)
@@ -590,36 +617,51 @@ def _member_names(requested: tuple[str, ...], covariate_blind: bool, data: _Data
 
 
 def select_covariates(contrasts_KxN: np.ndarray, target_N: np.ndarray,
-                      blind_K: np.ndarray, units_N: np.ndarray
+                      sets_K: np.ndarray, units_N: np.ndarray
                       ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-  """Whether the stack keeps its covariate-aware members or their blind copies
-  (`surface.stack_covariates = "select"`). Returns (the choice and its figures, the
-  mask of kept members over K, the kept set's stacking weights).
+  """Which covariate set the stack keeps (`surface.stack_covariates = "select"` or
+  "select_all"): its covariate-aware members, their blind copies or their copies on all
+  the components (`sets_K`, each member's set: "aware", "blind" or "all"; a bool array
+  is read as blind or not). Returns (the choice and its figures, the mask of kept
+  members over K, the kept set's stacking weights).
 
   Each set is stacked on its own (`stack_weights`) and its held-out contrast errors are
-  summed per unit (a pool state, or a row where states are not repeated). The blind set
-  is chosen only when its mean per-unit squared error is lower by more than one
-  standard error of the paired per-unit difference: effects that move with the pool
-  are kept unless held-out pools say plainly that they predict worse than one effect
-  for every pool."""
+  summed per unit (a pool state, or a row where states are not repeated). Another set
+  replaces the aware one only when its mean per-unit squared error is lower by more
+  than one standard error of the paired per-unit difference (of those that are, the
+  lowest): the default's effects are kept unless held-out pools say plainly that
+  another set predicts them better. "unit_diff_mean" / "unit_diff_se" in the figures
+  are the blind set's difference; "all_diff_mean" / "all_diff_se" the all set's."""
+  sets_K = np.asarray(sets_K)
+  if sets_K.dtype == bool:
+    sets_K = np.where(sets_K, "blind", "aware")
   units = np.asarray(units_N).reshape(-1)
   _, units = np.unique(units, return_inverse=True)
   n_units = int(units.max()) + 1
-  sets = {"aware": ~blind_K, "blind": blind_K}
+  kinds = [k for k in COVARIATE_SETS if np.any(sets_K == k)]
+  if "aware" not in kinds:
+    raise ValueError(f"select_covariates: no covariate-aware member among {kinds}")
   err, weights = {}, {}
-  for kind, mask in sets.items():
-    c_KxN = contrasts_KxN[mask]
+  for kind in kinds:
+    c_KxN = contrasts_KxN[sets_K == kind]
     weights[kind] = stack_weights(c_KxN, target_N)
     err[kind] = np.bincount(units, weights=(target_N - weights[kind] @ c_KxN) ** 2,
                             minlength=n_units)
-  d_U = err["aware"] - err["blind"]  # positive: the blind set did better
-  se = float(d_U.std(ddof=1) / np.sqrt(n_units)) if n_units > 1 else np.inf
-  chosen = "blind" if float(d_U.mean()) > se else "aware"
-  info = {"setting": "select", "chosen": chosen, "units": n_units,
-          "aware_mse": float(err["aware"].sum() / len(target_N)),
-          "blind_mse": float(err["blind"].sum() / len(target_N)),
-          "unit_diff_mean": float(d_U.mean()), "unit_diff_se": se}
-  return info, sets[chosen], weights[chosen]
+  info: dict[str, Any] = {"setting": "select", "chosen": "aware", "units": n_units}
+  better = {}
+  for kind in kinds:
+    info[f"{kind}_mse"] = float(err[kind].sum() / len(target_N))
+    if kind == "aware":
+      continue
+    d_U = err["aware"] - err[kind]  # positive: this set did better
+    se = float(d_U.std(ddof=1) / np.sqrt(n_units)) if n_units > 1 else np.inf
+    prefix = "unit" if kind == "blind" else kind
+    info[f"{prefix}_diff_mean"], info[f"{prefix}_diff_se"] = float(d_U.mean()), se
+    if float(d_U.mean()) > se:
+      better[kind] = info[f"{kind}_mse"]
+  if better:
+    info["chosen"] = min(better, key=better.get)
+  return info, sets_K == info["chosen"], weights[info["chosen"]]
 
 
 def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False):
@@ -644,16 +686,25 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     return surface
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
   members, oofs, names, secs = [], [], [], {}
-  select = fit_lib.stack_covariates(cfg) == "select"
-  for name in _member_names(tuple(cfg.stack_members), covariate_blind, data, select):
+  setting = fit_lib.stack_covariates(cfg)
+  copies = {"select": ("blind",), "select_all": ("blind", "all")}.get(setting, ())
+  all_k = all_components(cfg, data)
+  k_of = {k: fit_lib.covariate_basis(data.x, k).k for k in (int(cfg.max_x_components),
+                                                            all_k)}
+  cfg_all = cfg.copy_and_resolve_references()
+  with cfg_all.unlocked():
+    cfg_all.max_x_components = all_k
+  for name in _member_names(tuple(cfg.stack_members), covariate_blind, data, copies,
+                            k_of[int(cfg.max_x_components)], k_of[all_k]):
     t1 = time.time()
-    family = name.removesuffix(BLIND_SUFFIX)
-    blind = covariate_blind or name != family
+    family, kind = member_set(name)
+    blind = covariate_blind or kind == "blind"
+    c = cfg_all if kind == "all" else cfg
     if family in SCALING_FORMS:
-      full, oof = _scaling_member(runs, outcome, cfg, blind, data, folds,
+      full, oof = _scaling_member(runs, outcome, c, blind, data, folds,
                                   SCALING_FORMS[family])
     else:
-      full, oof = _linear_member(runs, outcome, family, cfg, blind, data, folds)
+      full, oof = _linear_member(runs, outcome, family, c, blind, data, folds)
     secs[name] = time.time() - t1
     if not np.all(np.isfinite(oof)):
       log.warning("stack member %s: non-finite held-out predictions; left out", name)
@@ -670,20 +721,26 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   cells, contrasts_within = _contrast_cells(data, folds)
   yc, cell_n = _centre(data.y, cells)
   contrasts = np.stack([_centre(o.mean(0), cells)[0] for o in oofs])
-  blind_K = np.array([nm.endswith(BLIND_SUFFIX) for nm in names])
+  sets_K = np.array([member_set(nm)[1] for nm in names])
   # The support is the covariate-aware DML member's where there is one, kept or not (a
   # blind member's support sees no covariates, and a pool's distance is still asked).
-  support = next((m.support_stats for m, b in zip(members, blind_K)
-                  if m.info.get("method") == "dml" and not b), members[0].support_stats)
-  covariates = {"setting": fit_lib.stack_covariates(cfg), "chosen": "aware"}
+  support = next((m.support_stats for m, k in zip(members, sets_K)
+                  if m.info.get("method") == "dml" and k == "aware"),
+                 members[0].support_stats)
+  covariates = {"setting": setting, "chosen": "aware"}
   weights = None  # the stacking weights, when the selection already fitted them
-  if select and blind_K.any() and (~blind_K).any():
-    covariates, keep_K, weights = select_covariates(contrasts, yc, blind_K, data.groups)
-    log.info("surface stack on y_%s: the %s members kept (held-out contrast mse %.4g "
-             "aware, %.4g blind; per-unit difference %.3g +- %.3g over %d units)",
-             data.name, covariates["chosen"], covariates["aware_mse"],
-             covariates["blind_mse"], covariates["unit_diff_mean"],
-             covariates["unit_diff_se"], covariates["units"])
+  if copies and (sets_K == "aware").any() and (sets_K != "aware").any():
+    covariates, keep_K, weights = select_covariates(contrasts, yc, sets_K, data.groups)
+    covariates["setting"] = setting
+    log.info("surface stack on y_%s: the %s members kept (held-out contrast mse %s; "
+             "per-unit difference to aware %s over %d units)", data.name,
+             covariates["chosen"],
+             ", ".join(f"{k} {covariates[k + '_mse']:.4g}" for k in COVARIATE_SETS
+                       if k + "_mse" in covariates),
+             ", ".join(f"{k} {covariates[p + '_diff_mean']:.3g} +- "
+                       f"{covariates[p + '_diff_se']:.3g}"
+                       for k, p in (("blind", "unit"), ("all", "all"))
+                       if p + "_diff_mean" in covariates), covariates["units"])
     members = [m for m, k in zip(members, keep_K) if k]
     oofs = [o for o, k in zip(oofs, keep_K) if k]
     names = [nm for nm, k in zip(names, keep_K) if k]
