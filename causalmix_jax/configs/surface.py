@@ -19,7 +19,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # transfer form, where domains substitute for one another). Any of them with
   # "_blind" ("dml_blind", "scaling_blind") is that family without the covariates (the
   # same effect in every pool), which the stack weighs against the covariate-aware one
-  # on held-out pools; left out when no covariate varies.
+  # on held-out pools; left out when no covariate varies. With "_all" ("dml_all") it
+  # is that family on every principal component of the pool states.
   c.stack_members = ("dml", "scaling")
   # "select" (default): each member above is also fitted without the covariates, and
   # the stack keeps that blind set only when its held-out contrast error per pool
@@ -27,8 +28,12 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # (info["covariate_selection"]): effects move with the pool only where held-out
   # pools bear it out. The support check still sees the covariates. About twice the
   # members' fit time where covariates vary; nothing extra where none does.
-  # "aware": the members as named, with their covariates (name "dml_blind" etc. to
-  # stack blind members freely beside them).
+  # "select_all": as "select", plus each member on every principal component of the
+  # pool states instead of at most `max_x_components` ("dml_all", ...), a third set
+  # that replaces the aware one by the same held-out test (of the sets that pass it,
+  # the lowest error is kept); no extra fit where the cap keeps every component.
+  # "aware": the members as named, with their covariates (name "dml_blind",
+  # "dml_all" etc. to stack such copies freely beside them).
   c.stack_covariates = "select"
   # Effect-modifier bases of the DML member inside the stack. "quadratic" puts the
   # design past the number of runs on covariate-rich sweeps (dual form), ~5x the fit.
