@@ -972,6 +972,11 @@ def test_select_all_keeps_every_component_where_a_capped_basis_misses_the_modifi
   others = {c: 0.0 for c in runs.features if c != "q"}
   lo, hi = (s.cate(w_a, w_b, {**others, "q": q}).mean[0] for q in (-1.0, 1.0))
   assert lo < -0.1 < 0.1 < hi
+  # Stacked freely beside the capped member ("aware"), the copy takes the weight.
+  free = fit.fit_surface(runs, "loss", config=_cfg(
+      max_x_components=2, stack_covariates="aware", stack_members=("dml", "dml_all")))
+  assert free.info["members"] == ["dml", "dml_all"]
+  assert free.info["weights"]["dml_all"] > 0.8
   # One covariate: the cap keeps its one component, so no copy on all of them.
   with caplog.at_level("DEBUG", logger=robust.__name__):
     one = fit.fit_surface(Runs(_modified_effect_frame(modified=True), source="one"),
