@@ -528,11 +528,12 @@ def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
     return None
   parts = [f"held-out contrast error {_fmt(sel['aware_mse'])} with the covariates"]
   if "blind_mse" in sel:
-    parts.append(f"{_fmt(sel['blind_mse'])} without (per pool state "
+    parts.append(f"{_fmt(sel['blind_mse'])} without (summed per pool state, "
                  f"{_fmt(sel['unit_diff_mean'])} +- {_fmt(sel['unit_diff_se'])} lower)")
   if "all_mse" in sel:
-    parts.append(f"{_fmt(sel['all_mse'])} on all their components (per pool state "
-                 f"{_fmt(sel['all_diff_mean'])} +- {_fmt(sel['all_diff_se'])} lower)")
+    parts.append(f"{_fmt(sel['all_mse'])} on all their components (summed per pool "
+                 f"state, {_fmt(sel['all_diff_mean'])} +- {_fmt(sel['all_diff_se'])} "
+                 "lower)")
   numbers = "; ".join(parts) + f", over {sel['units']} held-out states"
   rule = ("another set replaces the covariates as capped only when its error is lower "
           "by more than one standard error")

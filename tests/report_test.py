@@ -517,21 +517,22 @@ def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypa
   monkeypatch.setattr(FakeSurface, "info", {"covariate_selection": sel}, raising=False)
   md = report_stage.run(cfg, wd).read_text()
   assert ("Covariates: the stack dropped them (held-out contrast error 0.0021 with the "
-          "covariates; 0.0012 without (per pool state 0.0019 +- 0.00095 lower), over 40 "
-          "held-out states). On the sweep's held-out pool states") in md
+          "covariates; 0.0012 without (summed per pool state, 0.0019 +- 0.00095 lower), "
+          "over 40 held-out states). On the sweep's held-out pool states") in md
   sel.update(chosen="aware", blind_mse=0.0030, unit_diff_mean=-0.0009)
   md = report_stage.run(cfg, wd).read_text()
   assert ("Covariates: the stack kept them (held-out contrast error 0.0021 with the "
-          "covariates; 0.003 without (per pool state -0.0009 +- 0.00095 lower), over 40 "
-          "held-out states; another set replaces the covariates as capped only when") in md
+          "covariates; 0.003 without (summed per pool state, -0.0009 +- 0.00095 lower), "
+          "over 40 held-out states; another set replaces the covariates as capped only "
+          "when") in md
   # "select_all": the set on every component is stated beside the others.
   sel.update(setting="select_all", chosen="all", all_mse=0.0011, all_diff_mean=0.001,
              all_diff_se=0.0002)
   md = report_stage.run(cfg, wd).read_text()
   assert ("Covariates: the stack kept every principal component of the pool states "
-          "(held-out contrast error 0.0021 with the covariates; 0.003 without (per pool "
-          "state -0.0009 +- 0.00095 lower); 0.0011 on all their components (per pool "
-          "state 0.001 +- 0.0002 lower), over 40 held-out states;") in md
+          "(held-out contrast error 0.0021 with the covariates; 0.003 without (summed "
+          "per pool state, -0.0009 +- 0.00095 lower); 0.0011 on all their components "
+          "(summed per pool state, 0.001 +- 0.0002 lower), over 40 held-out states;") in md
   # "aware" as set (no selection made): nothing to state.
   monkeypatch.setattr(FakeSurface, "info", {"covariate_selection": {
       "setting": "aware", "chosen": "aware"}}, raising=False)
