@@ -668,20 +668,23 @@ def test_failures_are_recorded_not_raised():
   assert status[("new", "my_uniform")] == "ok"
 
 
-def _replicate_rows(regrets_by_world, coverage):
+def _replicate_rows(regrets_by_world, coverage, kept=None):
   rows = []
   for world, regrets in regrets_by_world.items():
     for split in evaluation.SPLITS:
       for method, regret in zip(("ours", "lightgbm", "uniform"), regrets):
         rows.append(evaluation._world_row(  # pylint: disable=protected-access
             world, split, method, regret=regret,
-            effect_coverage90=coverage if method == "ours" else None))
+            effect_coverage90=coverage if method == "ours" else None,
+            covariate_set=(kept or {}).get(world) if method == "ours" else None))
   return rows
 
 
 def test_replicates_count_cells_over_seeds():
-  by_seed = {0: _replicate_rows({"w1": (0.01, 0.02, 0.05), "w2": (0.06, 0.03, 0.05)}, 0.9),
-             3: _replicate_rows({"w1": (0.03, 0.02, 0.04), "w2": (0.02, 0.04, 0.05)}, 0.82)}
+  by_seed = {0: _replicate_rows({"w1": (0.01, 0.02, 0.05), "w2": (0.06, 0.03, 0.05)}, 0.9,
+                                {"w1": "all", "w2": "all"}),
+             3: _replicate_rows({"w1": (0.03, 0.02, 0.04), "w2": (0.02, 0.04, 0.05)}, 0.82,
+                                {"w1": "aware"})}
   by_seed[3].append(evaluation._world_row(  # pylint: disable=protected-access
       "w1", "new", "econml", status="skipped: econml not installed"))
   rep = evaluation.replicates(by_seed)
@@ -706,6 +709,9 @@ def test_replicates_count_cells_over_seeds():
   assert "Seeds: 0, 3." in text
   assert "| w2 | 0.0400 (0.060, 0.020) | 0.0350 (0.030, 0.040) |" in text
   assert "- ours worse than uniform on 1/4 cells: w2/seed0" in text
+  # The covariate set each stacked fit kept, counted over cells that name one.
+  assert new["ours_covariate_sets"] == {"all": 2, "aware": 1}
+  assert "- the covariate set ours' stack kept, in cells: all 2, aware 1" in text
   with pytest.raises(ValueError, match="at least one seed"):
     evaluation.replicates({})
 
@@ -769,20 +775,24 @@ def test_replicates_script_merges_runs_of_one_seed_and_names_duplicates(tmp_path
 
 
 def test_progress_names_a_stack_fits_weights():
-  """A fit whose info carries stack weights has them in its progress line; a model
-  without them has none."""
+  """A fit whose info carries stack weights has them in its progress line, and its
+  rows name the covariate set it kept; a model without them has neither."""
 
   class _Stacked(_LinearSurface):
-    info = {"weights": {"dml": 0.6, "scaling_blind": 0.4}}
+    info = {"weights": {"dml": 0.6, "scaling_blind": 0.4},
+            "covariate_selection": {"setting": "select", "chosen": "blind"}}
 
-  lines = {}
+  lines, rows = {}, {}
   for name, surface in (("stacked", _Stacked()), ("plain", _LinearSurface())):
     method = evaluation.Method(
         "ours", lambda runs, outcome, s=surface: s, evaluation._ours_predict,
         evaluation._ours_effect, lambda m, pool, runs: np.full(3, 1.0 / 3.0))
     said = []
-    evaluation.evaluate_world(FakeWorld(), [method], progress=said.append, **SIZES)
+    rows[name] = evaluation.evaluate_world(FakeWorld(), [method], progress=said.append,
+                                           **SIZES)
     lines[name] = [m for m in said if "/ ours: fit" in m]
+  assert [r["covariate_set"] for r in rows["stacked"]] == ["blind", "blind"]
+  assert [r["covariate_set"] for r in rows["plain"]] == [None, None]
   assert lines["stacked"] and lines["stacked"][0].endswith(
       ", stack weights dml 0.60, scaling_blind 0.40")
   assert lines["plain"] and "stack weights" not in lines["plain"][0]

@@ -72,7 +72,9 @@ WORLD_KEYS = ("world", "split", "method", "spearman", "pred_coverage90",
               "n_pools", "safe_check_ran", "safe_check_replaced", "gain_moved",
               "gain_below", "gain_above", "gain_claims", "gain_false_claims",
               "known_pools", "known_below", "known_worse", "known_claims",
-              "known_false_claims", "status")
+              "known_false_claims", "covariate_set", "status")
+# covariate_set: which covariate set a stacked surface kept ("aware", "blind" or "all",
+# `info["covariate_selection"]["chosen"]`); None for every other model.
 # The gain_* keys test the interval a recommendation reports for its own gain over
 # uniform (`Recommendation.improvement_over_uniform`, 90%) against the true gain, on the
 # pools where the pick is not uniform: counts of those pools, of true gains below the
@@ -705,19 +707,22 @@ def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_po
       say(f"{world.name} / {method.name}: {_status(e)}")
       continue
     fit_s = time.perf_counter() - t0
+    info = getattr(model, "info", None)
+    info = info if isinstance(info, dict) else {}
+    kept = (info.get("covariate_selection") or {}).get("chosen")
     done = {}
     for split in SPLITS:
       try:
         values = _score(method, model, runs, cases[split], world, align)
-        row = _world_row(world.name, split, method.name, fit_s=fit_s, **values)
+        row = _world_row(world.name, split, method.name, fit_s=fit_s,
+                         covariate_set=kept, **values)
       except Exception as e:  # pylint: disable=broad-except
         if not isinstance(e, NotApplicable):
           log.exception("%s / %s / %s: scoring failed", world.name, method.name, split)
         row = _world_row(world.name, split, method.name, fit_s=fit_s, status=_status(e))
       rows.append(row)
       done[split] = row
-    info = getattr(model, "info", None)
-    weights = info.get("weights") if isinstance(info, dict) else None
+    weights = info.get("weights")
     say(f"{world.name} / {method.name}: fit {fit_s:.2f}s, recommend "
         f"{_fmt(done['new']['recommend_s'], '{:.3f}')}s per pool, regret new "
         f"{_fmt(done['new']['regret'], '{:.4f}')} shifted "
@@ -1241,6 +1246,8 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                    if r is not None and (r.get("gain_false_claims") or 0) > 0]
     ratio = (float(np.mean(ours_all) / np.mean(lgbm_all))
              if ours_all and np.mean(lgbm_all) > 0 else None)
+    kept = [r.get("covariate_set") for _, r in ours_rows if r is not None]
+    sets = {k: kept.count(k) for k in _unique(k for k in kept if k is not None)}
     out[split] = {"ours_le_best_baseline": f"{wins}/{n}",
                   "ours_worse_than_uniform": f"{worse}/{n}",
                   "ours_worse_than_uniform_cells": worse_cells,
@@ -1250,7 +1257,8 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                   "effect_coverage_missed": missed_cells,
                   "ours_gain": pooled_gains([r for _, r in ours_rows]),
                   "ours_known": pooled_known([r for _, r in ours_rows]),
-                  "ours_gain_false_claim_cells": false_cells}
+                  "ours_gain_false_claim_cells": false_cells,
+                  "ours_covariate_sets": sets}
   out["cells"] = cells
   return out
 
@@ -1291,6 +1299,9 @@ def summarise_replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -
               f"{h['effect_coverage_in_target']} cells"
               + (f"; outside: {', '.join(h['effect_coverage_missed'])}"
                  if h["effect_coverage_missed"] else "")]
+    if h["ours_covariate_sets"]:
+      parts.append("- the covariate set ours' stack kept, in cells: " + ", ".join(
+          f"{k} {v}" for k, v in h["ours_covariate_sets"].items()))
     if h["ours_gain"] is not None:
       parts.append("- ours' gain over uniform, pooled over cells: "
                    + gain_text(h["ours_gain"])

@@ -1,6 +1,7 @@
 """Summarises zoo runs made at several world seeds: regret per world and split over
 seeds, ours' wins against the best baseline and losses against uniform as counts of
-(world, seed) cells, and ours' effect coverage against the issue's bands.
+(world, seed) cells, ours' effect coverage against the issue's bands, and the
+covariate set ours' stack kept (runs since the rows carry `covariate_set`).
 
   python experiments/surface_zoo/replicates.py \
       --results=workdir/zoo_seed1/results.json --results=workdir/zoo_seed2/results.json \
