@@ -524,7 +524,7 @@ def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
   the pool states' components, with the held-out errors that decided; None when no
   selection was made."""
   sel = (info or {}).get("covariate_selection") or {}
-  if sel.get("setting") not in ("select", "select_all") or "aware_mse" not in sel:
+  if "aware_mse" not in sel:  # only a selection between sets scores them
     return None
   parts = [f"held-out contrast error {_fmt(sel['aware_mse'])} with the covariates"]
   if "blind_mse" in sel:

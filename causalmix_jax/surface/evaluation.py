@@ -10,6 +10,7 @@ by name, as `Runs` stores them); the harness maps them to and from the world's o
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import importlib
@@ -1246,8 +1247,8 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                    if r is not None and (r.get("gain_false_claims") or 0) > 0]
     ratio = (float(np.mean(ours_all) / np.mean(lgbm_all))
              if ours_all and np.mean(lgbm_all) > 0 else None)
-    kept = [r.get("covariate_set") for _, r in ours_rows if r is not None]
-    sets = {k: kept.count(k) for k in _unique(k for k in kept if k is not None)}
+    sets = dict(collections.Counter(r["covariate_set"] for _, r in ours_rows
+                                    if r is not None and r.get("covariate_set")))
     out[split] = {"ours_le_best_baseline": f"{wins}/{n}",
                   "ours_worse_than_uniform": f"{worse}/{n}",
                   "ours_worse_than_uniform_cells": worse_cells,

@@ -83,6 +83,8 @@ BLIND_SUFFIX = "_blind"
 ALL_SUFFIX = "_all"
 COVARIATE_SETS = {"aware": "", "blind": BLIND_SUFFIX, "all": ALL_SUFFIX}
 MEMBERS = tuple(m + suffix for suffix in COVARIATE_SETS.values() for m in BASE_MEMBERS)
+# surface.stack_covariates -> the copies of each member that the selection fits.
+SELECTION_COPIES = {"select": ("blind",), "select_all": ("blind", "all")}
 # The members (and `fit_surface` methods) that are forms of the scaling family.
 SCALING_FORMS = {"scaling": "boxcox", "transfer": "transfer"}
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
@@ -687,15 +689,14 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   folds, fold_by = _folds(data, int(cfg.n_folds), seed)
   members, oofs, names, secs = [], [], [], {}
   setting = fit_lib.stack_covariates(cfg)
-  copies = {"select": ("blind",), "select_all": ("blind", "all")}.get(setting, ())
-  all_k = all_components(cfg, data)
-  k_of = {k: fit_lib.covariate_basis(data.x, k).k for k in (int(cfg.max_x_components),
-                                                            all_k)}
+  copies = SELECTION_COPIES.get(setting, ())
   cfg_all = cfg.copy_and_resolve_references()
   with cfg_all.unlocked():
-    cfg_all.max_x_components = all_k
+    cfg_all.max_x_components = all_components(cfg, data)
+  capped_k, all_k = (fit_lib.covariate_basis(data.x, int(c.max_x_components)).k
+                     for c in (cfg, cfg_all))
   for name in _member_names(tuple(cfg.stack_members), covariate_blind, data, copies,
-                            k_of[int(cfg.max_x_components)], k_of[all_k]):
+                            capped_k, all_k):
     t1 = time.time()
     family, kind = member_set(name)
     blind = covariate_blind or kind == "blind"
