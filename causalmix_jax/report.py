@@ -501,9 +501,10 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
   blocks.append(Para(f"Outcome `{surface.outcome}` ({better} is "
                      f"better) over {len(surface.domains)} domains and "
                      f"{len(surface.features)} covariates."))
-  line = covariate_selection_line(getattr(surface, "info", None))
-  if line:
-    blocks.append(Para(line))
+  for line in (covariate_selection_line(getattr(surface, "info", None)),
+               calibration_line(getattr(surface, "info", None))):
+    if line:
+      blocks.append(Para(line))
   diag = _read_optional_json(workdir / study_lib.SURFACE_DIAGNOSTICS,
                              "surface diagnostics", notes)
   if diag is not None:
@@ -547,6 +548,38 @@ def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
     return ("Covariates: the stack kept every principal component of the pool states ("
             + numbers + "; " + rule + ").")
   return "Covariates: the stack kept them (" + numbers + "; " + rule + ")."
+
+
+def calibration_line(info: Mapping[str, Any] | None) -> str | None:
+  """What a stacked surface's interval calibration saw on the sweep's held-out
+  contrasts (`info["calibration"]`): their coverage at the fitted scale, overall and
+  per quartile of contrast size, and which way the intervals lean where the smallest
+  and largest contrasts fall on opposite sides of the level; None without it."""
+  cal = (info or {}).get("calibration") or {}
+  if "coverage" not in cal:
+    return None
+  level = float(cal.get("level", 0.9))
+  bins = cal.get("by_contrast_size") or []
+  line = (f"Intervals: calibrated on {cal['contrasts']} held-out contrasts (run noise "
+          f"{cal['run_noise']}), they covered {_fmt(cal['coverage'])} of them at the "
+          f"{level:.0%} level")
+  if len(bins) < 2:
+    return line + "."
+  line += ("; by contrast size (the L1 distance between the two mixtures) "
+           + ", ".join(f"{_fmt(b['size_lo'])}-{_fmt(b['size_hi'])}: {_fmt(b['coverage'])}"
+                       for b in bins) + ".")
+  small, large = bins[0]["coverage"], bins[-1]["coverage"]
+  noise = ("" if str(cal["run_noise"]).startswith("taken out") else
+           " Part of the small contrasts' misses may be run noise, which an effect's "
+           "interval need not cover.")
+  if small < level < large:
+    return line + (" The intervals of small effects (mixtures close to each other) "
+                   "are the more likely too narrow, those of large ones too wide."
+                   + noise)
+  if large < level < small:
+    return line + (" The intervals of large effects (mixtures far apart) are the more "
+                   "likely too narrow, those of small ones too wide.")
+  return line
 
 
 def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path,

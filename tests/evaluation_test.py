@@ -437,6 +437,15 @@ def test_effect_reference_diagnosis_matches_the_harness():
     # The stand-in's effect intervals are +-0.05: sd 0.05 / z at the 90% level.
     assert d["effect_median_sd"] == pytest.approx(0.05 / 1.6448536, rel=1e-5)
     assert d["effect_median_abs_error"] > 0.0
+    assert (d["effect_coverage_pool_min"] <= d["effect_vs_natural"]
+            <= d["effect_coverage_pool_max"])
+    bins = d["effect_coverage_by_size"]
+    n_effects = SIZES["n_test_pools"] * SIZES["n_mixtures"]
+    assert len(bins) == 4  # 80 effects: 4 bins of robust.MIN_BIN_CONTRASTS
+    assert sum(b["effects"] for b in bins) == n_effects
+    assert sum(b["coverage"] * b["effects"] for b in bins) / n_effects == \
+        pytest.approx(d["effect_vs_natural"])
+    assert all(b["size_lo"] <= b["size_hi"] for b in bins)
   covers = [diag[s][k] for s in evaluation.SPLITS
             for k in ("effect_vs_natural", "effect_vs_median_mixture")]
   assert any(0.0 < c < 1.0 for c in covers)  # the stand-in is neither exact nor vague

@@ -509,6 +509,36 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   assert "safe check" not in report_stage.run(cfg, wd).read_text()
 
 
+def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  assert "Intervals: calibrated" not in report_stage.run(cfg, wd).read_text()
+  cal = {"contrasts": 1200, "level": 0.9, "coverage": 0.9,
+         "run_noise": "left in (no replicate runs)", "by_contrast_size": [
+             {"size_lo": 0.01, "size_hi": 0.8, "contrasts": 300, "coverage": 0.83},
+             {"size_lo": 0.8, "size_hi": 1.6, "contrasts": 600, "coverage": 0.9},
+             {"size_lo": 1.6, "size_hi": 2.0, "contrasts": 300, "coverage": 0.97}]}
+  monkeypatch.setattr(FakeSurface, "info", {"calibration": cal}, raising=False)
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("Intervals: calibrated on 1200 held-out contrasts (run noise left in (no "
+          "replicate runs)), they covered 0.9 of them at the 90% level; by contrast size "
+          "(the L1 distance between the two mixtures) 0.01-0.8: 0.83, 0.8-1.6: 0.9, "
+          "1.6-2: 0.97. The intervals of small effects (mixtures close to each other) "
+          "are the more likely too narrow, those of large ones too wide. Part of the "
+          "small contrasts' misses may be run noise") in md
+  cal["run_noise"] = "taken out (replicate runs' pure error)"
+  cal["by_contrast_size"].reverse()
+  for b, lo in zip(cal["by_contrast_size"], (0.01, 0.8, 1.6)):
+    b["size_lo"] = lo
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("The intervals of large effects (mixtures far apart) are the more likely too "
+          "narrow, those of small ones too wide.") in md
+  assert "run noise, which" not in md
+  cal["by_contrast_size"] = cal["by_contrast_size"][:1]
+  md = report_stage.run(cfg, wd).read_text()
+  assert "they covered 0.9 of them at the 90% level." in md
+  assert "by contrast size" not in md
+
+
 def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   wd = _workdir(tmp_path)
   assert "Covariates: the stack" not in report_stage.run(cfg, wd).read_text()

@@ -220,6 +220,35 @@ def test_conformal_scale_is_one_for_calibrated_errors():
                                                                               abs=0.12)
 
 
+def test_coverage_by_size_shows_where_one_conformal_factor_misfits():
+  rng = np.random.default_rng(2)
+  size = rng.uniform(0.0, 2.0, 4000)
+  # Errors relative to the spread fall with the contrast's size: small contrasts need
+  # a wider interval than the one factor gives them, large ones a narrower.
+  sd = np.ones(4000)
+  err = (2.0 - 0.75 * size) * rng.standard_normal(4000)
+  r = err ** 2 / sd ** 2
+  scale = robust.conformal_scale(err ** 2, sd ** 2, 0.9)
+  bins = robust.coverage_by_size(size, r, scale, 0.9)
+  assert len(bins) == 4 and sum(b["contrasts"] for b in bins) == 4000
+  assert [b["size_lo"] for b in bins] == sorted(b["size_lo"] for b in bins)
+  assert all(b["size_lo"] <= b["size_hi"] for b in bins)
+  cov = [b["coverage"] for b in bins]
+  assert cov == sorted(cov) and cov[0] < 0.85 and cov[-1] > 0.95
+  assert bins[0]["factor"] > 1.1 and bins[-1]["factor"] < 0.9
+  # The bins' coverage, weighted by their counts, is the fit's coverage.
+  (overall,) = robust.coverage_by_size(size, r, scale, 0.9, bins=1)
+  assert overall["factor"] == pytest.approx(1.0)
+  assert sum(b["coverage"] * b["contrasts"] for b in bins) / 4000 == pytest.approx(
+      overall["coverage"])
+  # Errors proportional to the spread: every bin needs the one factor.
+  flat = robust.coverage_by_size(size, rng.standard_normal(4000) ** 2, 1.0, 0.9)
+  assert all(0.9 < b["factor"] < 1.1 for b in flat)
+  # Too few contrasts for four bins of MIN_BIN_CONTRASTS: one bin.
+  few = robust.coverage_by_size(size[:50], r[:50], scale, 0.9)
+  assert len(few) == 1 and few[0]["contrasts"] == 50
+
+
 def test_cell_pairs_are_every_within_cell_pair_and_sampled_past_the_cap():
   cells = np.array([2, 0, 2, 1, 0, 2, 3])
   i, j = robust.cell_pairs(cells, 100, seed=0)
@@ -266,6 +295,11 @@ def test_stack_reports_what_its_calibration_saw():
   assert 0.9 <= cal["coverage"] <= 0.95
   assert 0 < cal["median_abs_error"] < 10 * cal["median_sd"]
   assert cal["run_noise"] == "left in (no replicate runs)"
+  by_size = cal["by_contrast_size"]
+  assert len(by_size) == 4
+  assert sum(b["contrasts"] for b in by_size) == cal["contrasts"]
+  assert sum(b["coverage"] * b["contrasts"] for b in by_size) / cal["contrasts"] == \
+      pytest.approx(cal["coverage"])
   twice = fit.fit_surface(world.sweep(n_runs=64, n_pools=16, seeds=2, seed=0), "loss",
                           config=_cfg())
   assert twice.info["calibration"]["run_noise"].startswith("taken out")

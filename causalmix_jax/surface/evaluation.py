@@ -35,6 +35,7 @@ from causalmix_jax.runs import Runs
 from causalmix_jax.surface import baselines
 from causalmix_jax.surface import diagnostics
 from causalmix_jax.surface import fit as fit_lib
+from causalmix_jax.surface import robust
 from causalmix_jax.surface.prediction import Prediction
 from causalmix_jax.surface.prediction import central_z
 
@@ -642,17 +643,23 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
   absolute error and the median interval sd (half-width over the normal quantile of
   the level), to set beside the fit's own held-out figures (`info["calibration"]` of a
   stacked surface): an interval that is right on the held-out pairs and misses here
-  has a spread whose shape, not its size, is wrong. The pools and mixtures are
-  `evaluate_world`'s for the same arguments, so "effect_vs_natural" is its ours'
-  effect coverage for this surface."""
+  has a spread whose shape, not its size, is wrong. Where it misses: the lowest and
+  highest coverage of one pool, and the coverage per quartile of the effects' size
+  (the L1 distance of the test mixture from the natural one), to set beside the
+  held-out pairs' `by_contrast_size`. The pools and mixtures are `evaluate_world`'s
+  for the same arguments, so "effect_vs_natural" is its ours' effect coverage for
+  this surface."""
   cases = _split_cases(world, _align(world, runs), n_test_pools, n_mixtures, seed)
   z = central_z(CI)
   out = {}
   for split in SPLITS:
     natural, median_ref, pred, slope, abs_err, sd = [], [], [], [], [], []
+    size, covered = [], []
     for case in cases[split]:
       e = _ours_effect(surface, case.w_NxD, case.w_nat_D, case.view)
-      natural.append(float(np.mean(e.covers(case.effect_N))))
+      covered.append(np.asarray(e.covers(case.effect_N), np.float64))
+      size.append(np.abs(case.w_NxD - case.w_nat_D[None, :]).sum(1))
+      natural.append(float(np.mean(covered[-1])))
       abs_err.append(np.abs(e.mean - case.effect_N))
       sd.append((e.hi - e.lo) / (2.0 * z))
       k = int(np.argsort(case.truth_N)[len(case.truth_N) // 2])
@@ -666,8 +673,20 @@ def effect_reference_diagnosis(world: World, surface: Any, runs: Runs, *,
                   "prediction": float(np.mean(pred)),
                   "effect_slope_median": float(np.median(slope)),
                   "effect_median_abs_error": float(np.median(np.concatenate(abs_err))),
-                  "effect_median_sd": float(np.median(np.concatenate(sd)))}
+                  "effect_median_sd": float(np.median(np.concatenate(sd))),
+                  "effect_coverage_pool_min": float(np.min(natural)),
+                  "effect_coverage_pool_max": float(np.max(natural)),
+                  "effect_coverage_by_size": _coverage_by_size(np.concatenate(size),
+                                                               np.concatenate(covered))}
   return out
+
+
+def _coverage_by_size(size_N: np.ndarray, covered_N: np.ndarray
+                      ) -> list[dict[str, float]]:
+  """Coverage per quartile of the effects' size (`robust.size_bins`)."""
+  return [{"size_lo": float(size_N[m].min()), "size_hi": float(size_N[m].max()),
+           "effects": int(m.sum()), "coverage": float(np.mean(covered_N[m]))}
+          for m in robust.size_bins(size_N)]
 
 
 def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_pools: int,

@@ -95,6 +95,9 @@ MIN_STACK_RUNS = 30
 # Most within-cell pairs of held-out runs the conformal step scores (a uniform sample
 # of them beyond this; the count bounds memory and time, not a tuned value).
 MAX_PAIRS = 4096
+# Fewest contrasts per bin of `coverage_by_size` (else one bin): a bin's 90% conformal
+# quantile needs 9 at least, and twice that keeps it off its one or two largest errors.
+MIN_BIN_CONTRASTS = 20
 
 
 # -- the scaling-law family as a surface ----------------------------------------------
@@ -576,6 +579,37 @@ def _conformal_scale(r_N: np.ndarray, level: float) -> float:
   return float(np.sqrt(np.quantile(r_N, q, method="higher")) / central_z(level))
 
 
+def size_bins(size_N: np.ndarray, bins: int = 4) -> list[np.ndarray]:
+  """Masks of `bins` quantile bins of `size_N`, smallest first (empty bins, from tied
+  sizes, left out); one bin when that would leave fewer than MIN_BIN_CONTRASTS per bin."""
+  size_N = np.asarray(size_N, np.float64)
+  if len(size_N) < MIN_BIN_CONTRASTS * bins:
+    bins = 1
+  edges = np.quantile(size_N, np.linspace(0.0, 1.0, bins + 1))
+  idx = np.clip(np.searchsorted(edges, size_N, side="right") - 1, 0, bins - 1)
+  return [m for m in (idx == b for b in range(bins)) if m.any()]
+
+
+def coverage_by_size(size_N: np.ndarray, r_N: np.ndarray, scale: float, level: float,
+                     bins: int = 4) -> list[dict[str, float]]:
+  """Held-out calibration split by contrast size: per quantile bin of `size_N` (the
+  L1 distance between a contrast's two mixtures), its lower and upper size, count,
+  coverage at the fitted conformal `scale`, and the factor of `scale` the bin alone
+  would need (above 1: its contrasts' errors are large for their spread). One factor
+  per fit fits the average; bins far from 1 say the spread's shape over contrast sizes
+  is off. With fewer than MIN_BIN_CONTRASTS contrasts per bin: one bin."""
+  size_N = np.asarray(size_N, np.float64)
+  r_N = np.asarray(r_N, np.float64)
+  bound = (central_z(level) * scale) ** 2
+  out = []
+  for m in size_bins(size_N, bins):
+    out.append({"size_lo": float(size_N[m].min()), "size_hi": float(size_N[m].max()),
+                "contrasts": int(m.sum()),
+                "coverage": float(np.mean(r_N[m] <= bound)),
+                "factor": float(_conformal_scale(r_N[m], level) / max(scale, 1e-30))})
+  return out
+
+
 def member_set(name: str) -> tuple[str, str]:
   """(family, covariate set) of a stack member's name: "dml_blind" -> ("dml",
   "blind"), "scaling_all" -> ("scaling", "all"), "dml" -> ("dml", "aware")."""
@@ -771,6 +805,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     diff_PxS = dev_NxS[pi] - dev_NxS[pj]
     var = np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev.shape[0] - diff_PxS.mean(1) ** 2
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
+    size = np.abs(data.w[pi] - data.w[pj]).sum(1)
 
     def disc_var(feats):  # the unit discrepancy's variance of each pair's contrast
       phi = feats(data.w)
@@ -778,6 +813,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   else:  # "cell_means", or no cell holds two runs: each run against its cell's mean
     err2, var = (yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok]
     noise = ((1.0 - 1.0 / cell_n) * pure_var)[ok] if pe_dof > 0 else None
+    size = np.abs(data.w - _cell_means(data.w, cells)[cells]).sum(1)[ok]
 
     def disc_var(feats):
       phi = feats(data.w)
@@ -797,10 +833,11 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
   # and the calibrated sds of the same contrasts.
   calibration = {
-      "contrasts": int(len(err2)),
+      "contrasts": int(len(err2)), "level": level,
       "median_abs_error": float(np.median(np.sqrt(err2))),
       "median_sd": float(np.median(c * np.sqrt(var_fit))),
       "coverage": float(np.mean(r <= (central_z(level) * c) ** 2)),
+      "by_contrast_size": coverage_by_size(size, r, c, level),
       "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
                     else "left in (no replicate runs)")}
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.

@@ -3,7 +3,9 @@ uniform guard (`info["heldout_guard"]`), its conformal scale, and where its effe
 intervals miss (`evaluation.effect_reference_diagnosis`: effects against the pool's
 natural mixture, as the zoo scores them, against a test mixture of median true loss,
 and predictions; the median error and interval sd of those effects beside the same
-figures of the held-out contrasts the fit calibrated on).
+figures of the held-out contrasts the fit calibrated on; the effects' coverage per
+pool and per quartile of their size beside the held-out contrasts' coverage, and the
+factor each would need, per quartile of theirs).
 
   python experiments/surface_zoo/diagnose.py --config=experiments/surface_zoo/config.py \
       --config.seed=7 --world=threshold --world=relative_quality
@@ -58,6 +60,13 @@ def diagnose(cfg, world: worlds.World) -> dict:
               n_mixtures=cfg.n_mixtures, seed=cfg.seed)}
 
 
+def _by_size(bins) -> str:
+  """"size a-b: coverage (factor)" per bin of contrast size."""
+  return ", ".join(
+      f"{b['size_lo']:.2f}-{b['size_hi']:.2f}: {b['coverage']:.3f}"
+      + (f" (factor {b['factor']:.2f})" if "factor" in b else "") for b in bins)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -77,11 +86,16 @@ def main(argv: list[str]) -> None:
         f"slope {c['effect_slope_median']:.2f}, median |error| "
         f"{c['effect_median_abs_error']:.4f} / sd {c['effect_median_sd']:.4f}"
         for split, c in cov.items()), flush=True)
+    for split, c in cov.items():
+      print(f"  {split} effect coverage per pool {c['effect_coverage_pool_min']:.3f}"
+            f"-{c['effect_coverage_pool_max']:.3f}; by size "
+            + _by_size(c["effect_coverage_by_size"]), flush=True)
     cal = row["calibration"]
     if cal:
       print(f"  held-out calibration: {cal['contrasts']} contrasts, median |error| "
             f"{cal['median_abs_error']:.4f} / sd {cal['median_sd']:.4f}, coverage "
-            f"{cal['coverage']:.3f}, run noise {cal['run_noise']}", flush=True)
+            f"{cal['coverage']:.3f}, run noise {cal['run_noise']}; by size "
+            + _by_size(cal.get("by_contrast_size", ())), flush=True)
     out.append(row)
   print(json.dumps({"worlds": out}))
 
