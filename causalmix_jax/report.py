@@ -550,6 +550,11 @@ def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
   return "Covariates: the stack kept them (" + numbers + "; " + rule + ")."
 
 
+# The run noise's share of the held-out contrasts' mean squared error from which the
+# report says they barely see the surface's own error: half or more.
+NOISE_DOMINATES = 0.5
+
+
 def calibration_line(info: Mapping[str, Any] | None) -> str | None:
   """What a stacked surface's interval calibration saw on the sweep's held-out
   contrasts (`info["calibration"]`): their coverage at the fitted scale, overall and
@@ -563,6 +568,11 @@ def calibration_line(info: Mapping[str, Any] | None) -> str | None:
   line = (f"Intervals: calibrated on {cal['contrasts']} held-out contrasts (run noise "
           f"{cal['run_noise']}), they covered {_fmt(cal['coverage'])} of them at the "
           f"{level:.0%} level")
+  share = cal.get("noise_share")
+  if share is not None:
+    line += (f"; run noise is {_fmt(share)} of their mean squared error"
+             + (", so they barely see the surface's own error and the intervals' width "
+                "rests on the noise's tail" if share >= NOISE_DOMINATES else ""))
   if len(bins) < 2:
     return line + "."
   line += ("; by contrast size (the L1 distance between the two mixtures) "

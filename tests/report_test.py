@@ -525,7 +525,7 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
           "1.6-2: 0.97. The intervals of small effects (mixtures close to each other) "
           "are the more likely too narrow, those of large ones too wide. Part of the "
           "small contrasts' misses may be run noise") in md
-  cal["run_noise"] = "taken out (replicate runs' pure error)"
+  cal.update(run_noise="taken out (replicate runs' pure error)", noise_share=0.9)
   cal["by_contrast_size"].reverse()
   for b, lo in zip(cal["by_contrast_size"], (0.01, 0.8, 1.6)):
     b["size_lo"] = lo
@@ -533,10 +533,16 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   assert ("The intervals of large effects (mixtures far apart) are the more likely too "
           "narrow, those of small ones too wide.") in md
   assert "run noise, which" not in md
+  assert ("they covered 0.9 of them at the 90% level; run noise is 0.9 of their mean "
+          "squared error, so they barely see the surface's own error and the intervals' "
+          "width rests on the noise's tail; by contrast size") in md
   cal["by_contrast_size"] = cal["by_contrast_size"][:1]
   md = report_stage.run(cfg, wd).read_text()
-  assert "they covered 0.9 of them at the 90% level." in md
+  assert "the intervals' width rests on the noise's tail." in md
   assert "by contrast size" not in md
+  cal["noise_share"] = 0.2
+  md = report_stage.run(cfg, wd).read_text()
+  assert "run noise is 0.2 of their mean squared error." in md
 
 
 def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):

@@ -303,6 +303,8 @@ def test_stack_reports_what_its_calibration_saw():
   twice = fit.fit_surface(world.sweep(n_runs=64, n_pools=16, seeds=2, seed=0), "loss",
                           config=_cfg())
   assert twice.info["calibration"]["run_noise"].startswith("taken out")
+  assert 0.0 < twice.info["calibration"]["noise_share"] < 1.5
+  assert cal["noise_share"] is None
   assert 0.9 <= twice.info["calibration"]["coverage"] <= 0.95
 
 

@@ -839,7 +839,11 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       "coverage": float(np.mean(r <= (central_z(level) * c) ** 2)),
       "by_contrast_size": coverage_by_size(size, r, c, level),
       "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
-                    else "left in (no replicate runs)")}
+                    else "left in (no replicate runs)"),
+      # The run noise's share of the contrasts' mean squared error (replicates only):
+      # near 1, the held-out contrasts barely see the surface's own error.
+      "noise_share": (float(np.mean(noise) / max(np.mean(err2), 1e-300))
+                      if noise is not None else None)}
   # Pool-level shift: the held-out cells' mean error beyond what the draws spread.
   n_cells = int(cells.max()) + 1
   counts = np.bincount(cells)
