@@ -579,9 +579,12 @@ def calibration_line(info: Mapping[str, Any] | None) -> str | None:
            + ", ".join(f"{_fmt(b['size_lo'])}-{_fmt(b['size_hi'])}: {_fmt(b['coverage'])}"
                        for b in bins) + ".")
   small, large = bins[0]["coverage"], bins[-1]["coverage"]
-  noise = ("" if str(cal["run_noise"]).startswith("taken out") else
-           " Part of the small contrasts' misses may be run noise, which an effect's "
-           "interval need not cover.")
+  # Noise left in, or taken out where it dominates (subtracting its mean from each
+  # squared error leaves its tail): the small contrasts' misses may be noise.
+  noisy = (not str(cal["run_noise"]).startswith("taken out")
+           or (share is not None and share >= NOISE_DOMINATES))
+  noise = (" Part of the small contrasts' misses may be run noise, which an effect's "
+           "interval need not cover." if noisy else "")
   if small < level < large:
     return line + (" The intervals of small effects (mixtures close to each other) "
                    "are the more likely too narrow, those of large ones too wide."

@@ -525,7 +525,12 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
           "1.6-2: 0.97. The intervals of small effects (mixtures close to each other) "
           "are the more likely too narrow, those of large ones too wide. Part of the "
           "small contrasts' misses may be run noise") in md
+  # Noise taken out, but dominating: the small contrasts' misses may still be noise.
   cal.update(run_noise="taken out (replicate runs' pure error)", noise_share=0.9)
+  assert "may be run noise" in report_stage.run(cfg, wd).read_text()
+  cal["noise_share"] = 0.2
+  assert "may be run noise" not in report_stage.run(cfg, wd).read_text()
+  cal["noise_share"] = 0.9
   cal["by_contrast_size"].reverse()
   for b, lo in zip(cal["by_contrast_size"], (0.01, 0.8, 1.6)):
     b["size_lo"] = lo
