@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -60,8 +61,8 @@ def diagnose(cfg, world: worlds.World) -> dict:
               n_mixtures=cfg.n_mixtures, seed=cfg.seed)}
 
 
-def _by_size(bins) -> str:
-  """"size a-b: coverage (factor)" per bin of contrast size."""
+def _by_size(bins: Sequence[Mapping[str, Any]]) -> str:
+  """"a-b: coverage (factor ...)" per bin of contrast size."""
   return ", ".join(
       f"{b['size_lo']:.2f}-{b['size_hi']:.2f}: {b['coverage']:.3f}"
       + (f" (factor {b['factor']:.2f})" if "factor" in b else "") for b in bins)
