@@ -83,6 +83,9 @@ BLIND_SUFFIX = "_blind"
 ALL_SUFFIX = "_all"
 COVARIATE_SETS = {"aware": "", "blind": BLIND_SUFFIX, "all": ALL_SUFFIX}
 MEMBERS = tuple(m + suffix for suffix in COVARIATE_SETS.values() for m in BASE_MEMBERS)
+# The prefix of each set's "<prefix>_diff_mean" / "_diff_se" in the selection's figures
+# (the blind set's keeps the name saved surfaces and reports already read).
+DIFF_PREFIX = {"blind": "unit", "all": "all"}
 # surface.stack_covariates -> the copies of each member that the selection fits.
 SELECTION_COPIES = {"select": ("blind",), "select_all": ("blind", "all")}
 # The members (and `fit_surface` methods) that are forms of the scaling family.
@@ -691,7 +694,7 @@ def select_covariates(contrasts_KxN: np.ndarray, target_N: np.ndarray,
       continue
     d_U = err["aware"] - err[kind]  # positive: this set did better
     se = float(d_U.std(ddof=1) / np.sqrt(n_units)) if n_units > 1 else np.inf
-    prefix = "unit" if kind == "blind" else kind
+    prefix = DIFF_PREFIX[kind]
     info[f"{prefix}_diff_mean"], info[f"{prefix}_diff_se"] = float(d_U.mean()), se
     if float(d_U.mean()) > se:
       better[kind] = info[f"{kind}_mse"]
@@ -724,22 +727,24 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   members, oofs, names, secs = [], [], [], {}
   setting = fit_lib.stack_covariates(cfg)
   copies = SELECTION_COPIES.get(setting, ())
-  cfg_all = cfg.copy_and_resolve_references()
-  with cfg_all.unlocked():
-    cfg_all.max_x_components = all_components(cfg, data)
-  capped_k, all_k = (fit_lib.covariate_basis(data.x, int(c.max_x_components)).k
-                     for c in (cfg, cfg_all))
+  cfg_all, capped_k, all_k = cfg, 0, 0  # the "all" members' config and basis sizes
+  if "all" in copies or any(member_set(m)[1] == "all" for m in cfg.stack_members):
+    cfg_all = cfg.copy_and_resolve_references()
+    with cfg_all.unlocked():
+      cfg_all.max_x_components = all_components(cfg, data)
+    capped_k, all_k = (fit_lib.covariate_basis(data.x, int(c.max_x_components)).k
+                       for c in (cfg, cfg_all))
   for name in _member_names(tuple(cfg.stack_members), covariate_blind, data, copies,
                             capped_k, all_k):
     t1 = time.time()
     family, kind = member_set(name)
     blind = covariate_blind or kind == "blind"
-    c = cfg_all if kind == "all" else cfg
+    member_cfg = cfg_all if kind == "all" else cfg
     if family in SCALING_FORMS:
-      full, oof = _scaling_member(runs, outcome, c, blind, data, folds,
+      full, oof = _scaling_member(runs, outcome, member_cfg, blind, data, folds,
                                   SCALING_FORMS[family])
     else:
-      full, oof = _linear_member(runs, outcome, family, c, blind, data, folds)
+      full, oof = _linear_member(runs, outcome, family, member_cfg, blind, data, folds)
     secs[name] = time.time() - t1
     if not np.all(np.isfinite(oof)):
       log.warning("stack member %s: non-finite held-out predictions; left out", name)
@@ -774,7 +779,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                        if k + "_mse" in covariates),
              ", ".join(f"{k} {covariates[p + '_diff_mean']:.3g} +- "
                        f"{covariates[p + '_diff_se']:.3g}"
-                       for k, p in (("blind", "unit"), ("all", "all"))
+                       for k, p in DIFF_PREFIX.items()
                        if p + "_diff_mean" in covariates), covariates["units"])
     members = [m for m, k in zip(members, keep_K) if k]
     oofs = [o for o, k in zip(oofs, keep_K) if k]
