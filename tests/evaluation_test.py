@@ -462,17 +462,17 @@ def test_diagnose_script_names_an_unknown_world_before_any_fit():
   assert "effects vs natural" not in proc.stdout  # nothing was fitted
 
 
-def test_diagnose_prints_coverage_by_size_with_the_held_out_factor():
-  from experiments.surface_zoo import diagnose  # pylint: disable=import-outside-toplevel
+def test_coverage_by_size_line_shows_the_held_out_factor_where_there_is_one():
+  fmt = evaluation.format_coverage_by_size
   held_out = [{"size_lo": 0.01, "size_hi": 0.8, "contrasts": 30, "coverage": 0.8,
                "factor": 1.39},
               {"size_lo": 0.8, "size_hi": 2.0, "contrasts": 30, "coverage": 0.97,
                "factor": 0.77}]
-  assert diagnose._by_size(held_out) == ("0.01-0.80: 0.800 (factor 1.39), "
-                                         "0.80-2.00: 0.970 (factor 0.77)")
+  assert fmt(held_out) == ("0.01-0.80: 0.800 (factor 1.39), "
+                           "0.80-2.00: 0.970 (factor 0.77)")
   # The test effects' bins carry no factor.
   test = [{k: v for k, v in b.items() if k != "factor"} for b in held_out]
-  assert diagnose._by_size(test) == "0.01-0.80: 0.800, 0.80-2.00: 0.970"
+  assert fmt(test) == "0.01-0.80: 0.800, 0.80-2.00: 0.970"
 
 
 def test_zoo_cache_key_holds_uniform_anchors_only_when_set():

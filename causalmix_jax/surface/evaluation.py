@@ -689,6 +689,15 @@ def _coverage_by_size(size_N: np.ndarray, covered_N: np.ndarray
           for m in robust.size_bins(size_N)]
 
 
+def format_coverage_by_size(bins: Sequence[Mapping[str, Any]]) -> str:
+  """One line of coverage per bin of contrast size: "a-b: coverage" per bin of
+  `effect_coverage_by_size`, with " (factor f)" where the bin carries one (a stacked
+  fit's held-out `by_contrast_size`)."""
+  return ", ".join(
+      f"{b['size_lo']:.2f}-{b['size_hi']:.2f}: {b['coverage']:.3f}"
+      + (f" (factor {b['factor']:.2f})" if "factor" in b else "") for b in bins)
+
+
 def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_pools: int,
                    n_test_pools: int, n_mixtures: int = 200, seeds: int = 1, seed: int = 0,
                    uniform_anchors: bool = False,

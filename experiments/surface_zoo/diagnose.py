@@ -22,7 +22,6 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -61,13 +60,6 @@ def diagnose(cfg, world: worlds.World) -> dict:
               n_mixtures=cfg.n_mixtures, seed=cfg.seed)}
 
 
-def _by_size(bins: Sequence[Mapping[str, Any]]) -> str:
-  """"a-b: coverage (factor ...)" per bin of contrast size."""
-  return ", ".join(
-      f"{b['size_lo']:.2f}-{b['size_hi']:.2f}: {b['coverage']:.3f}"
-      + (f" (factor {b['factor']:.2f})" if "factor" in b else "") for b in bins)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -90,13 +82,15 @@ def main(argv: list[str]) -> None:
     for split, c in cov.items():
       print(f"  {split} effect coverage per pool {c['effect_coverage_pool_min']:.3f}"
             f"-{c['effect_coverage_pool_max']:.3f}; by size "
-            + _by_size(c["effect_coverage_by_size"]), flush=True)
+            + evaluation.format_coverage_by_size(c["effect_coverage_by_size"]),
+            flush=True)
     cal = row["calibration"]
     if cal:
       print(f"  held-out calibration: {cal['contrasts']} contrasts, median |error| "
             f"{cal['median_abs_error']:.4f} / sd {cal['median_sd']:.4f}, coverage "
             f"{cal['coverage']:.3f}, run noise {cal['run_noise']}; by size "
-            + _by_size(cal.get("by_contrast_size", ())), flush=True)
+            + evaluation.format_coverage_by_size(cal.get("by_contrast_size", ())),
+            flush=True)
     out.append(row)
   print(json.dumps({"worlds": out}))
 
