@@ -24,7 +24,11 @@ log = logging.getLogger(__name__)
 
 METHODS = ("S", "A")
 # What the safe objective compares a pick with off the sweep's support (`off_support`).
-OFF_SUPPORT = ("uniform", "anchors")
+OFF_SUPPORT = ("uniform", "anchors", "shrink")
+# "shrink": the fallback also scores the points at k / SHRINK_STEPS of the way from
+# uniform to the failed pick, k = 1 .. SHRINK_STEPS - 1 (a grid of the move's length,
+# not a tuned constant: finer grids change the pick by at most 1 / SHRINK_STEPS).
+SHRINK_STEPS = 16
 # When the safe objective's off-support check runs (`off_support_trigger`): "heldout"
 # as "range", and on every pool when the guarded decision did better on the sweep's own
 # pool states held out; "range" on the support verdict or any covariate outside the
@@ -255,6 +259,14 @@ def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
   return capped, fs, np.concatenate([best.reshape(-1, len(domains)), uniform])
 
 
+def shrink_segment(w_D: np.ndarray, steps: int) -> np.ndarray:
+  """The points k / steps of the way from uniform to w_D, k = 1 .. steps - 1
+  ((steps - 1) x D)."""
+  w_D = np.asarray(w_D, np.float64)
+  frac_K = np.arange(1, steps)[:, None] / steps
+  return (1.0 - frac_K) * np.full_like(w_D, 1.0 / len(w_D)) + frac_K * w_D
+
+
 def best_known_mixture(surface: Any) -> np.ndarray | None:
   """The sweep's best-known mixture (the mixture whose runs, averaged over seed
   replicates, did best against their pool state's mean: `support_stats["best_w"][0]`),
@@ -357,6 +369,12 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     paired difference to any anchor (the sweep's best-known mixtures and uniform) is
     lowest, so it may be worse than uniform by at most what uniform may be worse than
     the best anchor.
+    "shrink": as "uniform", but when the pick fails the check, the fallback's
+    candidates also include the points on the segment from uniform to that pick
+    (`SHRINK_STEPS`), so a shorter move toward the pick can be taken where it, unlike
+    the whole move, is better than uniform at the bound. Under a surface whose gain
+    flattens along the move while its spread grows with the move's length, the
+    shorter move keeps most of the gain for less risk.
   off_support_trigger: when "safe" counts a pool as off the support. "heldout"
     (default): as "range", and on every pool when the surface's fit found that the
     guarded decision did better than the unguarded one on the sweep's own pool states
@@ -486,15 +504,22 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   w_known = best_known_mixture(surfaces[0])
   extra = [fs.ref[None], np.full((1, len(domains)), 1 / len(domains))]
   extra += [] if w_known is None else [w_known[None]]
-  z = np.asarray(search.draws(prob.fns, params, xs, coefs,
-                              jnp.asarray(np.concatenate([w_all] + extra), jnp.float32)),
-                 np.float64)
-  z_w, z_ref, z_uni = z[:, :-len(extra)], z[:, len(w_all)], z[:, len(w_all) + 1]
-  z_known = None if w_known is None else z[:, -1]
-  loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
-                                           smooth=False), np.float64)
   dscale = _applied_decision_scale(surfaces)
-  contrast_ub = decisions.scaled_upper(z_w - z_uni[:, None], 0.5 * (1 + ci), dscale)
+
+  def score(w_all: np.ndarray):
+    """Joint draws of the candidates and the extras, the candidates' losses and the
+    upper bounds of their paired differences to uniform (the draws are a function of
+    the surface's parameters, so scoring a longer list leaves earlier rows as they
+    were)."""
+    z = np.asarray(search.draws(prob.fns, params, xs, coefs, jnp.asarray(
+        np.concatenate([w_all] + extra), jnp.float32)), np.float64)
+    z_w, z_ref, z_uni = z[:, :-len(extra)], z[:, len(w_all)], z[:, len(w_all) + 1]
+    loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
+                                             smooth=False), np.float64)
+    ub = decisions.scaled_upper(z_w - z_uni[:, None], 0.5 * (1 + ci), dscale)
+    return z, z_w, z_ref, z_uni, (None if w_known is None else z[:, -1]), loss, ub
+
+  z, z_w, z_ref, z_uni, z_known, loss, contrast_ub = score(w_all)
   safe_check = None
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
@@ -542,7 +567,19 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                  s_out * float(worst[pick]))
       best = pick
     elif replaced:
-      best = int(np.argmin(np.round(contrast_ub, 12)))
+      n_before = len(w_all)
+      if off_support == "shrink":
+        seg = [fs.make_feasible(w) for w in shrink_segment(w_all[best], SHRINK_STEPS)]
+        w_all = np.concatenate([w_all, np.stack([wf for wf, _ in seg])])
+        infos += [info for _, info in seg]
+        z, z_w, z_ref, z_uni, z_known, loss, contrast_ub = score(w_all)
+      pick = int(np.argmin(np.round(contrast_ub, 12)))
+      if off_support == "shrink":
+        # The fraction of the way from uniform to the failed pick at which the
+        # fallback lies; None when the fallback is another candidate (uniform included).
+        safe_check["shrink_fraction"] = (
+            (pick - n_before + 1) / SHRINK_STEPS if pick >= n_before else None)
+      best = pick
       log.info("safe objective: %s; the lowest-bound pick's paired difference to "
                "uniform has %.0f%% upper bound %+.4g, not below 0, so the candidate with "
                "the lowest such bound is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),
@@ -586,7 +623,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       zeroed=tuple(info["zeroed"]),
       theta={d: float(theta_np[i]) for i, d in enumerate(domains)},
       diagnostics={"search_seconds": search_seconds, "total_seconds": time.time() - t0,
-                   "n_candidates_final": int(len(cands)), "projection": info["how"],
+                   "n_candidates_final": int(len(w_all)), "projection": info["how"],
                    "moved_l1_by_projection": info["moved_l1"],
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
                    "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
