@@ -392,6 +392,7 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
 
   assert set(recommend_kwargs(None)) == {"covariates", "constraints"}
   for key, value, bad in (("off_support", "anchors", "best"),
+                          ("off_support", "shrink", "best"),
                           ("safe_score", "mean", "median"),
                           ("off_support_trigger", "verdict", "always")):
     asked = recommend_kwargs({key: value})

@@ -15,7 +15,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from scipy import stats
 
-from causalmix_jax.optimise.recommend import recommend
+from causalmix_jax.optimise.recommend import recommend, shrink_segment
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import discrepancy, fit, robust, scaling, worlds
 from causalmix_jax.surface.surface import load_surface
@@ -605,6 +605,49 @@ def test_safe_objective_off_support_can_compare_with_every_anchor():
   assert recommend(s, **kw).diagnostics["safe_check"]["fallback"] == "uniform"
   with pytest.raises(ValueError, match="off_support: unknown 'best'"):
     recommend(s, off_support="best", **kw)
+
+
+def test_shrink_segment_runs_from_uniform_to_the_pick():
+  w = np.array([0.7, 0.2, 0.1, 0.0])
+  seg = shrink_segment(w, 4)
+  np.testing.assert_allclose(seg, [0.75 * 0.25 + 0.25 * w, 0.5 * 0.25 + 0.5 * w,
+                                   0.25 * 0.25 + 0.75 * w])
+  np.testing.assert_allclose(seg.sum(1), 1.0)
+
+
+def test_safe_objective_shrink_fallback_moves_part_way_when_that_beats_uniform():
+  world, runs = _world_runs()
+  s = _stack()
+  uni = np.full((1, len(s.domains)), 1 / len(s.domains))
+  pools = world.new_pools(6, seed=3)
+  # Pool 2: the range trigger runs the check, the bound pick fails it, and a point part
+  # of the way to it is better than uniform at the bound; pool 1: the check passes.
+  x, tokens, kw = _pool_case(world, s, pools[2])
+  kw["off_support_trigger"] = "range"
+  plain = recommend(s, **kw)
+  shrunk = recommend(s, off_support="shrink", **kw)
+  pc, sc = plain.diagnostics["safe_check"], shrunk.diagnostics["safe_check"]
+  assert pc["replaced"] and sc["replaced"] and sc["fallback"] == "shrink"
+  assert pc["bound_pick"] == sc["bound_pick"]
+  f = sc["shrink_fraction"]
+  assert f is not None and 0 < f < 1
+  pick = np.array([sc["bound_pick"][d] for d in s.domains])
+  w = np.array([shrunk.weights[d] for d in s.domains])
+  np.testing.assert_allclose(w, (1 - f) * uni[0] + f * pick, atol=1e-6)
+  # Its paired difference to uniform has a negative upper bound, no higher than the
+  # uniform fallback's, and the reported gain over uniform says so.
+  ub = shrunk.diagnostics["difference_to_uniform_upper_bound"]
+  assert ub < 0 and ub <= plain.diagnostics["difference_to_uniform_upper_bound"]
+  assert shrunk.improvement_over_uniform.lo > 0
+  d = s.cate(w[None], uni, x, tokens=tokens, budget=pools[2].budget, ci=0.9)
+  assert d.hi[0] <= 1e-3
+  assert "shrink_fraction" not in pc
+  # Where the pick passes the check, the fallback plays no part.
+  _, _, kw1 = _pool_case(world, s, pools[1])
+  kw1["off_support_trigger"] = "range"
+  a, b = recommend(s, **kw1), recommend(s, off_support="shrink", **kw1)
+  assert not b.diagnostics["safe_check"]["replaced"]
+  assert a.weights == b.weights and "shrink_fraction" not in b.diagnostics["safe_check"]
 
 
 def test_recommendation_reports_its_gain_over_the_sweeps_best_known_mixture():

@@ -16,7 +16,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # What "safe" does off the sweep's support: "uniform" (the pick must beat uniform at
   # the paired bound, else the candidate closest to doing so: usually uniform) |
   # "anchors" (the candidate whose worst paired bound against the sweep's best-known
-  # mixtures and uniform is lowest; see optimise/recommend.py).
+  # mixtures and uniform is lowest; see optimise/recommend.py) | "shrink" (as "uniform",
+  # and the fallback also scores the points on the segment from uniform to the pick).
   c.off_support = "uniform"
   # What "safe" minimises inside its region: "bound" (the upper end of the interval) |
   # "mean" (the posterior mean: the lowest expected loss). Cap, anchors and the
