@@ -809,6 +809,11 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
              "the sweep's held-out pool states)")
   if not check.get("replaced"):
     return head + ", so it was kept"
+  frac = check.get("shrink_fraction")
+  if frac is not None:
+    return (head + f", not below 0, so the point {frac:.0%} of the way from uniform to "
+            "it, the candidate with the lowest such bound, was taken; the surface is "
+            "sure of a shorter move toward it, not of the whole one")
   took = "uniform itself" if check.get("took_uniform") else "another candidate"
   return (head + ", not below 0, so the candidate with the lowest such bound was taken "
           f"({took}); the surface is not sure anything beats uniform for this pool")

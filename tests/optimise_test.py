@@ -415,17 +415,24 @@ def test_with_a_fitted_baseline_surface_on_the_planted_world():
   x = world.shifted_pools(1, outside_fraction=1.0)[0]
   shares = world.token_shares(x)[0]
   c = Constraints(min_weight=0.05, trust_radius=0.3, sampler_min_weight=0.01)
-  recs = [recommend(surface, covariates=dict(zip(surface.features, x)), reference=shares,
-                    constraints=c, method="A") for _ in range(2)]
+  kw = dict(covariates=dict(zip(surface.features, x)), reference=shares, constraints=c,
+            method="A")
+  recs = [recommend(surface, **kw) for _ in range(2)]
+  plain = recommend(surface, off_support="uniform", **kw)
   # The reference breaks min_weight, so compare with the feasible point nearest to it.
   fs = c.resolve(surface.domains, shares)
   w0, _ = fs.make_feasible(fs.centre)
   fn, params = surface.sampler()
   post_mean = lambda w: float(np.mean(fn(params, jnp.asarray([w], jnp.float32),  # noqa: E731
                                          jnp.asarray(x, jnp.float32))))
-  for rec in recs:
+  for rec in recs + [plain]:
     _assert_satisfies(rec.weight_vector(), c, surface.domains, shares)
     assert not rec.support["inside"]
     assert rec.predicted.mean == pytest.approx(post_mean(rec.weight_vector()), abs=1e-5)
-    assert rec.predicted.mean <= post_mean(w0) + 1e-5
+  # Off the support the fallback without the segment toward the pick does no worse than
+  # the constraints' centre; the default's segment only lowers the bound of the paired
+  # difference to uniform that the fallback minimises.
+  assert plain.predicted.mean <= post_mean(w0) + 1e-5
+  ub = lambda r: r.diagnostics["difference_to_uniform_upper_bound"]  # noqa: E731
+  assert ub(recs[0]) <= ub(plain) + 1e-6
   assert recs[0].weights == recs[1].weights

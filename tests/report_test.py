@@ -486,6 +486,14 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
           "sweep's range (a, b)): the lowest-bound mixture's difference to uniform has "
           "upper bound 0.0125, not below 0, so the candidate with the lowest such bound "
           "was taken (uniform itself)") in md
+  mix["diagnostics"]["safe_check"].update(fallback="shrink", took_uniform=False,
+                                          shrink_fraction=0.375)
+  path.write_text(json.dumps(mix))
+  assert ("upper bound 0.0125, not below 0, so the point 38% of the way from uniform to "
+          "it, the candidate with the lowest such bound, was taken; the surface is sure "
+          "of a shorter move toward it, not of the whole one") in report_stage.run(
+              cfg, wd).read_text()
+  mix["diagnostics"]["safe_check"].update(shrink_fraction=None)
   mix["diagnostics"]["safe_check"].update(fallback="anchors", took_uniform=False,
                                           anchor_difference_upper_bound=-0.004)
   path.write_text(json.dumps(mix))

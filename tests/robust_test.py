@@ -602,7 +602,7 @@ def test_safe_objective_off_support_can_compare_with_every_anchor():
   w = np.array([rec.weights[d] for d in s.domains])
   assert worst(w) == pytest.approx(check["anchor_difference_upper_bound"], abs=0.02)
   assert worst(w) <= min(worst(a) for a in anchors) + 0.02
-  assert recommend(s, **kw).diagnostics["safe_check"]["fallback"] == "uniform"
+  assert recommend(s, **kw).diagnostics["safe_check"]["fallback"] == "shrink"
   with pytest.raises(ValueError, match="off_support: unknown 'best'"):
     recommend(s, off_support="best", **kw)
 
@@ -615,7 +615,7 @@ def test_shrink_segment_runs_from_uniform_to_the_pick():
   np.testing.assert_allclose(seg.sum(1), 1.0)
 
 
-def test_safe_objective_shrink_fallback_moves_part_way_when_that_beats_uniform():
+def test_safe_objective_default_fallback_moves_part_way_when_that_beats_uniform():
   world, runs = _world_runs()
   s = _stack()
   uni = np.full((1, len(s.domains)), 1 / len(s.domains))
@@ -624,8 +624,8 @@ def test_safe_objective_shrink_fallback_moves_part_way_when_that_beats_uniform()
   # of the way to it is better than uniform at the bound; pool 1: the check passes.
   x, tokens, kw = _pool_case(world, s, pools[2])
   kw["off_support_trigger"] = "range"
-  plain = recommend(s, **kw)
-  shrunk = recommend(s, off_support="shrink", **kw)
+  plain = recommend(s, off_support="uniform", **kw)
+  shrunk = recommend(s, **kw)  # the default
   pc, sc = plain.diagnostics["safe_check"], shrunk.diagnostics["safe_check"]
   assert pc["replaced"] and sc["replaced"] and sc["fallback"] == "shrink"
   assert pc["bound_pick"] == sc["bound_pick"]
@@ -645,7 +645,7 @@ def test_safe_objective_shrink_fallback_moves_part_way_when_that_beats_uniform()
   # Where the pick passes the check, the fallback plays no part.
   _, _, kw1 = _pool_case(world, s, pools[1])
   kw1["off_support_trigger"] = "range"
-  a, b = recommend(s, **kw1), recommend(s, off_support="shrink", **kw1)
+  a, b = recommend(s, off_support="uniform", **kw1), recommend(s, **kw1)
   assert not b.diagnostics["safe_check"]["replaced"]
   assert a.weights == b.weights and "shrink_fraction" not in b.diagnostics["safe_check"]
 

@@ -13,12 +13,12 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # (alias "lcb": the risk-averse end of the `ci` credible interval, the upper one for a
   # loss, without the cap) | "pi" (probability of improving on the reference).
   c.objective = "safe"
-  # What "safe" does off the sweep's support: "uniform" (the pick must beat uniform at
-  # the paired bound, else the candidate closest to doing so: usually uniform) |
-  # "anchors" (the candidate whose worst paired bound against the sweep's best-known
-  # mixtures and uniform is lowest; see optimise/recommend.py) | "shrink" (as "uniform",
-  # and the fallback also scores the points on the segment from uniform to the pick).
-  c.off_support = "uniform"
+  # What "safe" does off the sweep's support: "shrink" (the pick must beat uniform at
+  # the paired bound, else the candidate closest to doing so, the points on the segment
+  # from uniform to the pick among them) | "uniform" (the same without the segment:
+  # usually uniform itself) | "anchors" (the candidate whose worst paired bound against
+  # the sweep's best-known mixtures and uniform is lowest; see optimise/recommend.py).
+  c.off_support = "shrink"
   # What "safe" minimises inside its region: "bound" (the upper end of the interval) |
   # "mean" (the posterior mean: the lowest expected loss). Cap, anchors and the
   # off-support check are the same for both.

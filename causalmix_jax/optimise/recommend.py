@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("S", "A")
 # What the safe objective compares a pick with off the sweep's support (`off_support`).
-OFF_SUPPORT = ("uniform", "anchors", "shrink")
+OFF_SUPPORT = ("shrink", "uniform", "anchors")
 # "shrink": the fallback also scores the points at k / SHRINK_STEPS of the way from
 # uniform to the failed pick, k = 1 .. SHRINK_STEPS - 1 (a grid of the move's length,
 # not a tuned constant: finer grids change the pick by at most 1 / SHRINK_STEPS).
@@ -337,7 +337,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               objective: str = "safe", method: str = "S", *, ci: float = 0.9,
               outcome_weights: Sequence[float] | Mapping[str, float] | None = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
-              n_steps: int = 300, off_support: str = "uniform",
+              n_steps: int = 300, off_support: str = "shrink",
               safe_score: str = "bound",
               off_support_trigger: str = "heldout") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
@@ -356,25 +356,26 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     the search's candidates, and picks the one with the lowest bound. When the pool's
     covariates lie outside the sweep's support, that pick must also have its paired
     difference to uniform <= 0 at the upper (1+ci)/2 bound; otherwise the candidate
-    whose difference has the lowest upper bound is taken (this check also runs when any
-    covariate is outside the sweep's range). Uniform's own bound is 0, so
+    whose difference has the lowest upper bound is taken, by default among them the
+    points part of the way from uniform to the pick (`off_support`; this check also
+    runs when any covariate is outside the sweep's range). Uniform's own bound is 0, so
     off the support the pick moves away from uniform only with that confidence: when
     the intervals hold, it is not worse than uniform. Off the sweep's covariate support the surface's
     intervals widen, and the pick stays closer to uniform. When the surface's fit
     calibrated that paired difference on its held-out pool states
     (surface.decision_calibration = "conformal"), its spread around its mean is scaled
     by the fitted factor, in this check and in the reported gain over uniform.
-  off_support: what "safe" does off the support. "uniform" (default): the check above.
+  off_support: what "safe" does off the support. "shrink" (default): the check above,
+    where the fallback's candidates also include the points on the segment from
+    uniform to the failed pick (`SHRINK_STEPS`), so a shorter move toward the pick is
+    taken where it, unlike the whole move, is better than uniform at the bound. Where
+    the gain flattens along the move while its spread grows with the move's length,
+    the shorter move keeps most of the gain for less risk.
+    "uniform": the check above without the segment (the fallback is usually uniform).
     "anchors": the pick is the candidate whose largest upper (1+ci)/2 bound of its
     paired difference to any anchor (the sweep's best-known mixtures and uniform) is
     lowest, so it may be worse than uniform by at most what uniform may be worse than
     the best anchor.
-    "shrink": as "uniform", but when the pick fails the check, the fallback's
-    candidates also include the points on the segment from uniform to that pick
-    (`SHRINK_STEPS`), so a shorter move toward the pick can be taken where it, unlike
-    the whole move, is better than uniform at the bound. Under a surface whose gain
-    flattens along the move while its spread grows with the move's length, the
-    shorter move keeps most of the gain for less risk.
   off_support_trigger: when "safe" counts a pool as off the support. "heldout"
     (default): as "range", and on every pool when the surface's fit found that the
     guarded decision did better than the unguarded one on the sweep's own pool states
