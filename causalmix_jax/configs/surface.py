@@ -44,6 +44,12 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # effect of one mixture against another is; or "cell_means", each run against its
   # cell's mean, which averages the other runs' errors away.
   c.stack_calibration = "pairs"
+  # Whose posterior spread the conformal factor is fitted against: "heldout" (default),
+  # the fold fits' spread at the held-out contrasts, whose errors they made; or "final",
+  # the final fit's spread at the same contrasts, the spread the factor will scale.
+  # The final fit saw more runs, so its spread is narrower, while a misfit's error does
+  # not shrink with it; "final" keeps the factor's meaning when it is applied.
+  c.conformal_spread = "heldout"
   # The misfit the members' posterior spread does not carry: "none" (default), the
   # members' spread alone, scaled; or "rff", plus a smooth random function of the
   # mixture (surface/discrepancy.py) whose size and lengthscale are fitted on the same

@@ -384,6 +384,7 @@ STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
 COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
 DECISION_CALIBRATIONS = ("none", "conformal")  # surface.decision_calibration
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
+CONFORMAL_SPREADS = ("heldout", "final")  # surface.conformal_spread
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -414,6 +415,10 @@ def stack_covariates(cfg) -> str:
   return _choice(cfg, "stack_covariates", STACK_COVARIATES)
 
 
+def conformal_spread(cfg) -> str:
+  return _choice(cfg, "conformal_spread", CONFORMAL_SPREADS)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -431,6 +436,7 @@ def check_config(method: str, cfg) -> None:
   stack_discrepancy(cfg)
   covariate_extrapolation(cfg)
   decision_calibration(cfg)
+  conformal_spread(cfg)
   from causalmix_jax.surface import robust  # imports this module
   members, known = tuple(cfg.get("stack_members", ())), robust.MEMBERS
   for name in members:

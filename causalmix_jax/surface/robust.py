@@ -790,7 +790,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   keep = weights > 0
   stacked = sum(a * o for a, o in zip(weights, oofs))  # S x N held-out draws
   mean = stacked.mean(0)
-  dev = stacked - mean
+  held_dev = stacked - mean
+  # The final fit's spread at the same runs (`surface.conformal_spread`): the spread
+  # the conformal factor will scale, narrower than the fold fits' where more runs
+  # shrink it.
+  final = sum(a * _member_draws(m, data, np.arange(len(data.y)), n)
+              for a, m in zip(weights, members) if a > 0)
+  final_dev = final - final.mean(0)
+  spread_setting = fit_lib.conformal_spread(cfg)
+  dev = final_dev if spread_setting == "final" else held_dev
   c_dev = np.stack([_centre(d, cells)[0] for d in dev])  # contrast draws
   c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
@@ -806,9 +814,13 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     # mixtures' misfit in full. The difference of two held-out runs of a cell is that
     # query; a run against its cell's mean would average the second one's away.
     err2 = ((data.y[pi] - data.y[pj]) - (mean[pi] - mean[pj])) ** 2
-    dev_NxS = np.ascontiguousarray(dev.T)
-    diff_PxS = dev_NxS[pi] - dev_NxS[pj]
-    var = np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev.shape[0] - diff_PxS.mean(1) ** 2
+
+    def pair_var(dev_SxN):  # each pair's contrast variance under the draws
+      dev_NxS = np.ascontiguousarray(dev_SxN.T)
+      diff_PxS = dev_NxS[pi] - dev_NxS[pj]
+      return (np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev_SxN.shape[0]
+              - diff_PxS.mean(1) ** 2)
+    var, var_other = pair_var(dev), pair_var(held_dev if dev is final_dev else final_dev)
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
     size = np.abs(data.w[pi] - data.w[pj]).sum(1)
 
@@ -816,7 +828,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       phi = feats(data.w)
       return np.sum((phi[pi] - phi[pj]) ** 2, axis=1)
   else:  # "cell_means", or no cell holds two runs: each run against its cell's mean
+    other = held_dev if dev is final_dev else final_dev
     err2, var = (yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok]
+    var_other = np.var(np.stack([_centre(d, cells)[0] for d in other]), axis=0)[ok]
     noise = ((1.0 - 1.0 / cell_n) * pure_var)[ok] if pe_dof > 0 else None
     size = np.abs(data.w - _cell_means(data.w, cells)[cells]).sum(1)[ok]
 
@@ -843,6 +857,11 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       "median_sd": float(np.median(c * np.sqrt(var_fit))),
       "coverage": float(np.mean(r <= (central_z(level) * c) ** 2)),
       "by_contrast_size": coverage_by_size(size, r, c, level),
+      # Whose spread the factor was fitted against, and the final fit's spread over the
+      # fold fits' at the same contrasts (median of the sd ratios).
+      "spread": spread_setting,
+      "final_over_heldout_sd": _median_sd_ratio(
+          *((var, var_other) if spread_setting == "final" else (var_other, var))),
       "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
                     else "left in (no replicate runs)"),
       # The run noise's share of the contrasts' mean squared error (replicates only):
@@ -927,6 +946,12 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
+
+
+def _median_sd_ratio(var_a_N: np.ndarray, var_b_N: np.ndarray) -> float | None:
+  """Median of sqrt(var_a / var_b) over the entries where both are positive."""
+  ok = (var_a_N > 0) & (var_b_N > 0)
+  return float(np.median(np.sqrt(var_a_N[ok] / var_b_N[ok]))) if ok.any() else None
 
 
 def _summary_info(info: dict[str, Any]) -> dict[str, Any]:
