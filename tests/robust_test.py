@@ -543,6 +543,33 @@ def test_unknown_stack_member_is_named():
     fit.fit_surface(runs, "loss", config=_cfg(stack_members=()))
 
 
+def test_conformal_factor_can_be_fitted_against_the_final_fits_spread():
+  """"final" calibrates the factor on the spread it scales: the final fit's, narrower
+  than the fold fits' at the same held-out contrasts (it saw every run), so the factor
+  and the intervals grow, while the stack (weights, means) stays as it was."""
+  world, runs = _world_runs()
+  held = _stack()
+  final = fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="final"))
+  ch, cf = held.info["calibration"], final.info["calibration"]
+  assert (ch["spread"], cf["spread"]) == ("heldout", "final")
+  assert 0 < ch["final_over_heldout_sd"] < 1
+  assert cf["final_over_heldout_sd"] == pytest.approx(ch["final_over_heldout_sd"])
+  assert final.info["conformal_scale"] > held.info["conformal_scale"]
+  assert final.info["weights"] == held.info["weights"]
+  # Both hit the level on the contrasts they were fitted on.
+  assert 0.9 <= cf["coverage"] <= 0.95 and 0.9 <= ch["coverage"] <= 0.95
+  pool = world.new_pools(1, seed=3)[0]
+  x = dict(zip(world.features, pool.x_F))
+  tokens = pool.tokens_D[[world.domains.index(d) for d in held.domains]]
+  w = np.random.default_rng(0).dirichlet(np.ones(len(held.domains)), 8)
+  ph, pf = (s.cate(w, held.w_ref, x, tokens=tokens, budget=pool.budget, ci=0.9)
+            for s in (held, final))
+  np.testing.assert_allclose(pf.mean, ph.mean, atol=1e-5)
+  assert np.all(pf.hi - pf.lo >= ph.hi - ph.lo - 1e-6)
+  with pytest.raises(ValueError, match="surface.conformal_spread: unknown 'fold'"):
+    fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="fold"))
+
+
 def _pool_case(world, s, pool, x=None, **sizes):
   """A pool's covariates (`x`: the pool's own by default), its token counts in the
   surface's domain order, and recommend's keyword arguments for it (a small search
