@@ -273,6 +273,7 @@ def test_stack_calibration_setting_is_checked_and_reported():
   means = fit.fit_surface(runs, "loss", config=_cfg(stack_calibration="cell_means"))
   assert means.info["calibrated_on"].endswith("runs against their cell means")
   assert 0 < means.info["conformal_scale"] != s.info["conformal_scale"]
+  assert 0 < means.info["calibration"]["final_over_heldout_sd"] < 1
   bad = _cfg(stack_calibration="medians")
   with pytest.raises(ValueError, match="surface.stack_calibration: unknown 'medians'"):
     fit.fit_surface(runs, "loss", config=bad)

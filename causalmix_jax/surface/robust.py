@@ -798,7 +798,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               for a, m in zip(weights, members) if a > 0)
   final_dev = final - final.mean(0)
   spread_setting = fit_lib.conformal_spread(cfg)
-  dev = final_dev if spread_setting == "final" else held_dev
+  dev, other_dev = ((final_dev, held_dev) if spread_setting == "final"
+                    else (held_dev, final_dev))
   c_dev = np.stack([_centre(d, cells)[0] for d in dev])  # contrast draws
   c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
@@ -820,7 +821,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       diff_PxS = dev_NxS[pi] - dev_NxS[pj]
       return (np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev_SxN.shape[0]
               - diff_PxS.mean(1) ** 2)
-    var, var_other = pair_var(dev), pair_var(held_dev if dev is final_dev else final_dev)
+    var, var_other = pair_var(dev), pair_var(other_dev)
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
     size = np.abs(data.w[pi] - data.w[pj]).sum(1)
 
@@ -828,9 +829,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       phi = feats(data.w)
       return np.sum((phi[pi] - phi[pj]) ** 2, axis=1)
   else:  # "cell_means", or no cell holds two runs: each run against its cell's mean
-    other = held_dev if dev is final_dev else final_dev
     err2, var = (yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok]
-    var_other = np.var(np.stack([_centre(d, cells)[0] for d in other]), axis=0)[ok]
+    var_other = np.var(np.stack([_centre(d, cells)[0] for d in other_dev]), axis=0)[ok]
     noise = ((1.0 - 1.0 / cell_n) * pure_var)[ok] if pe_dof > 0 else None
     size = np.abs(data.w - _cell_means(data.w, cells)[cells]).sum(1)[ok]
 
