@@ -555,14 +555,35 @@ def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
 NOISE_DOMINATES = 0.5
 
 
+def _spread_sentence(cal: Mapping[str, Any]) -> str:
+  """Which spread the conformal factor was fitted against, and what that implies for a
+  new pool ("" where the fit does not say)."""
+  ratio = cal.get("final_over_heldout_sd")
+  if cal.get("spread") == "final":
+    return (" The factor was fitted against the final fit's spread "
+            "(surface.conformal_spread = \"final\").")
+  if ratio is None or not ratio < 1:
+    return ""
+  return (f" The factor was fitted against the fold fits' spread, and the final fit's is "
+          f"{_fmt(ratio)} of it: where the surface's misfit does not shrink with more "
+          "runs, a new pool's intervals may have only that share of the width they need "
+          "(surface.conformal_spread = \"final\" fits it against the final fit's).")
+
+
 def calibration_line(info: Mapping[str, Any] | None) -> str | None:
   """What a stacked surface's interval calibration saw on the sweep's held-out
   contrasts (`info["calibration"]`): their coverage at the fitted scale, overall and
-  per quartile of contrast size, and which way the intervals lean where the smallest
-  and largest contrasts fall on opposite sides of the level; None without it."""
+  per quartile of contrast size, which way the intervals lean where the smallest and
+  largest contrasts fall on opposite sides of the level, and which spread the factor
+  was fitted against; None without it."""
   cal = (info or {}).get("calibration") or {}
   if "coverage" not in cal:
     return None
+  return _coverage_text(cal) + _spread_sentence(cal)
+
+
+def _coverage_text(cal: Mapping[str, Any]) -> str:
+  """calibration_line's coverage sentences."""
   level = float(cal.get("level", 0.9))
   bins = cal.get("by_contrast_size") or []
   line = (f"Intervals: calibrated on {cal['contrasts']} held-out contrasts (run noise "

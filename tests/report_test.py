@@ -556,6 +556,20 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   cal["noise_share"] = 0.2
   md = report_stage.run(cfg, wd).read_text()
   assert "run noise is 0.2 of their mean squared error." in md
+  # Which spread the factor was fitted against, and the final fit's over the folds'.
+  assert "The factor was fitted" not in md
+  cal.update(spread="heldout", final_over_heldout_sd=0.87)
+  assert ("run noise is 0.2 of their mean squared error. The factor was fitted against "
+          "the fold fits' spread, and the final fit's is 0.87 of it: where the surface's "
+          "misfit does not shrink with more runs, a new pool's intervals may have only "
+          "that share of the width they need (surface.conformal_spread = \"final\" "
+          "fits it against the final fit's).") in report_stage.run(cfg, wd).read_text()
+  cal["final_over_heldout_sd"] = 1.02
+  assert "The factor was fitted" not in report_stage.run(cfg, wd).read_text()
+  cal["spread"] = "final"
+  assert ("The factor was fitted against the final fit's spread "
+          "(surface.conformal_spread = \"final\").") in report_stage.run(
+              cfg, wd).read_text()
 
 
 def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
