@@ -510,8 +510,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   def score(w_all: np.ndarray):
     """Joint draws of the candidates and the extras, the candidates' losses and the
     upper bounds of their paired differences to uniform (the draws are a function of
-    the surface's parameters, so scoring a longer list leaves earlier rows as they
-    were)."""
+    the surface's parameters, so rows scored in separate calls are joint too)."""
     z = np.asarray(search.draws(prob.fns, params, xs, coefs, jnp.asarray(
         np.concatenate([w_all] + extra), jnp.float32)), np.float64)
     z_w, z_ref, z_uni = z[:, :-len(extra)], z[:, len(w_all)], z[:, len(w_all) + 1]
@@ -569,18 +568,20 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       best = pick
     elif replaced:
       n_before = len(w_all)
-      if off_support == "shrink":
+      if off_support == "shrink":  # the segment's points join the scored candidates
         seg = [fs.make_feasible(w) for w in shrink_segment(w_all[best], SHRINK_STEPS)]
-        w_all = np.concatenate([w_all, np.stack([wf for wf, _ in seg])])
-        infos += [info for _, info in seg]
-        z, z_w, z_ref, z_uni, z_known, loss, contrast_ub = score(w_all)
-      pick = int(np.argmin(np.round(contrast_ub, 12)))
+        w_seg = np.stack([wf for wf, _ in seg])
+        _, z_seg, _, _, _, loss_seg, ub_seg = score(w_seg)
+        w_all, infos = np.concatenate([w_all, w_seg]), infos + [i for _, i in seg]
+        z_w = np.concatenate([z_w, z_seg], 1)
+        loss, contrast_ub = (np.concatenate(a) for a in ((loss, loss_seg),
+                                                          (contrast_ub, ub_seg)))
+      best = int(np.argmin(np.round(contrast_ub, 12)))
       if off_support == "shrink":
         # The fraction of the way from uniform to the failed pick at which the
         # fallback lies; None when the fallback is another candidate (uniform included).
         safe_check["shrink_fraction"] = (
-            (pick - n_before + 1) / SHRINK_STEPS if pick >= n_before else None)
-      best = pick
+            (best - n_before + 1) / SHRINK_STEPS if best >= n_before else None)
       log.info("safe objective: %s; the lowest-bound pick's paired difference to "
                "uniform has %.0f%% upper bound %+.4g, not below 0, so the candidate with "
                "the lowest such bound is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),

@@ -798,9 +798,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               for a, m in zip(weights, members) if a > 0)
   final_dev = final - final.mean(0)
   spread_setting = fit_lib.conformal_spread(cfg)
-  dev, other_dev = ((final_dev, held_dev) if spread_setting == "final"
-                    else (held_dev, final_dev))
-  c_dev = np.stack([_centre(d, cells)[0] for d in dev])  # contrast draws
+  dev = final_dev if spread_setting == "final" else held_dev
   c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
   # Replicates share mixture, covariates and scale.
@@ -821,7 +819,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       diff_PxS = dev_NxS[pi] - dev_NxS[pj]
       return (np.einsum("ps,ps->p", diff_PxS, diff_PxS) / dev_SxN.shape[0]
               - diff_PxS.mean(1) ** 2)
-    var, var_other = pair_var(dev), pair_var(other_dev)
+    var_held, var_final = pair_var(held_dev), pair_var(final_dev)
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
     size = np.abs(data.w[pi] - data.w[pj]).sum(1)
 
@@ -829,14 +827,18 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       phi = feats(data.w)
       return np.sum((phi[pi] - phi[pj]) ** 2, axis=1)
   else:  # "cell_means", or no cell holds two runs: each run against its cell's mean
-    err2, var = (yc - c_mean)[ok] ** 2, np.var(c_dev, axis=0)[ok]
-    var_other = np.var(np.stack([_centre(d, cells)[0] for d in other_dev]), axis=0)[ok]
+    err2 = (yc - c_mean)[ok] ** 2
+
+    def cell_var(dev_SxN):  # each run's variance against its cell's mean, under the draws
+      return np.var(np.stack([_centre(d, cells)[0] for d in dev_SxN]), axis=0)[ok]
+    var_held, var_final = cell_var(held_dev), cell_var(final_dev)
     noise = ((1.0 - 1.0 / cell_n) * pure_var)[ok] if pe_dof > 0 else None
     size = np.abs(data.w - _cell_means(data.w, cells)[cells]).sum(1)[ok]
 
     def disc_var(feats):
       phi = feats(data.w)
       return np.sum((phi - _cell_means(phi, cells)[cells])[ok] ** 2, axis=1)
+  var = var_final if spread_setting == "final" else var_held
   disc_setting = fit_lib.stack_discrepancy(cfg)
   if disc_setting == "rff":
     split = discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
@@ -860,8 +862,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       # Whose spread the factor was fitted against, and the final fit's spread over the
       # fold fits' at the same contrasts (median of the sd ratios).
       "spread": spread_setting,
-      "final_over_heldout_sd": _median_sd_ratio(
-          *((var, var_other) if spread_setting == "final" else (var_other, var))),
+      "final_over_heldout_sd": _median_sd_ratio(var_final, var_held),
       "run_noise": ("taken out (replicate runs' pure error)" if noise is not None
                     else "left in (no replicate runs)"),
       # The run noise's share of the contrasts' mean squared error (replicates only):
