@@ -743,8 +743,8 @@ def test_off_support_trigger_verdict_ignores_a_range_exit_the_verdict_allows():
   assert any("outside the sweep's range" in r for r in by_range["reasons"])
   assert not by_verdict["ran"] and not by_verdict["replaced"]
   assert by_verdict["trigger"] == "verdict"
-  with pytest.raises(ValueError, match="off_support_trigger: unknown 'always'"):
-    recommend(s, off_support_trigger="always", **kw)
+  with pytest.raises(ValueError, match="off_support_trigger: unknown 'often'"):
+    recommend(s, off_support_trigger="often", **kw)
 
 
 def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_path):
@@ -763,6 +763,16 @@ def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_pa
   assert not s.support(kw["covariates"])["outside_range"]
   base = recommend(s, off_support_trigger="range", **kw).diagnostics["safe_check"]
   assert not base["ran"]
+  # "always" runs it there too, and its pick is "range"'s unless that pick fails it.
+  every = recommend(s, off_support_trigger="always", **kw)
+  check = every.diagnostics["safe_check"]
+  assert check["ran"] and check["trigger"] == "always"
+  assert check["reasons"][0].startswith("off_support_trigger 'always'")
+  assert check["bound_pick"] == base["bound_pick"]
+  same = every.weights == recommend(s, off_support_trigger="range", **kw).weights
+  assert same == (not check["replaced"])
+  assert not s.maximize  # a loss: the pick fails where its bound is above uniform's
+  assert check["replaced"] == (check["bound_pick_difference_to_uniform_upper_bound"] > 0)
   for favoured in (True, False):
     with pytest.MonkeyPatch.context() as mp:  # the shared surface's info is restored
       mp.setitem(s.info, "heldout_guard", dict(g, guard=favoured))

@@ -26,7 +26,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # When "safe" counts the pool as off the support: "heldout" (as "range", and every
   # pool when the guarded decision did better on the sweep's own pool states held out:
   # the surface's info "heldout_guard") | "range" (the support verdict or any covariate
-  # outside the sweep's range) | "verdict" (the held-out-calibrated verdict).
+  # outside the sweep's range) | "verdict" (the held-out-calibrated verdict) |
+  # "always" (every pool).
   c.off_support_trigger = "heldout"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's

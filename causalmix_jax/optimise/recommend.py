@@ -32,8 +32,9 @@ SHRINK_STEPS = 16
 # When the safe objective's off-support check runs (`off_support_trigger`): "heldout"
 # as "range", and on every pool when the guarded decision did better on the sweep's own
 # pool states held out; "range" on the support verdict or any covariate outside the
-# sweep's range; "verdict" on the held-out-calibrated support verdict alone.
-OFF_SUPPORT_TRIGGERS = ("heldout", "range", "verdict")
+# sweep's range; "verdict" on the held-out-calibrated support verdict alone; "always"
+# on every pool.
+OFF_SUPPORT_TRIGGERS = ("heldout", "range", "verdict", "always")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
 # recommend's settings of the safe objective and the values each takes (first: default).
@@ -170,8 +171,10 @@ def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]],
   """Why the safe objective's uniform check runs, one line per reason (empty: it does
   not): the support verdict, (triggers "range" and "heldout") covariates outside the
   sweep's range, and (trigger "heldout") the surface's held-out evidence for the guard
-  (`guards`: each outcome's `heldout_guard` fit info)."""
-  out = []
+  (`guards`: each outcome's `heldout_guard` fit info); trigger "always" gives its own
+  reason first, and the others still name what else holds."""
+  out = (["off_support_trigger 'always': the check runs on every pool"]
+         if trigger == "always" else [])
   for outcome, g in (guards or {}).items():
     if trigger == "heldout" and g and g.get("guard"):
       out.append(f"y_{outcome}: on {g['cells']} held-out pool states of the sweep the "
@@ -385,7 +388,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     own pools held out, so it flags about 4/(states + 1) of pools drawn like the
     sweep's; a covariate outside the range counts only when it lies farther beyond it
     than any of the sweep's own states held out did, or when the verdict's other
-    limits are passed).
+    limits are passed). "always": on every pool, inside the support too, so a pick is
+    taken only where it beats uniform at that bound (with the default `off_support`,
+    a failed pick is shrunk toward uniform rather than dropped).
   safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
