@@ -562,6 +562,10 @@ def _spread_sentence(cal: Mapping[str, Any]) -> str:
   if cal.get("spread") == "final":
     return (" The factor was fitted against the final fit's spread "
             "(surface.conformal_spread = \"final\").")
+  if cal.get("spread") == "split":
+    return (" The intervals' factor was fitted against the final fit's spread, and the "
+            "optimiser decides on the factor fitted against the fold fits' "
+            "(surface.conformal_spread = \"split\").")
   if ratio is None or not ratio < 1:
     return ""
   return (f" The factor was fitted against the fold fits' spread, and the final fit's is "

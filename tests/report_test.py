@@ -570,6 +570,11 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   assert ("The factor was fitted against the final fit's spread "
           "(surface.conformal_spread = \"final\").") in report_stage.run(
               cfg, wd).read_text()
+  cal["spread"] = "split"
+  assert ("The intervals' factor was fitted against the final fit's spread, and the "
+          "optimiser decides on the factor fitted against the fold fits' "
+          "(surface.conformal_spread = \"split\").") in report_stage.run(
+              cfg, wd).read_text()
 
 
 def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):

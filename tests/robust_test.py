@@ -571,6 +571,41 @@ def test_conformal_factor_can_be_fitted_against_the_final_fits_spread():
     fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="fold"))
 
 
+def test_split_calibration_gives_final_intervals_and_the_defaults_decisions(tmp_path):
+  """"split": intervals as "final" (the factor fitted against the spread it scales),
+  while the optimiser and the held-out guard decide on the fold fits' factor, so the
+  recommendation is the default's; the factor survives save and load."""
+  world, runs = _world_runs()
+  held = _stack()
+  final = fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="final"))
+  split = fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="split"))
+  assert split.info["conformal_scale"] == pytest.approx(final.info["conformal_scale"])
+  assert split.info["optimiser_scale"] == pytest.approx(held.info["conformal_scale"])
+  assert held.info["optimiser_scale"] == held.info["conformal_scale"]
+  assert split.info["heldout_guard"] == held.info["heldout_guard"]
+  assert split.info["level_sd"] == pytest.approx(held.info["level_sd"])
+  pool = world.new_pools(1, seed=3)[0]
+  x, tokens, kw = _pool_case(world, split, pool)
+  w = np.random.default_rng(0).dirichlet(np.ones(len(held.domains)), 8)
+  pf, ps = (s.cate(w, held.w_ref, x, tokens=tokens, budget=pool.budget, ci=0.9)
+            for s in (final, split))
+  np.testing.assert_allclose(ps.hi - ps.lo, pf.hi - pf.lo, rtol=1e-4, atol=1e-6)
+  for shifted in (False, True):
+    p = world.shifted_pools(1, seed=2)[0] if shifted else pool
+    _, _, kw = _pool_case(world, split, p)
+    a, b = recommend(held, **kw), recommend(split, **kw)
+    assert a.weights == b.weights
+    assert a.improvement_over_uniform == b.improvement_over_uniform
+  split.save(tmp_path / "s")
+  back = load_surface(tmp_path / "s")
+  assert back.optimiser_scale == pytest.approx(split.optimiser_scale)
+  assert recommend(back, **kw).weights == b.weights
+  with pytest.raises(ValueError, match="conformal_spread = 'split' with surface."
+                                       "stack_discrepancy"):
+    fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="split",
+                                              stack_discrepancy="rff"))
+
+
 def _pool_case(world, s, pool, x=None, **sizes):
   """A pool's covariates (`x`: the pool's own by default), its token counts in the
   surface's domain order, and recommend's keyword arguments for it (a small search

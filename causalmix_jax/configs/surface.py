@@ -48,7 +48,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # the fold fits' spread at the held-out contrasts, whose errors they made; or "final",
   # the final fit's spread at the same contrasts, the spread the factor will scale.
   # The final fit saw more runs, so its spread is narrower, while a misfit's error does
-  # not shrink with it; "final" keeps the factor's meaning when it is applied.
+  # not shrink with it; "final" keeps the factor's meaning when it is applied. "split":
+  # the intervals (predict, cate, theta) as "final", and the draws the optimiser decides
+  # on (and the held-out guard) as "heldout", so the decisions stay the default's.
   c.conformal_spread = "heldout"
   # The misfit the members' posterior spread does not carry: "none" (default), the
   # members' spread alone, scaled; or "rff", plus a smooth random function of the

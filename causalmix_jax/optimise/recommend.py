@@ -58,17 +58,19 @@ _SAMPLER_FNS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary(
 def surface_sampler(surface: Any, tokens_D: np.ndarray | None = None,
                     budget: float | None = None) -> tuple[Any, Any]:
   """(fn, params) of the surface, for the pool's token counts and the training budget
-  when the surface models repetition (its sampler takes `tokens` and `budget`)."""
+  when the surface models repetition (its sampler takes `tokens` and `budget`): its
+  `optimiser_sampler` where it has one (the draws it decides on), else its `sampler`."""
+  sampler = getattr(surface, "optimiser_sampler", None) or surface.sampler
   kwargs = {}
   try:
-    sig = inspect.signature(surface.sampler).parameters
+    sig = inspect.signature(sampler).parameters
   except (TypeError, ValueError):
     sig = {}
   if tokens_D is not None and "tokens" in sig:
     kwargs["tokens"] = tokens_D
   if budget is not None and "budget" in sig:
     kwargs["budget"] = float(budget)
-  fn, params = surface.sampler(**kwargs)
+  fn, params = sampler(**kwargs)
   try:
     fn = _SAMPLER_FNS.setdefault(surface, fn)
   except TypeError:  # not weak-referenceable

@@ -384,7 +384,7 @@ STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
 COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
 DECISION_CALIBRATIONS = ("none", "conformal")  # surface.decision_calibration
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
-CONFORMAL_SPREADS = ("heldout", "final")  # surface.conformal_spread
+CONFORMAL_SPREADS = ("heldout", "final", "split")  # surface.conformal_spread
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -436,7 +436,11 @@ def check_config(method: str, cfg) -> None:
   stack_discrepancy(cfg)
   covariate_extrapolation(cfg)
   decision_calibration(cfg)
-  conformal_spread(cfg)
+  if conformal_spread(cfg) == "split" and stack_discrepancy(cfg) == "rff":
+    raise ValueError("surface.conformal_spread = 'split' with surface.stack_discrepancy "
+                     "= 'rff': the discrepancy term is drawn once, at one scale, so the "
+                     "intervals and the decisions cannot be calibrated apart; use "
+                     "'heldout' or 'final' with it")
   from causalmix_jax.surface import robust  # imports this module
   members, known = tuple(cfg.get("stack_members", ())), robust.MEMBERS
   for name in members:

@@ -153,7 +153,8 @@ class StackedSurface(SurfaceBase):
                scale: float, level_S: np.ndarray,
                disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                x_bounds: tuple[np.ndarray, np.ndarray] | None = None,
-               hedge_S: np.ndarray | None = None, **kw):
+               hedge_S: np.ndarray | None = None, optimiser_scale: float | None = None,
+               **kw):
     super().__init__(**kw)
     # The members see covariates clipped to these bounds (surface.covariate_extrapolation
     # = "clip": the sweep's range); infinite bounds leave them as they are.
@@ -163,6 +164,8 @@ class StackedSurface(SurfaceBase):
     self.members = list(members)
     self.weights = np.asarray(weights, np.float64)
     self.scale = float(scale)
+    # The factor the decisions' draws use (`optimiser_sampler`); None: `scale`.
+    self.optimiser_scale = float(scale if optimiser_scale is None else optimiser_scale)
     self.level_S = np.asarray(level_S, np.float32)
     # surface.covariate_extrapolation = "hedge": one standard normal per draw scales the
     # gap between extrapolating the covariates and clipping them (empty: no gap term).
@@ -204,6 +207,13 @@ class StackedSurface(SurfaceBase):
               "hedge_S": jnp.asarray(self.hedge_S)}
     return self._fn, params
 
+  def optimiser_sampler(self, tokens: Any = None, budget: float | None = None):
+    """`sampler` with the members' spread scaled by `optimiser_scale`: the draws the
+    optimiser decides on (the same as `sampler`'s unless the fit calibrated the
+    intervals and the decisions apart, surface.conformal_spread = "split")."""
+    fn, params = self.sampler(tokens, budget)
+    return fn, {**params, "scale": jnp.float32(self.optimiser_scale)}
+
   @property
   def n_draws(self) -> int:
     return self._n
@@ -236,7 +246,7 @@ class StackedSurface(SurfaceBase):
                         x_hi_F=self.x_bounds[1], hedge_S=self.hedge_S)
     return artifacts.write_json(directory / "surface.json", {
         **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
-        "scale": self.scale})
+        "scale": self.scale, "optimiser_scale": self.optimiser_scale})
 
   def __repr__(self) -> str:
     kinds = [m.info.get("method", "?") for m in self.members]
@@ -295,8 +305,9 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     # ... and their members extrapolate the covariates as they are.
     bounds = (z["x_lo_F"], z["x_hi_F"]) if "x_lo_F" in z.files else None
     hedge = z["hedge_S"] if "hedge_S" in z.files else None
+  # Surfaces saved before the decisions had their own factor decide on `scale`.
   return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
-                        hedge, **kw)
+                        hedge, meta.get("optimiser_scale"), **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -798,6 +809,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
               for a, m in zip(weights, members) if a > 0)
   final_dev = final - final.mean(0)
   spread_setting = fit_lib.conformal_spread(cfg)
+  # What the decisions read (recommend's draws, the level shift and the held-out guard):
+  # the fold fits' calibration unless the setting is "final"; "split" gives the
+  # intervals the final fit's calibration and leaves the decisions on the fold fits'.
   dev = final_dev if spread_setting == "final" else held_dev
   c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
@@ -838,18 +852,24 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     def disc_var(feats):
       phi = feats(data.w)
       return np.sum((phi - _cell_means(phi, cells)[cells])[ok] ** 2, axis=1)
-  var = var_final if spread_setting == "final" else var_held
   disc_setting = fit_lib.stack_discrepancy(cfg)
-  if disc_setting == "rff":
-    split = discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
-  else:
-    split = discrepancy.Fit(1.0)
+
+  def calibrate(var):  # (discrepancy split, factor c) fitted against the spread `var`
+    split = (discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
+             if disc_setting == "rff" else discrepancy.Fit(1.0))
+    return split, _conformal_scale(_normalised_errors(err2, split.variance(var), noise),
+                                   level)
   # One conformal factor on the fitted variance a v + b g: the members' spread gets
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
+  var = var_held if spread_setting == "heldout" else var_final
+  split, c = calibrate(var)
   var_fit = split.variance(var)
   r = _normalised_errors(err2, var_fit, noise)
-  c = _conformal_scale(r, level)
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
+  optimiser_scale = scale
+  if spread_setting == "split":
+    split_d, c_d = calibrate(var_held)
+    optimiser_scale = float(c_d * np.sqrt(split_d.a))
   # What the calibration saw, to set beside a test's errors and interval sds: the
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
   # and the calibrated sds of the same contrasts.
@@ -874,7 +894,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   counts = np.bincount(cells)
   lvl_err = np.bincount(cells, weights=data.y - mean) / counts
   lvl_var = np.var(np.stack([np.bincount(cells, weights=d, minlength=n_cells)
-                             for d in dev]) / counts, axis=0) * scale ** 2
+                             for d in dev]) / counts, axis=0) * optimiser_scale ** 2
   if split.features is not None:  # the discrepancy's share of a cell's mean error
     cell_phi = _cell_means(split.features(data.w), cells)
     lvl_var = lvl_var + amplitude ** 2 * np.sum(cell_phi ** 2, axis=1)
@@ -888,7 +908,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   dec_setting = fit_lib.decision_calibration(cfg)
   decision = {"setting": dec_setting, "scale": None}
   if fold_by != "runs" and contrasts_within == "pool states":
-    heldout_draws = mean + scale * dev
+    heldout_draws = mean + optimiser_scale * dev
     maximize = data.name in runs.maximize
     decision.update(decisions.decision_scale(heldout_draws, data.y, data.w, cells,
                                              maximize, level))
@@ -909,7 +929,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "members": names,
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
           "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
-          "conformal_scale": scale, "discrepancy": {
+          "conformal_scale": scale, "optimiser_scale": optimiser_scale, "discrepancy": {
               **split.info(), "amplitude": amplitude,
               "setting": disc_setting}, "calibrated_on": (
               f"{len(pi)} within-cell pairs" if len(pi)
@@ -943,7 +963,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         level_sd * discrepancy.centred_normal(rng, n),
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
-                        x_bounds, hedge,
+                        x_bounds, hedge, optimiser_scale,
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
