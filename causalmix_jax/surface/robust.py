@@ -852,24 +852,23 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     def disc_var(feats):
       phi = feats(data.w)
       return np.sum((phi - _cell_means(phi, cells)[cells])[ok] ** 2, axis=1)
+  var = var_held if spread_setting == "heldout" else var_final
   disc_setting = fit_lib.stack_discrepancy(cfg)
-
-  def calibrate(var):  # (discrepancy split, factor c) fitted against the spread `var`
-    split = (discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
-             if disc_setting == "rff" else discrepancy.Fit(1.0))
-    return split, _conformal_scale(_normalised_errors(err2, split.variance(var), noise),
-                                   level)
+  if disc_setting == "rff":
+    split = discrepancy.fit(err2, var, noise, disc_var, data.w, seed)
+  else:
+    split = discrepancy.Fit(1.0)
   # One conformal factor on the fitted variance a v + b g: the members' spread gets
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
-  var = var_held if spread_setting == "heldout" else var_final
-  split, c = calibrate(var)
   var_fit = split.variance(var)
   r = _normalised_errors(err2, var_fit, noise)
+  c = _conformal_scale(r, level)
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
-  optimiser_scale = scale
-  if spread_setting == "split":
-    split_d, c_d = calibrate(var_held)
-    optimiser_scale = float(c_d * np.sqrt(split_d.a))
+  # "split" (never with a discrepancy term: check_config): the decisions' factor is
+  # fitted against the fold fits' spread, as by default.
+  optimiser_scale = (float(_conformal_scale(_normalised_errors(err2, var_held, noise),
+                                            level))
+                     if spread_setting == "split" else scale)
   # What the calibration saw, to set beside a test's errors and interval sds: the
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
   # and the calibrated sds of the same contrasts.
