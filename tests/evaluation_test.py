@@ -121,6 +121,19 @@ def _wide() -> evaluation.Method:
       lambda m, pool, runs: np.full(len(runs.domains), 1.0 / len(runs.domains)))
 
 
+def _truth(world: FakeWorld) -> evaluation.Method:
+  """Predicts the world's true expected loss exactly (runs order mapped to the world's);
+  recommends uniform."""
+  def predict(runs, w, pool):
+    d_idx = [runs.domains.index(d) for d in world.domains]
+    f_idx = [runs.features.index(f) for f in world.features]
+    m = world.outcome(np.asarray(w)[:, d_idx], dataclasses.replace(pool,
+                                                                  x_F=pool.x_F[f_idx]))
+    return Prediction(m, m, m)
+  return evaluation.Method("truth", lambda runs, outcome: runs, predict, None,
+                           lambda m, pool, runs: np.ones(len(runs.domains)) / 3.0)
+
+
 def _my_uniform() -> evaluation.Method:
   return evaluation.Method("my_uniform", _no_fit, None, None,
                            lambda m, pool, runs: np.ones(len(runs.domains)) / 3.0)
@@ -238,6 +251,7 @@ def test_gain_over_the_best_known_mixture_counts_against_the_truth():
 @pytest.fixture(name="fast_candidates")
 def fixture_fast_candidates(monkeypatch):
   monkeypatch.setattr(evaluation, "N_CANDIDATES", 2000)
+  monkeypatch.setattr(evaluation, "ARGMIN_CANDIDATES", 512)
 
 
 def _strip(rows):
@@ -252,7 +266,7 @@ def test_evaluate_world_rows_deterministic(fast_candidates):
   del fast_candidates
   world = FakeWorld()
   methods = (evaluation.default_methods(["linear", "loglinear", "uniform", "natural"])
-             + [_oracle(world), _my_uniform(), _wide()])
+             + [_oracle(world), _my_uniform(), _wide(), _truth(world)])
   rows = evaluation.evaluate_world(world, methods + [_checked()], **SIZES)
   checked = {r["split"]: r for r in rows[-2:]}
   assert checked["new"]["safe_check_ran"] == 0.0
@@ -282,6 +296,13 @@ def test_evaluate_world_rows_deterministic(fast_candidates):
     assert by[(s, "wide")]["pred_coverage90"] == 1.0
     assert by[(s, "wide")]["effect_coverage90"] == 1.0
     assert by[(s, "natural")]["regret"] > 0
+    # argmin_regret: the best point prediction among the same candidates for every
+    # method; exact predictions pick the truly best of them, a constant the first.
+    best = by[(s, "truth")]["argmin_regret"]
+    assert 0 <= best < by[(s, "wide")]["argmin_regret"]
+    for m in ("linear", "loglinear"):
+      assert by[(s, m)]["argmin_regret"] >= best - 1e-12
+    assert by[(s, "uniform")]["argmin_regret"] is None
   again = evaluation.evaluate_world(world, methods, **SIZES)
   assert _strip(again) == _strip(rows)
 
@@ -699,7 +720,8 @@ def _replicate_rows(regrets_by_world, coverage, kept=None):
         rows.append(evaluation._world_row(  # pylint: disable=protected-access
             world, split, method, regret=regret,
             effect_coverage90=coverage if method == "ours" else None,
-            covariate_set=(kept or {}).get(world) if method == "ours" else None))
+            covariate_set=(kept or {}).get(world) if method == "ours" else None,
+            argmin_regret=None if method == "uniform" else 0.5 * regret))
   return rows
 
 
@@ -732,6 +754,12 @@ def test_replicates_count_cells_over_seeds():
   assert "Seeds: 0, 3." in text
   assert "| w2 | 0.0400 (0.060, 0.020) | 0.0350 (0.030, 0.040) |" in text
   assert "- ours worse than uniform on 1/4 cells: w2/seed0" in text
+  # The best point prediction among the shared candidates, averaged like the regret.
+  assert new["argmin_regret"] == {"ours": pytest.approx(0.015),
+                                  "lightgbm": pytest.approx(0.01375)}
+  assert (f"among the same {evaluation.ARGMIN_CANDIDATES} candidates per pool (the fit "
+          "near the optimum, apart from the decision rule): ours 0.0150, lightgbm "
+          "0.0138") in text
   # The covariate set each stacked fit kept, counted over cells that name one.
   assert new["ours_covariate_sets"] == {"all": 2, "aware": 1}
   assert "- the covariate set ours' stack kept, in cells: all 2, aware 1" in text

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 OUTCOME = "loss"  # the worlds' outcome column (lower is better)
 SPLITS = ("new", "shifted")
 CI = 0.9
+ARGMIN_CANDIDATES = 4096  # candidates per pool for `argmin_regret`
 # Test mixtures per pool: Dirichlet(c * natural shares) with c log-uniform in this range,
 # plus FLAT_SHARE of them from the flat Dirichlet(1).
 TEST_CONCENTRATION = (0.3, 5.0)
@@ -74,7 +75,11 @@ WORLD_KEYS = ("world", "split", "method", "spearman", "pred_coverage90",
               "n_pools", "safe_check_ran", "safe_check_replaced", "gain_moved",
               "gain_below", "gain_above", "gain_claims", "gain_false_claims",
               "known_pools", "known_below", "known_worse", "known_claims",
-              "known_false_claims", "covariate_set", "status")
+              "known_false_claims", "covariate_set", "argmin_regret", "status")
+# argmin_regret: the regret of the mixture with the best point prediction among
+# ARGMIN_CANDIDATES of RegMix's Monte-Carlo candidates around the pool's natural mixture,
+# the same candidates for every method: how well a fit ranks the good mixtures, apart
+# from its decision rule (None for methods without predictions).
 # covariate_set: which covariate set a stacked surface kept ("aware", "blind" or "all",
 # `info["covariate_selection"]["chosen"]`); None for every other model.
 # The gain_* keys test the interval a recommendation reports for its own gain over
@@ -550,6 +555,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world: World,
            align: _Alignment) -> dict[str, Any]:
   rho, pred_cov, eff_cov, regrets, seconds, checks = [], [], [], [], [], []
+  argmin_regrets = []
   gains: list[tuple[float, float, float]] = []  # (lo, hi, true gain) where the pick moved
   known: list[tuple[float, float, float]] = []  # (lo, hi, true gain) over the best-known
   reported = False  # did the method report an interval of its gain over uniform
@@ -559,6 +565,12 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
       p = _check_finite(method.predict(model, case.w_NxD, case.view), "predictions")
       rho.append(_spearman(p.mean, case.truth_N))
       pred_cov.append(float(np.mean(p.covers(case.truth_N))))
+      cands_NxD = baselines.sample_regmix_candidates(
+          case.w_nat_D, ARGMIN_CANDIDATES, _pool_seed(case.view))
+      pc = _check_finite(method.predict(model, cands_NxD, case.view),
+                         "candidate predictions")
+      w_best = cands_NxD[int(np.argmin(pc.mean))]  # OUTCOME is a loss
+      argmin_regrets.append(float(world.regret(align.to_world(w_best), case.pool)))
     if method.effect is not None:
       e = _check_finite(method.effect(model, case.w_NxD, case.w_nat_D, case.view),
                         "effects")
@@ -593,6 +605,7 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
   return {"spearman": _mean(rho), "pred_coverage90": _mean(pred_cov),
           "effect_coverage90": _mean(eff_cov), "regret": _mean(regrets),
           "regret_sd": _finite(np.std(regrets)) if regrets else None,
+          "argmin_regret": _mean(argmin_regrets),
           "recommend_s": _mean(seconds), "n_pools": len(cases),
           "safe_check_ran": _mean([float(r) for r, _ in checks]),
           "safe_check_replaced": _mean([float(x) for _, x in checks]),
@@ -1282,6 +1295,12 @@ def replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -> dict[str
                   "ours_worse_than_uniform_cells": worse_cells,
                   "regret_ours": _mean(ours_all), "regret_lightgbm": _mean(lgbm_all),
                   "regret_ratio_ours_over_lightgbm": ratio,
+                  # Each method's best point prediction among the same candidates
+                  # (`argmin_regret`), over the cells where it was measured.
+                  "argmin_regret": {m: _mean([v for s in seeds for w in worlds
+                                              if (v := _ok(index[s].get((w, split, m)),
+                                                           "argmin_regret")) is not None])
+                                    for m in ("ours", "lightgbm")},
                   "effect_coverage_in_target": f"{covered}/{n_cov}",
                   "effect_coverage_missed": missed_cells,
                   "ours_gain": pooled_gains([r for _, r in ours_rows]),
@@ -1324,6 +1343,10 @@ def summarise_replicates(rows_by_seed: Mapping[int, Sequence[dict[str, Any]]]) -
               f"- mean regret: ours {_fmt(h['regret_ours'], '{:.4f}')}, lightgbm "
               f"{_fmt(h['regret_lightgbm'], '{:.4f}')}, ratio "
               f"{_fmt(h['regret_ratio_ours_over_lightgbm'], '{:.2f}')}",
+              "- mean regret of the best point prediction among the same "
+              f"{ARGMIN_CANDIDATES} candidates per pool (the fit near the optimum, apart "
+              f"from the decision rule): ours {_fmt(h['argmin_regret']['ours'], '{:.4f}')}"
+              f", lightgbm {_fmt(h['argmin_regret']['lightgbm'], '{:.4f}')}",
               f"- ours' effect coverage in [{lo:.2f}, {hi:.2f}] on "
               f"{h['effect_coverage_in_target']} cells"
               + (f"; outside: {', '.join(h['effect_coverage_missed'])}"
