@@ -223,13 +223,15 @@ def _align(world: World, runs: Runs) -> _Alignment:
 @dataclasses.dataclass(frozen=True)
 class _Case:
   """One test pool: the world's pool, its view in runs order, test mixtures (runs
-  order), the natural mixture, and the true expected losses and effects."""
+  order), the natural mixture, the true expected losses and effects, and the candidates
+  every method's `argmin_regret` chooses among (runs order)."""
   pool: Any
   view: Any
   w_NxD: np.ndarray
   w_nat_D: np.ndarray
   truth_N: np.ndarray
   effect_N: np.ndarray
+  cands_CxD: np.ndarray
 
 
 def _cases(world: World, pools: Sequence[Pool], align: _Alignment, n_mixtures: int,
@@ -240,8 +242,10 @@ def _cases(world: World, pools: Sequence[Pool], align: _Alignment, n_mixtures: i
     w_world = sample_test_mixtures(shares_D, n_mixtures, rng)
     truth_N = np.asarray(world.outcome(w_world, pool), np.float64)
     nat_value = float(np.asarray(world.outcome(shares_D[None, :], pool))[0])
-    out.append(_Case(pool, align.pool(pool), align.to_runs(w_world),
-                     align.to_runs(shares_D), truth_N, truth_N - nat_value))
+    view, w_nat_D = align.pool(pool), align.to_runs(shares_D)
+    out.append(_Case(pool, view, align.to_runs(w_world), w_nat_D, truth_N,
+                     truth_N - nat_value, baselines.sample_regmix_candidates(
+                         w_nat_D, ARGMIN_CANDIDATES, _pool_seed(view))))
   return out
 
 
@@ -565,11 +569,9 @@ def _score(method: Method, model: Any, runs: Runs, cases: Sequence[_Case], world
       p = _check_finite(method.predict(model, case.w_NxD, case.view), "predictions")
       rho.append(_spearman(p.mean, case.truth_N))
       pred_cov.append(float(np.mean(p.covers(case.truth_N))))
-      cands_NxD = baselines.sample_regmix_candidates(
-          case.w_nat_D, ARGMIN_CANDIDATES, _pool_seed(case.view))
-      pc = _check_finite(method.predict(model, cands_NxD, case.view),
+      pc = _check_finite(method.predict(model, case.cands_CxD, case.view),
                          "candidate predictions")
-      w_best = cands_NxD[int(np.argmin(pc.mean))]  # OUTCOME is a loss
+      w_best = case.cands_CxD[int(np.argmin(pc.mean))]  # OUTCOME is a loss
       argmin_regrets.append(float(world.regret(align.to_world(w_best), case.pool)))
     if method.effect is not None:
       e = _check_finite(method.effect(model, case.w_NxD, case.w_nat_D, case.view),
