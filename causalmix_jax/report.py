@@ -502,7 +502,8 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
                      f"better) over {len(surface.domains)} domains and "
                      f"{len(surface.features)} covariates."))
   for line in (covariate_selection_line(getattr(surface, "info", None)),
-               calibration_line(getattr(surface, "info", None))):
+               calibration_line(getattr(surface, "info", None)),
+               guard_line(getattr(surface, "info", None))):
     if line:
       blocks.append(Para(line))
   diag = _read_optional_json(workdir / study_lib.SURFACE_DIAGNOSTICS,
@@ -617,6 +618,37 @@ def _coverage_text(cal: Mapping[str, Any]) -> str:
   if large < level < small:
     return line + (" The intervals of large effects (mixtures far apart) are the more "
                    "likely too narrow, those of small ones too wide.")
+  return line
+
+
+def guard_line(info: Mapping[str, Any] | None) -> str | None:
+  """What the sweep's held-out pool states said about running the safe objective's
+  check against uniform on every pool (`info["heldout_guard"]`, which the default
+  trigger "heldout" reads): the two rules' mean observed losses, their difference with
+  its standard error, what the trigger does with it, and, where the difference is
+  within two standard errors, that the evidence cannot tell the rules apart; None
+  without held-out decisions."""
+  g = (info or {}).get("heldout_guard") or {}
+  if not g.get("cells") or g.get("loss_guarded") is None:
+    return None
+  diff = g["loss_guarded"] - g["loss_unguarded"]
+  se = g.get("diff_se")
+  line = (f"Uniform check: on {g['cells']} held-out pool states of the sweep, choosing "
+          f"among each state's own runs (the run nearest uniform standing in for "
+          f"uniform), the check changed {g['changed']} choices, and the checked rule's "
+          f"mean observed loss was {_fmt(g['loss_guarded'])} against "
+          f"{_fmt(g['loss_unguarded'])} without it")
+  if se is not None:
+    line += f" (difference {diff:+.3g} +- {se:.3g})"
+  line += (". So the default trigger (\"heldout\") runs the check on every pool."
+           if g.get("guard") else
+           ". So the default trigger (\"heldout\") runs the check only off the support.")
+  if se is not None and abs(diff) < 2.0 * se:
+    line += (" The difference is within two standard errors: the held-out runs cannot "
+             "tell the two rules apart. Those choices are between the sweep's own "
+             "mixtures, while a new pool's pick is set against uniform itself, which "
+             "the sweep may not have run near; optimise.off_support_trigger = "
+             "\"always\" checks every pick.")
   return line
 
 

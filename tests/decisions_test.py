@@ -35,6 +35,14 @@ def test_guard_wins_where_the_confident_looking_pick_is_wrong():
   assert g["cells"] == 8 and g["changed"] == 8
   assert g["loss_guarded"] == pytest.approx(np.mean(y[cells * 3 == np.arange(24)]))
   assert g["loss_guarded"] < g["loss_unguarded"] and g["guard"]
+  # The standard error of the mean per-cell difference (guarded: run 0, unguarded: run
+  # 1 in every cell), by hand, with run noise that differs from cell to cell.
+  y = y + np.random.default_rng(1).normal(0.0, 0.05, len(y))
+  g = decisions.guard_evidence(draws, y, w, cells, maximize=False, ci=0.9)
+  diff = y[cells * 3 == np.arange(24)] - y[cells * 3 + 1 == np.arange(24)]
+  assert g["changed"] == 8 and g["diff_se"] > 0
+  assert g["diff_se"] == pytest.approx(np.std(diff, ddof=1) / np.sqrt(8))
+  assert g["loss_guarded"] - g["loss_unguarded"] == pytest.approx(np.mean(diff))
 
 
 def test_guard_stays_off_where_the_pick_is_right():

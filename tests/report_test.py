@@ -605,3 +605,33 @@ def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypa
   monkeypatch.setattr(FakeSurface, "info", {"covariate_selection": {
       "setting": "aware", "chosen": "aware"}}, raising=False)
   assert "Covariates: the stack" not in report_stage.run(cfg, wd).read_text()
+
+
+def test_held_out_guard_evidence_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  assert "Uniform check: on" not in report_stage.run(cfg, wd).read_text()
+  g = {"cells": 48, "changed": 12, "loss_unguarded": 1.7211, "loss_guarded": 1.7226,
+       "diff_se": 0.0044, "guard": False}
+  monkeypatch.setattr(FakeSurface, "info", {"heldout_guard": g}, raising=False)
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("Uniform check: on 48 held-out pool states of the sweep, choosing among each "
+          "state's own runs (the run nearest uniform standing in for uniform), the check "
+          "changed 12 choices, and the checked rule's mean observed loss was 1.723 "
+          "against 1.721 without it (difference +0.0015 +- 0.0044). So the default "
+          "trigger (\"heldout\") runs the check only off the support. The difference is "
+          "within two standard errors: the held-out runs cannot tell the two rules "
+          "apart.") in md
+  assert "optimise.off_support_trigger = \"always\" checks every pick." in md
+  # Evidence beyond two standard errors, for the guard: no "cannot tell".
+  g.update(loss_guarded=1.70, diff_se=0.002, guard=True)
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("(difference -0.0211 +- 0.002). So the default trigger (\"heldout\") runs "
+          "the check on every pool.") in md
+  assert "cannot tell" not in md
+  # A surface saved before the standard error: the means alone.
+  del g["diff_se"]
+  md = report_stage.run(cfg, wd).read_text()
+  assert "without it. So the default trigger" in md and "cannot tell" not in md
+  # No held-out decisions (one pool state): nothing to state.
+  g.update(cells=0, loss_guarded=None, loss_unguarded=None)
+  assert "Uniform check: on" not in report_stage.run(cfg, wd).read_text()

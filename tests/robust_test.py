@@ -789,6 +789,7 @@ def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_pa
   # Judged on the sweep's held-out (fold, pool state) cells: 16 states, each a cell.
   assert g["cells"] == 16 and 0 <= g["changed"] <= g["cells"]
   assert g["guard"] == (g["loss_guarded"] < g["loss_unguarded"])
+  assert g["diff_se"] is not None and g["diff_se"] >= 0
   s.save(tmp_path / "surface")
   assert load_surface(tmp_path / "surface").info["heldout_guard"] == g
   # A pool inside the support and the range (one of the sweep's own states): "range"
@@ -814,6 +815,8 @@ def test_off_support_trigger_heldout_follows_the_sweeps_held_out_evidence(tmp_pa
       check = recommend(s, **kw).diagnostics["safe_check"]  # "heldout": the default
     assert check["ran"] == favoured and check["trigger"] == "heldout"
     assert any("held-out pool states" in r for r in check["reasons"]) == favoured
+    if favoured:  # the reason carries the evidence's standard error
+      assert any(f"difference +- {g['diff_se']:.2g})" in r for r in check["reasons"])
   with pytest.MonkeyPatch.context() as mp:  # a surface saved before the evidence existed
     mp.delitem(s.info, "heldout_guard")
     legacy = recommend(s, **kw)

@@ -179,9 +179,11 @@ def _off_support_reasons(supports: Mapping[str, Mapping[str, Any]],
          if trigger == "always" else [])
   for outcome, g in (guards or {}).items():
     if trigger == "heldout" and g and g.get("guard"):
+      se = (f", difference +- {g['diff_se']:.2g}" if g.get("diff_se") is not None
+            else "")
       out.append(f"y_{outcome}: on {g['cells']} held-out pool states of the sweep the "
                  f"guarded pick did better (mean loss {g['loss_guarded']:.4g} vs "
-                 f"{g['loss_unguarded']:.4g})")
+                 f"{g['loss_unguarded']:.4g}{se})")
   for outcome, r in supports.items():
     if not r.get("inside", True):
       beyond = r.get("beyond") or []

@@ -116,8 +116,11 @@ def guard_evidence(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
 
   Returns the number of cells with at least two distinct mixtures ("cells"), how many
   the guard changed ("changed"), the mean observed loss of each rule's choice over those
-  cells ("loss_unguarded", "loss_guarded"; loss = -y when maximised) and "guard": True
-  when the guarded rule's mean loss is strictly lower over at least MIN_CELLS cells.
+  cells ("loss_unguarded", "loss_guarded"; loss = -y when maximised), the standard
+  error of the mean of their per-cell difference ("diff_se", guarded minus unguarded;
+  None with fewer than two cells: how far the two means may differ by the runs' noise
+  and the cells drawn) and "guard": True when the guarded rule's mean loss is strictly
+  lower over at least MIN_CELLS cells.
   """
   q = 0.5 * (1.0 + float(ci))
   unguarded, guarded, changed = [], [], 0
@@ -129,9 +132,12 @@ def guard_evidence(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
     unguarded.append(obs[pick])
     guarded.append(obs[safe])
   n = len(unguarded)
+  diff_N = np.asarray(guarded) - np.asarray(unguarded)
   out = {"cells": n, "changed": changed,
          "loss_unguarded": float(np.mean(unguarded)) if n else None,
-         "loss_guarded": float(np.mean(guarded)) if n else None, "guard": False}
+         "loss_guarded": float(np.mean(guarded)) if n else None,
+         "diff_se": float(np.std(diff_N, ddof=1) / np.sqrt(n)) if n > 1 else None,
+         "guard": False}
   if n >= MIN_CELLS:
     out["guard"] = bool(out["loss_guarded"] < out["loss_unguarded"])
   return out
