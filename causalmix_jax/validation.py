@@ -313,13 +313,17 @@ def compare_studies(cases: Sequence[tuple[str, pd.DataFrame, Any]]) -> dict[str,
     difference itself for a loss), with its interval.
 
   Returns {"studies": labels, "outcome", "maximize", "mixtures": {name: {"per_study":
-  {label: {"gain", "lo", "hi", "verdict"}}, "better", "level", "worse", "same"}},
+  {label: {"gain", "lo", "hi", "verdict"}}, "better", "level", "worse", "same",
+  "pooled"}},
   "best": {label: the best mixture's name}, "reported": {name: [{"study", "predicted":
   [mean, lo, hi], "realized", "where": "below" | "inside" | "above"}]}} for the
   mixtures whose gain the recommendation reported (REPORTED_GAINS), leaving out the
-  studies where that mixture was the recommendation itself ("same"). A table without the
-  recommendation's row, or studies of different outcomes, raise ValidationError naming
-  the study.
+  studies where that mixture was the recommendation itself ("same"). "pooled" is the
+  mean gain over the studies that validated the mixture (a "same" study counts as a
+  gain of 0), with a t interval at the first recommendation's level over the studies
+  as independent replicates (`pooled_gain`), so that gains each too small to tell
+  apart from 0 can add up over designs. A table without the recommendation's row, or
+  studies of different outcomes, raise ValidationError naming the study.
   """
   if not cases:
     raise ValidationError("no studies to compare")
@@ -359,8 +363,28 @@ def compare_studies(cases: Sequence[tuple[str, pd.DataFrame, Any]]) -> dict[str,
   for entry in mixtures.values():
     verdicts = [v["verdict"] for v in entry["per_study"].values()]
     entry.update({k: verdicts.count(k) for k in ("better", "level", "worse", "same")})
+    entry["pooled"] = pooled_gain([v["gain"] for v in entry["per_study"].values()],
+                                  float(first.ci))
   return {"studies": labels, "outcome": first.outcome, "maximize": bool(first.maximize),
           "mixtures": mixtures, "best": best, "reported": reported}
+
+
+def pooled_gain(gains: Sequence[float], ci: float) -> dict[str, Any]:
+  """The mean of per-study gains with its `ci` t interval across the studies (each
+  study one draw of the design; its own run noise is inside the spread between
+  studies), and its verdict ("better" when the interval lies above 0, "worse" below,
+  else "level"). One study has no spread to estimate: lo and hi are None, and the
+  verdict is "level"."""
+  g = np.asarray(gains, np.float64)
+  n = len(g)
+  if n < 2:
+    return {"studies": n, "gain": float(g.mean()) if n else None, "lo": None,
+            "hi": None, "verdict": "level"}
+  mean = float(g.mean())
+  half = float(stats.t.ppf(0.5 * (1.0 + ci), n - 1) * g.std(ddof=1) / np.sqrt(n))
+  lo, hi = mean - half, mean + half
+  verdict = "better" if lo > 0 else "worse" if hi < 0 else "level"
+  return {"studies": n, "gain": mean, "lo": lo, "hi": hi, "verdict": verdict}
 
 
 def comparison_markdown(result: Mapping[str, Any]) -> str:
@@ -370,9 +394,11 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
   labels = result["studies"]
   unit = "higher is better" if result["maximize"] else "lower is better"
   lines = [f"Realized gain of the recommendation over each mixture (`{result['outcome']}`, "
-           f"{unit}; positive: the recommendation did better), with its interval:", "",
-           "| mixture | " + " | ".join(labels) + " | better / level / worse |",
-           "|---|" + "---|" * (len(labels) + 1)]
+           f"{unit}; positive: the recommendation did better), with its interval, and "
+           "the mean over the studies with a t interval across them:", "",
+           "| mixture | " + " | ".join(labels) + " | better / level / worse | mean over "
+           "studies |",
+           "|---|" + "---|" * (len(labels) + 2)]
   for name, entry in result["mixtures"].items():
     cells = []
     for label in labels:
@@ -380,8 +406,13 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
       cells.append("–" if v is None else "= recommended" if v["verdict"] == "same" else
                    f"{v['gain']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]")
     same = f" (the recommendation on {entry['same']})" if entry["same"] else ""
+    pooled = entry.get("pooled") or {}
+    mean = ("–" if pooled.get("studies", 0) < 2 else
+            f"{pooled['gain']:+.4f} [{pooled['lo']:+.4f}, {pooled['hi']:+.4f}] "
+            f"{pooled['verdict']} (n={pooled['studies']})")
     lines.append(f"| {name} | " + " | ".join(cells)
-                 + f" | {entry['better']} / {entry['level']} / {entry['worse']}{same} |")
+                 + f" | {entry['better']} / {entry['level']} / {entry['worse']}{same} | "
+                 f"{mean} |")
   lines += ["", "Best mixture per study: " + "; ".join(
       f"{label} {result['best'][label]}" for label in labels) + "."]
   for name, checks in result["reported"].items():

@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from causalmix_jax import validation
 from causalmix_jax.configs import base
@@ -113,8 +114,15 @@ def test_compare_studies_counts_verdicts_and_checks_reported_gains():
   assert out["best"] == {"s1": "regmix", "s2": "regmix"}
   assert [c["where"] for c in out["reported"]["uniform"]] == ["below", "inside"]
   assert "best_known" not in out["reported"]  # not reported by these recommendations
+  # Pooled over the two studies: mean 0.06, t interval (1 dof, 90%) by hand.
+  half = stats.t.ppf(0.95, 1) * np.std([0.10, 0.02], ddof=1) / np.sqrt(2)
+  assert uni["pooled"]["studies"] == 2 and uni["pooled"]["verdict"] == "level"
+  assert uni["pooled"]["gain"] == pytest.approx(0.06)
+  assert uni["pooled"]["lo"] == pytest.approx(0.06 - half)
+  assert uni["pooled"]["hi"] == pytest.approx(0.06 + half)
   md = validation.comparison_markdown(out)
-  assert "| uniform | +0.100 [+0.050, +0.150] | +0.020 [-0.010, +0.050] | 1 / 1 / 0 |" in md
+  assert ("| uniform | +0.100 [+0.050, +0.150] | +0.020 [-0.010, +0.050] | 1 / 1 / 0 | "
+          f"+0.0600 [{0.06 - half:+.4f}, {0.06 + half:+.4f}] level (n=2) |") in md
   assert "1 of 2 inside the reported interval" in md
   # A maximised outcome: the differences turn, so a mixture that scored higher wins.
   t3, r3 = _study({"uniform": (0.10, 0.05, 0.15)}, {"recommended": 0.5, "uniform": 0.6},
@@ -123,6 +131,21 @@ def test_compare_studies_counts_verdicts_and_checks_reported_gains():
   assert up["mixtures"]["uniform"]["per_study"]["m"] == {
       "gain": -0.10, "lo": -0.15, "hi": -0.05, "verdict": "worse"}
   assert up["best"] == {"m": "uniform"} and up["reported"]["uniform"][0]["where"] == "below"
+
+
+def test_pooled_gain_adds_up_gains_too_small_to_tell_apart_one_study_at_a_time():
+  # Ten designs, each gain level on its own (its interval straddles 0), all positive.
+  gains = [0.010, 0.014, 0.008, 0.012, 0.011, 0.009, 0.013, 0.010, 0.012, 0.011]
+  p = validation.pooled_gain(gains, 0.9)
+  assert p["studies"] == 10 and p["verdict"] == "better" and p["lo"] > 0
+  assert p["gain"] == pytest.approx(np.mean(gains))
+  assert validation.pooled_gain([-g for g in gains], 0.9)["verdict"] == "worse"
+  assert validation.pooled_gain([0.02, -0.02, 0.01, -0.01], 0.9)["verdict"] == "level"
+  one = validation.pooled_gain([0.05], 0.9)
+  assert one == {"studies": 1, "gain": 0.05, "lo": None, "hi": None, "verdict": "level"}
+  # A wider level widens the interval.
+  assert (validation.pooled_gain(gains, 0.99)["lo"]
+          < validation.pooled_gain(gains, 0.9)["lo"])
 
 
 def test_compare_studies_names_bad_input():
@@ -163,6 +186,8 @@ def test_compare_script_reads_workdirs_and_names_a_missing_artifact(tmp_path):
   assert result["mixtures"]["uniform"]["worse"] == 1
   assert [c["where"] for c in result["reported"]["uniform"]] == ["inside", "below"]
   assert "| uniform | +0.100" in (tmp_path / "cmp.md").read_text()
+  assert result["mixtures"]["uniform"]["pooled"]["studies"] == 2
+  assert result["mixtures"]["uniform"]["pooled"]["gain"] == pytest.approx(0.025)
   (workdirs[1] / "validate" / "summary.json").unlink()
   proc = subprocess.run(script + [f"--workdir={w}" for w in workdirs],
                         capture_output=True, text=True, timeout=120)
@@ -181,7 +206,7 @@ def test_compare_studies_sets_apart_a_mixture_that_was_the_recommendation():
   assert uni["per_study"]["s"]["verdict"] == "same"
   assert (uni["better"], uni["level"], uni["worse"], uni["same"]) == (0, 0, 0, 1)
   assert "uniform" not in out["reported"]
-  assert "| uniform | = recommended | 0 / 0 / 0 (the recommendation on 1) |" in (
+  assert "| uniform | = recommended | 0 / 0 / 0 (the recommendation on 1) | – |" in (
       validation.comparison_markdown(out))
 
 

@@ -8,7 +8,9 @@ Each --workdir is a study whose optimise and validate stages ran (any config, no
 this study's). Reads their typed artifacts through `api.open_study`, prints the
 Markdown of `validation.comparison_markdown` (also written to --out if given): the
 recommendation's realized gain over each mixture per study with its interval, how often
-it was better, level or worse, each study's best mixture, and the gains the
+it was better, level or worse, the mean gain over the studies with a t interval across
+them (the studies as independent designs: gains too small to tell apart from 0 one
+study at a time can add up), each study's best mixture, and the gains the
 recommendation reported over uniform and the sweep's best-known mixture against the
 realized ones. The last line printed is one JSON object with the same figures.
 """
