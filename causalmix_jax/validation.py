@@ -372,9 +372,9 @@ def compare_studies(cases: Sequence[tuple[str, pd.DataFrame, Any]]) -> dict[str,
 def pooled_gain(gains: Sequence[float], ci: float) -> dict[str, Any]:
   """The mean of per-study gains with its `ci` t interval across the studies (each
   study one draw of the design; its own run noise is inside the spread between
-  studies), and its verdict ("better" when the interval lies above 0, "worse" below,
-  else "level"). One study has no spread to estimate: lo and hi are None, and the
-  verdict is "level"."""
+  studies), and its verdict as `_verdict` gives it for one study ("same" when every
+  study's gain is exactly 0). One study has no spread to estimate: lo and hi are None,
+  and the verdict is "level"."""
   g = np.asarray(gains, np.float64)
   n = len(g)
   if n < 2:
@@ -383,8 +383,8 @@ def pooled_gain(gains: Sequence[float], ci: float) -> dict[str, Any]:
   mean = float(g.mean())
   half = float(stats.t.ppf(0.5 * (1.0 + ci), n - 1) * g.std(ddof=1) / np.sqrt(n))
   lo, hi = mean - half, mean + half
-  verdict = "better" if lo > 0 else "worse" if hi < 0 else "level"
-  return {"studies": n, "gain": mean, "lo": lo, "hi": hi, "verdict": verdict}
+  return {"studies": n, "gain": mean, "lo": lo, "hi": hi,
+          "verdict": _verdict(mean, lo, hi)}
 
 
 def comparison_markdown(result: Mapping[str, Any]) -> str:
@@ -408,6 +408,7 @@ def comparison_markdown(result: Mapping[str, Any]) -> str:
     same = f" (the recommendation on {entry['same']})" if entry["same"] else ""
     pooled = entry.get("pooled") or {}
     mean = ("–" if pooled.get("studies", 0) < 2 else
+            "= recommended" if pooled["verdict"] == "same" else
             f"{pooled['gain']:+.4f} [{pooled['lo']:+.4f}, {pooled['hi']:+.4f}] "
             f"{pooled['verdict']} (n={pooled['studies']})")
     lines.append(f"| {name} | " + " | ".join(cells)

@@ -141,6 +141,7 @@ def test_pooled_gain_adds_up_gains_too_small_to_tell_apart_one_study_at_a_time()
   assert p["gain"] == pytest.approx(np.mean(gains))
   assert validation.pooled_gain([-g for g in gains], 0.9)["verdict"] == "worse"
   assert validation.pooled_gain([0.02, -0.02, 0.01, -0.01], 0.9)["verdict"] == "level"
+  assert validation.pooled_gain([0.0, 0.0, 0.0], 0.9)["verdict"] == "same"
   one = validation.pooled_gain([0.05], 0.9)
   assert one == {"studies": 1, "gain": 0.05, "lo": None, "hi": None, "verdict": "level"}
   # A wider level widens the interval.

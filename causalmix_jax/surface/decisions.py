@@ -117,9 +117,9 @@ def guard_evidence(draws_SxN: np.ndarray, y_N: np.ndarray, w_NxD: np.ndarray,
   Returns the number of cells with at least two distinct mixtures ("cells"), how many
   the guard changed ("changed"), the mean observed loss of each rule's choice over those
   cells ("loss_unguarded", "loss_guarded"; loss = -y when maximised), the standard
-  error of the mean of their per-cell difference ("diff_se", guarded minus unguarded;
-  None with fewer than two cells: how far the two means may differ by the runs' noise
-  and the cells drawn) and "guard": True when the guarded rule's mean loss is strictly
+  error of the mean of their per-cell difference ("diff_se", guarded minus unguarded:
+  how far the two means may differ by the runs' noise and the cells drawn; None with
+  fewer than two cells) and "guard": True when the guarded rule's mean loss is strictly
   lower over at least MIN_CELLS cells.
   """
   q = 0.5 * (1.0 + float(ci))
