@@ -13,6 +13,7 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import baselines
@@ -742,6 +743,14 @@ def test_replicates_count_cells_over_seeds():
   assert new["regret_ours"] == pytest.approx(0.03)
   assert new["regret_lightgbm"] == pytest.approx(0.0275)
   assert new["regret_ratio_ours_over_lightgbm"] == pytest.approx(0.03 / 0.0275)
+  # LightGBM's regret minus ours per cell (w1/0, w1/3, w2/0, w2/3), t interval by hand.
+  diffs = np.array([0.01, -0.01, -0.03, 0.02])
+  half = stats.t.ppf(0.95, 3) * diffs.std(ddof=1) / 2.0
+  below = new["regret_below_lightgbm"]
+  assert below["studies"] == 4 and below["verdict"] == "level"
+  assert below["gain"] == pytest.approx(-0.0025)
+  assert below["lo"] == pytest.approx(-0.0025 - half)
+  assert below["hi"] == pytest.approx(-0.0025 + half)
   # 0.82 is outside [0.85, 0.95] on new pools and inside [0.80, 1.0] on shifted ones.
   assert new["effect_coverage_in_target"] == "2/4"
   assert new["effect_coverage_missed"] == ["w1/seed3 (0.820)", "w2/seed3 (0.820)"]
@@ -754,6 +763,9 @@ def test_replicates_count_cells_over_seeds():
   assert "Seeds: 0, 3." in text
   assert "| w2 | 0.0400 (0.060, 0.020) | 0.0350 (0.030, 0.040) |" in text
   assert "- ours worse than uniform on 1/4 cells: w2/seed0" in text
+  assert (f"ratio 1.09; per cell, ours' regret below LightGBM's by -0.0025 "
+          f"[{-0.0025 - half:+.4f}, {-0.0025 + half:+.4f}] (90% t interval over 4 "
+          "cells: level)") in text
   # The best point prediction among the shared candidates, averaged like the regret.
   assert new["argmin_regret"] == {"ours": pytest.approx(0.015),
                                   "lightgbm": pytest.approx(0.01375)}
