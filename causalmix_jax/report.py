@@ -728,6 +728,13 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
   check = (mix.get("diagnostics") or {}).get("safe_check")
   if isinstance(check, Mapping) and check.get("ran"):
     extra.append(_safe_check_line(check))
+  if isinstance(check, Mapping):
+    rscale = check.get("report_scale", check.get("decision_scale", 1.0))
+    if rscale != check.get("decision_scale", 1.0):
+      extra.append(f"reported gain over uniform: its spread scaled by {_fmt(rscale)}, "
+                   "the decision calibration fitted on the sweep's held-out pool "
+                   "states; the safe check decides on the unscaled spread "
+                   "(surface.decision_calibration = \"report\")")
   if extra:
     blocks.append(Bullets(tuple(extra)))
   if isinstance(mix.get("constraints"), Mapping) and mix["constraints"]:

@@ -515,6 +515,15 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()
+  assert "reported gain over uniform: its spread" not in report_stage.run(
+      cfg, wd).read_text()
+  # "report": only the reported gain is scaled, and the report says so.
+  mix["diagnostics"]["safe_check"].update(decision_scale=1.0, report_scale=1.4)
+  path.write_text(json.dumps(mix))
+  assert ("reported gain over uniform: its spread scaled by 1.4, the decision "
+          "calibration fitted on the sweep's held-out pool states; the safe check "
+          "decides on the unscaled spread (surface.decision_calibration = \"report\")"
+          ) in report_stage.run(cfg, wd).read_text()
 
 
 def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):

@@ -909,7 +909,9 @@ def test_decision_calibration_is_off_by_default_checked_and_needs_19_decisions()
   small = fit.fit_surface(runs, "loss", config=_cfg(decision_calibration="conformal"))
   dec = small.info["decision_calibration"]
   assert dec["cells"] <= 16 and dec["scale"] is None and not dec["applied"]
+  assert not dec["reported"]
   assert "needs 19" in dec["reason"]
+  fit.check_config("stack", _cfg(decision_calibration="report"))  # a known setting
 
 
 @functools.lru_cache(maxsize=None)
@@ -927,7 +929,8 @@ def test_decision_calibration_scales_the_guard_and_the_gain_over_uniform():
   assert dec["applied"] and dec["cells"] >= 19 and dec["scale"] > 0
   # The same surface without it: every draw is the same, only the scale differs.
   plain = _restacked(s)
-  plain.info = {**s.info, "decision_calibration": {**dec, "applied": False}}
+  plain.info = {**s.info, "decision_calibration": {**dec, "applied": False,
+                                                   "reported": False}}
   pool = world.shifted_pools(1, seed=2)[0]
   _, _, kw = _pool_case(world, s, pool)
   rec, ref = recommend(s, **kw), recommend(plain, **kw)
@@ -945,6 +948,39 @@ def test_decision_calibration_scales_the_guard_and_the_gain_over_uniform():
   ub = "bound_pick_difference_to_uniform_upper_bound"
   assert (rec.diagnostics["safe_check"][ub] >= ref.diagnostics["safe_check"][ub]) == (
       dec["scale"] >= 1)
+
+
+def test_decision_calibration_report_scales_only_the_reported_gain():
+  world, s = _calibrated_stack()
+  dec = s.info["decision_calibration"]
+  assert dec["reported"]  # "conformal" reports as it decides
+  report, plain = _restacked(s), _restacked(s)
+  report.info = {**s.info, "decision_calibration": {**dec, "setting": "report",
+                                                    "applied": False, "reported": True}}
+  plain.info = {**s.info, "decision_calibration": {**dec, "applied": False,
+                                                   "reported": False}}
+  pool = world.shifted_pools(1, seed=2)[0]
+  _, _, kw = _pool_case(world, s, pool)
+  rec, ref = recommend(report, **kw), recommend(plain, **kw)
+  # The decision is "none"'s: the same pick, check and bound.
+  assert rec.weights == ref.weights
+  check, check0 = rec.diagnostics["safe_check"], ref.diagnostics["safe_check"]
+  assert check["decision_scale"] == check0["decision_scale"] == 1.0
+  assert check["report_scale"] == dec["scale"] and check0["report_scale"] == 1.0
+  ub = "bound_pick_difference_to_uniform_upper_bound"
+  assert check[ub] == check0[ub]
+  # Only the reported gain over uniform is scaled around its mean.
+  g, g0 = rec.improvement_over_uniform, ref.improvement_over_uniform
+  assert g.mean == pytest.approx(g0.mean)
+  assert g.mean - g.lo == pytest.approx(dec["scale"] * (g0.mean - g0.lo), rel=1e-6)
+  assert g.hi - g.mean == pytest.approx(dec["scale"] * (g0.hi - g0.mean), rel=1e-6)
+  assert rec.improvement_over_best_known == ref.improvement_over_best_known
+  # A fit saved before "report" existed (no "reported"): it reports as it decides.
+  legacy = _restacked(s)
+  legacy.info = {**s.info, "decision_calibration": {
+      k: v for k, v in dec.items() if k != "reported"}}
+  assert (recommend(legacy, **kw).improvement_over_uniform
+          == recommend(s, **kw).improvement_over_uniform)
 
 
 def _modified_effect_frame(modified: bool, n_states: int = 16, per_state: int = 8,

@@ -76,7 +76,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # gives it. "conformal": its spread scaled by a split-conformal factor fitted on the
   # same query over the sweep's held-out pool states (the bound's pick against the run
   # nearest uniform, surface/decisions.py); the reported gain over uniform is scaled
-  # alike. Needs 19 or more held-out pool states with a decision (at ci 0.9).
+  # alike. "report": the reported gain over uniform only, with the check deciding as
+  # with "none". Needs 19 or more held-out pool states with a decision (at ci 0.9).
   c.decision_calibration = "none"
   # Posterior draws each stack member keeps (the optimiser scores every candidate on
   # every draw; 256 draws put the 5% and 95% quantiles within ~1.5 percentage points).

@@ -156,13 +156,17 @@ def reference_vector(domains: Sequence[str], ref: Any) -> np.ndarray:
   return v / v.sum()
 
 
-def _applied_decision_scale(surfaces: Sequence[Any]) -> float:
+def _applied_decision_scale(surfaces: Sequence[Any], use: str = "applied") -> float:
   """The factor on the spread of the paired difference to uniform: the largest scale a
-  surface's fit applied (`info["decision_calibration"]`, surface.decision_calibration
-  = "conformal"); 1 when none did."""
-  scales = [float(d["scale"]) for d in
-            ((getattr(s, "info", None) or {}).get("decision_calibration") or {}
-             for s in surfaces) if d.get("applied") and d.get("scale")]
+  surface's fit calibrated for that use (`info["decision_calibration"]`): "applied"
+  for the safe check (surface.decision_calibration = "conformal"), "reported" for the
+  reported gain over uniform ("conformal" or "report"; fits saved before "report"
+  existed carry only "applied"); 1 when none did."""
+  scales = []
+  for s in surfaces:
+    d = (getattr(s, "info", None) or {}).get("decision_calibration") or {}
+    if d.get(use, d.get("applied")) and d.get("scale"):
+      scales.append(float(d["scale"]))
   return max(scales, default=1.0)
 
 
@@ -371,7 +375,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     intervals widen, and the pick stays closer to uniform. When the surface's fit
     calibrated that paired difference on its held-out pool states
     (surface.decision_calibration = "conformal"), its spread around its mean is scaled
-    by the fitted factor, in this check and in the reported gain over uniform.
+    by the fitted factor, in this check and in the reported gain over uniform; with
+    "report", in the reported gain only (the pick is "none"'s).
   off_support: what "safe" does off the support. "shrink" (default): the check above,
     where the fallback's candidates also include the points on the segment from
     uniform to the failed pick (`SHRINK_STEPS`), so a shorter move toward the pick is
@@ -515,6 +520,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   extra = [fs.ref[None], np.full((1, len(domains)), 1 / len(domains))]
   extra += [] if w_known is None else [w_known[None]]
   dscale = _applied_decision_scale(surfaces)
+  rscale = _applied_decision_scale(surfaces, "reported")
 
   def score(w_all: np.ndarray):
     """Joint draws of the candidates and the extras, the candidates' losses and the
@@ -553,7 +559,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support, "score": safe_score,
-                  "decision_scale": dscale,
+                  "decision_scale": dscale, "report_scale": rscale,
                   "trigger": off_support_trigger,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
                   "bound_pick_difference_to_uniform_upper_bound":
@@ -616,7 +622,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       reference_predicted=_summary(s_out * z_ref, ci),
       uniform_predicted=_summary(s_out * z_uni, ci),
       improvement_over_reference=_improvement(z_ref, z_w[:, best], ci),
-      improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci, dscale),
+      improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci, rscale),
       best_known=({} if w_known is None
                   else {d: float(v) for d, v in zip(domains, w_known)}),
       improvement_over_best_known=(None if z_known is None

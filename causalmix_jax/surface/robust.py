@@ -912,13 +912,17 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     decision.update(decisions.decision_scale(heldout_draws, data.y, data.w, cells,
                                              maximize, level))
     decision["applied"] = dec_setting == "conformal" and decision["scale"] is not None
+    # "report": the factor widens (or narrows) only the reported gain over uniform;
+    # the check and the guard decide as with "none".
+    decision["reported"] = (dec_setting in ("conformal", "report")
+                            and decision["scale"] is not None)
     guard = decisions.guard_evidence(
         heldout_draws, data.y, data.w, cells, maximize, level,
         scale=decision["scale"] if decision["applied"] else 1.0)
   else:
     skipped = f"held-out cells are {contrasts_within}, folds by {fold_by}"
     guard = {"cells": 0, "guard": False, "skipped": skipped}
-    decision.update(cells=0, applied=False, reason=skipped)
+    decision.update(cells=0, applied=False, reported=False, reason=skipped)
   heldout = {nm: {"contrast_mse": float(np.mean((yc - c) ** 2)),
                   "spearman": float(stats.spearmanr(o.mean(0), data.y).statistic)}
              for nm, c, o in zip(names, contrasts, oofs)}
