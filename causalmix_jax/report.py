@@ -640,9 +640,8 @@ def guard_line(info: Mapping[str, Any] | None) -> str | None:
           f"{_fmt(g['loss_unguarded'])} without it")
   if se is not None:
     line += f" (difference {diff:+.3g} +- {se:.3g})"
-  line += (". So the default trigger (\"heldout\") runs the check on every pool."
-           if g.get("guard") else
-           ". So the default trigger (\"heldout\") runs the check only off the support.")
+  where = "on every pool" if g.get("guard") else "only off the support"
+  line += f". So the default trigger (\"heldout\") runs the check {where}."
   if se is not None and abs(diff) < 2.0 * se:
     line += (" The difference is within two standard errors: the held-out runs cannot "
              "tell the two rules apart. Those choices are between the sweep's own "
@@ -729,8 +728,9 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
   if isinstance(check, Mapping) and check.get("ran"):
     extra.append(_safe_check_line(check))
   if isinstance(check, Mapping):
-    rscale = check.get("report_scale", check.get("decision_scale", 1.0))
-    if rscale != check.get("decision_scale", 1.0):
+    dscale = check.get("decision_scale", 1.0)
+    rscale = check.get("report_scale", dscale)
+    if rscale != dscale:
       extra.append(f"reported gain over uniform: its spread scaled by {_fmt(rscale)}, "
                    "the decision calibration fitted on the sweep's held-out pool "
                    "states; the safe check decides on the unscaled spread "
