@@ -119,7 +119,8 @@ ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "surface.covariate_extrapolation": "linear",
                               "optimise.off_support": "uniform",
                               "optimise.safe_score": "bound",
-                              "optimise.off_support_trigger": "range"}
+                              "optimise.off_support_trigger": "range",
+                              "optimise.safe_baseline": "uniform"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

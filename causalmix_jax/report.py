@@ -849,7 +849,11 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
 
 def _safe_check_line(check: Mapping[str, Any]) -> str:
   """What the safe objective's off-support check did, and why it ran."""
-  ub = check.get("bound_pick_difference_to_uniform_upper_bound")
+  capped = "baseline_weights" in check
+  base = ("the capped uniform (uniform with no domain repeated past the sweep's most "
+          "epochs)" if capped else "uniform")
+  ub = check.get("bound_pick_difference_to_baseline_upper_bound" if capped else
+                 "bound_pick_difference_to_uniform_upper_bound")
   # The safe objective's own pick: lowest bound (default) or lowest mean (safe_score).
   pick = "lowest-mean" if check.get("score") == "mean" else "lowest-bound"
   if check.get("fallback") == "anchors":
@@ -858,15 +862,15 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
     worst = _fmt(check.get("anchor_difference_upper_bound"))
     if not check.get("replaced"):
       return head + (f"the {pick} mixture also had the lowest worst-case upper "
-                     f"bound against the sweep's best-known mixtures and uniform "
+                     f"bound against the sweep's best-known mixtures and {base} "
                      f"({worst}), so it was kept")
-    took = "uniform itself" if check.get("took_uniform") else "another candidate"
+    took = _took(check)
     return head + (f"the candidate with the lowest worst-case upper bound against the "
-                   f"sweep's best-known mixtures and uniform ({worst}) replaced the "
+                   f"sweep's best-known mixtures and {base} ({worst}) replaced the "
                    f"{pick} mixture ({took})")
-  head = ("safe check against uniform (ran because " + "; ".join(check.get("reasons", []))
-          + f"): the {pick} mixture's difference to uniform has upper bound "
-          f"{_fmt(ub)}")
+  head = (f"safe check against {base} (ran because " + "; ".join(check.get("reasons", []))
+          + f"): the {pick} mixture's difference to {'it' if capped else 'uniform'} has "
+          f"upper bound {_fmt(ub)}")
   scale = check.get("decision_scale", 1.0)
   if scale != 1.0:
     head += (f" (its spread scaled by {_fmt(scale)}, the decision calibration fitted on "
@@ -875,12 +879,19 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
     return head + ", so it was kept"
   frac = check.get("shrink_fraction")
   if frac is not None:
-    return (head + f", not below 0, so the point {frac:.0%} of the way from uniform to "
+    start = "the capped uniform" if capped else "uniform"
+    return (head + f", not below 0, so the point {frac:.0%} of the way from {start} to "
             "it, the candidate with the lowest such bound, was taken; the surface is "
             "sure of a shorter move toward it, not of the whole one")
-  took = "uniform itself" if check.get("took_uniform") else "another candidate"
   return (head + ", not below 0, so the candidate with the lowest such bound was taken "
-          f"({took}); the surface is not sure anything beats uniform for this pool")
+          f"({_took(check)}); the surface is not sure anything beats {base} for this pool")
+
+
+def _took(check: Mapping[str, Any]) -> str:
+  """Which candidate the safe check's fallback took, in words."""
+  if check.get("took_baseline"):
+    return "the capped uniform itself"
+  return "uniform itself" if check.get("took_uniform") else "another candidate"
 
 
 def _validation_section(workdir: pathlib.Path, out_dir: pathlib.Path, lower: bool,

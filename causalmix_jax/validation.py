@@ -118,7 +118,7 @@ def make_picker(cfg: ml_collections.ConfigDict, runs: Any, surface: Any,
         constraints=settings.constraints_from_config(oc, domains, dict(tokens), budget),
         objective=objective, method=method, ci=float(oc.ci), seed=int(cfg.seed),
         n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts),
-        n_steps=int(oc.n_steps))
+        n_steps=int(oc.n_steps), **settings.safe_settings(oc))
 
   def optimise(s: Any, method: str, objective: str) -> np.ndarray:
     rec = recommendation(s, method, objective)

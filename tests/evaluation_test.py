@@ -416,7 +416,8 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
   for key, value, bad in (("off_support", "anchors", "best"),
                           ("off_support", "shrink", "best"),
                           ("safe_score", "mean", "median"),
-                          ("off_support_trigger", "always", "often")):
+                          ("off_support_trigger", "always", "often"),
+                          ("safe_baseline", "capped", "natural")):
     asked = recommend_kwargs({key: value})
     assert asked[key] == value and set(asked) == {"covariates", "constraints", key}
     with pytest.raises(ValueError, match=f"{key}: unknown '{bad}'"):

@@ -512,6 +512,21 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   assert ("the lowest-mean mixture's difference to uniform has upper bound 0.0125 (its "
           "spread scaled by 1.25, the decision calibration fitted on the sweep's "
           "held-out pool states), so it was kept") in report_stage.run(cfg, wd).read_text()
+  # Against the capped uniform ("safe_baseline": "capped"), named as such.
+  mix["diagnostics"]["safe_check"].update(
+      decision_scale=1.0, replaced=True, fallback="shrink", shrink_fraction=0.5,
+      baseline_weights={"a": 0.5, "b": 0.5},
+      bound_pick_difference_to_baseline_upper_bound=0.003)
+  path.write_text(json.dumps(mix))
+  assert ("safe check against the capped uniform (uniform with no domain repeated past "
+          "the sweep's most epochs) (ran because y_loss: 2 covariate(s) outside the "
+          "sweep's range (a, b)): the lowest-mean mixture's difference to it has upper "
+          "bound 0.003, not below 0, so the point 50% of the way from the capped uniform "
+          "to it") in report_stage.run(cfg, wd).read_text()
+  mix["diagnostics"]["safe_check"].update(shrink_fraction=None, took_baseline=True)
+  path.write_text(json.dumps(mix))
+  assert ("was taken (the capped uniform itself); the surface is not sure anything beats "
+          "the capped uniform") in report_stage.run(cfg, wd).read_text()
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()

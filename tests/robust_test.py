@@ -15,7 +15,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from scipy import stats
 
-from causalmix_jax.optimise.recommend import recommend, shrink_segment
+from causalmix_jax.optimise.recommend import capped_uniform, recommend, shrink_segment
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import discrepancy, fit, robust, scaling, worlds
 from causalmix_jax.surface.surface import load_surface
@@ -676,6 +676,92 @@ def test_shrink_segment_runs_from_uniform_to_the_pick():
   np.testing.assert_allclose(seg, [0.75 * 0.25 + 0.25 * w, 0.5 * 0.25 + 0.5 * w,
                                    0.25 * 0.25 + 0.75 * w])
   np.testing.assert_allclose(seg.sum(1), 1.0)
+
+
+def test_shrink_segment_runs_from_a_given_start():
+  w, start = np.array([0.7, 0.2, 0.1]), np.array([0.2, 0.4, 0.4])
+  np.testing.assert_allclose(shrink_segment(w, 2, start), [0.5 * start + 0.5 * w])
+
+
+def test_capped_uniform_water_fills_under_the_sweeps_epochs():
+  tokens, budget = np.array([100.0, 1000.0, 1000.0, 1000.0]), 1000.0
+  # Caps 0.05, 2, 2, 2: the first binds, the others share the rest evenly.
+  np.testing.assert_allclose(capped_uniform(np.array([0.5, 2.0, 2.0, 2.0]), tokens,
+                                            budget), [0.05, 0.95 / 3, 0.95 / 3, 0.95 / 3])
+  # Two bind (0.05 and 0.2 of weight): 0.75 shared by two.
+  np.testing.assert_allclose(capped_uniform(np.array([0.5, 0.2, 2.0, 2.0]), tokens,
+                                            budget), [0.05, 0.2, 0.375, 0.375])
+  # No cap binds: uniform.
+  np.testing.assert_allclose(capped_uniform(np.full(4, 5.0), tokens, budget), 0.25)
+  # The caps sum to under one: no mixture stays inside them; the caps, scaled.
+  w = capped_uniform(np.array([0.5, 0.1, 0.1, 0.1]), tokens, budget)
+  np.testing.assert_allclose(w, np.array([0.05, 0.1, 0.1, 0.1]) / 0.35)
+  with pytest.raises(ValueError, match="capped_uniform: caps must be finite"):
+    capped_uniform(np.zeros(4), tokens, budget)
+  with pytest.raises(ValueError, match="capped_uniform: caps must be finite"):
+    capped_uniform(np.array([np.nan, 1.0, 1.0, 1.0]), tokens, budget)
+
+
+def test_stack_records_the_sweeps_most_epochs_per_domain():
+  _, runs = _world_runs()
+  s = _stack()
+  w = runs.W / runs.W.sum(1, keepdims=True)
+  want = (w * runs.budget[:, None] / runs.tokens).max(0)
+  np.testing.assert_allclose(s.support_stats["epochs_max"], want, rtol=1e-6)
+
+
+def test_safe_baseline_capped_checks_against_uniform_kept_inside_the_sweeps_epochs():
+  world, _ = _world_runs()
+  s = _stack()
+  # Shifted pool 1 has one domain so scarce that uniform repeats it about 3x past the
+  # sweep's most epochs; pool 0 keeps uniform inside them.
+  pools = world.shifted_pools(6, seed=2)
+  x, tokens, kw = _pool_case(world, s, pools[1])
+  kw["off_support_trigger"] = "always"
+  base = capped_uniform(np.asarray(s.support_stats["epochs_max"]), tokens,
+                        pools[1].budget)
+  assert base.min() < 0.2 - 1e-3  # the scarce domain is capped
+  plain, capped = recommend(s, **kw), recommend(s, safe_baseline="capped", **kw)
+  pc, cc = plain.diagnostics["safe_check"], capped.diagnostics["safe_check"]
+  assert pc["baseline"] == "uniform" and "baseline_weights" not in pc
+  assert cc["baseline"].startswith("capped uniform")
+  np.testing.assert_allclose([cc["baseline_weights"][d] for d in s.domains], base,
+                             atol=1e-9)
+  # The same search and pick before the check; the check's bound is against the
+  # capped baseline (the surface's own paired difference), the uniform one reported too.
+  assert pc["bound_pick"] == cc["bound_pick"]
+  assert (pc["bound_pick_difference_to_uniform_upper_bound"]
+          == pytest.approx(cc["bound_pick_difference_to_uniform_upper_bound"], abs=1e-6))
+  pick = np.array([cc["bound_pick"][d] for d in s.domains])
+  d = s.cate(pick[None], base[None], x, tokens=tokens, budget=pools[1].budget, ci=0.9)
+  assert cc["bound_pick_difference_to_baseline_upper_bound"] == pytest.approx(
+      float(np.quantile(d.samples[:, 0], 0.95)), abs=0.01)
+  # Here the pick fails against uniform (whose scarce domain the surface extrapolates)
+  # and passes against the capped baseline, so it is kept.
+  assert pc["replaced"] and pc["took_uniform"]
+  assert cc["bound_pick_difference_to_baseline_upper_bound"] < 0 < (
+      cc["bound_pick_difference_to_uniform_upper_bound"])
+  assert not cc["replaced"] and not cc["took_baseline"]
+  w = np.array([capped.weights[d] for d in s.domains])
+  np.testing.assert_allclose(w, pick, atol=1e-9)
+  # The reported gain over uniform is still over uniform.
+  uni = np.full((1, len(w)), 1 / len(w))
+  g = s.cate(w[None], uni, x, tokens=tokens, budget=pools[1].budget, ci=0.9)
+  assert capped.improvement_over_uniform.mean == pytest.approx(-float(g.mean[0]),
+                                                               abs=0.01)
+  # Where uniform stays inside the sweep's epochs, "capped" is "uniform".
+  _, _, kw0 = _pool_case(world, s, pools[0])
+  kw0["off_support_trigger"] = "always"
+  a, b = recommend(s, **kw0), recommend(s, safe_baseline="capped", **kw0)
+  assert a.weights == b.weights
+  assert b.diagnostics["safe_check"]["baseline"] == (
+      "uniform: uniform stays inside the sweep's epochs")
+  # Without the pool's tokens and budget there are no epochs to cap.
+  kw0["constraints"] = None
+  assert recommend(s, safe_baseline="capped", **kw0).diagnostics["safe_check"][
+      "baseline"].startswith("uniform: the surface does not record")
+  with pytest.raises(ValueError, match="safe_baseline: unknown 'natural'"):
+    recommend(s, safe_baseline="natural", **kw)
 
 
 def test_safe_objective_default_fallback_moves_part_way_when_that_beats_uniform():

@@ -236,10 +236,11 @@ def test_picker_runs_the_optimiser_once_for_recommended_and_unguarded(monkeypatc
   # The module (the package re-exports its function under the same name).
   recommend_lib = importlib.import_module("causalmix_jax.optimise.recommend")
   settings = importlib.import_module("causalmix_jax.optimise.settings")
-  calls = []
+  calls, asked = [], {}
 
   def fake_recommend(surface, **kw):
     calls.append(kw["objective"])
+    asked.update(kw)
     return types.SimpleNamespace(
         weights={"a": 0.5, "b": 0.5},
         diagnostics={"safe_check": {"ran": True, "replaced": True,
@@ -253,3 +254,10 @@ def test_picker_runs_the_optimiser_once_for_recommended_and_unguarded(monkeypatc
   np.testing.assert_allclose(pick("unguarded"), [0.8, 0.2])
   np.testing.assert_allclose(pick("recommended"), [0.5, 0.5])
   assert calls == [str(cfg.optimise.objective)]
+  # The re-made recommendation uses the optimise config's safe-objective settings.
+  assert {k: asked[k] for k in settings.SAFE_SETTINGS} == settings.safe_settings(
+      cfg.optimise)
+  cfg.optimise.safe_baseline = "capped"
+  validation.make_picker(cfg, None, surface, {}, {"a": 10.0, "b": 10.0}, 64.0)(
+      "recommended")
+  assert asked["safe_baseline"] == "capped"

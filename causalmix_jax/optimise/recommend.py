@@ -37,9 +37,13 @@ SHRINK_STEPS = 16
 OFF_SUPPORT_TRIGGERS = ("heldout", "range", "verdict", "always")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
+# What the off-support check compares a pick with (`safe_baseline`): "uniform", or
+# "capped": uniform with no domain repeated for more epochs than the sweep's runs
+# repeated it (`capped_uniform`), the same as uniform where uniform stays inside them.
+SAFE_BASELINES = ("uniform", "capped")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
-                 "safe_score": SAFE_SCORES}
+                 "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES}
 
 
 def check_safe_setting(name: str, value: str) -> str:
@@ -270,12 +274,58 @@ def _safe_region(surfaces: Sequence[Any], domains: Sequence[str],
   return capped, fs, np.concatenate([best.reshape(-1, len(domains)), uniform])
 
 
-def shrink_segment(w_D: np.ndarray, steps: int) -> np.ndarray:
-  """The points k / steps of the way from uniform to w_D, k = 1 .. steps - 1
-  ((steps - 1) x D)."""
+def shrink_segment(w_D: np.ndarray, steps: int,
+                   start_D: np.ndarray | None = None) -> np.ndarray:
+  """The points k / steps of the way from `start_D` (default uniform) to w_D,
+  k = 1 .. steps - 1 ((steps - 1) x D)."""
   w_D = np.asarray(w_D, np.float64)
+  start_D = (np.full_like(w_D, 1.0 / len(w_D)) if start_D is None
+             else np.asarray(start_D, np.float64))
   frac_K = np.arange(1, steps)[:, None] / steps
-  return (1.0 - frac_K) * np.full_like(w_D, 1.0 / len(w_D)) + frac_K * w_D
+  return (1.0 - frac_K) * start_D + frac_K * w_D
+
+
+def capped_uniform(epochs_max_D: np.ndarray, tokens_D: np.ndarray,
+                   budget: float) -> np.ndarray:
+  """Uniform, with no domain trained for more passes over its unique tokens than
+  `epochs_max_D` (the sweep's most): domain d's weight is at most
+  epochs_max_d * tokens_d / budget, and the weight a cap removes is shared evenly by
+  the domains under their caps (water-filling). Where the caps sum to less than one, no
+  mixture stays inside them all, and the caps scaled to sum to one (each domain past
+  the sweep's most by the same factor) are returned. ValueError on caps that are not
+  finite and non-negative, or all zero."""
+  cap_D = (np.asarray(epochs_max_D, np.float64) * np.asarray(tokens_D, np.float64)
+           / float(budget))
+  if not np.all(np.isfinite(cap_D)) or np.any(cap_D < 0) or cap_D.sum() <= 0:
+    raise ValueError(f"capped_uniform: caps must be finite, >= 0 and not all 0, got "
+                     f"{cap_D.tolist()}")
+  if cap_D.sum() <= 1.0:
+    return cap_D / cap_D.sum()
+  c_sorted, n = np.sort(cap_D), len(cap_D)
+  level = 1.0 / n
+  for k in range(n):  # the k smallest caps bind; the rest share what is left evenly
+    level = (1.0 - c_sorted[:k].sum()) / (n - k)
+    if level <= c_sorted[k]:
+      break
+  return np.minimum(cap_D, level)
+
+
+def _check_baseline(surface: Any, safe_baseline: str, tokens_D: np.ndarray | None,
+                    budget: float | None) -> tuple[np.ndarray | None, str]:
+  """The capped-uniform baseline of the off-support check and why, or (None, reason)
+  where it is uniform: the setting is "uniform", or the surface does not record the
+  sweep's epochs, or the pool's tokens and budget are not given, or uniform already
+  stays inside the sweep's epochs."""
+  if safe_baseline == "uniform":
+    return None, "uniform"
+  st = getattr(surface, "support_stats", None) or {}
+  if "epochs_max" not in st or tokens_D is None or not budget:
+    return None, ("uniform: the surface does not record its sweep's epochs, or the "
+                  "pool's tokens and budget are not given")
+  w_D = capped_uniform(np.asarray(st["epochs_max"], np.float64), tokens_D, float(budget))
+  if np.allclose(w_D, 1.0 / len(w_D), atol=1e-9):
+    return None, "uniform: uniform stays inside the sweep's epochs"
+  return w_D, "capped uniform: uniform repeats a domain past the sweep's most epochs"
 
 
 def best_known_mixture(surface: Any) -> np.ndarray | None:
@@ -350,7 +400,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               seed: int = 0, n_candidates: int = 16_384, n_starts: int = 64,
               n_steps: int = 300, off_support: str = "shrink",
               safe_score: str = "bound",
-              off_support_trigger: str = "heldout") -> Recommendation:
+              off_support_trigger: str = "heldout",
+              safe_baseline: str = "uniform") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -404,6 +455,15 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
     off-support check are the same for both.
+  safe_baseline: what the off-support check compares the pick with. "uniform"
+    (default), or "capped": uniform with no domain repeated for more epochs than the
+    sweep's runs repeated it (`capped_uniform`, for the pool's tokens and budget). A
+    baseline that repeats a scarce domain past anything the sweep ran is itself an
+    extrapolation, and the check's paired difference then carries the baseline's
+    uncertainty, not the pick's. The capped baseline is also a candidate, and the
+    shrink segment runs from it. Where uniform stays inside the sweep's epochs, or the
+    surface or the constraints do not say them, the baseline is uniform. The reported
+    gain over uniform stays over uniform.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws.
@@ -424,6 +484,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   check_safe_setting("safe_score", safe_score)
   check_safe_setting("off_support", off_support)
   check_safe_setting("off_support_trigger", off_support_trigger)
+  check_safe_setting("safe_baseline", safe_baseline)
   objective = safe_score if safe else search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
@@ -483,6 +544,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     fn, p = surface_sampler(s, tokens_D, budget)
     fns.append(fn)
     params.append(p)
+  base_D, base_reason = (_check_baseline(surfaces[0], safe_baseline, tokens_D, budget)
+                         if safe else (None, "uniform"))
+  if base_D is not None:
+    base_D = fs.make_feasible(base_D)[0]
   prob = search.Problem(tuple(fns), objective, float(ci), fs.kind, fs.has_trust)
   f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
   ref_j, lo_j, hi_j, c_j = f32(fs.ref), f32(fs.lo), f32(fs.hi), f32(fs.centre)
@@ -503,7 +568,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                              lo_j, hi_j, c_j, radius)
     pool_w.insert(0, np.asarray(w_s))
   n_searched = sum(len(a) for a in pool_w)
-  cands = np.concatenate(pool_w + [anchors, fs.ref[None]]).astype(np.float64)
+  cands = np.concatenate(pool_w + [anchors, fs.ref[None]] + (
+      [] if base_D is None else [base_D[None]])).astype(np.float64)
   jax.block_until_ready(theta)
   search_seconds = time.time() - t_search
 
@@ -514,38 +580,52 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     feasible.append(wf)
     infos.append(info)
   w_all = np.stack(feasible)
-  # Scored beside the candidates: the reference, uniform and (when the surface records
-  # its sweep) the sweep's best-known mixture, for the paired improvements.
+  # Scored beside the candidates: the reference, uniform, (when the surface records its
+  # sweep) the sweep's best-known mixture, for the paired improvements, and the check's
+  # baseline when it is not uniform.
   w_known = best_known_mixture(surfaces[0])
   extra = [fs.ref[None], np.full((1, len(domains)), 1 / len(domains))]
   extra += [] if w_known is None else [w_known[None]]
+  extra += [] if base_D is None else [base_D[None]]
   dscale = _applied_decision_scale(surfaces)
   rscale = _applied_decision_scale(surfaces, "reported")
 
   def score(w_all: np.ndarray):
     """Joint draws of the candidates and the extras, the candidates' losses and the
-    upper bounds of their paired differences to uniform (the draws are a function of
-    the surface's parameters, so rows scored in separate calls are joint too)."""
+    upper bounds of their paired differences to the check's baseline (the draws are a
+    function of the surface's parameters, so rows scored in separate calls are joint
+    too)."""
     z = np.asarray(search.draws(prob.fns, params, xs, coefs, jnp.asarray(
         np.concatenate([w_all] + extra), jnp.float32)), np.float64)
-    z_w, z_ref, z_uni = z[:, :-len(extra)], z[:, len(w_all)], z[:, len(w_all) + 1]
+    n = len(w_all)
+    z_w, z_ref, z_uni = z[:, :n], z[:, n], z[:, n + 1]
+    z_known = None if w_known is None else z[:, n + 2]
+    z_base = z_uni if base_D is None else z[:, -1]
     loss = np.asarray(search.loss_from_draws(prob, jnp.asarray(z_w), jnp.asarray(z_ref),
                                              smooth=False), np.float64)
-    ub = decisions.scaled_upper(z_w - z_uni[:, None], 0.5 * (1 + ci), dscale)
-    return z, z_w, z_ref, z_uni, (None if w_known is None else z[:, -1]), loss, ub
+    ub = decisions.scaled_upper(z_w - z_base[:, None], 0.5 * (1 + ci), dscale)
+    return z, z_w, z_ref, z_uni, z_known, z_base, loss, ub
 
-  z, z_w, z_ref, z_uni, z_known, loss, contrast_ub = score(w_all)
+  z, z_w, z_ref, z_uni, z_known, z_base, loss, contrast_ub = score(w_all)
+
+  def uniform_ub(i: int) -> float:
+    """Upper bound of candidate i's paired difference to uniform, in reported units."""
+    if base_D is None:
+      return s_out * float(contrast_ub[i])
+    return s_out * float(decisions.scaled_upper((z_w[:, i] - z_uni)[:, None],
+                                                0.5 * (1 + ci), dscale)[0])
+
   safe_check = None
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
   elif safe:
     # Inside the sweep's covariate support the best-bound candidate is taken (the
     # surface was checked on held-out pools like this one). Off it, the pick must also
-    # be no worse than uniform at the upper bound of their paired difference
-    # (uncertainty about the pool's level, shared by every mixture, cancels); if it is
-    # not, the candidate whose difference has the lowest upper bound is taken instead.
-    # Uniform is a candidate (bound 0), so off the support the pick is not worse than
-    # uniform unless the interval of that difference is wrong.
+    # be no worse than the baseline (uniform by default) at the upper bound of their
+    # paired difference (uncertainty about the pool's level, shared by every mixture,
+    # cancels); if it is not, the candidate whose difference has the lowest upper bound
+    # is taken instead. The baseline is a candidate (bound 0), so off the support the
+    # pick is not worse than it unless the interval of that difference is wrong.
     best = int(np.argmin(loss))
     # By default (trigger "heldout") the check fires on any sign of extrapolation (the
     # calibrated verdict, or any covariate outside the sweep's range, where the
@@ -562,13 +642,18 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                   "decision_scale": dscale, "report_scale": rscale,
                   "trigger": off_support_trigger,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
-                  "bound_pick_difference_to_uniform_upper_bound":
-                      s_out * float(contrast_ub[best])}
+                  "bound_pick_difference_to_uniform_upper_bound": uniform_ub(best),
+                  "baseline": base_reason}
+    if base_D is not None:
+      safe_check.update(
+          baseline_weights={d: float(v) for d, v in zip(domains, base_D)},
+          bound_pick_difference_to_baseline_upper_bound=s_out * float(contrast_ub[best]))
     if reasons and off_support == "anchors":
       # Minimax against the anchors: each candidate's worst upper bound of its paired
-      # difference to an anchor (uniform's draws are the last anchor column).
+      # difference to an anchor (the baseline's draws, uniform's by default, are the
+      # last anchor column).
       z_a = np.concatenate([z_w[:, n_searched:n_searched + len(anchors) - 1],
-                            z_uni[:, None]], 1) if len(anchors) else z_uni[:, None]
+                            z_base[:, None]], 1) if len(anchors) else z_base[:, None]
       worst = np.max(np.quantile(z_w[:, :, None] - z_a[:, None, :], 0.5 * (1 + ci),
                                  axis=0), axis=1)
       pick = int(np.argmin(np.round(worst, 12)))
@@ -584,25 +669,31 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     elif replaced:
       n_before = len(w_all)
       if off_support == "shrink":  # the segment's points join the scored candidates
-        seg = [fs.make_feasible(w) for w in shrink_segment(w_all[best], SHRINK_STEPS)]
+        seg = [fs.make_feasible(w)
+               for w in shrink_segment(w_all[best], SHRINK_STEPS, base_D)]
         w_seg = np.stack([wf for wf, _ in seg])
-        _, z_seg, _, _, _, loss_seg, ub_seg = score(w_seg)
+        _, z_seg, _, _, _, _, loss_seg, ub_seg = score(w_seg)
         w_all, infos = np.concatenate([w_all, w_seg]), infos + [i for _, i in seg]
         z_w = np.concatenate([z_w, z_seg], 1)
         loss, contrast_ub = (np.concatenate(a) for a in ((loss, loss_seg),
                                                           (contrast_ub, ub_seg)))
       best = int(np.argmin(np.round(contrast_ub, 12)))
       if off_support == "shrink":
-        # The fraction of the way from uniform to the failed pick at which the
-        # fallback lies; None when the fallback is another candidate (uniform included).
+        # The fraction of the way from the baseline to the failed pick at which the
+        # fallback lies; None when the fallback is another candidate (the baseline
+        # included).
         safe_check["shrink_fraction"] = (
             (best - n_before + 1) / SHRINK_STEPS if best >= n_before else None)
       log.info("safe objective: %s; the lowest-bound pick's paired difference to "
-               "uniform has %.0f%% upper bound %+.4g, not below 0, so the candidate with "
-               "the lowest such bound is taken", "; ".join(reasons), 100 * 0.5 * (1 + ci),
-               safe_check["bound_pick_difference_to_uniform_upper_bound"])
+               "the baseline (%s) has %.0f%% upper bound %+.4g, not below 0, so the "
+               "candidate with the lowest such bound is taken", "; ".join(reasons),
+               base_reason, 100 * 0.5 * (1 + ci),
+               safe_check.get("bound_pick_difference_to_baseline_upper_bound",
+                              safe_check["bound_pick_difference_to_uniform_upper_bound"]))
     safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
                                                   atol=1e-6))
+    if base_D is not None:
+      safe_check["took_baseline"] = bool(np.allclose(w_all[best], base_D, atol=1e-6))
   else:
     best = int(np.argmin(loss))
   w_best = w_all[best]
@@ -643,7 +734,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "n_candidates_final": int(len(w_all)), "projection": info["how"],
                    "moved_l1_by_projection": info["moved_l1"],
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
-                   "difference_to_uniform_upper_bound": s_out * float(contrast_ub[best]),
+                   "difference_to_uniform_upper_bound": uniform_ub(best),
                    **({"safe_check": safe_check} if safe_check is not None else {}),
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )

@@ -10,7 +10,14 @@ import ml_collections
 import numpy as np
 
 from causalmix_jax.optimise import constraints as cons
+from causalmix_jax.optimise.recommend import SAFE_SETTINGS
 from causalmix_jax.optimise.recommend import default_reference
+
+
+def safe_settings(oc: ml_collections.ConfigDict) -> dict[str, str]:
+  """recommend's safe-objective settings (`SAFE_SETTINGS`) from the optimise config
+  section, recommend's defaults where a config predates a key."""
+  return {k: str(oc.get(k, known[0])) for k, known in SAFE_SETTINGS.items()}
 
 
 def target_budget_tokens(cfg: ml_collections.ConfigDict) -> float:

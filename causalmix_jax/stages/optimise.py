@@ -15,23 +15,16 @@ from causalmix_jax.optimise import constraints
 from causalmix_jax.optimise import search
 from causalmix_jax.optimise import settings
 from causalmix_jax.optimise.recommend import METHODS
-from causalmix_jax.optimise.recommend import SAFE_SETTINGS
 from causalmix_jax.optimise.recommend import check_safe_setting
 from causalmix_jax.optimise.recommend import recommend
 
 log = logging.getLogger(__name__)
 
 
-def _safe_settings(oc: ml_collections.ConfigDict) -> dict[str, str]:
-  """optimise.off_support, .off_support_trigger and .safe_score (recommend's defaults
-  where a config predates them)."""
-  return {k: str(oc.get(k, known[0])) for k, known in SAFE_SETTINGS.items()}
-
-
 def _check_choices(oc: ml_collections.ConfigDict) -> None:
-  """A ValueError naming the config key when optimise.objective, .method, .off_support,
-  .off_support_trigger or .safe_score is not one `recommend` knows (checked before any
-  surface is read)."""
+  """A ValueError naming the config key when optimise.objective, .method or one of the
+  safe objective's settings (`SAFE_SETTINGS`) is not one `recommend` knows (checked
+  before any surface is read)."""
   objective = str(oc.objective)
   if objective.lower() != "safe":
     try:
@@ -42,7 +35,7 @@ def _check_choices(oc: ml_collections.ConfigDict) -> None:
   if str(oc.method).upper() not in METHODS:
     raise ValueError(f"config key optimise.method={oc.method!r} is not one of "
                      f"{list(METHODS)}")
-  for key, value in _safe_settings(oc).items():
+  for key, value in settings.safe_settings(oc).items():
     try:
       check_safe_setting(key, value)
     except ValueError as e:
@@ -90,7 +83,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
       objective=str(oc.objective), method=str(oc.method), ci=float(oc.ci),
       outcome_weights=list(weights.values()) or None, seed=int(cfg.seed),
       n_candidates=int(oc.n_candidates), n_starts=int(oc.n_starts), n_steps=int(oc.n_steps),
-      **_safe_settings(oc))
+      **settings.safe_settings(oc))
   path = rec.write(study.path(study_lib.MIXTURE_JSON).parent)
   writer = MetricsWriter(path.parent / "metrics.jsonl")
   writer.write(event="recommend", method=rec.method, objective=rec.objective,

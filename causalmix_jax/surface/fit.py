@@ -326,11 +326,15 @@ def pool_calibration(zs_NxQ: np.ndarray, y_N: np.ndarray, groups_Q: np.ndarray,
 
 def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
                    y: np.ndarray | None = None, maximize: bool = False,
-                   n_best: int = 8, held_out: bool = True) -> dict[str, Any]:
+                   n_best: int = 8, held_out: bool = True,
+                   tokens: np.ndarray | None = None,
+                   budget: np.ndarray | None = None) -> dict[str, Any]:
   """What `Surface.support` needs: the sweep's ranges over every covariate, and its
   spread in the standardised varying covariates, in the component scores
   (Mahalanobis) and off the component subspace (residual); with `held_out`, the same
-  statistics of each state measured held out (`held_out_support`: the verdict)."""
+  statistics of each state measured held out (`held_out_support`: the verdict). With
+  the runs' token counts and budgets, also the most passes any run made over each
+  domain's unique tokens (`epochs_max`)."""
   f = x.shape[1]
   z = np.zeros(0)
   out: dict[str, Any] = {
@@ -339,6 +343,9 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
       "w_mean": w.mean(0).tolist(), "w_max": w.max(0).tolist(),
       "cols": xb.cols.tolist(), "x_mu": xb.mu_F.tolist(), "x_sd": xb.sd_F.tolist(),
       "basis": xb.basis_FxK.tolist(), "score_sd": xb.score_sd_K.tolist()}
+  if tokens is not None and budget is not None:
+    out["epochs_max"] = np.asarray(feats.epochs(w, tokens, np.asarray(budget, np.float64)),
+                                   np.float64).max(0).tolist()
   xs = xb.standardise(x) if len(xb.cols) else np.zeros((len(x), 0))
   scores = xs @ xb.proj_FxK if xb.k else np.zeros((len(x), 0))
   if xb.k:
@@ -736,5 +743,6 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool,
   return Surface(best.spec, params, domains=runs.domains, features=runs.features,
                  outcome=name, maximize=name in runs.maximize,
                  support_stats=_support_stats(x_full, w, xb, y, name in runs.maximize,
-                                              held_out=support_held_out),
+                                              held_out=support_held_out,
+                                              tokens=tokens, budget=budget),
                  info=info)

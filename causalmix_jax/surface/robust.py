@@ -431,8 +431,9 @@ def fit_scaling(runs, outcome: str, config=None, *, covariate_blind: bool = Fals
                                                   draws[-1], maps[-1]),
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize,
-                        support_stats=fit_lib._support_stats(data.x, data.w, xb, data.y,
-                                                             data.name in runs.maximize),
+                        support_stats=fit_lib._support_stats(
+                            data.x, data.w, xb, data.y, data.name in runs.maximize,
+                            tokens=data.tokens, budget=data.budget),
                         info=info)
   if _masks is None:
     return surf
