@@ -261,3 +261,23 @@ def test_picker_runs_the_optimiser_once_for_recommended_and_unguarded(monkeypatc
   validation.make_picker(cfg, None, surface, {}, {"a": 10.0, "b": 10.0}, 64.0)(
       "recommended")
   assert asked["safe_baseline"] == "capped"
+
+
+def test_shift_transfer_variant_trains_a_bigger_target_on_the_same_study():
+  from experiments.shift import config as shift_config  # pylint: disable=import-outside-toplevel
+  settings = importlib.import_module("causalmix_jax.optimise.settings")
+  for smoke in (False, True):
+    plain = shift_config.get_config("smoke" if smoke else None)
+    moved = shift_config.get_config("smoke,transfer" if smoke else "transfer")
+    assert plain.validate.scale == "proxy" and moved.validate.scale == "target"
+    assert tuple(moved.validate.mixtures) == shift_config.TRANSFER_MIXTURES
+    # 4x the proxies' tokens, and (but for the smoke test's) 8x-wider layers.
+    assert settings.target_budget_tokens(moved) == 4 * settings.target_budget_tokens(plain)
+    assert moved.target.model.seq_len == moved.proxy.model.seq_len
+    assert moved.target.model.preset == ("proxy" if smoke else "proxy_large")
+    # Every stage before optimise is the plain study's, so a study's copy needs no refit.
+    as_data = lambda v: v.to_dict() if hasattr(v, "to_dict") else v  # noqa: E731
+    for key in ("seed", "pool", "reference", "design", "proxy", "sweep", "surface",
+                "optimise", "outcome"):
+      assert as_data(moved[key]) == as_data(plain[key]), key
+    assert as_data(moved.target) != as_data(plain.target)

@@ -20,19 +20,32 @@ sweep never saw, and train the recommendation beside the baselines on that pool.
   check against uniform ("unguarded"), 3 seeds each, on the deploy pool, at the proxies' scale
   and budget (so the surface's predictions are checked too); the recommendation is made
   for that budget.
-Sized for a 2-core CPU; ":smoke" is a tiny variant for tests.
+Sized for a 2-core CPU; ":smoke" is a tiny variant for tests. ":transfer" validates at
+a target larger than the proxies instead (`TRANSFER`): the same sweep, fit and deploy
+pool, the recommendation made for the target's budget, and every mixture trained at the
+target's scale, so what is checked is whether the pick carries over to a bigger model
+trained on more tokens ("smoke,transfer" for tests).
 """
 
 from causalmix_jax.configs import base
+from causalmix_jax.configs import model as model_cfg
+
+# The ":transfer" target against the proxies: this model preset (8x the proxy's
+# parameters), and these multiples of the proxies' steps and batch (4x their tokens).
+TRANSFER = {"preset": "proxy_large", "steps": 2, "batch": 2}
+TRANSFER_MIXTURES = ("recommended", "unguarded", "uniform", "natural", "regmix",
+                     "regmix_topk", "best_known")
 
 
 def get_config(arg: str | None = None):
-  variants = ",".join(v for v in ("cpu", arg or "") if v)
+  names = [v.strip() for v in (arg or "").split(",") if v.strip()]
+  transfer, smoke = "transfer" in names, "smoke" in names
+  variants = ",".join(["cpu"] + [v for v in names if v != "transfer"])
   cfg = base.get_config(variants)
   with cfg.unlocked():
     # The sweep: small sampled sub-pools only.
     cfg.design.state_per_mixture = True
-    cfg.design.n_pool_states = 16 if arg == "smoke" else 40
+    cfg.design.n_pool_states = 16 if smoke else 40
     cfg.design.include_full_pool = False
     cfg.design.state_kinds = ("subsample", "quality")
     cfg.reference.enabled = True
@@ -53,5 +66,13 @@ def get_config(arg: str | None = None):
     cfg.target.optim.steps = cfg.proxy.optim.steps
     cfg.target.optim.batch_size = cfg.proxy.optim.batch_size
     cfg.target.model.seq_len = cfg.proxy.model.seq_len
+    if transfer:
+      preset = "proxy" if smoke else TRANSFER["preset"]
+      cfg.target.model = model_cfg.model_preset(preset)
+      cfg.target.model.seq_len = cfg.proxy.model.seq_len
+      cfg.target.optim.steps = TRANSFER["steps"] * cfg.proxy.optim.steps
+      cfg.target.optim.batch_size = TRANSFER["batch"] * cfg.proxy.optim.batch_size
+      cfg.validate.scale = "target"
+      cfg.validate.mixtures = TRANSFER_MIXTURES
   cfg.lock()
   return cfg
