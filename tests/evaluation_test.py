@@ -417,7 +417,7 @@ def test_ours_settings_reach_the_fit_and_bad_ones_are_named(monkeypatch):
                           ("off_support", "shrink", "best"),
                           ("safe_score", "mean", "median"),
                           ("off_support_trigger", "always", "often"),
-                          ("safe_baseline", "capped", "natural")):
+                          ("safe_baseline", "uniform", "natural")):
     asked = recommend_kwargs({key: value})
     assert asked[key] == value and set(asked) == {"covariates", "constraints", key}
     with pytest.raises(ValueError, match=f"{key}: unknown '{bad}'"):

@@ -257,10 +257,10 @@ def test_picker_runs_the_optimiser_once_for_recommended_and_unguarded(monkeypatc
   # The re-made recommendation uses the optimise config's safe-objective settings.
   assert {k: asked[k] for k in settings.SAFE_SETTINGS} == settings.safe_settings(
       cfg.optimise)
-  cfg.optimise.safe_baseline = "capped"
+  cfg.optimise.safe_baseline = "uniform"
   validation.make_picker(cfg, None, surface, {}, {"a": 10.0, "b": 10.0}, 64.0)(
       "recommended")
-  assert asked["safe_baseline"] == "capped"
+  assert asked["safe_baseline"] == "uniform"
 
 
 def test_shift_transfer_variant_trains_a_bigger_target_on_the_same_study():

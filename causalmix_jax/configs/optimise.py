@@ -29,10 +29,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # outside the sweep's range) | "verdict" (the held-out-calibrated verdict) |
   # "always" (every pool).
   c.off_support_trigger = "heldout"
-  # What the off-support check compares the pick with: "uniform" | "capped" (uniform
-  # with no domain repeated for more epochs than the sweep's runs repeated it, for the
-  # pool's tokens and the target's budget; uniform where uniform stays inside them).
-  c.safe_baseline = "uniform"
+  # What the off-support check compares the pick with: "capped" (uniform with no domain
+  # repeated for more epochs than the sweep's runs repeated it, for the pool's tokens
+  # and the target's budget; uniform where uniform stays inside them) | "uniform".
+  c.safe_baseline = "capped"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -37,10 +37,10 @@ SHRINK_STEPS = 16
 OFF_SUPPORT_TRIGGERS = ("heldout", "range", "verdict", "always")
 # What the safe objective minimises inside its region (`safe_score`).
 SAFE_SCORES = ("bound", "mean")
-# What the off-support check compares a pick with (`safe_baseline`): "uniform", or
-# "capped": uniform with no domain repeated for more epochs than the sweep's runs
-# repeated it (`capped_uniform`), the same as uniform where uniform stays inside them.
-SAFE_BASELINES = ("uniform", "capped")
+# What the off-support check compares a pick with (`safe_baseline`): "capped": uniform
+# with no domain repeated for more epochs than the sweep's runs repeated it
+# (`capped_uniform`), the same as uniform where uniform stays inside them; or "uniform".
+SAFE_BASELINES = ("capped", "uniform")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES}
@@ -401,7 +401,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               n_steps: int = 300, off_support: str = "shrink",
               safe_score: str = "bound",
               off_support_trigger: str = "heldout",
-              safe_baseline: str = "uniform") -> Recommendation:
+              safe_baseline: str = "capped") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -455,15 +455,15 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     of the interval, as above) or "mean" (the posterior mean loss, the pick with the
     lowest expected loss under the posterior). The cap, the anchors and the
     off-support check are the same for both.
-  safe_baseline: what the off-support check compares the pick with. "uniform"
-    (default), or "capped": uniform with no domain repeated for more epochs than the
-    sweep's runs repeated it (`capped_uniform`, for the pool's tokens and budget). A
-    baseline that repeats a scarce domain past anything the sweep ran is itself an
-    extrapolation, and the check's paired difference then carries the baseline's
-    uncertainty, not the pick's. The capped baseline is also a candidate, and the
-    shrink segment runs from it. Where uniform stays inside the sweep's epochs, or the
-    surface or the constraints do not say them, the baseline is uniform. The reported
-    gain over uniform stays over uniform.
+  safe_baseline: what the off-support check compares the pick with. "capped"
+    (default): uniform with no domain repeated for more epochs than the sweep's runs
+    repeated it (`capped_uniform`, for the pool's tokens and budget). A baseline that
+    repeats a scarce domain past anything the sweep ran is itself an extrapolation, and
+    the check's paired difference then carries the baseline's uncertainty, not the
+    pick's. The capped baseline is also a candidate, and the shrink segment runs from
+    it. Where uniform stays inside the sweep's epochs, or the surface or the
+    constraints do not say them, the baseline is uniform. "uniform": always uniform.
+    The reported gain over uniform stays over uniform.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws.
