@@ -417,13 +417,14 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     larger), scores the sweep's best-known mixtures, the reference and uniform beside
     the search's candidates, and picks the one with the lowest bound. When the pool's
     covariates lie outside the sweep's support, that pick must also have its paired
-    difference to uniform <= 0 at the upper (1+ci)/2 bound; otherwise the candidate
-    whose difference has the lowest upper bound is taken, by default among them the
-    points part of the way from uniform to the pick (`off_support`; this check also
-    runs when any covariate is outside the sweep's range). Uniform's own bound is 0, so
-    off the support the pick moves away from uniform only with that confidence: when
-    the intervals hold, it is not worse than uniform. Off the sweep's covariate support the surface's
-    intervals widen, and the pick stays closer to uniform. When the surface's fit
+    difference to the check's baseline <= 0 at the upper (1+ci)/2 bound: uniform, kept
+    inside the epochs the sweep ran (`safe_baseline`). Otherwise the candidate whose
+    difference has the lowest upper bound is taken, by default among them the points
+    part of the way from the baseline to the pick (`off_support`; this check also runs
+    when any covariate is outside the sweep's range). The baseline's own bound is 0, so
+    off the support the pick moves away from it only with that confidence: when the
+    intervals hold, it is not worse than the baseline. Off the sweep's covariate support
+    the surface's intervals widen, and the pick stays closer to it. When the surface's fit
     calibrated that paired difference on its held-out pool states
     (surface.decision_calibration = "conformal"), its spread around its mean is scaled
     by the fitted factor, in this check and in the reported gain over uniform; with
@@ -621,17 +622,19 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   elif safe:
     # Inside the sweep's covariate support the best-bound candidate is taken (the
     # surface was checked on held-out pools like this one). Off it, the pick must also
-    # be no worse than the baseline (uniform by default) at the upper bound of their
-    # paired difference (uncertainty about the pool's level, shared by every mixture,
-    # cancels); if it is not, the candidate whose difference has the lowest upper bound
-    # is taken instead. The baseline is a candidate (bound 0), so off the support the
-    # pick is not worse than it unless the interval of that difference is wrong.
+    # be no worse than the baseline (by default uniform kept inside the sweep's epochs,
+    # `safe_baseline`) at the upper bound of their paired difference (uncertainty about
+    # the pool's level, shared by every mixture, cancels); if it is not, the candidate
+    # whose difference has the lowest upper bound is taken instead. The baseline is a
+    # candidate (bound 0), so off the support the pick is not worse than it unless the
+    # interval of that difference is wrong.
     best = int(np.argmin(loss))
     # By default (trigger "heldout") the check fires on any sign of extrapolation (the
     # calibrated verdict, or any covariate outside the sweep's range, where the
     # surface's covariate terms extrapolate), and on every pool when the sweep's own
     # pool states, held out, did better with it. A needless check costs little (the
-    # pick must beat uniform with 95% confidence); a missed one can cost a bad mixture.
+    # pick must beat the baseline with 95% confidence); a missed one can cost a bad
+    # mixture.
     reasons = _off_support_reasons(
         supports, off_support_trigger,
         {s.outcome: (getattr(s, "info", None) or {}).get("heldout_guard")
