@@ -850,8 +850,9 @@ def _support_line(sup: Mapping[str, Any], top: int = 5) -> str:
 def _safe_check_line(check: Mapping[str, Any]) -> str:
   """What the safe objective's off-support check did, and why it ran."""
   capped = "baseline_weights" in check
-  base = ("the capped uniform (uniform with no domain repeated past the sweep's most "
-          "epochs)" if capped else "uniform")
+  short = "the capped uniform" if capped else "uniform"
+  base = (short + " (uniform with no domain repeated past the sweep's most epochs)"
+          if capped else short)
   ub = check.get("bound_pick_difference_to_baseline_upper_bound" if capped else
                  "bound_pick_difference_to_uniform_upper_bound")
   # The safe objective's own pick: lowest bound (default) or lowest mean (safe_score).
@@ -879,8 +880,7 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
     return head + ", so it was kept"
   frac = check.get("shrink_fraction")
   if frac is not None:
-    start = "the capped uniform" if capped else "uniform"
-    return (head + f", not below 0, so the point {frac:.0%} of the way from {start} to "
+    return (head + f", not below 0, so the point {frac:.0%} of the way from {short} to "
             "it, the candidate with the lowest such bound, was taken; the surface is "
             "sure of a shorter move toward it, not of the whole one")
   return (head + ", not below 0, so the candidate with the lowest such bound was taken "

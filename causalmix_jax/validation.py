@@ -380,9 +380,7 @@ def pooled_gain(gains: Sequence[float], ci: float) -> dict[str, Any]:
   if n < 2:
     return {"studies": n, "gain": float(g.mean()) if n else None, "lo": None,
             "hi": None, "verdict": "level"}
-  mean = float(g.mean())
-  half = float(stats.t.ppf(0.5 * (1.0 + ci), n - 1) * g.std(ddof=1) / np.sqrt(n))
-  lo, hi = mean - half, mean + half
+  mean, lo, hi = _interval(g, ci)
   return {"studies": n, "gain": mean, "lo": lo, "hi": hi,
           "verdict": _verdict(mean, lo, hi)}
 
