@@ -120,7 +120,8 @@ ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "optimise.off_support": "uniform",
                               "optimise.safe_score": "bound",
                               "optimise.off_support_trigger": "range",
-                              "optimise.safe_baseline": "uniform"}
+                              "optimise.safe_baseline": "uniform",
+                              "optimise.mean_guard": "none"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

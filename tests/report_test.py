@@ -530,6 +530,15 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   mix["diagnostics"]["safe_check"]["ran"] = False
   path.write_text(json.dumps(mix))
   assert "safe check" not in report_stage.run(cfg, wd).read_text()
+  assert "mean guard" not in report_stage.run(cfg, wd).read_text()
+  # The mean guard took uniform: said whether or not the check ran.
+  mix["diagnostics"]["safe_check"].update(mean_guard="uniform", mean_guard_replaced=True,
+                                          pick_mean_difference_to_uniform=0.0042)
+  path.write_text(json.dumps(mix))
+  assert ("mean guard: the safe objective's pick was expected to do worse than uniform "
+          "(posterior mean, by 0.0042), so uniform was taken") in report_stage.run(
+              cfg, wd).read_text()
+  mix["diagnostics"]["safe_check"].update(mean_guard_replaced=False)
   assert "reported gain over uniform: its spread" not in report_stage.run(
       cfg, wd).read_text()
   # "report": only the reported gain is scaled, and the report says so.

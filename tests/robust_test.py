@@ -764,6 +764,35 @@ def test_safe_check_compares_with_uniform_kept_inside_the_sweeps_epochs():
     recommend(s, safe_baseline="natural", **kw)
 
 
+def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
+  world, _ = _world_runs()
+  s = _stack()
+  # On this shifted pool the default's pick (after its check against the capped
+  # baseline) has a posterior mean loss above uniform's; on the new pool it is below.
+  worse_pool = world.shifted_pools(6, seed=3)[5]
+  better_pool = world.new_pools(6, seed=3)[0]
+  _, _, kw = _pool_case(world, s, worse_pool)
+  plain, guarded = recommend(s, **kw), recommend(s, mean_guard="uniform", **kw)
+  pc, gc = plain.diagnostics["safe_check"], guarded.diagnostics["safe_check"]
+  assert plain.improvement_over_uniform.mean < 0
+  assert pc["mean_guard"] == "none" and not pc["mean_guard_replaced"]
+  assert pc["pick_mean_difference_to_uniform"] == pytest.approx(
+      -plain.improvement_over_uniform.mean, abs=1e-6)
+  assert pc["pick_mean_difference_to_uniform"] > 0
+  assert gc["mean_guard"] == "uniform" and gc["mean_guard_replaced"]
+  assert gc["took_uniform"]
+  np.testing.assert_allclose([guarded.weights[d] for d in s.domains], 0.2, atol=1e-6)
+  assert guarded.improvement_over_uniform.mean == pytest.approx(0.0, abs=1e-6)
+  # Where the pick is expected to beat uniform, the guard leaves it alone.
+  _, _, kw = _pool_case(world, s, better_pool)
+  plain, guarded = recommend(s, **kw), recommend(s, mean_guard="uniform", **kw)
+  assert plain.improvement_over_uniform.mean > 0
+  assert plain.weights == guarded.weights
+  assert not guarded.diagnostics["safe_check"]["mean_guard_replaced"]
+  with pytest.raises(ValueError, match="mean_guard: unknown 'always'"):
+    recommend(s, mean_guard="always", **kw)
+
+
 def test_safe_objective_default_fallback_moves_part_way_when_that_beats_uniform():
   world, runs = _world_runs()
   s = _stack()

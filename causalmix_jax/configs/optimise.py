@@ -33,6 +33,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # repeated for more epochs than the sweep's runs repeated it, for the pool's tokens
   # and the target's budget; uniform where uniform stays inside them) | "uniform".
   c.safe_baseline = "capped"
+  # What "safe" does when its pick (after the off-support check) has a posterior mean
+  # loss above uniform's: "none" (keeps it) | "uniform" (takes uniform instead).
+  c.mean_guard = "none"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -41,9 +41,13 @@ SAFE_SCORES = ("bound", "mean")
 # with no domain repeated for more epochs than the sweep's runs repeated it
 # (`capped_uniform`), the same as uniform where uniform stays inside them; or "uniform".
 SAFE_BASELINES = ("capped", "uniform")
+# What the safe objective does with a pick whose posterior mean loss is above uniform's
+# (`mean_guard`): "none" keeps it; "uniform" takes uniform instead.
+MEAN_GUARDS = ("none", "uniform")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
-                 "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES}
+                 "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
+                 "mean_guard": MEAN_GUARDS}
 
 
 def check_safe_setting(name: str, value: str) -> str:
@@ -401,7 +405,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               n_steps: int = 300, off_support: str = "shrink",
               safe_score: str = "bound",
               off_support_trigger: str = "heldout",
-              safe_baseline: str = "capped") -> Recommendation:
+              safe_baseline: str = "capped",
+              mean_guard: str = "none") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -465,6 +470,12 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     it. Where uniform stays inside the sweep's epochs, or the surface or the
     constraints do not say them, the baseline is uniform. "uniform": always uniform.
     The reported gain over uniform stays over uniform.
+  mean_guard: "none" (default) or "uniform": when the safe objective's pick, after the
+    off-support check, has a posterior mean loss above uniform's (uniform as the
+    region above and the constraints allow it), that uniform is taken instead. The
+    bound prefers mixtures whose loss is known tightly, and the check compares with
+    the capped baseline; either may settle on a mixture the posterior itself expects
+    to do worse than uniform.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws.
@@ -486,6 +497,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   check_safe_setting("off_support", off_support)
   check_safe_setting("off_support_trigger", off_support_trigger)
   check_safe_setting("safe_baseline", safe_baseline)
+  check_safe_setting("mean_guard", mean_guard)
   objective = safe_score if safe else search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
@@ -693,6 +705,22 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                base_reason, 100 * 0.5 * (1 + ci),
                safe_check.get("bound_pick_difference_to_baseline_upper_bound",
                               safe_check["bound_pick_difference_to_uniform_upper_bound"]))
+    # The mean guard, against uniform as the safe region allows it (the sweep's weight
+    # caps and the constraints; its draws are joint with the candidates').
+    u_D, u_info = fs.make_feasible(np.full(len(domains), 1.0 / len(domains)))
+    _, z_u, _, _, _, _, loss_u, ub_u = score(u_D[None])
+    diff_mean = float(z_w[:, best].mean() - z_u[:, 0].mean())  # loss: > 0 is worse
+    guarded = (mean_guard == "uniform" and diff_mean > 0
+               and not np.allclose(w_all[best], u_D, atol=1e-9))
+    safe_check.update(mean_guard=mean_guard, mean_guard_replaced=guarded,
+                      pick_mean_difference_to_uniform=s_out * diff_mean)
+    if guarded:
+      log.info("safe objective: the pick's posterior mean loss is %.4g above uniform's, "
+               "so uniform is taken (mean_guard)", diff_mean)
+      w_all, infos = np.concatenate([w_all, u_D[None]]), infos + [u_info]
+      z_w = np.concatenate([z_w, z_u], 1)
+      loss, contrast_ub = np.concatenate([loss, loss_u]), np.concatenate([contrast_ub, ub_u])
+      best = len(w_all) - 1
     safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
                                                   atol=1e-6))
     if base_D is not None:
