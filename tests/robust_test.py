@@ -717,7 +717,8 @@ def test_safe_check_compares_with_uniform_kept_inside_the_sweeps_epochs():
   # sweep's most epochs; pool 0 keeps uniform inside them.
   pools = world.shifted_pools(6, seed=2)
   x, tokens, kw = _pool_case(world, s, pools[1])
-  kw["off_support_trigger"] = "always"
+  # The check alone: the mean guard's part is below.
+  kw.update(off_support_trigger="always", mean_guard="none")
   base = capped_uniform(np.asarray(s.support_stats["epochs_max"]), tokens,
                         pools[1].budget)
   assert base.min() < 0.2 - 1e-3  # the scarce domain is capped
@@ -749,6 +750,13 @@ def test_safe_check_compares_with_uniform_kept_inside_the_sweeps_epochs():
   g = s.cate(w[None], uni, x, tokens=tokens, budget=pools[1].budget, ci=0.9)
   assert capped.improvement_over_uniform.mean == pytest.approx(-float(g.mean[0]),
                                                                abs=0.01)
+  # Its posterior mean is above uniform's (which the surface extrapolates), so the
+  # default mean guard takes uniform (as the sweep's weight caps allow it) instead.
+  assert g.mean[0] > 0
+  kw.pop("mean_guard")
+  guarded = recommend(s, **kw)
+  assert guarded.diagnostics["safe_check"]["mean_guard_replaced"]
+  assert guarded.diagnostics["safe_check"]["took_uniform"]
   # Where uniform stays inside the sweep's epochs, "capped" is "uniform".
   _, _, kw0 = _pool_case(world, s, pools[0])
   kw0["off_support_trigger"] = "always"
@@ -772,7 +780,7 @@ def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   worse_pool = world.shifted_pools(6, seed=3)[5]
   better_pool = world.new_pools(6, seed=3)[0]
   _, _, kw = _pool_case(world, s, worse_pool)
-  plain, guarded = recommend(s, **kw), recommend(s, mean_guard="uniform", **kw)
+  plain, guarded = recommend(s, mean_guard="none", **kw), recommend(s, **kw)
   pc, gc = plain.diagnostics["safe_check"], guarded.diagnostics["safe_check"]
   assert plain.improvement_over_uniform.mean < 0
   assert pc["mean_guard"] == "none" and not pc["mean_guard_replaced"]
@@ -785,7 +793,7 @@ def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   assert guarded.improvement_over_uniform.mean == pytest.approx(0.0, abs=1e-6)
   # Where the pick is expected to beat uniform, the guard leaves it alone.
   _, _, kw = _pool_case(world, s, better_pool)
-  plain, guarded = recommend(s, **kw), recommend(s, mean_guard="uniform", **kw)
+  plain, guarded = recommend(s, mean_guard="none", **kw), recommend(s, **kw)
   assert plain.improvement_over_uniform.mean > 0
   assert plain.weights == guarded.weights
   assert not guarded.diagnostics["safe_check"]["mean_guard_replaced"]

@@ -34,8 +34,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # and the target's budget; uniform where uniform stays inside them) | "uniform".
   c.safe_baseline = "capped"
   # What "safe" does when its pick (after the off-support check) has a posterior mean
-  # loss above uniform's: "none" (keeps it) | "uniform" (takes uniform instead).
-  c.mean_guard = "none"
+  # loss above uniform's: "uniform" (takes uniform instead) | "none" (keeps it).
+  c.mean_guard = "uniform"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -42,8 +42,8 @@ SAFE_SCORES = ("bound", "mean")
 # (`capped_uniform`), the same as uniform where uniform stays inside them; or "uniform".
 SAFE_BASELINES = ("capped", "uniform")
 # What the safe objective does with a pick whose posterior mean loss is above uniform's
-# (`mean_guard`): "none" keeps it; "uniform" takes uniform instead.
-MEAN_GUARDS = ("none", "uniform")
+# (`mean_guard`): "uniform" takes uniform instead; "none" keeps it.
+MEAN_GUARDS = ("uniform", "none")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
@@ -406,7 +406,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               safe_score: str = "bound",
               off_support_trigger: str = "heldout",
               safe_baseline: str = "capped",
-              mean_guard: str = "none") -> Recommendation:
+              mean_guard: str = "uniform") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -470,12 +470,12 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     it. Where uniform stays inside the sweep's epochs, or the surface or the
     constraints do not say them, the baseline is uniform. "uniform": always uniform.
     The reported gain over uniform stays over uniform.
-  mean_guard: "none" (default) or "uniform": when the safe objective's pick, after the
+  mean_guard: "uniform" (default): when the safe objective's pick, after the
     off-support check, has a posterior mean loss above uniform's (uniform as the
     region above and the constraints allow it), that uniform is taken instead. The
     bound prefers mixtures whose loss is known tightly, and the check compares with
     the capped baseline; either may settle on a mixture the posterior itself expects
-    to do worse than uniform.
+    to do worse than uniform. "none" keeps such a pick.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws.
