@@ -3,6 +3,7 @@ calibrated surface (`surface/robust.py`) and the safe default objective of `reco
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -791,6 +792,14 @@ def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   assert gc["took_uniform"]
   np.testing.assert_allclose([guarded.weights[d] for d in s.domains], 0.2, atol=1e-6)
   assert guarded.improvement_over_uniform.mean == pytest.approx(0.0, abs=1e-6)
+  # A surface that does not record its sweep's mixtures gives no anchors (so uniform
+  # is not among the candidates): the guard scores uniform itself and still takes it.
+  bare = copy.copy(s)
+  bare.support_stats = {k: v for k, v in s.support_stats.items() if k != "w_max"}
+  plain, guarded = recommend(bare, mean_guard="none", **kw), recommend(bare, **kw)
+  assert plain.improvement_over_uniform.mean < 0
+  assert guarded.diagnostics["safe_check"]["mean_guard_replaced"]
+  np.testing.assert_allclose([guarded.weights[d] for d in s.domains], 0.2, atol=1e-6)
   # Where the pick is expected to beat uniform, the guard leaves it alone.
   _, _, kw = _pool_case(world, s, better_pool)
   plain, guarded = recommend(s, mean_guard="none", **kw), recommend(s, **kw)

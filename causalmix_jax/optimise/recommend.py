@@ -706,21 +706,26 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                safe_check.get("bound_pick_difference_to_baseline_upper_bound",
                               safe_check["bound_pick_difference_to_uniform_upper_bound"]))
     # The mean guard, against uniform as the safe region allows it (the sweep's weight
-    # caps and the constraints; its draws are joint with the candidates').
-    u_D, u_info = fs.make_feasible(np.full(len(domains), 1.0 / len(domains)))
-    _, z_u, _, _, _, _, loss_u, ub_u = score(u_D[None])
-    diff_mean = float(z_w[:, best].mean() - z_u[:, 0].mean())  # loss: > 0 is worse
+    # caps and the constraints): the last anchor, already scored; scored here only for
+    # surfaces that give no anchors.
+    if len(anchors):
+      i_uni = n_searched + len(anchors) - 1
+    else:
+      u_D, u_info = fs.make_feasible(np.full(len(domains), 1.0 / len(domains)))
+      _, z_u, _, _, _, _, loss_u, ub_u = score(u_D[None])
+      w_all, infos = np.concatenate([w_all, u_D[None]]), infos + [u_info]
+      z_w = np.concatenate([z_w, z_u], 1)
+      loss, contrast_ub = np.concatenate([loss, loss_u]), np.concatenate([contrast_ub, ub_u])
+      i_uni = len(w_all) - 1
+    diff_mean = float(z_w[:, best].mean() - z_w[:, i_uni].mean())  # loss: > 0 is worse
     guarded = (mean_guard == "uniform" and diff_mean > 0
-               and not np.allclose(w_all[best], u_D, atol=1e-9))
+               and not np.allclose(w_all[best], w_all[i_uni], atol=1e-9))
     safe_check.update(mean_guard=mean_guard, mean_guard_replaced=guarded,
                       pick_mean_difference_to_uniform=s_out * diff_mean)
     if guarded:
       log.info("safe objective: the pick's posterior mean loss is %.4g above uniform's, "
                "so uniform is taken (mean_guard)", diff_mean)
-      w_all, infos = np.concatenate([w_all, u_D[None]]), infos + [u_info]
-      z_w = np.concatenate([z_w, z_u], 1)
-      loss, contrast_ub = np.concatenate([loss, loss_u]), np.concatenate([contrast_ub, ub_u])
-      best = len(w_all) - 1
+      best = i_uni
     safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
                                                   atol=1e-6))
     if base_D is not None:
