@@ -728,10 +728,11 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
   if isinstance(check, Mapping) and check.get("ran"):
     extra.append(_safe_check_line(check))
   if isinstance(check, Mapping) and check.get("mean_guard_replaced"):
-    extra.append("mean guard: the safe objective's pick was expected to do worse than "
-                 "uniform (posterior mean, by "
-                 f"{_fmt(abs(check.get('pick_mean_difference_to_uniform', 0.0)))}), so "
-                 "uniform was taken")
+    to = check.get("mean_guard_reference", "uniform")
+    by = check.get("pick_mean_difference_to_guard_reference",
+                   check.get("pick_mean_difference_to_uniform", 0.0))
+    extra.append(f"mean guard: the safe objective's pick was expected to do worse than "
+                 f"{to} (posterior mean, by {_fmt(abs(by))}), so {to} was taken")
   if isinstance(check, Mapping):
     dscale = check.get("decision_scale", 1.0)
     rscale = check.get("report_scale", dscale)

@@ -538,6 +538,14 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
   assert ("mean guard: the safe objective's pick was expected to do worse than uniform "
           "(posterior mean, by 0.0042), so uniform was taken") in report_stage.run(
               cfg, wd).read_text()
+  # With "baseline", against the capped uniform where that is the check's baseline.
+  mix["diagnostics"]["safe_check"].update(
+      mean_guard="baseline", mean_guard_reference="the capped uniform",
+      pick_mean_difference_to_guard_reference=0.0031)
+  path.write_text(json.dumps(mix))
+  assert ("mean guard: the safe objective's pick was expected to do worse than the capped "
+          "uniform (posterior mean, by 0.0031), so the capped uniform was taken"
+          ) in report_stage.run(cfg, wd).read_text()
   mix["diagnostics"]["safe_check"].update(mean_guard_replaced=False)
   assert "reported gain over uniform: its spread" not in report_stage.run(
       cfg, wd).read_text()

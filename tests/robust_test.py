@@ -806,8 +806,39 @@ def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   assert plain.improvement_over_uniform.mean > 0
   assert plain.weights == guarded.weights
   assert not guarded.diagnostics["safe_check"]["mean_guard_replaced"]
+  assert guarded.diagnostics["safe_check"]["mean_guard_reference"] == "uniform"
+  # Uniform stays inside the sweep's epochs here, so "baseline" is "uniform".
+  assert recommend(s, mean_guard="baseline", **kw).weights == guarded.weights
   with pytest.raises(ValueError, match="mean_guard: unknown 'always'"):
     recommend(s, mean_guard="always", **kw)
+
+
+def test_baseline_mean_guard_compares_with_the_capped_uniform():
+  world, _ = _world_runs()
+  s = _stack()
+  # The pool on which the default guard takes uniform (above): uniform repeats a scarce
+  # domain past the sweep's epochs, so the check's baseline is the capped uniform.
+  pool = world.shifted_pools(6, seed=3)[5]
+  x, tokens, kw = _pool_case(world, s, pool)
+  plain = recommend(s, mean_guard="none", **kw)
+  on_base = recommend(s, mean_guard="baseline", **kw)
+  pc, bc = plain.diagnostics["safe_check"], on_base.diagnostics["safe_check"]
+  assert pc["pick_mean_difference_to_uniform"] > 0  # "uniform" takes uniform here
+  assert bc["mean_guard"] == "baseline"
+  assert bc["mean_guard_reference"] == "the capped uniform"
+  base = np.array([bc["baseline_weights"][d] for d in s.domains])
+  np.testing.assert_allclose(base, capped_uniform(
+      np.asarray(s.support_stats["epochs_max"]), tokens, pool.budget), atol=1e-6)
+  # The recorded difference is the pick's against the capped uniform, not uniform's.
+  pick = np.array([plain.weights[d] for d in s.domains])
+  d = s.cate(pick[None], base[None], x, tokens=tokens, budget=pool.budget, ci=0.9)
+  assert bc["pick_mean_difference_to_guard_reference"] == pytest.approx(
+      float(d.mean[0]), abs=0.01)
+  assert bc["pick_mean_difference_to_uniform"] == pytest.approx(
+      pc["pick_mean_difference_to_uniform"], abs=1e-6)
+  # The pick is expected to beat the capped uniform, so it is kept.
+  assert bc["pick_mean_difference_to_guard_reference"] < 0
+  assert not bc["mean_guard_replaced"] and on_base.weights == plain.weights
 
 
 def test_safe_objective_default_fallback_moves_part_way_when_that_beats_uniform():

@@ -34,7 +34,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # and the target's budget; uniform where uniform stays inside them) | "uniform".
   c.safe_baseline = "capped"
   # What "safe" does when its pick (after the off-support check) has a posterior mean
-  # loss above uniform's: "uniform" (takes uniform instead) | "none" (keeps it).
+  # loss above uniform's: "uniform" (takes uniform instead) | "baseline" (compares
+  # with, and takes, the off-support check's baseline instead: uniform kept inside the
+  # sweep's epochs) | "none" (keeps it).
   c.mean_guard = "uniform"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's

@@ -42,8 +42,9 @@ SAFE_SCORES = ("bound", "mean")
 # (`capped_uniform`), the same as uniform where uniform stays inside them; or "uniform".
 SAFE_BASELINES = ("capped", "uniform")
 # What the safe objective does with a pick whose posterior mean loss is above uniform's
-# (`mean_guard`): "uniform" takes uniform instead; "none" keeps it.
-MEAN_GUARDS = ("uniform", "none")
+# (`mean_guard`): "uniform" takes uniform instead; "baseline" compares with, and takes,
+# the off-support check's baseline (`safe_baseline`) instead of uniform; "none" keeps it.
+MEAN_GUARDS = ("uniform", "baseline", "none")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
@@ -475,7 +476,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     region above and the constraints allow it), that uniform is taken instead. The
     bound prefers mixtures whose loss is known tightly, and the check compares with
     the capped baseline; either may settle on a mixture the posterior itself expects
-    to do worse than uniform. "none" keeps such a pick.
+    to do worse than uniform. "baseline": the same against the off-support check's
+    baseline (`safe_baseline`: uniform kept inside the sweep's epochs by default), so
+    where uniform repeats a domain past them the guard does not rest on the surface's
+    extrapolation of that repetition; elsewhere it is "uniform". "none" keeps such a
+    pick.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws.
@@ -707,7 +712,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                               safe_check["bound_pick_difference_to_uniform_upper_bound"]))
     # The mean guard, against uniform as the safe region allows it (the sweep's weight
     # caps and the constraints): the last anchor, already scored; scored here only for
-    # surfaces that give no anchors.
+    # surfaces that give no anchors. With "baseline", against the check's baseline
+    # where that is not uniform (a candidate, scored after the reference).
     if len(anchors):
       i_uni = n_searched + len(anchors) - 1
     else:
@@ -717,15 +723,21 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       z_w = np.concatenate([z_w, z_u], 1)
       loss, contrast_ub = np.concatenate([loss, loss_u]), np.concatenate([contrast_ub, ub_u])
       i_uni = len(w_all) - 1
-    diff_mean = float(z_w[:, best].mean() - z_w[:, i_uni].mean())  # loss: > 0 is worse
-    guarded = (mean_guard == "uniform" and diff_mean > 0
-               and not np.allclose(w_all[best], w_all[i_uni], atol=1e-9))
+    i_guard, guard_to = i_uni, "uniform"
+    if mean_guard == "baseline" and base_D is not None:
+      i_guard, guard_to = n_searched + len(anchors) + 1, "the capped uniform"
+    mean_diff = lambda i: float(z_w[:, best].mean() - z_w[:, i].mean())  # noqa: E731
+    diff_mean = mean_diff(i_guard)  # loss: > 0 is worse
+    guarded = (mean_guard != "none" and diff_mean > 0
+               and not np.allclose(w_all[best], w_all[i_guard], atol=1e-9))
     safe_check.update(mean_guard=mean_guard, mean_guard_replaced=guarded,
-                      pick_mean_difference_to_uniform=s_out * diff_mean)
+                      mean_guard_reference=guard_to,
+                      pick_mean_difference_to_uniform=s_out * mean_diff(i_uni),
+                      pick_mean_difference_to_guard_reference=s_out * diff_mean)
     if guarded:
-      log.info("safe objective: the pick's posterior mean loss is %.4g above uniform's, "
-               "so uniform is taken (mean_guard)", diff_mean)
-      best = i_uni
+      log.info("safe objective: the pick's posterior mean loss is %.4g above that of "
+               "%s, which is taken instead (mean_guard)", diff_mean, guard_to)
+      best = i_guard
     safe_check["took_uniform"] = bool(np.allclose(w_all[best], 1.0 / len(domains),
                                                   atol=1e-6))
     if base_D is not None:
