@@ -752,12 +752,17 @@ def test_safe_check_compares_with_uniform_kept_inside_the_sweeps_epochs():
   assert capped.improvement_over_uniform.mean == pytest.approx(-float(g.mean[0]),
                                                                abs=0.01)
   # Its posterior mean is above uniform's (which the surface extrapolates), so the
-  # default mean guard takes uniform (as the sweep's weight caps allow it) instead.
+  # "uniform" mean guard takes uniform (as the sweep's weight caps allow it) instead;
+  # the default's guard compares with the capped baseline, which the pick beats.
   assert g.mean[0] > 0
   kw.pop("mean_guard")
-  guarded = recommend(s, **kw)
+  guarded = recommend(s, mean_guard="uniform", **kw)
   assert guarded.diagnostics["safe_check"]["mean_guard_replaced"]
   assert guarded.diagnostics["safe_check"]["took_uniform"]
+  default = recommend(s, **kw)
+  assert default.diagnostics["safe_check"]["mean_guard"] == "baseline"
+  assert not default.diagnostics["safe_check"]["mean_guard_replaced"]
+  assert default.weights == capped.weights
   # Where uniform stays inside the sweep's epochs, "capped" is "uniform".
   _, _, kw0 = _pool_case(world, s, pools[0])
   kw0["off_support_trigger"] = "always"
@@ -776,12 +781,13 @@ def test_safe_check_compares_with_uniform_kept_inside_the_sweeps_epochs():
 def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   world, _ = _world_runs()
   s = _stack()
-  # On this shifted pool the default's pick (after its check against the capped
-  # baseline) has a posterior mean loss above uniform's; on the new pool it is below.
+  # On this shifted pool the pick (after its check against the capped baseline) has a
+  # posterior mean loss above uniform's; on the new pool it is below.
   worse_pool = world.shifted_pools(6, seed=3)[5]
   better_pool = world.new_pools(6, seed=3)[0]
   _, _, kw = _pool_case(world, s, worse_pool)
-  plain, guarded = recommend(s, mean_guard="none", **kw), recommend(s, **kw)
+  plain, guarded = (recommend(s, mean_guard="none", **kw),
+                    recommend(s, mean_guard="uniform", **kw))
   pc, gc = plain.diagnostics["safe_check"], guarded.diagnostics["safe_check"]
   assert plain.improvement_over_uniform.mean < 0
   assert pc["mean_guard"] == "none" and not pc["mean_guard_replaced"]
@@ -796,19 +802,22 @@ def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   # is not among the candidates): the guard scores uniform itself and still takes it.
   bare = copy.copy(s)
   bare.support_stats = {k: v for k, v in s.support_stats.items() if k != "w_max"}
-  plain, guarded = recommend(bare, mean_guard="none", **kw), recommend(bare, **kw)
+  plain, guarded = (recommend(bare, mean_guard="none", **kw),
+                    recommend(bare, mean_guard="uniform", **kw))
   assert plain.improvement_over_uniform.mean < 0
   assert guarded.diagnostics["safe_check"]["mean_guard_replaced"]
   np.testing.assert_allclose([guarded.weights[d] for d in s.domains], 0.2, atol=1e-6)
   # Where the pick is expected to beat uniform, the guard leaves it alone.
   _, _, kw = _pool_case(world, s, better_pool)
-  plain, guarded = recommend(s, mean_guard="none", **kw), recommend(s, **kw)
+  plain, guarded = (recommend(s, mean_guard="none", **kw),
+                    recommend(s, mean_guard="uniform", **kw))
   assert plain.improvement_over_uniform.mean > 0
   assert plain.weights == guarded.weights
   assert not guarded.diagnostics["safe_check"]["mean_guard_replaced"]
   assert guarded.diagnostics["safe_check"]["mean_guard_reference"] == "uniform"
-  # Uniform stays inside the sweep's epochs here, so "baseline" is "uniform".
-  assert recommend(s, mean_guard="baseline", **kw).weights == guarded.weights
+  # Uniform stays inside the sweep's epochs here, so "baseline" (the default) is
+  # "uniform".
+  assert recommend(s, **kw).weights == guarded.weights
   with pytest.raises(ValueError, match="mean_guard: unknown 'always'"):
     recommend(s, mean_guard="always", **kw)
 
@@ -821,7 +830,7 @@ def test_baseline_mean_guard_compares_with_the_capped_uniform():
   pool = world.shifted_pools(6, seed=3)[5]
   x, tokens, kw = _pool_case(world, s, pool)
   plain = recommend(s, mean_guard="none", **kw)
-  on_base = recommend(s, mean_guard="baseline", **kw)
+  on_base = recommend(s, **kw)  # the default
   pc, bc = plain.diagnostics["safe_check"], on_base.diagnostics["safe_check"]
   assert pc["pick_mean_difference_to_uniform"] > 0  # "uniform" takes uniform here
   assert bc["mean_guard"] == "baseline"

@@ -34,10 +34,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # and the target's budget; uniform where uniform stays inside them) | "uniform".
   c.safe_baseline = "capped"
   # What "safe" does when its pick (after the off-support check) has a posterior mean
-  # loss above uniform's: "uniform" (takes uniform instead) | "baseline" (compares
-  # with, and takes, the off-support check's baseline instead: uniform kept inside the
-  # sweep's epochs) | "none" (keeps it).
-  c.mean_guard = "uniform"
+  # loss above that of the check's baseline: "baseline" (takes that baseline instead:
+  # uniform kept inside the sweep's epochs, uniform where uniform stays inside them) |
+  # "uniform" (compares with, and takes, uniform itself) | "none" (keeps it).
+  c.mean_guard = "baseline"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -41,10 +41,11 @@ SAFE_SCORES = ("bound", "mean")
 # with no domain repeated for more epochs than the sweep's runs repeated it
 # (`capped_uniform`), the same as uniform where uniform stays inside them; or "uniform".
 SAFE_BASELINES = ("capped", "uniform")
-# What the safe objective does with a pick whose posterior mean loss is above uniform's
-# (`mean_guard`): "uniform" takes uniform instead; "baseline" compares with, and takes,
-# the off-support check's baseline (`safe_baseline`) instead of uniform; "none" keeps it.
-MEAN_GUARDS = ("uniform", "baseline", "none")
+# What the safe objective does with a pick whose posterior mean loss is above that of
+# the off-support check's baseline (`mean_guard`): "baseline" takes that baseline
+# instead (uniform kept inside the sweep's epochs, by default); "uniform" compares with,
+# and takes, uniform itself; "none" keeps it.
+MEAN_GUARDS = ("baseline", "uniform", "none")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
@@ -407,7 +408,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               safe_score: str = "bound",
               off_support_trigger: str = "heldout",
               safe_baseline: str = "capped",
-              mean_guard: str = "uniform") -> Recommendation:
+              mean_guard: str = "baseline") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -471,16 +472,15 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     it. Where uniform stays inside the sweep's epochs, or the surface or the
     constraints do not say them, the baseline is uniform. "uniform": always uniform.
     The reported gain over uniform stays over uniform.
-  mean_guard: "uniform" (default): when the safe objective's pick, after the
-    off-support check, has a posterior mean loss above uniform's (uniform as the
-    region above and the constraints allow it), that uniform is taken instead. The
-    bound prefers mixtures whose loss is known tightly, and the check compares with
-    the capped baseline; either may settle on a mixture the posterior itself expects
-    to do worse than uniform. "baseline": the same against the off-support check's
-    baseline (`safe_baseline`: uniform kept inside the sweep's epochs by default), so
-    where uniform repeats a domain past them the guard does not rest on the surface's
-    extrapolation of that repetition; elsewhere it is "uniform". "none" keeps such a
-    pick.
+  mean_guard: "baseline" (default): when the safe objective's pick, after the
+    off-support check, has a posterior mean loss above that of the check's baseline
+    (`safe_baseline`: uniform kept inside the sweep's epochs; uniform as the region
+    above and the constraints allow it where uniform stays inside them), that baseline
+    is taken instead. The bound prefers mixtures whose loss is known tightly, so it may
+    settle on a mixture the posterior itself expects to do worse than the baseline.
+    Where uniform repeats a domain past the sweep's epochs, the guard does not rest on
+    the surface's extrapolation of that repetition. "uniform": the same against
+    uniform itself, always. "none" keeps such a pick.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws.
