@@ -588,6 +588,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   n_searched = sum(len(a) for a in pool_w)
   cands = np.concatenate(pool_w + [anchors, fs.ref[None]] + (
       [] if base_D is None else [base_D[None]])).astype(np.float64)
+  i_base = None if base_D is None else len(cands) - 1  # the check's baseline's row
   jax.block_until_ready(theta)
   search_seconds = time.time() - t_search
 
@@ -713,7 +714,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # The mean guard, against uniform as the safe region allows it (the sweep's weight
     # caps and the constraints): the last anchor, already scored; scored here only for
     # surfaces that give no anchors. With "baseline", against the check's baseline
-    # where that is not uniform (a candidate, scored after the reference).
+    # where that is not uniform (the last of the scored candidates before any shrink
+    # segment).
     if len(anchors):
       i_uni = n_searched + len(anchors) - 1
     else:
@@ -724,8 +726,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       loss, contrast_ub = np.concatenate([loss, loss_u]), np.concatenate([contrast_ub, ub_u])
       i_uni = len(w_all) - 1
     i_guard, guard_to = i_uni, "uniform"
-    if mean_guard == "baseline" and base_D is not None:
-      i_guard, guard_to = n_searched + len(anchors) + 1, "the capped uniform"
+    if mean_guard == "baseline" and i_base is not None:
+      i_guard, guard_to = i_base, "the capped uniform"
     mean_diff = lambda i: float(z_w[:, best].mean() - z_w[:, i].mean())  # noqa: E731
     diff_mean = mean_diff(i_guard)  # loss: > 0 is worse
     guarded = (mean_guard != "none" and diff_mean > 0
