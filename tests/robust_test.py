@@ -778,16 +778,27 @@ def test_safe_check_compares_with_uniform_kept_inside_the_sweeps_epochs():
     recommend(s, safe_baseline="natural", **kw)
 
 
+@functools.lru_cache(maxsize=None)
+def _guard_pool():
+  """A shifted pool of the test stack where the pick (after its check against the
+  capped baseline) has a posterior mean loss above uniform's, uniform repeating a
+  scarce domain past the sweep's epochs there: the pool, its covariates and tokens,
+  recommend's keyword arguments, and the recommendation without the mean guard."""
+  world, _ = _world_runs()
+  s = _stack()
+  pool = world.shifted_pools(6, seed=3)[5]
+  x, tokens, kw = _pool_case(world, s, pool)
+  return pool, x, tokens, kw, recommend(s, mean_guard="none", **kw)
+
+
 def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
   world, _ = _world_runs()
   s = _stack()
-  # On this shifted pool the pick (after its check against the capped baseline) has a
-  # posterior mean loss above uniform's; on the new pool it is below.
-  worse_pool = world.shifted_pools(6, seed=3)[5]
+  # On the guard's pool the pick has a posterior mean loss above uniform's; on the new
+  # pool it is below.
   better_pool = world.new_pools(6, seed=3)[0]
-  _, _, kw = _pool_case(world, s, worse_pool)
-  plain, guarded = (recommend(s, mean_guard="none", **kw),
-                    recommend(s, mean_guard="uniform", **kw))
+  _, _, _, kw, plain = _guard_pool()
+  guarded = recommend(s, mean_guard="uniform", **kw)
   pc, gc = plain.diagnostics["safe_check"], guarded.diagnostics["safe_check"]
   assert plain.improvement_over_uniform.mean < 0
   assert pc["mean_guard"] == "none" and not pc["mean_guard_replaced"]
@@ -823,13 +834,10 @@ def test_mean_guard_takes_uniform_when_the_pick_is_expected_to_lose_to_it():
 
 
 def test_baseline_mean_guard_compares_with_the_capped_uniform():
-  world, _ = _world_runs()
   s = _stack()
-  # The pool on which the default guard takes uniform (above): uniform repeats a scarce
-  # domain past the sweep's epochs, so the check's baseline is the capped uniform.
-  pool = world.shifted_pools(6, seed=3)[5]
-  x, tokens, kw = _pool_case(world, s, pool)
-  plain = recommend(s, mean_guard="none", **kw)
+  # The pool on which "uniform" takes uniform (above): uniform repeats a scarce domain
+  # past the sweep's epochs, so the check's baseline is the capped uniform.
+  pool, x, tokens, kw, plain = _guard_pool()
   on_base = recommend(s, **kw)  # the default
   pc, bc = plain.diagnostics["safe_check"], on_base.diagnostics["safe_check"]
   assert pc["pick_mean_difference_to_uniform"] > 0  # "uniform" takes uniform here
