@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib
 import json
 
 import jax
@@ -856,6 +857,31 @@ def test_baseline_mean_guard_compares_with_the_capped_uniform():
   # The pick is expected to beat the capped uniform, so it is kept.
   assert bc["pick_mean_difference_to_guard_reference"] < 0
   assert not bc["mean_guard_replaced"] and on_base.weights == plain.weights
+
+
+def test_baseline_mean_guard_takes_the_baseline_when_the_pick_is_expected_to_lose(
+    monkeypatch):
+  world, _ = _world_runs()
+  s = _stack()
+  pool = world.new_pools(6, seed=3)[0]
+  _, _, kw = _pool_case(world, s, pool)
+  kw["off_support_trigger"] = "verdict"  # the check does not run on this pool
+  # A baseline the posterior prefers to the lowest-bound pick: the lowest-mean mixture
+  # of the same region, given as the check's baseline.
+  low_mean = recommend(s, safe_score="mean", **kw)
+  w_low = np.array([low_mean.weights[d] for d in s.domains])
+  rec_module = importlib.import_module("causalmix_jax.optimise.recommend")
+  monkeypatch.setattr(rec_module, "_check_baseline",
+                      lambda *a, **k: (w_low.copy(), "capped uniform: given"))
+  plain, guarded = recommend(s, mean_guard="none", **kw), recommend(s, **kw)
+  gc = guarded.diagnostics["safe_check"]
+  assert not gc["ran"]
+  assert gc["mean_guard_reference"] == "the capped uniform"
+  assert gc["pick_mean_difference_to_guard_reference"] > 0
+  assert gc["mean_guard_replaced"] and gc["took_baseline"]
+  np.testing.assert_allclose([guarded.weights[d] for d in s.domains], w_low, atol=1e-6)
+  assert plain.weights != guarded.weights
+  assert not plain.diagnostics["safe_check"]["mean_guard_replaced"]
 
 
 def test_safe_objective_default_fallback_moves_part_way_when_that_beats_uniform():
