@@ -728,8 +728,10 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     i_guard, guard_to = i_uni, "uniform"
     if mean_guard == "baseline" and i_base is not None:
       i_guard, guard_to = i_base, "the capped uniform"
-    mean_diff = lambda i: float(z_w[:, best].mean() - z_w[:, i].mean())  # noqa: E731
-    diff_mean = mean_diff(i_guard)  # loss: > 0 is worse
+
+    def mean_diff(i: int) -> float:  # the pick's posterior mean less row i's; > 0: worse
+      return float(z_w[:, best].mean() - z_w[:, i].mean())
+    diff_mean = mean_diff(i_guard)
     guarded = (mean_guard != "none" and diff_mean > 0
                and not np.allclose(w_all[best], w_all[i_guard], atol=1e-9))
     safe_check.update(mean_guard=mean_guard, mean_guard_replaced=guarded,
