@@ -608,6 +608,40 @@ def test_split_calibration_gives_final_intervals_and_the_defaults_decisions(tmp_
                                               stack_discrepancy="rff"))
 
 
+def test_clip_decisions_decides_as_clip_and_reads_as_linear(tmp_path):
+  """"clip_decisions": the optimiser's draws see the covariates clipped to the sweep's
+  range, so the recommendation is "clip"'s, while predict and cate see them as they
+  are, so the intervals are the default's; the setting survives save and load."""
+  world, runs = _world_runs()
+  linear = _stack()
+  clip = fit.fit_surface(runs, "loss", config=_cfg(covariate_extrapolation="clip"))
+  both = fit.fit_surface(runs, "loss",
+                         config=_cfg(covariate_extrapolation="clip_decisions"))
+  assert both.info["covariate_extrapolation"] == "clip_decisions"
+  assert both.clip_decisions_only and not clip.clip_decisions_only
+  np.testing.assert_allclose(both.x_bounds[0], runs.X.min(0), rtol=1e-6)
+  pool = world.shifted_pools(1, seed=2)[0]
+  x, tokens, kw = _pool_case(world, both, pool)
+  w = np.random.default_rng(0).dirichlet(np.ones(len(both.domains)), 8)
+  q = dict(tokens=tokens, budget=pool.budget, ci=0.9)
+  for read in ("predict", "cate"):
+    args = (w, x) if read == "predict" else (w, linear.w_ref, x)
+    a, b, c = (getattr(s, read)(*args, **q) for s in (linear, both, clip))
+    np.testing.assert_allclose(b.lo, a.lo, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(b.hi, a.hi, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(c.hi - c.lo, a.hi - a.lo)  # this pool leaves the range
+  ref, got = recommend(clip, **kw), recommend(both, **kw)
+  assert got.weights == ref.weights
+  assert got.improvement_over_uniform == ref.improvement_over_uniform
+  both.save(tmp_path / "b")
+  back = load_surface(tmp_path / "b")
+  assert back.clip_decisions_only
+  assert recommend(back, **kw).weights == ref.weights
+  np.testing.assert_allclose(back.predict(w, x, tokens=tokens, budget=pool.budget).hi,
+                             both.predict(w, x, tokens=tokens, budget=pool.budget).hi,
+                             rtol=1e-6, atol=1e-7)
+
+
 def _pool_case(world, s, pool, x=None, **sizes):
   """A pool's covariates (`x`: the pool's own by default), its token counts in the
   surface's domain order, and recommend's keyword arguments for it (a small search

@@ -69,7 +69,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "hedge": the means clipped, the spread taken at the raw covariates, plus the gap
   # between the two means times a standard normal per draw; its shifted-pool intervals
   # cover, but the safe objective then falls back to uniform more often, which costs
-  # regret on the zoo and on the shift study's real text.
+  # regret on the zoo and on the shift study's real text. "clip_decisions": the
+  # optimiser decides as with "clip" (its draws, the safe check and the reported gains
+  # see the clipped covariates), while predict, cate and theta see them as they are,
+  # so the intervals a user reads are "linear"'s.
   c.covariate_extrapolation = "linear"
   # The safe objective's guard asks whether the pick beats uniform at the upper bound of
   # their paired difference. "none" (default): that bound as the stack's calibration

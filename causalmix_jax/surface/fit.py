@@ -388,7 +388,8 @@ def _support_stats(x: np.ndarray, w: np.ndarray, xb: CovariateBasis,
 # configs written before the key existed).
 STACK_CALIBRATIONS = ("pairs", "cell_means")  # surface.stack_calibration
 STACK_DISCREPANCIES = ("none", "rff")  # surface.stack_discrepancy
-COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge")  # surface.covariate_extrapolation
+# surface.covariate_extrapolation
+COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge", "clip_decisions")
 DECISION_CALIBRATIONS = ("none", "conformal", "report")  # surface.decision_calibration
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
 CONFORMAL_SPREADS = ("heldout", "final", "split")  # surface.conformal_spread

@@ -147,14 +147,16 @@ class StackedSurface(SurfaceBase):
   pool). The means m_k see the covariates clipped to `x_bounds`. With `hedge_S` given,
   the spread f_k - m_k is the one at the raw covariates, and the extrapolation gap g(w)
   (the stacked means at the raw covariates minus those at the clipped ones; zero inside
-  the bounds) enters times a standard normal h per draw."""
+  the bounds) enters times a standard normal h per draw. With `clip_decisions_only`
+  (surface.covariate_extrapolation = "clip_decisions") only the optimiser's draws see
+  the clipped covariates; predict, cate and theta see them as they are."""
 
   def __init__(self, members: Sequence[SurfaceBase], weights: Sequence[float],
                scale: float, level_S: np.ndarray,
                disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                x_bounds: tuple[np.ndarray, np.ndarray] | None = None,
                hedge_S: np.ndarray | None = None, optimiser_scale: float | None = None,
-               **kw):
+               clip_decisions_only: bool = False, **kw):
     super().__init__(**kw)
     # The members see covariates clipped to these bounds (surface.covariate_extrapolation
     # = "clip": the sweep's range); infinite bounds leave them as they are.
@@ -164,6 +166,8 @@ class StackedSurface(SurfaceBase):
     self.members = list(members)
     self.weights = np.asarray(weights, np.float64)
     self.scale = float(scale)
+    # Whether the bounds hold for the optimiser's draws only (the intervals extrapolate).
+    self.clip_decisions_only = bool(clip_decisions_only)
     # The factor the decisions' draws use (`optimiser_sampler`); None: `scale`.
     self.optimiser_scale = float(scale if optimiser_scale is None else optimiser_scale)
     self.level_S = np.asarray(level_S, np.float32)
@@ -203,16 +207,26 @@ class StackedSurface(SurfaceBase):
               "weights": jnp.asarray(self.weights, jnp.float32),
               "scale": jnp.float32(self.scale), "level_S": jnp.asarray(self.level_S),
               "disc": tuple(jnp.asarray(a) for a in self.disc),
-              "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds),
+              "x_bounds": tuple(jnp.asarray(a) for a in self._read_bounds()),
               "hedge_S": jnp.asarray(self.hedge_S)}
     return self._fn, params
+
+  def _read_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+    """The bounds `sampler` and `draws` clip the covariates to: none when only the
+    decisions clip them."""
+    if self.clip_decisions_only:
+      return tuple(np.full_like(b, s * np.inf) for b, s in zip(self.x_bounds, (-1, 1)))
+    return self.x_bounds
 
   def optimiser_sampler(self, tokens: Any = None, budget: float | None = None):
     """`sampler` with the members' spread scaled by `optimiser_scale`: the draws the
     optimiser decides on (the same as `sampler`'s unless the fit calibrated the
-    intervals and the decisions apart, surface.conformal_spread = "split")."""
+    intervals and the decisions apart, surface.conformal_spread = "split"), and the
+    covariates clipped to `x_bounds` also where only the decisions clip them
+    (surface.covariate_extrapolation = "clip_decisions")."""
     fn, params = self.sampler(tokens, budget)
-    return fn, {**params, "scale": jnp.float32(self.optimiser_scale)}
+    return fn, {**params, "scale": jnp.float32(self.optimiser_scale),
+                "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
 
   @property
   def n_draws(self) -> int:
@@ -223,7 +237,7 @@ class StackedSurface(SurfaceBase):
     omega, b, z = (np.asarray(a, np.float64) for a in self.disc)
     x_c = x
     if x is not None and len(self.features):
-      x_c = np.clip(self._x(x), *(np.asarray(a, np.float64) for a in self.x_bounds))
+      x_c = np.clip(self._x(x), *(np.asarray(a, np.float64) for a in self._read_bounds()))
     member_draws = [m.draws(w, x_c, tokens=tokens, budget=budget)[:self._n]
                     for m in self.members]
     raw = None
@@ -246,7 +260,8 @@ class StackedSurface(SurfaceBase):
                         x_hi_F=self.x_bounds[1], hedge_S=self.hedge_S)
     return artifacts.write_json(directory / "surface.json", {
         **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
-        "scale": self.scale, "optimiser_scale": self.optimiser_scale})
+        "scale": self.scale, "optimiser_scale": self.optimiser_scale,
+        "clip_decisions_only": self.clip_decisions_only})
 
   def __repr__(self) -> str:
     kinds = [m.info.get("method", "?") for m in self.members]
@@ -305,9 +320,11 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     # ... and their members extrapolate the covariates as they are.
     bounds = (z["x_lo_F"], z["x_hi_F"]) if "x_lo_F" in z.files else None
     hedge = z["hedge_S"] if "hedge_S" in z.files else None
-  # Surfaces saved before the decisions had their own factor decide on `scale`.
+  # Surfaces saved before the decisions had their own factor decide on `scale`; those
+  # saved before "clip_decisions" clip for every reader or for none.
   return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
-                        hedge, meta.get("optimiser_scale"), **kw)
+                        hedge, meta.get("optimiser_scale"),
+                        bool(meta.get("clip_decisions_only", False)), **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -968,6 +985,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
                         x_bounds, hedge, optimiser_scale,
+                        info["covariate_extrapolation"] == "clip_decisions",
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
