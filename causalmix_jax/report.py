@@ -502,6 +502,7 @@ def _surface_section(workdir: pathlib.Path, surface: Any, out_dir: pathlib.Path,
                      f"better) over {len(surface.domains)} domains and "
                      f"{len(surface.features)} covariates."))
   for line in (covariate_selection_line(getattr(surface, "info", None)),
+               extrapolation_line(getattr(surface, "info", None)),
                calibration_line(getattr(surface, "info", None)),
                guard_line(getattr(surface, "info", None))):
     if line:
@@ -549,6 +550,30 @@ def covariate_selection_line(info: Mapping[str, Any] | None) -> str | None:
     return ("Covariates: the stack kept every principal component of the pool states ("
             + numbers + "; " + rule + ").")
   return "Covariates: the stack kept them (" + numbers + "; " + rule + ")."
+
+
+# surface.covariate_extrapolation -> how a stack reads a pool's covariates outside the
+# sweep's range ("linear", the default of saved surfaces, is not stated).
+EXTRAPOLATION_TEXT = {
+    "clip": "every reader (the optimiser, predictions and effects) sees them clipped to "
+            "the sweep's range, so intervals off it do not widen with the distance "
+            "clipped away",
+    "hedge": "the means see them clipped to the sweep's range, and the intervals widen "
+             "by the gap to the means that extrapolate them",
+    "clip_decisions": "the optimiser decides with them clipped to the sweep's range "
+                      "(the pick, the safe check and the reported gains), while the "
+                      "predictions and effects shown here extrapolate them"}
+
+
+def extrapolation_line(info: Mapping[str, Any] | None) -> str | None:
+  """How the stack read a pool's covariates outside the sweep's range
+  (`info["covariate_extrapolation"]`); None for "linear" or where the fit does not
+  say."""
+  setting = (info or {}).get("covariate_extrapolation")
+  if setting not in EXTRAPOLATION_TEXT:
+    return None
+  return (f"Covariates outside the sweep's range: {EXTRAPOLATION_TEXT[setting]} "
+          f"(surface.covariate_extrapolation = \"{setting}\").")
 
 
 # The run noise's share of the held-out contrasts' mean squared error from which the

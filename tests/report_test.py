@@ -618,6 +618,23 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
               cfg, wd).read_text()
 
 
+def test_covariate_extrapolation_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
+  wd = _workdir(tmp_path)
+  info = {"covariate_extrapolation": "linear"}
+  monkeypatch.setattr(FakeSurface, "info", info, raising=False)
+  assert "Covariates outside the sweep's range" not in report_stage.run(
+      cfg, wd).read_text()
+  info["covariate_extrapolation"] = "clip_decisions"
+  assert ("Covariates outside the sweep's range: the optimiser decides with them "
+          "clipped to the sweep's range (the pick, the safe check and the reported "
+          "gains), while the predictions and effects shown here extrapolate them "
+          "(surface.covariate_extrapolation = \"clip_decisions\").") in report_stage.run(
+              cfg, wd).read_text()
+  info["covariate_extrapolation"] = "clip"
+  assert "every reader (the optimiser, predictions and effects) sees them clipped" in (
+      report_stage.run(cfg, wd).read_text())
+
+
 def test_covariate_selection_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   wd = _workdir(tmp_path)
   assert "Covariates: the stack" not in report_stage.run(cfg, wd).read_text()
