@@ -613,10 +613,10 @@ def test_clip_decisions_decides_as_clip_and_reads_as_linear(tmp_path):
   range, so the recommendation is "clip"'s, while predict and cate see them as they
   are, so the intervals are the default's; the setting survives save and load."""
   world, runs = _world_runs()
-  linear = _stack()
-  clip = fit.fit_surface(runs, "loss", config=_cfg(covariate_extrapolation="clip"))
-  both = fit.fit_surface(runs, "loss",
-                         config=_cfg(covariate_extrapolation="clip_decisions"))
+  # One member, covariates kept: the settings differ only in how the stack reads them.
+  linear, clip, both = (fit.fit_surface(runs, "loss", config=_cfg(
+      covariate_extrapolation=c, stack_members=("dml",), stack_covariates="aware"))
+                        for c in ("linear", "clip", "clip_decisions"))
   assert both.info["covariate_extrapolation"] == "clip_decisions"
   assert both.clip_decisions_only and not clip.clip_decisions_only
   np.testing.assert_allclose(both.x_bounds[0], runs.X.min(0), rtol=1e-6)
@@ -630,13 +630,21 @@ def test_clip_decisions_decides_as_clip_and_reads_as_linear(tmp_path):
     np.testing.assert_allclose(b.lo, a.lo, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(b.hi, a.hi, rtol=1e-6, atol=1e-7)
     assert not np.allclose(c.hi - c.lo, a.hi - a.lo)  # this pool leaves the range
+  # The optimiser's draws are "clip"'s, not "linear"'s, and so is the recommendation.
+  x_F = jnp.asarray(both._x(x), jnp.float32)
+  z = [np.asarray(fn(params, jnp.asarray(w, jnp.float32), x_F)) for fn, params in (
+      s.optimiser_sampler(tokens, pool.budget) for s in (linear, both, clip))]
+  np.testing.assert_allclose(z[1], z[2], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(z[1], z[0], rtol=1e-3)
   ref, got = recommend(clip, **kw), recommend(both, **kw)
   assert got.weights == ref.weights
   assert got.improvement_over_uniform == ref.improvement_over_uniform
   both.save(tmp_path / "b")
   back = load_surface(tmp_path / "b")
   assert back.clip_decisions_only
-  assert recommend(back, **kw).weights == ref.weights
+  fn, params = back.optimiser_sampler(tokens, pool.budget)
+  np.testing.assert_allclose(np.asarray(fn(params, jnp.asarray(w, jnp.float32), x_F)),
+                             z[1], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(back.predict(w, x, tokens=tokens, budget=pool.budget).hi,
                              both.predict(w, x, tokens=tokens, budget=pool.budget).hi,
                              rtol=1e-6, atol=1e-7)
