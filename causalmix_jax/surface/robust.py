@@ -324,7 +324,8 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
   # saved before "clip_decisions" clip for every reader or for none.
   return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
                         hedge, meta.get("optimiser_scale"),
-                        bool(meta.get("clip_decisions_only", False)), **kw)
+                        clip_decisions_only=bool(meta.get("clip_decisions_only", False)),
+                        **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -985,7 +986,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
                         x_bounds, hedge, optimiser_scale,
-                        info["covariate_extrapolation"] == "clip_decisions",
+                        clip_decisions_only=(
+                            info["covariate_extrapolation"] == "clip_decisions"),
                         domains=runs.domains, features=runs.features, outcome=data.name,
                         maximize=data.name in runs.maximize, support_stats=support,
                         info=info)
