@@ -638,7 +638,15 @@ def test_clip_decisions_decides_as_clip_and_reads_as_linear(tmp_path):
   assert not np.allclose(z[1], z[0], rtol=1e-3)
   ref, got = recommend(clip, **kw), recommend(both, **kw)
   assert got.weights == ref.weights
-  assert got.improvement_over_uniform == ref.improvement_over_uniform
+  # What it reports about its pick is read as predict reads the pool: "linear"'s draws.
+  rows = np.array([[r.weights[d] for d in both.domains] for r in (got,)]
+                  + [[got.reference[d] for d in both.domains]], np.float32)
+  fn, params = linear.optimiser_sampler(tokens, pool.budget)
+  z_read = np.asarray(fn(params, jnp.asarray(rows), x_F), np.float64)
+  gain = float((z_read[:, 1] - z_read[:, 0]).mean())
+  assert got.improvement_over_reference.mean == pytest.approx(gain, rel=1e-4, abs=1e-6)
+  assert got.predicted.mean == pytest.approx(float(z_read[:, 0].mean()), rel=1e-5)
+  assert not np.isclose(ref.improvement_over_reference.mean, gain, rtol=1e-3)
   both.save(tmp_path / "b")
   back = load_surface(tmp_path / "b")
   assert back.clip_decisions_only

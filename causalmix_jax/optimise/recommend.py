@@ -62,15 +62,24 @@ def check_safe_setting(name: str, value: str) -> str:
 # surface -> its sampler function. A surface may build a fresh closure or partial in
 # each sampler() call; reusing the first one keeps jit's cache warm across calls (the
 # function depends on the surface only; everything else travels in params).
-_SAMPLER_FNS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_SAMPLER_FNS: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = (
+    weakref.WeakKeyDictionary())
 
 
 def surface_sampler(surface: Any, tokens_D: np.ndarray | None = None,
-                    budget: float | None = None) -> tuple[Any, Any]:
+                    budget: float | None = None, use: str = "decide"
+                    ) -> tuple[Any, Any]:
   """(fn, params) of the surface, for the pool's token counts and the training budget
-  when the surface models repetition (its sampler takes `tokens` and `budget`): its
-  `optimiser_sampler` where it has one (the draws it decides on), else its `sampler`."""
+  when the surface models repetition (its sampler takes `tokens` and `budget`): with
+  use "decide", its `optimiser_sampler` where it has one (the draws it decides on);
+  with use "report", its `report_sampler` where it has one (the draws a
+  recommendation's reported figures come from), else the decisions' draws; else its
+  `sampler`."""
+  if use not in ("decide", "report"):
+    raise ValueError(f"use: unknown {use!r}; known: ['decide', 'report']")
   sampler = getattr(surface, "optimiser_sampler", None) or surface.sampler
+  if use == "report":
+    sampler = getattr(surface, "report_sampler", None) or sampler
   kwargs = {}
   try:
     sig = inspect.signature(sampler).parameters
@@ -82,7 +91,7 @@ def surface_sampler(surface: Any, tokens_D: np.ndarray | None = None,
     kwargs["budget"] = float(budget)
   fn, params = sampler(**kwargs)
   try:
-    fn = _SAMPLER_FNS.setdefault(surface, fn)
+    fn = _SAMPLER_FNS.setdefault(surface, {}).setdefault(use, fn)
   except TypeError:  # not weak-referenceable
     pass
   return fn, params
@@ -399,6 +408,25 @@ def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float,
   return Improvement(float(d.mean()), float(q[0]), float(q[1]), float((d > 0).mean()))
 
 
+def _reported_draws(surfaces: Sequence[Any], tokens_D: np.ndarray | None,
+                    budget: float | None, xs, coefs, w_best_D: np.ndarray,
+                    extra: Sequence[np.ndarray], decided: tuple) -> tuple:
+  """The draws of (the pick, the reference, uniform, the best-known mixture or None)
+  the Recommendation reports from. These are the decisions' own (`decided`) unless a
+  surface reads its covariates apart from how it decides on them (`reports_apart`:
+  surface.covariate_extrapolation = "clip_decisions"); then the same rows are drawn
+  again from each surface's `report_sampler`, so the reported predictions and gains
+  carry the intervals `predict` and `cate` give at the pool's covariates."""
+  if not any(getattr(s, "reports_apart", False) for s in surfaces):
+    return decided
+  fns, params = zip(*(surface_sampler(s, tokens_D, budget, use="report")
+                      for s in surfaces))
+  rows = np.concatenate([w_best_D[None]] + list(extra[:2 if decided[3] is None else 3]))
+  z = np.asarray(search.draws(tuple(fns), tuple(params), xs, coefs,
+                              jnp.asarray(rows, jnp.float32)), np.float64)
+  return z[:, 0], z[:, 1], z[:, 2], (None if decided[3] is None else z[:, 3])
+
+
 def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               constraints: cons.Constraints | Mapping[str, Any] | None = None,
               objective: str = "safe", method: str = "S", *, ci: float = 0.9,
@@ -483,7 +511,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     uniform itself, always. "none" keeps such a pick.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
-  (`best_known`), each from joint posterior draws.
+  (`best_known`), each from joint posterior draws: the draws it decided on, or where
+  the surface decides on clipped covariates but reads them as they are
+  (surface.covariate_extrapolation = "clip_decisions"), the draws it reads them by.
   method: "S" (search: candidates + multi-start mirror descent + the A step) or "A"
     (step from the reference along the marginal returns, with a line search).
   n_candidates (>= 1), n_starts (>= 1), n_steps (>= 0): the search's size; seed >= 0.
@@ -756,20 +786,23 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   if info["zeroed"]:
     log.info("sampler_min_weight=%g: set %s to 0 and renormalised", fs.m, info["zeroed"])
 
+  z_pick, z_ref, z_uni, z_known = _reported_draws(
+      surfaces, tokens_D, budget, xs, coefs, w_best,
+      extra, (z_w[:, best], z_ref, z_uni, z_known))
   theta_np = np.asarray(theta, np.float64) * s_out
   return Recommendation(
       domains=tuple(domains),
       weights={d: float(w_best[i]) for i, d in enumerate(domains)},
-      predicted=_summary(s_out * z_w[:, best], ci),
+      predicted=_summary(s_out * z_pick, ci),
       reference={d: float(fs.ref[i]) for i, d in enumerate(domains)},
       reference_predicted=_summary(s_out * z_ref, ci),
       uniform_predicted=_summary(s_out * z_uni, ci),
-      improvement_over_reference=_improvement(z_ref, z_w[:, best], ci),
-      improvement_over_uniform=_improvement(z_uni, z_w[:, best], ci, rscale),
+      improvement_over_reference=_improvement(z_ref, z_pick, ci),
+      improvement_over_uniform=_improvement(z_uni, z_pick, ci, rscale),
       best_known=({} if w_known is None
                   else {d: float(v) for d, v in zip(domains, w_known)}),
       improvement_over_best_known=(None if z_known is None
-                                   else _improvement(z_known, z_w[:, best], ci)),
+                                   else _improvement(z_known, z_pick, ci)),
       outcome=surfaces[0].outcome if single else "+".join(
           f"{w:g}*{s.outcome}" for w, s in zip(ow, surfaces)),
       maximize=bool(surfaces[0].maximize) if single else False,

@@ -224,9 +224,21 @@ class StackedSurface(SurfaceBase):
     intervals and the decisions apart, surface.conformal_spread = "split"), and the
     covariates clipped to `x_bounds` also where only the decisions clip them
     (surface.covariate_extrapolation = "clip_decisions")."""
+    fn, params = self.report_sampler(tokens, budget)
+    return fn, {**params, "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
+
+  @property
+  def reports_apart(self) -> bool:
+    """Whether `report_sampler`'s draws differ from `optimiser_sampler`'s: only where
+    the decisions alone clip the covariates."""
+    return self.clip_decisions_only
+
+  def report_sampler(self, tokens: Any = None, budget: float | None = None):
+    """The draws a recommendation reports its pick's predictions and gains from:
+    `optimiser_sampler`'s spread, with the covariates as `predict` reads them (not
+    clipped where only the decisions clip them)."""
     fn, params = self.sampler(tokens, budget)
-    return fn, {**params, "scale": jnp.float32(self.optimiser_scale),
-                "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
+    return fn, {**params, "scale": jnp.float32(self.optimiser_scale)}
 
   @property
   def n_draws(self) -> int:
