@@ -561,8 +561,8 @@ EXTRAPOLATION_TEXT = {
     "hedge": "the means see them clipped to the sweep's range, and the intervals widen "
              "by the gap to the means that extrapolate them",
     "clip_decisions": "the optimiser decides with them clipped to the sweep's range "
-                      "(the pick, the safe check and the reported gains), while the "
-                      "predictions and effects shown here extrapolate them"}
+                      "(the pick and the safe check), while the predictions, effects "
+                      "and the pick's reported gains shown here extrapolate them"}
 
 
 def extrapolation_line(info: Mapping[str, Any] | None) -> str | None:

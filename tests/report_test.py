@@ -626,8 +626,9 @@ def test_covariate_extrapolation_is_stated_under_the_surface(tmp_path, cfg, monk
       cfg, wd).read_text()
   info["covariate_extrapolation"] = "clip_decisions"
   assert ("Covariates outside the sweep's range: the optimiser decides with them "
-          "clipped to the sweep's range (the pick, the safe check and the reported "
-          "gains), while the predictions and effects shown here extrapolate them "
+          "clipped to the sweep's range (the pick and the safe check), while the "
+          "predictions, effects and the pick's reported gains shown here extrapolate "
+          "them "
           "(surface.covariate_extrapolation = \"clip_decisions\").") in report_stage.run(
               cfg, wd).read_text()
   info["covariate_extrapolation"] = "clip"

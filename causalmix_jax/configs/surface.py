@@ -70,11 +70,13 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # between the two means times a standard normal per draw; its shifted-pool intervals
   # cover, but the safe objective then falls back to uniform more often, which costs
   # regret on the zoo and on the shift study's real text. "clip_decisions": the
-  # optimiser decides as with "clip" (its draws, the safe check and the reported gains
-  # see the clipped covariates), while predict, cate and theta see them as they are,
-  # so the intervals a user reads are "linear"'s. It lowers shifted-pool regret on the
-  # zoo, but its reported gains over the sweep's best-known mixture miss more often
-  # off-support, so it is not the default (experiments/surface_zoo, world seeds 53-56).
+  # optimiser decides as with "clip" (its draws and the safe check see the clipped
+  # covariates), while predict, cate, theta and the recommendation's reported
+  # predictions and gains see them as they are, so the intervals a user reads are
+  # "linear"'s. It lowers shifted-pool regret on the zoo; while its reported gains were
+  # drawn at the clipped covariates, those over the sweep's best-known mixture missed
+  # more often off-support, so it is not the default (experiments/surface_zoo, world
+  # seeds 53-56).
   c.covariate_extrapolation = "linear"
   # The safe objective's guard asks whether the pick beats uniform at the upper bound of
   # their paired difference. "none" (default): that bound as the stack's calibration
