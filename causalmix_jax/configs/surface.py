@@ -73,10 +73,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # optimiser decides as with "clip" (its draws and the safe check see the clipped
   # covariates), while predict, cate, theta and the recommendation's reported
   # predictions and gains see them as they are, so the intervals a user reads are
-  # "linear"'s. It lowers shifted-pool regret on the zoo; while its reported gains were
-  # drawn at the clipped covariates, those over the sweep's best-known mixture missed
-  # more often off-support, so it is not the default (experiments/surface_zoo, world
-  # seeds 53-56).
+  # "linear"'s. It lowers shifted-pool regret on the zoo, but it moves the pick away
+  # from uniform on more pools and was worse than uniform on more shifted cells, so it
+  # is not the default (experiments/surface_zoo, world seeds 53-60).
   c.covariate_extrapolation = "linear"
   # The safe objective's guard asks whether the pick beats uniform at the upper bound of
   # their paired difference. "none" (default): that bound as the stack's calibration
