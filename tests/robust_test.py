@@ -610,8 +610,9 @@ def test_split_calibration_gives_final_intervals_and_the_defaults_decisions(tmp_
 
 def test_clip_decisions_decides_as_clip_and_reads_as_linear(tmp_path):
   """"clip_decisions": the optimiser's draws see the covariates clipped to the sweep's
-  range, so the recommendation is "clip"'s, while predict and cate see them as they
-  are, so the intervals are the default's; the setting survives save and load."""
+  range, so the recommendation is "clip"'s, while predict, cate and what the
+  recommendation reports about its pick see them as they are, so the intervals are
+  the default's; the setting survives save and load."""
   world, runs = _world_runs()
   # One member, covariates kept: the settings differ only in how the stack reads them.
   linear, clip, both = (fit.fit_surface(runs, "loss", config=_cfg(
@@ -639,8 +640,8 @@ def test_clip_decisions_decides_as_clip_and_reads_as_linear(tmp_path):
   ref, got = recommend(clip, **kw), recommend(both, **kw)
   assert got.weights == ref.weights
   # What it reports about its pick is read as predict reads the pool: "linear"'s draws.
-  rows = np.array([[r.weights[d] for d in both.domains] for r in (got,)]
-                  + [[got.reference[d] for d in both.domains]], np.float32)
+  rows = np.array([[got.weights[d] for d in both.domains],
+                   [got.reference[d] for d in both.domains]], np.float32)
   fn, params = linear.optimiser_sampler(tokens, pool.budget)
   z_read = np.asarray(fn(params, jnp.asarray(rows), x_F), np.float64)
   gain = float((z_read[:, 1] - z_read[:, 0]).mean())

@@ -59,7 +59,7 @@ def check_safe_setting(name: str, value: str) -> str:
     raise ValueError(f"{name}: unknown {value!r}; known: {list(known)}")
   return value
 
-# surface -> its sampler function. A surface may build a fresh closure or partial in
+# surface -> {use: its sampler function}. A surface may build a fresh closure or partial in
 # each sampler() call; reusing the first one keeps jit's cache warm across calls (the
 # function depends on the surface only; everything else travels in params).
 _SAMPLER_FNS: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = (
@@ -416,7 +416,10 @@ def _reported_draws(surfaces: Sequence[Any], tokens_D: np.ndarray | None,
   surface reads its covariates apart from how it decides on them (`reports_apart`:
   surface.covariate_extrapolation = "clip_decisions"); then the same rows are drawn
   again from each surface's `report_sampler`, so the reported predictions and gains
-  carry the intervals `predict` and `cate` give at the pool's covariates."""
+  carry the intervals `predict` and `cate` give at the pool's covariates. `extra`:
+  the rows recommend scores beside its candidates, the reference's, uniform's and
+  (when the surface records its sweep) the best-known mixture's first, in that
+  order."""
   if not any(getattr(s, "reports_apart", False) for s in surfaces):
     return decided
   fns, params = zip(*(surface_sampler(s, tokens_D, budget, use="report")
