@@ -409,25 +409,20 @@ def _improvement(z_base_S: np.ndarray, z_w_S: np.ndarray, ci: float,
 
 
 def _reported_draws(surfaces: Sequence[Any], tokens_D: np.ndarray | None,
-                    budget: float | None, xs, coefs, w_best_D: np.ndarray,
-                    extra: Sequence[np.ndarray], decided: tuple) -> tuple:
-  """The draws of (the pick, the reference, uniform, the best-known mixture or None)
-  the Recommendation reports from. These are the decisions' own (`decided`) unless a
-  surface reads its covariates apart from how it decides on them (`reports_apart`:
-  surface.covariate_extrapolation = "clip_decisions"); then the same rows are drawn
-  again from each surface's `report_sampler`, so the reported predictions and gains
-  carry the intervals `predict` and `cate` give at the pool's covariates. `extra`:
-  the rows recommend scores beside its candidates, the reference's, uniform's and
-  (when the surface records its sweep) the best-known mixture's first, in that
-  order."""
+                    budget: float | None, xs, coefs, w_RxD: np.ndarray,
+                    decided_SxR: np.ndarray) -> np.ndarray:
+  """The draws of the rows w_RxD the Recommendation reports from: the decisions' own
+  (`decided_SxR`, the same rows) unless a surface reads its covariates apart from how
+  it decides on them (`reports_apart`: surface.covariate_extrapolation =
+  "clip_decisions"); then the rows are drawn again from each surface's
+  `report_sampler`, so the reported predictions and gains carry the intervals
+  `predict` and `cate` give at the pool's covariates."""
   if not any(getattr(s, "reports_apart", False) for s in surfaces):
-    return decided
+    return decided_SxR
   fns, params = zip(*(surface_sampler(s, tokens_D, budget, use="report")
                       for s in surfaces))
-  rows = np.concatenate([w_best_D[None]] + list(extra[:2 if decided[3] is None else 3]))
-  z = np.asarray(search.draws(tuple(fns), tuple(params), xs, coefs,
-                              jnp.asarray(rows, jnp.float32)), np.float64)
-  return z[:, 0], z[:, 1], z[:, 2], (None if decided[3] is None else z[:, 3])
+  return np.asarray(search.draws(tuple(fns), tuple(params), xs, coefs,
+                                 jnp.asarray(w_RxD, jnp.float32)), np.float64)
 
 
 def recommend(surface: Any, covariates: Any = None, reference: Any = None,
@@ -789,9 +784,14 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   if info["zeroed"]:
     log.info("sampler_min_weight=%g: set %s to 0 and renormalised", fs.m, info["zeroed"])
 
-  z_pick, z_ref, z_uni, z_known = _reported_draws(
-      surfaces, tokens_D, budget, xs, coefs, w_best,
-      extra, (z_w[:, best], z_ref, z_uni, z_known))
+  # The pick, the reference, uniform and the best-known mixture (the first rows of
+  # `extra`), as the Recommendation reports them.
+  decided = [z_w[:, best], z_ref, z_uni] + ([] if z_known is None else [z_known])
+  z_rep = _reported_draws(surfaces, tokens_D, budget, xs, coefs,
+                          np.concatenate([w_best[None]] + extra[:len(decided) - 1]),
+                          np.stack(decided, 1))
+  z_pick, z_ref, z_uni = z_rep[:, 0], z_rep[:, 1], z_rep[:, 2]
+  z_known = None if z_known is None else z_rep[:, 3]
   theta_np = np.asarray(theta, np.float64) * s_out
   return Recommendation(
       domains=tuple(domains),
