@@ -17,6 +17,7 @@ from causalmix_jax.configs import base
 from causalmix_jax.optimise import Constraints, InfeasibleConstraintsError, recommend
 from causalmix_jax.optimise import constraints as cons
 from causalmix_jax.optimise import settings
+from causalmix_jax.optimise.recommend import surface_sampler
 from causalmix_jax.stages import optimise as optimise_stage
 from causalmix_jax.surface import surface as surface_lib
 
@@ -307,6 +308,33 @@ def test_bad_inputs_name_the_problem():
     recommend(s, objective="median")
   with pytest.raises(ValueError, match=r"sum to 1"):
     recommend(s, reference=[0.5, 0.2, 0.2])
+
+
+class ReportsApartSurface(FakeSurface):
+  """FakeSurface whose reported figures come from other draws (its curvature doubled)
+  than the ones it decides on."""
+  reports_apart = True
+
+  def report_sampler(self):
+    return _quadratic, {**self.params, "a": 2 * self.params["a"]}
+
+
+def test_reported_figures_come_from_the_report_sampler_and_decisions_do_not():
+  kw = dict(method="S", n_candidates=256, n_starts=4, n_steps=20)
+  base, apart = recommend(FakeSurface(n_domains=3), **kw), recommend(
+      ReportsApartSurface(n_domains=3), **kw)
+  assert apart.weights == base.weights
+  s = ReportsApartSurface(n_domains=3)
+  fn, params = s.report_sampler()
+  rows = np.array([[apart.weights[d] for d in s.domains], np.full(3, 1 / 3)])
+  z = np.asarray(fn(params, jnp.asarray(rows, jnp.float32),
+                    jnp.zeros(1, jnp.float32)), np.float64)
+  assert apart.predicted.mean == pytest.approx(z[:, 0].mean(), rel=1e-5)
+  assert apart.improvement_over_uniform.mean == pytest.approx(
+      (z[:, 1] - z[:, 0]).mean(), rel=1e-4, abs=1e-7)
+  assert apart.predicted.mean != pytest.approx(base.predicted.mean, rel=1e-4)
+  with pytest.raises(ValueError, match=r"use: unknown 'bogus'"):
+    surface_sampler(s, use="bogus")
 
 
 # ------------------------------------------------------------------ stage
