@@ -83,7 +83,11 @@ def test_pools_and_covariates(world):
   pool = world.new_pools(1)[0]
   assert pool.kind == "new" and pool.x_F.shape == (10,) and pool.tokens_D.shape == (5,)
   np.testing.assert_allclose(pool.x_F[:5], np.log(pool.tokens_D / 1e9))
-  np.testing.assert_allclose(pool.x_F[5:], pool.latent[:5])
+  if world.name == "measured_quality":  # the covariates report quality with error
+    np.testing.assert_allclose(pool.x_F[5:], np.clip(pool.latent[:5] + pool.latent[5:],
+                                                     0.0, 1.0))
+  else:
+    np.testing.assert_allclose(pool.x_F[5:], pool.latent[:5])
   assert world.features[:5] == [f"log_tokens_{d}" for d in world.domains]
   assert world.features[5:] == [f"quality_{d}" for d in world.domains]
   a, b = world.new_pools(3, seed=4), world.new_pools(3, seed=4)
@@ -141,6 +145,9 @@ def test_shifted_pools_leave_the_sweep_range(world):
       assert p.budget / p.tokens_D.min() > 5  # forces repetition at modest weights
     elif p.kind == "rich":
       assert np.sum(log_tokens > hi[lt]) >= 1
+    elif world.name == "measured_quality":
+      # The true quality leaves the sweep's range; its noisy report need not.
+      assert 1 <= np.isin(world.quality(p), [0.05, 0.95]).sum() <= 2
     else:
       shifted = np.isin(quality, [0.05, 0.95])
       assert 1 <= shifted.sum() <= 2
@@ -204,8 +211,74 @@ def test_heavy_tail_noise_is_heavy_and_heteroscedastic():
 
 
 def test_held_out_worlds_are_registered_apart():
-  assert set(worlds.HELD_OUT_WORLDS) <= set(worlds.WORLDS)
-  assert len(set(worlds.WORLDS) - set(worlds.HELD_OUT_WORLDS)) == 7
+  first, second = set(worlds.HELD_OUT_WORLDS), set(worlds.SECOND_HELD_OUT_WORLDS)
+  assert first <= set(worlds.WORLDS) and second <= set(worlds.WORLDS)
+  assert len(first) == len(second) == 3 and not first & second
+  assert len(set(worlds.WORLDS) - first - second) == 7
+
+
+def test_balanced_tasks_scores_the_worst_task():
+  world = worlds.make_world("balanced_tasks", seed=0)
+  pool = world.new_pools(1)[0]
+  rng = np.random.default_rng(0)
+  w_NxD = np.concatenate([rng.dirichlet(np.ones(5), 200), [world.best_mixture(pool)]])
+  tasks_NxK = world.task_losses(w_NxD, pool)
+  score_N = world.outcome(w_NxD, pool) - world.pool_offset(pool) - world.irreducible
+  # A soft maximum: between the worst task less tau log K and the worst task.
+  tau_log_k = world.temperature * np.log(world.n_tasks)
+  assert np.all(score_N <= tasks_NxK.max(1) + 1e-12)
+  assert np.all(score_N >= tasks_NxK.max(1) - tau_log_k - 1e-12)
+  # At the optimum the two worst tasks are level to within a few temperatures, while
+  # random mixtures leave one task well behind.
+  top2 = np.sort(tasks_NxK, axis=1)[:, -2:]
+  assert top2[-1, 1] - top2[-1, 0] < 3 * world.temperature
+  assert np.median(top2[:-1, 1] - top2[:-1, 0]) > top2[-1, 1] - top2[-1, 0]
+  # Useful tokens follow the tokens seen on a first pass and stop at the unique tokens.
+  small = np.full((1, 5), 1e-4)
+  np.testing.assert_allclose(world.useful_tokens(small, pool)[0], 1e-4 * pool.budget,
+                             rtol=1e-3)
+  assert np.all(world.useful_tokens(np.eye(5), pool) < pool.tokens_D)
+
+
+def test_measured_quality_decides_on_the_true_quality_not_the_report():
+  world = worlds.make_world("measured_quality", seed=0)
+  pools = world.sweep_pools(400)
+  q_PxD = np.asarray([world.quality(p) for p in pools])
+  x_PxD = np.asarray([p.x_F[5:] for p in pools])
+  error = x_PxD - q_PxD
+  assert 0.07 < np.std(error) < 0.11 and x_PxD.min() >= 0.0 and x_PxD.max() <= 1.0
+  assert 0.7 < np.corrcoef(q_PxD.ravel(), x_PxD.ravel())[0, 1] < 0.95
+  # The same report with another true quality moves the optimum; the same true quality
+  # with another report does not move the loss.
+  pool = world.new_pools(1)[0]
+  d = int(np.argmax(world.best_mixture(pool)))
+  latent = pool.latent.copy()
+  latent[d] = 0.05
+  worse = worlds.Pool(x_F=pool.x_F, tokens_D=pool.tokens_D, budget=pool.budget,
+                      latent=latent, kind="new")
+  assert world.best_mixture(worse)[d] < world.best_mixture(pool)[d] - 0.05
+  reported = worlds.Pool(x_F=np.concatenate([pool.x_F[:5], np.full(5, 0.5)]),
+                         tokens_D=pool.tokens_D, budget=pool.budget, latent=pool.latent,
+                         kind="new")
+  w = np.full((1, 5), 0.2)
+  assert world.outcome(w, reported)[0] == world.outcome(w, pool)[0]
+
+
+def test_random_network_centre_and_optimum_move_with_the_pool():
+  world = worlds.make_world("random_network", seed=0)
+  pools = world.new_pools(4, seed=2)
+  centres = np.asarray([world.centre(p) for p in pools])
+  np.testing.assert_allclose(centres.sum(1), 1.0)
+  assert np.abs(centres[:, None] - centres[None]).sum(-1).max() > 0.1
+  assert world.pool_state(pools[0]).shape == (11,)
+  # The network bends the bowl: the optimum is not the centre, yet stays near it.
+  for pool in pools:
+    gap = np.abs(world.best_mixture(pool) - world.centre(pool)).sum()
+    assert 0.0 < gap < 1.0
+  # Another world seed is another function.
+  other = worlds.make_world("random_network", seed=1)
+  w = np.full((1, 5), 0.2)
+  assert other.outcome(w, pools[0])[0] != world.outcome(w, pools[0])[0]
 
 
 def test_repetition_harm_caps_a_small_domain():
