@@ -747,18 +747,21 @@ class MeasuredQualityWorld(World):
   the surface never sees the quality that decides a domain's worth."""
 
   name = "measured_quality"
-  mechanism = ("Domains are complements: the loss falls by V (sum_d a_d q_d^g "
-               "s_d^rho)^(1/rho), rho in (0.2, 0.6), where s_d = w_d / (1 + e_d / E_d) "
-               "discounts a domain's share by its epochs e_d; the covariates report "
-               "clip(q_d + error, 0, 1), the error's sd 0.1, as a reference model's "
-               "quality score would.")
+  mechanism = ("Domains are complements: the loss falls by V (sum_d a_d (D q_d^g "
+               "s_d)^rho)^(1/rho), a CES aggregate with sum_d a_d = 1 and rho in (0.2, "
+               "0.6), where s_d = w_d / (1 + e_d / E_d) discounts a domain's share by its "
+               "epochs e_d; the covariates report clip(q_d + error, 0, 1), the error's sd "
+               "0.1, as a reference model's quality score would.")
   measurement_sd = 0.1
 
   def _init_params(self, rng):
     D = self.n_domains
     self.irreducible = 2.2
-    self.value = rng.uniform(0.3, 0.5)
-    self.a_D = rng.uniform(0.5, 1.5, D)
+    self.value = rng.uniform(1.2, 2.4)
+    # Normalised, so the aggregate is at most D times the largest quality-weighted
+    # share and the loss's spread does not swing with rho.
+    a_D = rng.uniform(0.5, 1.5, D)
+    self.a_D = a_D / a_D.sum()
     self.gamma = rng.uniform(1.0, 2.0)
     self.rho = rng.uniform(0.2, 0.6)
     self.tolerance_D = rng.uniform(2.0, 8.0, D)
@@ -781,8 +784,8 @@ class MeasuredQualityWorld(World):
     w = np.maximum(w_NxD, 0.0)
     epochs_NxD = w * pool.budget / pool.tokens_D
     share_NxD = w / (1.0 + epochs_NxD / self.tolerance_D)
-    weight_D = self.a_D * self.quality(pool) ** self.gamma
-    ces_N = (share_NxD ** self.rho @ weight_D) ** (1.0 / self.rho)
+    efficient_NxD = self.n_domains * share_NxD * self.quality(pool) ** self.gamma
+    ces_N = (efficient_NxD ** self.rho @ self.a_D) ** (1.0 / self.rho)
     return self.irreducible - self.value * ces_N
 
 
