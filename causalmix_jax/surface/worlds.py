@@ -19,7 +19,9 @@ No mechanism here is written in the surface's basis (log of floored weights, squ
 roots, products of log weights, log-epoch repetition penalties): the forms are
 exponentials of linear transfer (data-mixing laws), data-constrained power laws in
 effective tokens, transfer power laws, saturating exponentials with harmonic pair terms,
-sigmoid thresholds and Michaelis-Menten returns.
+sigmoid thresholds and Michaelis-Menten returns; and, in the second held-out batch, a
+soft worst case over tasks, a CES aggregate of complements whose quality covariates are
+measured with error, and a random tanh network.
 """
 
 from __future__ import annotations
