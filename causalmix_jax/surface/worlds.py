@@ -697,9 +697,10 @@ class RelativeQualityWorld(World):
 
 # -- a second held-out batch ----------------------------------------------------------
 # Written after sixty world seeds of the ten above had shaped the method's defaults,
-# and run once before anything was measured on them (the zoo README's "A second batch
-# of held-out worlds"). Their forms are unlike the ten: a soft worst case over tasks,
-# complements with mismeasured covariates, and a random function.
+# and run once by a protocol saved before any run (the zoo README's "A second batch of
+# held-out worlds", which also records a fix to measured_quality's scale). Their forms
+# are unlike the ten: a soft worst case over tasks, complements with mismeasured
+# covariates, and a random function.
 class BalancedTasksWorld(World):
   """The evaluation is a suite of tasks scored by its worst: a mixture must serve every
   task, and the task a pool serves worst decides which domain to add."""
@@ -814,8 +815,8 @@ class RandomNetworkWorld(World):
     self.out_H = rng.normal(0.0, 0.05 / np.sqrt(H), H)
 
   def pool_state(self, pool: Pool) -> np.ndarray:
-    """z: standardised qualities, log token shares about the world's typical shares,
-    and the log total, length 2D + 1."""
+    """z: qualities mapped from the sweep's range to [-1, 1], log token shares about the
+    world's typical shares over the pools' logit sd, and the log total; length 2D + 1."""
     share_D = pool.tokens_D / pool.tokens_D.sum()
     log_share_D = np.log(share_D) - np.log(_softmax(self.logits_D))
     q_D = (self.quality(pool) - np.mean(QUALITY_RANGE)) / np.ptp(QUALITY_RANGE) * 2.0
