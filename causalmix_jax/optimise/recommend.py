@@ -59,9 +59,9 @@ def check_safe_setting(name: str, value: str) -> str:
     raise ValueError(f"{name}: unknown {value!r}; known: {list(known)}")
   return value
 
-# surface -> {use: its sampler function}. A surface may build a fresh closure or partial in
-# each sampler() call; reusing the first one keeps jit's cache warm across calls (the
-# function depends on the surface only; everything else travels in params).
+# surface -> {use: its sampler function}. A surface may build a fresh closure or
+# partial in each sampler() call; reusing the first one keeps jit's cache warm across
+# calls (the function depends on the surface only; everything else travels in params).
 _SAMPLER_FNS: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = (
     weakref.WeakKeyDictionary())
 

@@ -158,6 +158,12 @@ class World:
     del pool
     return []
 
+  def _observed_quality(self, q_D: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """What the covariates report for true quality q_D (the truth itself, unless a
+    world measures it with error from its unobserved extras)."""
+    del extra
+    return q_D
+
   # -- pools --------------------------------------------------------------------------
   @property
   def typical_tokens_D(self) -> np.ndarray:
@@ -170,7 +176,8 @@ class World:
 
   def _make_pool(self, q_D: np.ndarray, tokens_D: np.ndarray, extra: np.ndarray,
                  kind: str) -> Pool:
-    x_F = np.concatenate([np.log(tokens_D / TOKEN_UNIT), q_D])
+    x_F = np.concatenate([np.log(tokens_D / TOKEN_UNIT),
+                          self._observed_quality(q_D, extra)])
     return Pool(x_F=x_F, tokens_D=tokens_D, budget=self.budget_tokens,
                 latent=np.concatenate([q_D, extra]), kind=kind)
 
@@ -231,6 +238,11 @@ class World:
     """The direct effect of the pool on the loss, the same for every mixture."""
     return (self.offset_tokens * self.log_total(pool)
             + self.offset_quality * (np.mean(self.quality(pool)) - 0.5))
+
+  @staticmethod
+  def epochs(w_NxD: np.ndarray, pool: Pool) -> np.ndarray:
+    """Passes over each domain's unique tokens, N x D."""
+    return np.maximum(w_NxD, 0.0) * pool.budget / pool.tokens_D
 
   def outcome(self, w_NxD: np.ndarray, pool: Pool) -> np.ndarray:
     """Expected loss (lower is better) of each mixture on the pool, no noise, length N."""
@@ -622,10 +634,6 @@ class RepetitionHarmWorld(World):
     # Overfitting a domain fully costs harm_D times its value.
     self.harm_D = rng.uniform(0.5, 1.5, D)
 
-  def epochs(self, w_NxD: np.ndarray, pool: Pool) -> np.ndarray:
-    """Passes over each domain's unique tokens, N x D."""
-    return np.maximum(w_NxD, 0.0) * pool.budget / pool.tokens_D
-
   def _loss(self, w_NxD, pool):
     v_D = self.value_D * (0.3 + 1.4 * self.quality(pool))
     gain_N = (1.0 - np.exp(-np.maximum(w_NxD, 0.0) / self.saturation_D)) @ v_D
@@ -773,20 +781,12 @@ class MeasuredQualityWorld(World):
     del kind
     return rng.normal(0.0, self.measurement_sd, self.n_domains)
 
-  def measured_quality(self, q_D: np.ndarray, error_D: np.ndarray) -> np.ndarray:
-    """What the covariates report for true quality q_D."""
-    return np.clip(q_D + error_D, 0.0, 1.0)
-
-  def _make_pool(self, q_D, tokens_D, extra, kind):
-    x_F = np.concatenate([np.log(tokens_D / TOKEN_UNIT),
-                          self.measured_quality(q_D, extra[:self.n_domains])])
-    return Pool(x_F=x_F, tokens_D=tokens_D, budget=self.budget_tokens,
-                latent=np.concatenate([q_D, extra]), kind=kind)
+  def _observed_quality(self, q_D, extra):
+    return np.clip(q_D + extra[:self.n_domains], 0.0, 1.0)
 
   def _loss(self, w_NxD, pool):
     w = np.maximum(w_NxD, 0.0)
-    epochs_NxD = w * pool.budget / pool.tokens_D
-    share_NxD = w / (1.0 + epochs_NxD / self.tolerance_D)
+    share_NxD = w / (1.0 + self.epochs(w, pool) / self.tolerance_D)
     efficient_NxD = self.n_domains * share_NxD * self.quality(pool) ** self.gamma
     ces_N = (efficient_NxD ** self.rho @ self.a_D) ** (1.0 / self.rho)
     return self.irreducible - self.value * ces_N
