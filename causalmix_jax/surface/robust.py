@@ -67,12 +67,13 @@ from causalmix_jax.surface import decisions
 from causalmix_jax.surface import discrepancy
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface import scaling
+from causalmix_jax.surface import trees
 from causalmix_jax.surface.prediction import central_z
 from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
 
 log = logging.getLogger(__name__)
 
-BASE_MEMBERS = ("dml", "gp", "scaling", "transfer")
+BASE_MEMBERS = ("dml", "gp", "scaling", "transfer", "trees")
 # Each family also as a member that ignores the covariates ("dml_blind", ...): the same
 # effect in every pool. Stacked beside the covariate-aware family, it takes the weight
 # when effects modified by the pool do not predict held-out pools better.
@@ -306,7 +307,9 @@ def _meta(s: SurfaceBase, kind: str) -> dict[str, Any]:
 
 
 def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
-  """Reads a scaling or stacked surface written by `save` (see `load_surface`)."""
+  """Reads a scaling, tree or stacked surface written by `save` (see `load_surface`)."""
+  if meta["kind"] == "trees":
+    return trees.load(directory, meta)
   from causalmix_jax.surface.surface import load_surface
   kw = dict(domains=meta["domains"], features=meta["features"], outcome=meta["outcome"],
             maximize=meta["maximize"], support_stats=meta["support"], info=meta.get("info"))
@@ -520,6 +523,31 @@ def _scaling_member(runs, outcome, cfg, covariate_blind, data, folds, form="boxc
                                   maximize=full.maximize, support_stats=full.support_stats)
     oof[:, te] = _member_draws(fold_surface, data, te, n)
   return full, oof
+
+
+def _tree_member(runs, cfg, covariate_blind, data, folds):
+  """Full fit and held-out point predictions (repeated as draws) of the trees; the
+  full fit's noise sd is its held-out residuals' (in-sample residuals of boosted trees
+  are near zero)."""
+  from causalmix_jax.surface import fit as fit_lib
+  n, seed = int(cfg.num_samples), int(cfg.seed)
+  xb = fit_lib.covariate_basis(np.zeros((len(data.y), 0)) if covariate_blind else data.x,
+                               int(cfg.max_x_components))
+  maximize = data.name in runs.maximize
+  kw = dict(domains=runs.domains, features=runs.features, outcome=data.name,
+            maximize=maximize)
+  oof_N = np.empty(len(data.y))
+  for k in range(int(folds.max()) + 1):
+    tr, te = folds != k, folds == k
+    fold = trees.fit_trees(data.w[tr], data.x[tr], data.y[tr], n=1,
+                           blind=covariate_blind, seed=seed, support_stats={}, **kw)
+    oof_N[te] = fold.point_rows(data.w[te], data.x[te])
+  support = fit_lib._support_stats(data.x, data.w, xb, data.y, maximize,
+                                   tokens=data.tokens, budget=data.budget)
+  full = trees.fit_trees(data.w, data.x, data.y, n=n, blind=covariate_blind, seed=seed,
+                         support_stats=support,
+                         info={"noise_sd": float(np.std(data.y - oof_N))}, **kw)
+  return full, np.broadcast_to(oof_N[None, :], (n, len(oof_N))).copy()
 
 
 # -- stacking and calibration ---------------------------------------------------------
@@ -785,6 +813,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     if family in SCALING_FORMS:
       full, oof = _scaling_member(runs, outcome, member_cfg, blind, data, folds,
                                   SCALING_FORMS[family])
+    elif family == "trees":
+      full, oof = _tree_member(runs, member_cfg, blind, data, folds)
     else:
       full, oof = _linear_member(runs, outcome, family, member_cfg, blind, data, folds)
     secs[name] = time.time() - t1
@@ -974,7 +1004,10 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
-          "chosen": members[int(np.argmax(weights))].info.get("chosen", {}),
+          # The hyperparameters of the heaviest member that chose any (the trees
+          # choose none).
+          "chosen": next((members[i].info["chosen"] for i in np.argsort(-weights)
+                          if "chosen" in members[i].info), {}),
           "nuisance": members[0].info.get("nuisance"),
           "evidence": members[0].info.get("evidence", {}),
           "pool_calibration": scale}

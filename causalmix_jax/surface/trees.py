@@ -1,0 +1,165 @@
+"""The gradient-boosted-trees family as a surface, for the stack: LightGBM on the mixture
+and the pool's covariates (RegMix's regression settings), so that held-out stacking can
+weigh a family that fits kinks, thresholds and worst cases the smooth families cannot.
+
+Its draws are its point prediction repeated: the family has no spread of its own, and
+the stack's conformal step, fitted on held-out pools after stacking, sets the
+intervals' width. Its derivative in the mixture is zero almost everywhere (trees are
+piecewise constant): inside the optimiser it moves the candidates' scores and the
+tracked best iterate, not the descent direction, and the stack's `theta` carries the
+smooth members' slopes only. It reads neither token counts nor budgets, nor the
+scale columns: where scales differ, held-out folds keep them apart and weigh the
+member by what it predicts there.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from causalmix_jax import artifacts
+from causalmix_jax.surface import baselines
+from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
+
+MODEL_FILE = "trees.txt"
+
+
+def _booster(design_NxP: np.ndarray, y_N: np.ndarray, seed: int) -> Any:
+  import lightgbm as lgb
+  params = {**baselines.REGMIX_LGBM_PARAMS, "seed": int(seed)}
+  return lgb.train(params, lgb.Dataset(design_NxP, y_N),
+                   num_boost_round=baselines.REGMIX_NUM_TREES)
+
+
+def _model_text(booster: Any) -> str:
+  return booster.model_to_string()
+
+
+class TreeSurface(SurfaceBase):
+  """A LightGBM regression of the outcome on the mixture (and the covariates, unless
+  `blind`), with `n` identical draws: its point prediction."""
+
+  def __init__(self, model_text: str, n: int, blind: bool, **kw):
+    import lightgbm as lgb
+    super().__init__(**kw)
+    self.model_text = model_text
+    self.booster = lgb.Booster(model_str=model_text)
+    self.blind = bool(blind)
+    self._n = int(n)
+    self._fn = _sampler(self._host, self._n)
+
+  def _design(self, w_NxD: np.ndarray, x_F: np.ndarray) -> np.ndarray:
+    if self.blind or not len(self.features):
+      return w_NxD
+    x = np.broadcast_to(np.asarray(x_F, np.float64).reshape(1, -1),
+                        (w_NxD.shape[0], len(self.features)))
+    return np.concatenate([w_NxD, x], axis=1)
+
+  def point(self, w: Any, x: Any = None) -> np.ndarray:
+    """The trees' prediction at mixtures `w` in the pool with covariates `x`."""
+    w_NxD = self._w(w)
+    w_NxD = w_NxD / np.maximum(w_NxD.sum(1, keepdims=True), 1e-300)
+    return self.booster.predict(self._design(w_NxD, self._x(x)))
+
+  def point_rows(self, w_NxD: np.ndarray, x_NxF: np.ndarray) -> np.ndarray:
+    """The prediction of each row's mixture in its own pool (covariates per row)."""
+    w = np.asarray(w_NxD, np.float64)
+    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+    if not self.blind and len(self.features):
+      w = np.concatenate([w, np.asarray(x_NxF, np.float64)], axis=1)
+    return self.booster.predict(w)
+
+  def _host(self, w_NxD: Any, x_F: Any) -> np.ndarray:
+    w = np.asarray(w_NxD, np.float64)
+    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+    return self.booster.predict(self._design(w, np.asarray(x_F, np.float64))
+                                ).astype(np.float32)
+
+  def sampler(self, tokens: Any = None, budget: float | None = None):
+    del tokens, budget  # the trees read neither
+    return self._fn, {}
+
+  @property
+  def n_draws(self) -> int:
+    return self._n
+
+  def draws(self, w: Any, x: Any = None, *, tokens: Any = None,
+            budget: float | None = None) -> np.ndarray:
+    del tokens, budget
+    p_N = self.point(w, x)
+    return np.broadcast_to(p_N[None, :], (self._n, p_N.shape[0])).copy()
+
+  def save(self, directory: str | pathlib.Path) -> pathlib.Path:
+    directory = pathlib.Path(directory)
+    with artifacts.atomic_path(directory / MODEL_FILE) as tmp:
+      tmp.write_text(self.model_text)
+    return artifacts.write_json(directory / "surface.json", {
+        "format_version": FORMAT_VERSION, "kind": "trees", "domains": self.domains,
+        "features": self.features, "outcome": self.outcome, "maximize": self.maximize,
+        "support": self.support_stats, "info": self.info, "n_draws": self._n,
+        "blind": self.blind})
+
+  def __repr__(self) -> str:
+    return (f"TreeSurface(outcome={self.outcome!r}, {len(self.domains)} domains, "
+            f"{0 if self.blind else len(self.features)} covariates, "
+            f"{self.booster.num_trees()} trees)")
+
+
+def _sampler(host: Any, n: int):
+  """fn(params, w_NxD, x_F) -> n x N identical draws, through a host callback whose
+  derivative is declared zero (the trees are piecewise constant), so the optimiser's
+  gradient and the jacobian of `theta` pass through it."""
+
+  @jax.custom_jvp
+  def point(w_NxD, x_F):
+    shape = jax.ShapeDtypeStruct((w_NxD.shape[0],), jnp.float32)
+    return jax.pure_callback(host, shape, w_NxD, x_F, vmap_method="sequential")
+
+  @point.defjvp
+  def _point_jvp(primals, tangents):
+    del tangents
+    out = point(*primals)
+    return out, jnp.zeros_like(out)
+
+  def fn(params, w_NxD, x_F):
+    del params
+    p_N = point(w_NxD, x_F)
+    return jnp.broadcast_to(p_N[None, :], (n, w_NxD.shape[0]))
+
+  return fn
+
+
+def fit_trees(w_NxD: np.ndarray, x_NxF: np.ndarray, y_N: np.ndarray, *, n: int,
+              blind: bool, seed: int, **surface_kw: Any) -> TreeSurface:
+  """Fits the trees on the rows given (mixtures normalised to shares) and returns the
+  member; `surface_kw` are SurfaceBase's keyword arguments (domains, features, ...)."""
+  t0 = time.time()
+  w = np.asarray(w_NxD, np.float64)
+  w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+  design = w if blind or x_NxF.shape[1] == 0 else np.concatenate([w, x_NxF], axis=1)
+  booster = _booster(design, np.asarray(y_N, np.float64), seed)
+  info = dict(surface_kw.pop("info", None) or {})
+  resid = np.asarray(y_N, np.float64) - booster.predict(design)
+  info.update(method="trees", inference="point (no spread of its own)",
+              n_runs=int(len(y_N)), trees=int(booster.num_trees()),
+              covariates="none" if blind else "all",
+              noise_sd=info.get("noise_sd", float(np.std(resid))),
+              fit_seconds=time.time() - t0)
+  return TreeSurface(_model_text(booster), n, blind, info=info, **surface_kw)
+
+
+def load(directory: pathlib.Path, meta: dict[str, Any]) -> TreeSurface:
+  """Reads a tree member written by `TreeSurface.save`."""
+  path = directory / MODEL_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"tree surface model not found: {path}")
+  return TreeSurface(path.read_text(), int(meta["n_draws"]), bool(meta["blind"]),
+                     domains=meta["domains"], features=meta["features"],
+                     outcome=meta["outcome"], maximize=meta["maximize"],
+                     support_stats=meta["support"], info=meta.get("info"))
+
