@@ -15,8 +15,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # the held-out pools (surface/robust.py). Or one family alone: "dml" | "outcome" |
   # "gp" | "scaling" | "transfer".
   c.method = "stack"
-  # Members: add "gp" (flexible in X; ~50 s a fit) or "transfer" (the scaling law's
-  # transfer form, where domains substitute for one another). Any of them with
+  # Members: add "gp" (flexible in X; ~50 s a fit), "transfer" (the scaling law's
+  # transfer form, where domains substitute for one another) or "trees" (LightGBM on
+  # the mixture and the raw covariates, surface/trees.py: fits steps, kinks and worst
+  # cases; no spread of its own and a zero slope in the mixture). Any of them with
   # "_blind" ("dml_blind", "scaling_blind") is that family without the covariates (the
   # same effect in every pool), which the stack weighs against the covariate-aware one
   # on held-out pools; left out when no covariate varies. With "_all" ("dml_all") it

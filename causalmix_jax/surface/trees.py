@@ -1,6 +1,9 @@
 """The gradient-boosted-trees family as a surface, for the stack: LightGBM on the mixture
-and the pool's covariates (RegMix's regression settings), so that held-out stacking can
-weigh a family that fits kinks, thresholds and worst cases the smooth families cannot.
+and the pool's covariates, so that held-out stacking can weigh a family that fits kinks,
+thresholds and worst cases the smooth families cannot. RegMix's regression settings,
+but 100 rounds at learning rate 0.1 instead of 1000 at 0.01: the stack refits the
+member on every fold, and the shorter schedule is ten times cheaper with the same
+shrinkage budget.
 
 Its draws are its point prediction repeated: the family has no spread of its own, and
 the stack's conformal step, fitted on held-out pools after stacking, sets the
@@ -27,17 +30,24 @@ from causalmix_jax.surface import baselines
 from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
 
 MODEL_FILE = "trees.txt"
+ROUNDS = 100
+LEARNING_RATE = 0.1
 
 
 def _booster(design_NxP: np.ndarray, y_N: np.ndarray, seed: int) -> Any:
   import lightgbm as lgb
-  params = {**baselines.REGMIX_LGBM_PARAMS, "seed": int(seed)}
-  return lgb.train(params, lgb.Dataset(design_NxP, y_N),
-                   num_boost_round=baselines.REGMIX_NUM_TREES)
+  params = {**baselines.REGMIX_LGBM_PARAMS, "learning_rate": LEARNING_RATE,
+            "seed": int(seed)}
+  return lgb.train(params, lgb.Dataset(design_NxP, y_N), num_boost_round=ROUNDS)
 
 
-def _model_text(booster: Any) -> str:
-  return booster.model_to_string()
+def _design(w_NxD: Any, x_NxF: Any, blind: bool) -> np.ndarray:
+  """The trees' inputs: each row's mixture as shares, then its covariates unless
+  `blind`."""
+  w = np.asarray(w_NxD, np.float64)
+  w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+  x = np.asarray(x_NxF, np.float64).reshape(w.shape[0], -1)
+  return w if blind or x.shape[1] == 0 else np.concatenate([w, x], axis=1)
 
 
 class TreeSurface(SurfaceBase):
@@ -53,32 +63,22 @@ class TreeSurface(SurfaceBase):
     self._n = int(n)
     self._fn = _sampler(self._host, self._n)
 
-  def _design(self, w_NxD: np.ndarray, x_F: np.ndarray) -> np.ndarray:
-    if self.blind or not len(self.features):
-      return w_NxD
-    x = np.broadcast_to(np.asarray(x_F, np.float64).reshape(1, -1),
-                        (w_NxD.shape[0], len(self.features)))
-    return np.concatenate([w_NxD, x], axis=1)
+  def point_rows(self, w_NxD: Any, x_NxF: Any) -> np.ndarray:
+    """The prediction of each row's mixture in its own pool (covariates per row)."""
+    return self.booster.predict(_design(w_NxD, x_NxF, self.blind))
+
+  def _rows(self, x_F: Any, n: int) -> np.ndarray:
+    return np.broadcast_to(np.asarray(x_F, np.float64).reshape(1, -1),
+                           (n, len(self.features)))
 
   def point(self, w: Any, x: Any = None) -> np.ndarray:
     """The trees' prediction at mixtures `w` in the pool with covariates `x`."""
     w_NxD = self._w(w)
-    w_NxD = w_NxD / np.maximum(w_NxD.sum(1, keepdims=True), 1e-300)
-    return self.booster.predict(self._design(w_NxD, self._x(x)))
-
-  def point_rows(self, w_NxD: np.ndarray, x_NxF: np.ndarray) -> np.ndarray:
-    """The prediction of each row's mixture in its own pool (covariates per row)."""
-    w = np.asarray(w_NxD, np.float64)
-    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
-    if not self.blind and len(self.features):
-      w = np.concatenate([w, np.asarray(x_NxF, np.float64)], axis=1)
-    return self.booster.predict(w)
+    return self.point_rows(w_NxD, self._rows(self._x(x), w_NxD.shape[0]))
 
   def _host(self, w_NxD: Any, x_F: Any) -> np.ndarray:
     w = np.asarray(w_NxD, np.float64)
-    w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
-    return self.booster.predict(self._design(w, np.asarray(x_F, np.float64))
-                                ).astype(np.float32)
+    return self.point_rows(w, self._rows(x_F, w.shape[0])).astype(np.float32)
 
   def sampler(self, tokens: Any = None, budget: float | None = None):
     del tokens, budget  # the trees read neither
@@ -139,9 +139,7 @@ def fit_trees(w_NxD: np.ndarray, x_NxF: np.ndarray, y_N: np.ndarray, *, n: int,
   """Fits the trees on the rows given (mixtures normalised to shares) and returns the
   member; `surface_kw` are SurfaceBase's keyword arguments (domains, features, ...)."""
   t0 = time.time()
-  w = np.asarray(w_NxD, np.float64)
-  w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
-  design = w if blind or x_NxF.shape[1] == 0 else np.concatenate([w, x_NxF], axis=1)
+  design = _design(w_NxD, x_NxF, blind)
   booster = _booster(design, np.asarray(y_N, np.float64), seed)
   info = dict(surface_kw.pop("info", None) or {})
   resid = np.asarray(y_N, np.float64) - booster.predict(design)
@@ -150,7 +148,7 @@ def fit_trees(w_NxD: np.ndarray, x_NxF: np.ndarray, y_N: np.ndarray, *, n: int,
               covariates="none" if blind else "all",
               noise_sd=info.get("noise_sd", float(np.std(resid))),
               fit_seconds=time.time() - t0)
-  return TreeSurface(_model_text(booster), n, blind, info=info, **surface_kw)
+  return TreeSurface(booster.model_to_string(), n, blind, info=info, **surface_kw)
 
 
 def load(directory: pathlib.Path, meta: dict[str, Any]) -> TreeSurface:
