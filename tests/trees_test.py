@@ -135,3 +135,13 @@ def test_blind_trees_ignore_the_covariates():
 def test_unknown_member_is_still_named():
   with pytest.raises(ValueError, match="surface.stack_members.*forest"):
     fit.fit_surface(_step_runs(), "loss", config=_cfg(stack_members=("trees", "forest")))
+
+
+def test_covariate_selection_fits_the_trees_blind_copy_too():
+  s = fit.fit_surface(_step_runs(seed=2), "loss",
+                      config=_cfg(stack_members=("dml", "trees"),
+                                  stack_covariates="select"))
+  assert set(s.info["member_seconds"]) == {"dml", "dml_blind", "trees", "trees_blind"}
+  kept = s.info["covariate_selection"]["chosen"]
+  suffix = "" if kept == "aware" else "_blind"
+  assert s.info["members"] == ["dml" + suffix, "trees" + suffix]
