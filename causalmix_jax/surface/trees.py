@@ -12,7 +12,8 @@ piecewise constant): inside the optimiser it moves the candidates' scores and th
 tracked best iterate, not the descent direction, and the stack's `theta` carries the
 smooth members' slopes only. It reads neither token counts nor budgets, nor the
 scale columns: where scales differ, held-out folds keep them apart and weigh the
-member by what it predicts there.
+member by what it predicts there. It reads the raw covariates, not their principal
+components, so its "_all" copy is the same model as the aware one.
 """
 
 from __future__ import annotations
