@@ -69,7 +69,7 @@ from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface import scaling
 from causalmix_jax.surface import trees
 from causalmix_jax.surface.prediction import central_z
-from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
+from causalmix_jax.surface.surface import SurfaceBase
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class ScalingSurface(SurfaceBase):
     artifacts.write_npz(directory / "posterior.npz",
                         **{k: np.asarray(v) for k, v in self.params.items()})
     return artifacts.write_json(directory / "surface.json", {
-        **_meta(self, "scaling"), "spec": self.spec.to_dict()})
+        **self.saved_meta("scaling"), "spec": self.spec.to_dict()})
 
   def __repr__(self) -> str:
     return (f"ScalingSurface(outcome={self.outcome!r}, {len(self.domains)} domains, "
@@ -272,7 +272,7 @@ class StackedSurface(SurfaceBase):
                         disc_z_SxM=self.disc[2], x_lo_F=self.x_bounds[0],
                         x_hi_F=self.x_bounds[1], hedge_S=self.hedge_S)
     return artifacts.write_json(directory / "surface.json", {
-        **_meta(self, "stack"), "members": names, "weights": self.weights.tolist(),
+        **self.saved_meta("stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale, "optimiser_scale": self.optimiser_scale,
         "clip_decisions_only": self.clip_decisions_only})
 
@@ -298,12 +298,6 @@ def _combine(draws_K: Sequence[Any], weights_K: Any, scale: Any, level_S: Any,
     if raw_K is not None:
       out = out + a * hedge_S[:, None] * (raw_K[k].mean(0, keepdims=True) - m)
   return out
-
-
-def _meta(s: SurfaceBase, kind: str) -> dict[str, Any]:
-  return {"format_version": FORMAT_VERSION, "kind": kind, "domains": s.domains,
-          "features": s.features, "outcome": s.outcome, "maximize": s.maximize,
-          "support": s.support_stats, "info": s.info, "n_draws": s.n_draws}
 
 
 def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:

@@ -277,6 +277,14 @@ class SurfaceBase:
     self._warn_outside_range(x)
     return Prediction.from_samples(self.draws(w, x, tokens=tokens, budget=budget), ci)
 
+  def saved_meta(self, kind: str) -> dict[str, Any]:
+    """The surface.json fields a saved scaling, tree or stacked surface shares (`kind`
+    tells `load_surface` which reader to use)."""
+    return {"format_version": FORMAT_VERSION, "kind": kind, "domains": self.domains,
+            "features": self.features, "outcome": self.outcome,
+            "maximize": self.maximize, "support": self.support_stats, "info": self.info,
+            "n_draws": self.n_draws}
+
   @property
   def noise_sd(self) -> float:
     """Standard deviation of a new run's outcome around its expected value (0 when the

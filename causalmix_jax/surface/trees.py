@@ -28,7 +28,7 @@ import numpy as np
 
 from causalmix_jax import artifacts
 from causalmix_jax.surface import baselines
-from causalmix_jax.surface.surface import FORMAT_VERSION, SurfaceBase
+from causalmix_jax.surface.surface import SurfaceBase
 
 MODEL_FILE = "trees.txt"
 ROUNDS = 100
@@ -99,11 +99,8 @@ class TreeSurface(SurfaceBase):
     directory = pathlib.Path(directory)
     with artifacts.atomic_path(directory / MODEL_FILE) as tmp:
       tmp.write_text(self.model_text)
-    return artifacts.write_json(directory / "surface.json", {
-        "format_version": FORMAT_VERSION, "kind": "trees", "domains": self.domains,
-        "features": self.features, "outcome": self.outcome, "maximize": self.maximize,
-        "support": self.support_stats, "info": self.info, "n_draws": self._n,
-        "blind": self.blind})
+    return artifacts.write_json(directory / "surface.json",
+                                {**self.saved_meta("trees"), "blind": self.blind})
 
   def __repr__(self) -> str:
     return (f"TreeSurface(outcome={self.outcome!r}, {len(self.domains)} domains, "
@@ -143,12 +140,11 @@ def fit_trees(w_NxD: np.ndarray, x_NxF: np.ndarray, y_N: np.ndarray, *, n: int,
   design = _design(w_NxD, x_NxF, blind)
   booster = _booster(design, np.asarray(y_N, np.float64), seed)
   info = dict(surface_kw.pop("info", None) or {})
-  resid = np.asarray(y_N, np.float64) - booster.predict(design)
+  if "noise_sd" not in info:  # in-sample residuals, unless the caller has held-out ones
+    info["noise_sd"] = float(np.std(np.asarray(y_N, np.float64) - booster.predict(design)))
   info.update(method="trees", inference="point (no spread of its own)",
               n_runs=int(len(y_N)), trees=int(booster.num_trees()),
-              covariates="none" if blind else "all",
-              noise_sd=info.get("noise_sd", float(np.std(resid))),
-              fit_seconds=time.time() - t0)
+              covariates="none" if blind else "all", fit_seconds=time.time() - t0)
   return TreeSurface(booster.model_to_string(), n, blind, info=info, **surface_kw)
 
 
