@@ -121,7 +121,8 @@ ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "optimise.safe_score": "bound",
                               "optimise.off_support_trigger": "range",
                               "optimise.safe_baseline": "uniform",
-                              "optimise.mean_guard": "none"}
+                              "optimise.mean_guard": "none",
+                              "optimise.fallback_score": "bound"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

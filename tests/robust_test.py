@@ -970,6 +970,35 @@ def test_safe_objective_default_fallback_moves_part_way_when_that_beats_uniform(
   assert a.weights == b.weights and "shrink_fraction" not in b.diagnostics["safe_check"]
 
 
+def test_safe_objective_fallback_by_mean_takes_the_lowest_mean_the_check_lets_through():
+  world, runs = _world_runs()
+  s = _stack()
+  pools = world.new_pools(6, seed=3)
+  x, tokens, kw = _pool_case(world, s, pools[2])  # the pool of the test above
+  kw["off_support_trigger"] = "range"
+  by_bound = recommend(s, **kw)  # the default fallback: the lowest upper bound
+  by_mean = recommend(s, fallback_score="mean", **kw)
+  bc, mc = by_bound.diagnostics["safe_check"], by_mean.diagnostics["safe_check"]
+  assert bc["replaced"] and mc["replaced"] and mc["fallback_score"] == "mean"
+  assert bc["fallback_score"] == "bound" and mc["bound_pick"] == bc["bound_pick"]
+  # The check still holds (upper bound of the paired difference to uniform <= 0), and
+  # the posterior expects no more loss than from the default's fallback, which it may
+  # pass over for a candidate with a higher bound.
+  ub = lambda r: r.diagnostics["difference_to_uniform_upper_bound"]  # noqa: E731
+  assert ub(by_mean) <= 1e-6 and ub(by_bound) <= ub(by_mean) + 1e-6
+  loss = lambda r: (-1 if s.maximize else 1) * r.predicted.mean  # noqa: E731
+  assert loss(by_mean) <= loss(by_bound) + 1e-6
+  # Along this pool's segment the mean falls toward the pick, so it moves farther.
+  assert mc["shrink_fraction"] is not None
+  assert mc["shrink_fraction"] > bc["shrink_fraction"]
+  # Where the pick passes the check, the fallback plays no part.
+  _, _, kw1 = _pool_case(world, s, pools[1])
+  kw1["off_support_trigger"] = "range"
+  assert recommend(s, fallback_score="mean", **kw1).weights == recommend(s, **kw1).weights
+  with pytest.raises(ValueError, match="fallback_score: unknown 'lcb'"):
+    recommend(s, fallback_score="lcb", **kw1)
+
+
 def test_recommendation_reports_its_gain_over_the_sweeps_best_known_mixture():
   world, runs = _world_runs()
   s = _stack()

@@ -38,6 +38,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # uniform kept inside the sweep's epochs, uniform where uniform stays inside them) |
   # "uniform" (compares with, and takes, uniform itself) | "none" (keeps it).
   c.mean_guard = "baseline"
+  # Which candidate the off-support check's fallback takes when the pick fails it:
+  # "bound" (the lowest upper bound of the paired difference to the baseline) | "mean"
+  # (the lowest posterior mean loss among the candidates whose upper bound is <= 0).
+  c.fallback_score = "bound"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -46,10 +46,15 @@ SAFE_BASELINES = ("capped", "uniform")
 # instead (uniform kept inside the sweep's epochs, by default); "uniform" compares with,
 # and takes, uniform itself; "none" keeps it.
 MEAN_GUARDS = ("baseline", "uniform", "none")
+# Which candidate the off-support check's fallback takes (`fallback_score`): "bound" the
+# one whose paired difference to the baseline has the lowest upper bound; "mean" the one
+# with the lowest posterior mean loss among those whose upper bound is at most 0 (the
+# baseline among them).
+FALLBACK_SCORES = ("bound", "mean")
 # recommend's settings of the safe objective and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
-                 "mean_guard": MEAN_GUARDS}
+                 "mean_guard": MEAN_GUARDS, "fallback_score": FALLBACK_SCORES}
 
 
 def check_safe_setting(name: str, value: str) -> str:
@@ -434,7 +439,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               safe_score: str = "bound",
               off_support_trigger: str = "heldout",
               safe_baseline: str = "capped",
-              mean_guard: str = "baseline") -> Recommendation:
+              mean_guard: str = "baseline",
+              fallback_score: str = "bound") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -507,6 +513,14 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     Where uniform repeats a domain past the sweep's epochs, the guard does not rest on
     the surface's extrapolation of that repetition. "uniform": the same against
     uniform itself, always. "none" keeps such a pick.
+  fallback_score: which candidate the off-support check takes when the pick fails it
+    (`off_support` "shrink" or "uniform"). "bound" (default): the one whose paired
+    difference to the baseline has the lowest upper bound, the candidate the posterior
+    is surest beats the baseline. "mean": among the candidates whose upper bound is at
+    most 0 (the baseline, whose bound is 0, always among them), the one with the lowest
+    posterior mean loss. Both keep the check's promise; "mean" trades a tighter
+    lower bound on the gain for a larger expected gain, and on the shrink segment it
+    usually moves farther toward the failed pick.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws: the draws it decided on, or where
@@ -531,6 +545,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   check_safe_setting("off_support_trigger", off_support_trigger)
   check_safe_setting("safe_baseline", safe_baseline)
   check_safe_setting("mean_guard", mean_guard)
+  check_safe_setting("fallback_score", fallback_score)
   objective = safe_score if safe else search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
@@ -688,6 +703,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support, "score": safe_score,
+                  "fallback_score": fallback_score,
                   "decision_scale": dscale, "report_scale": rscale,
                   "trigger": off_support_trigger,
                   "bound_pick": {d: float(v) for d, v in zip(domains, w_all[best])},
@@ -727,6 +743,13 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
         loss, contrast_ub = (np.concatenate(a) for a in ((loss, loss_seg),
                                                           (contrast_ub, ub_seg)))
       best = int(np.argmin(np.round(contrast_ub, 12)))
+      if fallback_score == "mean":
+        # Among the candidates the check lets through (upper bound <= 0: the baseline,
+        # bound 0, always), the lowest posterior mean loss; ties to the lower bound.
+        ok = np.flatnonzero(np.round(contrast_ub, 12) <= 0)
+        if len(ok):
+          mean_loss = np.round(z_w[:, ok].mean(0), 12)
+          best = int(ok[np.lexsort((contrast_ub[ok], mean_loss))[0]])
       if off_support == "shrink":
         # The fraction of the way from the baseline to the failed pick at which the
         # fallback lies; None when the fallback is another candidate (the baseline
