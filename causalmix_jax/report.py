@@ -909,13 +909,17 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
              "the sweep's held-out pool states)")
   if not check.get("replaced"):
     return head + ", so it was kept"
+  # Which candidate the fallback took (recommend's `fallback_score`).
+  which = ("the candidate with the lowest posterior mean loss among those whose bound "
+           "is at most 0" if check.get("fallback_score") == "mean"
+           else "the candidate with the lowest such bound")
   frac = check.get("shrink_fraction")
   if frac is not None:
     return (head + f", not below 0, so the point {frac:.0%} of the way from {short} to "
-            "it, the candidate with the lowest such bound, was taken; the surface is "
-            "sure of a shorter move toward it, not of the whole one")
-  return (head + ", not below 0, so the candidate with the lowest such bound was taken "
-          f"({_took(check)}); the surface is not sure anything beats {base} for this pool")
+            f"it, {which}, was taken; the surface is sure of a shorter move toward it, "
+            "not of the whole one")
+  return (head + f", not below 0, so {which} was taken ({_took(check)}); the surface is "
+          f"not sure anything beats {base} for this pool")
 
 
 def _took(check: Mapping[str, Any]) -> str:

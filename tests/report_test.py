@@ -493,7 +493,12 @@ def test_safe_check_that_took_uniform_is_explained(tmp_path, cfg):
           "it, the candidate with the lowest such bound, was taken; the surface is sure "
           "of a shorter move toward it, not of the whole one") in report_stage.run(
               cfg, wd).read_text()
-  mix["diagnostics"]["safe_check"].update(shrink_fraction=None)
+  mix["diagnostics"]["safe_check"]["fallback_score"] = "mean"
+  path.write_text(json.dumps(mix))
+  assert ("so the point 38% of the way from uniform to it, the candidate with the lowest "
+          "posterior mean loss among those whose bound is at most 0, was taken") in (
+              report_stage.run(cfg, wd).read_text())
+  mix["diagnostics"]["safe_check"].update(shrink_fraction=None, fallback_score="bound")
   mix["diagnostics"]["safe_check"].update(fallback="anchors", took_uniform=False,
                                           anchor_difference_upper_bound=-0.004)
   path.write_text(json.dumps(mix))
