@@ -305,8 +305,7 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
   if meta["kind"] == "trees":
     return trees.load(directory, meta)
   from causalmix_jax.surface.surface import load_surface
-  kw = dict(domains=meta["domains"], features=meta["features"], outcome=meta["outcome"],
-            maximize=meta["maximize"], support_stats=meta["support"], info=meta.get("info"))
+  kw = SurfaceBase.saved_kwargs(meta)
   if meta["kind"] == "scaling":
     # Surfaces saved before the Box-Cox form carry no `form` (they are bare powers) and
     # no `predictive` (their draws are pushed through the model).

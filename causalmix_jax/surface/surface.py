@@ -285,6 +285,14 @@ class SurfaceBase:
             "maximize": self.maximize, "support": self.support_stats, "info": self.info,
             "n_draws": self.n_draws}
 
+  @staticmethod
+  def saved_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
+    """SurfaceBase's keyword arguments read back from a saved surface.json (`meta`):
+    the shared fields every saved surface writes."""
+    return dict(domains=meta["domains"], features=meta["features"],
+                outcome=meta["outcome"], maximize=meta["maximize"],
+                support_stats=meta["support"], info=meta.get("info"))
+
   @property
   def noise_sd(self) -> float:
     """Standard deviation of a new run's outcome around its expected value (0 when the
@@ -511,7 +519,5 @@ def load_surface(directory: str | pathlib.Path) -> SurfaceBase:
   with np.load(npz_path) as z:
     leaves = [z[f"a{i}"] for i in range(len(meta["param_keys"]))]
   params = _rebuild(meta["param_tree"], leaves)
-  return Surface(DesignSpec.from_dict(meta["spec"]), params, domains=meta["domains"],
-                 features=meta["features"], outcome=meta["outcome"],
-                 maximize=meta["maximize"], support_stats=meta["support"],
-                 info=meta.get("info"))
+  return Surface(DesignSpec.from_dict(meta["spec"]), params,
+                 **SurfaceBase.saved_kwargs(meta))

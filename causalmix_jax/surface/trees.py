@@ -154,7 +154,5 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> TreeSurface:
   if not path.exists():
     raise FileNotFoundError(f"tree surface model not found: {path}")
   return TreeSurface(path.read_text(), int(meta["n_draws"]), bool(meta["blind"]),
-                     domains=meta["domains"], features=meta["features"],
-                     outcome=meta["outcome"], maximize=meta["maximize"],
-                     support_stats=meta["support"], info=meta.get("info"))
+                     **SurfaceBase.saved_kwargs(meta))
 
