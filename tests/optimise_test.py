@@ -401,7 +401,8 @@ def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):
                                        ("safe_score", "median"),
                                        ("off_support_trigger", "often"),
                                        ("safe_baseline", "natural"),
-                                       ("mean_guard", "always")])
+                                       ("mean_guard", "always"),
+                                       ("fallback_score", "lcb")])
 def test_run_stage_names_a_bad_choice_before_reading_surfaces(tmp_path, monkeypatch, key,
                                                               value):
   def no_surface(d):
