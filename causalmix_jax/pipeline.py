@@ -122,7 +122,9 @@ ADDED_KEYS: dict[str, Any] = {"surface.stack_discrepancy": "none",
                               "optimise.off_support_trigger": "range",
                               "optimise.safe_baseline": "uniform",
                               "optimise.mean_guard": "none",
-                              "optimise.fallback_score": "bound"}
+                              "optimise.fallback_score": "bound",
+                              "surface.companion": "none",
+                              "optimise.decision_average": "companion"}
 
 
 def _drop_added_defaults(d: dict[str, Any]) -> None:

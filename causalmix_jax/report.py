@@ -766,6 +766,9 @@ def _mixture_section(mix: Mapping[str, Any], surface: Any, out_dir: pathlib.Path
                    "the decision calibration fitted on the sweep's held-out pool "
                    "states; the safe check decides on the unscaled spread "
                    "(surface.decision_calibration = \"report\")")
+  averaged = (mix.get("diagnostics") or {}).get("decision_average")
+  if isinstance(averaged, Mapping) and averaged.get("used"):
+    extra.append(_decision_average_line(averaged))
   if extra:
     blocks.append(Bullets(tuple(extra)))
   if isinstance(mix.get("constraints"), Mapping) and mix["constraints"]:
@@ -920,6 +923,17 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
             "not of the whole one")
   return (head + f", not below 0, so {which} was taken ({_took(check)}); the surface is "
           f"not sure anything beats {base} for this pool")
+
+
+def _decision_average_line(averaged: Mapping[str, Any]) -> str:
+  """What recommend's `decision_average` did: the two picks it averaged."""
+  def mix(w: Any) -> str:
+    return ", ".join(f"{d}={_fmt(v)}" for d, v in (w or {}).items())
+  return ("decision average: the recommendation is the mean of the surface's pick ("
+          + mix(averaged.get("surface_pick")) + ") and its companion model's pick ("
+          + mix(averaged.get("companion_pick")) + ", the best of Monte-Carlo mixtures "
+          f"around the {averaged.get('prior', 'token shares')}); the safe objective's "
+          "check applies to the surface's pick, not to the mean")
 
 
 def _took(check: Mapping[str, Any]) -> str:

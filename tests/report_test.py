@@ -699,3 +699,22 @@ def test_held_out_guard_evidence_is_stated_under_the_surface(tmp_path, cfg, monk
   # No held-out decisions (one pool state): nothing to state.
   g.update(cells=0, loss_guarded=None, loss_unguarded=None)
   assert "Uniform check: on" not in report_stage.run(cfg, wd).read_text()
+
+
+def test_decision_average_is_explained(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  path = wd / "optimise" / "mixture.json"
+  mix = json.loads(path.read_text())
+  mix.setdefault("diagnostics", {})["decision_average"] = {
+      "used": True, "prior": "token shares", "surface_pick": {"a": 0.25, "b": 0.75},
+      "companion_pick": {"a": 0.5, "b": 0.5}}
+  path.write_text(json.dumps(mix))
+  md = report_stage.run(cfg, wd).read_text()
+  assert ("decision average: the recommendation is the mean of the surface's pick (a=0.25, "
+          "b=0.75) and its companion model's pick (a=0.5, b=0.5, the best of Monte-Carlo "
+          "mixtures around the token shares); the safe objective's check applies to the "
+          "surface's pick, not to the mean") in md
+  mix["diagnostics"]["decision_average"] = {"used": False,
+                                            "reason": "the surface has no companion"}
+  path.write_text(json.dumps(mix))
+  assert "decision average" not in report_stage.run(cfg, wd).read_text()

@@ -42,6 +42,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # "bound" (the lowest upper bound of the paired difference to the baseline) | "mean"
   # (the lowest posterior mean loss among the candidates whose upper bound is <= 0).
   c.fallback_score = "bound"
+  # Whether the pick is averaged with the companion model's own pick where the surface
+  # was fitted with one (surface.companion): "companion" | "none". Surfaces without a
+  # companion (the default) are never averaged.
+  c.decision_average = "companion"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from causalmix_jax.optimise import companion
 from causalmix_jax.optimise import constraints as cons
 from causalmix_jax.optimise import search
 from causalmix_jax.recommendation import Improvement, Interval, Recommendation
@@ -51,10 +52,16 @@ MEAN_GUARDS = ("baseline", "uniform", "none")
 # with the lowest posterior mean loss among those whose upper bound is at most 0 (the
 # baseline among them).
 FALLBACK_SCORES = ("bound", "mean")
-# recommend's settings of the safe objective and the values each takes (first: default).
+# Whether the pick is averaged with the surface's companion model's own pick
+# (`decision_average`): "companion" where the surface was fitted with one
+# (surface.companion); "checked" the same where the mean also passes the safe
+# objective's off-support check and mean guard; "none" never.
+DECISION_AVERAGES = ("companion", "checked", "none")
+# recommend's settings of the decision rule and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
-                 "mean_guard": MEAN_GUARDS, "fallback_score": FALLBACK_SCORES}
+                 "mean_guard": MEAN_GUARDS, "fallback_score": FALLBACK_SCORES,
+                 "decision_average": DECISION_AVERAGES}
 
 
 def check_safe_setting(name: str, value: str) -> str:
@@ -362,6 +369,31 @@ def best_known_mixture(surface: Any) -> np.ndarray | None:
   return np.maximum(w, 0.0) / np.maximum(w, 0.0).sum()
 
 
+def _average_with_companion(surfaces: Sequence[Any], setting: str,
+                            domains: Sequence[str], w_pick_D: np.ndarray,
+                            x_F: np.ndarray, tokens_D: np.ndarray | None,
+                            ref_D: np.ndarray, seed: int) -> dict[str, Any]:
+  """What `decision_average` does for this pick: {"used": False, "reason": ...}, or
+  {"used": True, "mean": the mean of the pick and the companion's pick (not yet made
+  feasible), and both picks by domain}."""
+  have = [s for s in surfaces if getattr(s, "companion", None) is not None]
+  if setting == "none":
+    return {"used": False, "reason": "decision_average = 'none'"}
+  if not have:
+    return {"used": False, "reason": "the surface has no companion"}
+  if len(surfaces) > 1:
+    log.warning("decision_average: %d of %d surfaces carry a companion model; a "
+                "recommendation over several outcomes is not averaged with them",
+                len(have), len(surfaces))
+    return {"used": False, "reason": "several surfaces (multi-objective)"}
+  prior_D = ref_D if tokens_D is None else tokens_D
+  w_c = companion.companion_pick(surfaces[0].companion, x_F, prior_D, seed)
+  return {"used": True, "mean": companion.averaged(w_pick_D, w_c),
+          "prior": "token shares" if tokens_D is not None else "reference",
+          "surface_pick": {d: float(v) for d, v in zip(domains, w_pick_D)},
+          "companion_pick": {d: float(v) for d, v in zip(domains, w_c)}}
+
+
 def _check_int(name: str, value: Any, least: int) -> int:
   """An integer argument (an integral float passes), at least `least`."""
   integral = isinstance(value, numbers.Integral) or (
@@ -440,7 +472,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
               off_support_trigger: str = "heldout",
               safe_baseline: str = "capped",
               mean_guard: str = "baseline",
-              fallback_score: str = "bound") -> Recommendation:
+              fallback_score: str = "bound",
+              decision_average: str = "companion") -> Recommendation:
   """The best feasible mixture for a pool under the posterior of the fitted surface.
 
   surface: a Surface, or a sequence of Surfaces over the same domains (multi-objective:
@@ -521,6 +554,20 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     posterior mean loss. Both keep the check's promise; "mean" trades a tighter
     lower bound on the gain for a larger expected gain, and on the shrink segment it
     usually moves farther toward the failed pick.
+  decision_average: "companion" (default): where the surface carries a companion model
+    (fitted with surface.companion = "trees"), the recommendation is the mean of the
+    pick above and the companion's own pick (RegMix's top-k around the pool's token
+    shares, or the reference when tokens are not given: `companion.py`), made
+    feasible; the surface's posterior scores and reports it like any pick. The safe
+    objective's check and guard apply to the surface's pick, not to the mean, so the
+    mean carries no promise against uniform. Surfaces without a companion, and
+    several surfaces (multi-objective; a warning is logged when any has one), are not
+    averaged. "checked": the same, but under the safe objective the mean is taken only
+    where it passes the two tests the surface's own pick passed: where the off-support
+    check ran, its paired difference to the check's baseline must be <= 0 at the upper
+    bound; and (unless mean_guard = "none") its posterior mean loss must not be above
+    that of the mean guard's reference. Otherwise the surface's pick is kept.
+    "none": never.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws: the draws it decided on, or where
@@ -546,6 +593,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   check_safe_setting("safe_baseline", safe_baseline)
   check_safe_setting("mean_guard", mean_guard)
   check_safe_setting("fallback_score", fallback_score)
+  check_safe_setting("decision_average", decision_average)
   objective = safe_score if safe else search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
@@ -678,6 +726,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                                                 0.5 * (1 + ci), dscale)[0])
 
   safe_check = None
+  i_guard, guard_to = None, None  # the mean guard's reference row (safe objective)
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
   elif safe:
@@ -799,6 +848,31 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
       safe_check["took_baseline"] = bool(np.allclose(w_all[best], base_D, atol=1e-6))
   else:
     best = int(np.argmin(loss))
+  averaging = _average_with_companion(surfaces, decision_average, domains, w_all[best],
+                                      np.asarray(xs[0], np.float64), tokens_D, fs.ref,
+                                      seed)
+  if averaging.get("used"):
+    w_mean, m_info = fs.make_feasible(averaging.pop("mean"))
+    averaging["moved_l1_by_projection"] = float(m_info["moved_l1"])
+    _, z_m, _, _, _, _, loss_m, ub_m = score(w_mean[None])
+    w_all, infos = np.concatenate([w_all, w_mean[None]]), infos + [m_info]
+    z_w, loss = np.concatenate([z_w, z_m], 1), np.concatenate([loss, loss_m])
+    contrast_ub = np.concatenate([contrast_ub, ub_m])
+    why = None
+    if decision_average == "checked" and safe_check is not None:
+      # The safe objective's two tests, put to the mean as to its own pick.
+      if safe_check["ran"] and contrast_ub[-1] > 0:
+        why = ("the off-support check ran and the mean's paired difference to its "
+               f"baseline has upper bound {s_out * float(contrast_ub[-1]):+.4g}, not "
+               "below 0")
+      elif mean_guard != "none" and z_w[:, -1].mean() > z_w[:, i_guard].mean():
+        why = (f"its posterior mean loss is above that of {guard_to} (the mean "
+               "guard's reference)")
+    if why is None:
+      best = len(w_all) - 1
+    else:
+      averaging.update(used=False, reason="checked: " + why)
+      log.info("decision average: the surface's pick is kept: %s", why)
   w_best = w_all[best]
   bad = fs.violations(w_best)
   if bad:  # make_feasible guarantees this; keep the check as a tripwire.
@@ -847,5 +921,6 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                    "outcome_weights": ow, "posterior_draws": int(z.shape[0]),
                    "difference_to_uniform_upper_bound": uniform_ub(best),
                    **({"safe_check": safe_check} if safe_check is not None else {}),
+                   "decision_average": averaging,
                    "trust_distance": (fs.distance(w_best) if fs.has_trust else None)},
   )

@@ -393,6 +393,7 @@ COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge", "clip_decisions")
 DECISION_CALIBRATIONS = ("none", "conformal", "report")  # surface.decision_calibration
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
 CONFORMAL_SPREADS = ("heldout", "final", "split")  # surface.conformal_spread
+COMPANIONS = ("none", "trees")  # surface.companion
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -427,6 +428,10 @@ def conformal_spread(cfg) -> str:
   return _choice(cfg, "conformal_spread", CONFORMAL_SPREADS)
 
 
+def companion(cfg) -> str:
+  return _choice(cfg, "companion", COMPANIONS)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -444,6 +449,7 @@ def check_config(method: str, cfg) -> None:
   stack_discrepancy(cfg)
   covariate_extrapolation(cfg)
   decision_calibration(cfg)
+  companion(cfg)
   if conformal_spread(cfg) == "split" and stack_discrepancy(cfg) == "rff":
     raise ValueError("surface.conformal_spread = 'split' with surface.stack_discrepancy "
                      "= 'rff': the discrepancy term is drawn once, at one scale, so the "
@@ -559,7 +565,26 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   # Every family's solves and searches are small: BLAS threads only add overhead at
   # these sizes (tenfold on a shared machine, in the discrepancy's size search).
   with one_blas_thread():
-    return _fit_any(runs, outcome, method, config, covariate_blind)
+    surface = _fit_any(runs, outcome, method, config, covariate_blind)
+    if companion(cfg) == "trees":
+      surface.companion = fit_companion(runs, outcome, int(cfg.seed), covariate_blind)
+      surface.info["companion"] = surface.companion.info
+    return surface
+
+
+def fit_companion(runs, outcome: str, seed: int = 0, covariate_blind: bool = False):
+  """The companion model (surface.companion = "trees"): LightGBM on the usable runs'
+  mixtures (as shares) and covariates (none when `covariate_blind`), the stack's tree
+  member fitted once on every run (`trees.py`). `recommend` averages the surface's
+  pick with the mixture this model's point predictions rank best."""
+  from causalmix_jax.surface import trees
+  name = outcome[2:] if outcome.startswith("y_") else outcome
+  y_all = runs.y(name)
+  keep = np.isfinite(y_all) & np.asarray(runs.ok)
+  return trees.fit_trees(runs.W[keep], runs.X[keep], y_all[keep], n=1,
+                         blind=covariate_blind, seed=seed, support_stats={},
+                         domains=runs.domains, features=runs.features, outcome=name,
+                         maximize=name in runs.maximize)
 
 
 def _fit_any(runs, outcome: str, method: str, config, covariate_blind: bool

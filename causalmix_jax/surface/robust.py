@@ -130,6 +130,7 @@ class ScalingSurface(SurfaceBase):
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     directory = pathlib.Path(directory)
+    self.save_companion(directory)
     artifacts.write_npz(directory / "posterior.npz",
                         **{k: np.asarray(v) for k, v in self.params.items()})
     return artifacts.write_json(directory / "surface.json", {
@@ -263,6 +264,7 @@ class StackedSurface(SurfaceBase):
 
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     directory = pathlib.Path(directory)
+    self.save_companion(directory)
     names = []
     for i, m in enumerate(self.members):
       names.append(f"member_{i}")

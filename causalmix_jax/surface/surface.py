@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import pathlib
+import shutil
 from typing import Any, Callable, Sequence
 
 import jax
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 SamplerFn = Callable[[Any, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 FORMAT_VERSION = 1
+# Where a saved surface keeps its companion model (surface.companion), if it has one.
+COMPANION_DIR = "companion"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +165,9 @@ class SurfaceBase:
     self.maximize = bool(maximize)
     self.support_stats = support_stats
     self.info = dict(info or {})
+    # A second model of the same sweep whose own pick `recommend` averages with the
+    # surface's (surface.companion; None: no companion).
+    self.companion: SurfaceBase | None = None
     self._jitted: dict[str, Any] = {}
     self._range_warned = False
 
@@ -284,6 +290,14 @@ class SurfaceBase:
             "features": self.features, "outcome": self.outcome,
             "maximize": self.maximize, "support": self.support_stats, "info": self.info,
             "n_draws": self.n_draws}
+
+  def save_companion(self, directory: pathlib.Path) -> None:
+    """Writes the companion, if the surface has one, to `directory`/companion
+    (`load_surface` reads it back)."""
+    if self.companion is not None:
+      self.companion.save(directory / COMPANION_DIR)
+    elif (directory / COMPANION_DIR).exists():  # an earlier save's, no longer ours
+      shutil.rmtree(directory / COMPANION_DIR)
 
   @staticmethod
   def saved_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
@@ -460,6 +474,7 @@ class Surface(SurfaceBase):
   def save(self, directory: str | pathlib.Path) -> pathlib.Path:
     """Writes surface.json (metadata) and posterior.npz (arrays)."""
     directory = pathlib.Path(directory)
+    self.save_companion(directory)
     flat, treedef = jax.tree_util.tree_flatten_with_path(self.params)
     arrays = {f"a{i}": np.asarray(v) for i, (_, v) in enumerate(flat)}
     keys = [jax.tree_util.keystr(k) for k, _ in flat]
@@ -502,10 +517,19 @@ def _rebuild(skeleton: Any, leaves: list[np.ndarray]) -> Any:
 
 def load_surface(directory: str | pathlib.Path) -> SurfaceBase:
   """Reads a surface written by a surface's `save` (a directory with surface.json and
-  its arrays, or the path of surface.json): linear, scaling-law or stacked."""
+  its arrays, or the path of surface.json): linear, scaling-law or stacked, with its
+  companion model when it was saved with one."""
   directory = pathlib.Path(directory)
   if directory.name == "surface.json":
     directory = directory.parent
+  surface = _load_one(directory)
+  if (directory / COMPANION_DIR / "surface.json").exists():
+    surface.companion = load_surface(directory / COMPANION_DIR)
+  return surface
+
+
+def _load_one(directory: pathlib.Path) -> SurfaceBase:
+  """The surface saved in `directory`, without its companion."""
   meta = artifacts.read_json(directory / "surface.json", "surface")
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{directory / 'surface.json'}: format_version "

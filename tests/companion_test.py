@@ -1,0 +1,150 @@
+"""Tests for the companion model (surface.companion) and recommend's decision average."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+
+import numpy as np
+import pytest
+
+from causalmix_jax.optimise import companion
+from causalmix_jax.optimise.recommend import recommend
+from causalmix_jax.surface import fit, trees, worlds
+from causalmix_jax.surface.surface import COMPANION_DIR, load_surface
+
+pytestmark = pytest.mark.xdist_group("robust")
+
+SMALL = dict(n_candidates=256, n_starts=4, n_steps=20)
+
+
+@dataclasses.dataclass
+class _Bowl:
+  """A stand-in companion: its outcome is the squared distance to `target`."""
+  target: np.ndarray
+  maximize: bool = False
+
+  def point(self, w, x=None):
+    del x
+    return np.sum((np.asarray(w) - self.target) ** 2, axis=1)
+
+
+def test_companion_pick_ranks_by_the_models_point_prediction():
+  target = np.array([0.6, 0.3, 0.1])
+  prior = np.full(3, 1 / 3)
+  w = companion.companion_pick(_Bowl(target), None, prior, seed=0)
+  assert w.shape == (3,) and abs(w.sum() - 1) < 1e-12
+  assert np.abs(w - target).sum() < 0.1  # near the bowl's bottom, not at the prior
+  assert np.array_equal(w, companion.companion_pick(_Bowl(target), None, prior, seed=0))
+  # A maximised outcome ranks the other way: the mixtures farthest from the target.
+  far = companion.companion_pick(_Bowl(target, maximize=True), None, prior, seed=0)
+  assert np.abs(far - target).sum() > 0.5
+  np.testing.assert_allclose(companion.averaged(target, prior), (target + prior) / 2)
+  with pytest.raises(ValueError, match="prior mixture"):
+    companion.companion_pick(_Bowl(target), None, np.array([0.0, 0.0, 0.0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _fitted():
+  world = worlds.make_world("synergy", seed=0)
+  runs = world.sweep(n_runs=128, n_pools=16, seed=0)
+  cfg = fit.default_config()
+  cfg.nuisance_models = ("ridge",)
+  cfg.companion = "trees"
+  return world, fit.fit_surface(runs, "loss", method="dml", config=cfg)
+
+
+def _case(world, s, pool):
+  tokens = pool.tokens_D[[world.domains.index(d) for d in s.domains]]
+  cons = {"tokens": dict(zip(s.domains, tokens)), "budget_tokens": pool.budget}
+  return dict(covariates=dict(zip(world.features, pool.x_F)), constraints=cons, **SMALL)
+
+
+def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
+  world, s = _fitted()
+  assert isinstance(s.companion, trees.TreeSurface)
+  assert s.info["companion"]["method"] == "trees"
+  kw = _case(world, s, world.new_pools(2, seed=3)[0])
+  avg = recommend(s, **kw)
+  plain = recommend(s, decision_average="none", **kw)
+  d = avg.diagnostics["decision_average"]
+  assert d["used"] and d["prior"] == "token shares"
+  assert plain.diagnostics["decision_average"] == {
+      "used": False, "reason": "decision_average = 'none'"}
+  # The surface's own pick is the one "none" recommends; the recommendation is the
+  # mean of it and the companion's pick, made feasible.
+  assert d["surface_pick"] == plain.weights
+  want = np.array([(d["surface_pick"][k] + d["companion_pick"][k]) / 2 for k in s.domains])
+  got = np.array([avg.weights[k] for k in s.domains])
+  assert np.abs(got - want).sum() <= d["moved_l1_by_projection"] + 1e-9
+  assert d["companion_pick"] != d["surface_pick"]
+  # The posterior scores and reports the averaged mixture, not the surface's pick.
+  assert avg.predicted.mean != plain.predicted.mean
+  # Saved and read back, the surface recommends the same; saved again without its
+  # companion, the companion's files go.
+  s.save(tmp_path / "s")
+  assert (tmp_path / "s" / COMPANION_DIR / "surface.json").exists()
+  back = load_surface(tmp_path / "s")
+  assert isinstance(back.companion, trees.TreeSurface)
+  assert recommend(back, **kw).weights == avg.weights
+  back.companion = None
+  back.save(tmp_path / "s")
+  assert not (tmp_path / "s" / COMPANION_DIR).exists()
+  assert load_surface(tmp_path / "s").companion is None
+  assert recommend(load_surface(tmp_path / "s"), **kw).weights == plain.weights
+
+
+def test_several_surfaces_are_not_averaged_and_bad_settings_are_named():
+  world, s = _fitted()
+  kw = _case(world, s, world.new_pools(2, seed=3)[1])
+  two = recommend([s, s], outcome_weights=[0.5, 0.5], **kw)
+  assert two.diagnostics["decision_average"] == {
+      "used": False, "reason": "several surfaces (multi-objective)"}
+  with pytest.raises(ValueError, match="decision_average: unknown 'trees'"):
+    recommend(s, decision_average="trees", **kw)
+  cfg = fit.default_config()
+  cfg.companion = "forest"
+  with pytest.raises(ValueError, match=r"surface.companion: unknown 'forest'"):
+    fit.check_config("stack", cfg)
+
+
+def _checked_case(s, **kw):
+  """recommend's picks for one query: own ("none"), mean ("companion"), checked."""
+  return [recommend(s, decision_average=a, **kw) for a in ("none", "companion", "checked")]
+
+
+def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
+  world, s = _fitted()
+
+  class Echo:
+    """A companion that ranks mixtures as the surface's own posterior mean does."""
+    maximize = s.maximize
+
+    def point(self, w, x=None):
+      del x
+      return s.predict(w, None, 0.9).mean
+
+  echo = copy.copy(s)
+  echo.companion = Echo()
+  cases = [(s, SMALL), (echo, SMALL)]  # the sweep's reference pool: no check runs
+  cases += [(s, _case(world, s, p)) for p in world.shifted_pools(2, seed=5)]
+  used = []
+  for surface, kw in cases:
+    own, mean, checked = _checked_case(surface, **kw)
+    d, check = (checked.diagnostics[k] for k in ("decision_average", "safe_check"))
+    if d["used"]:  # it passed the tests the surface's own pick passed
+      assert checked.weights == mean.weights and not check["mean_guard_replaced"]
+    else:
+      assert checked.weights == own.weights and d["surface_pick"] == own.weights
+      assert d["reason"].startswith("checked: ")
+      assert ("off-support check" in d["reason"]) == check["ran"]
+    used.append(d["used"])
+  # The trees' pick, averaged in, is expected to lose to uniform at the reference pool;
+  # a companion that agrees with the posterior is taken; off the support the check runs.
+  assert used[:2] == [False, True]
+  # Without the safe objective there is nothing to check: the mean is taken.
+  kw = _case(world, s, world.new_pools(2, seed=3)[0])
+  a = recommend(s, objective="mean", decision_average="checked", **kw)
+  b = recommend(s, objective="mean", decision_average="companion", **kw)
+  assert a.weights == b.weights and a.diagnostics["decision_average"]["used"]
