@@ -402,7 +402,8 @@ def test_run_stage_errors_name_missing_features(tmp_path, monkeypatch):
                                        ("off_support_trigger", "often"),
                                        ("safe_baseline", "natural"),
                                        ("mean_guard", "always"),
-                                       ("fallback_score", "lcb")])
+                                       ("fallback_score", "lcb"),
+                                       ("decision_average", "trees")])
 def test_run_stage_names_a_bad_choice_before_reading_surfaces(tmp_path, monkeypatch, key,
                                                               value):
   def no_surface(d):
