@@ -860,3 +860,45 @@ def test_progress_names_a_stack_fits_weights():
   assert lines["stacked"] and lines["stacked"][0].endswith(
       ", stack weights dml 0.60, scaling_blind 0.40")
   assert lines["plain"] and "stack weights" not in lines["plain"][0]
+
+
+def _decisions_script(tmp_path, *flags_):
+  root = pathlib.Path(__file__).resolve().parents[1]
+  return subprocess.run(
+      [sys.executable, str(root / "experiments/surface_zoo/decisions.py"),
+       f"--config={root / 'experiments/surface_zoo/config.py'}:smoke",
+       "--config.worlds=('mixing_law',)", "--config.n_test_pools=2",
+       f"--workdir={tmp_path}", *flags_],
+      capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_decisions_script_names_a_bad_rule_before_any_fit(tmp_path):
+  proc = _decisions_script(tmp_path, "--rules=D:decision_average=sometimes")
+  assert proc.returncode != 0
+  assert "decision_average: unknown 'sometimes'" in proc.stderr + proc.stdout
+  proc = _decisions_script(tmp_path, "--rules=D:lcb=1")
+  assert proc.returncode != 0 and "'lcb=1' is not key=value" in proc.stderr + proc.stdout
+  assert not (tmp_path / "worlds").exists()  # nothing was fitted
+
+
+def test_decisions_script_scores_each_rule_on_one_fit_and_resumes(tmp_path):
+  rules = "--rules=D:decision_average=none;M:decision_average=companion"
+  proc = _decisions_script(tmp_path, "--config.ours_surface=companion=trees", rules)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  head = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(head) == {"new/D", "new/M", "shifted/D", "shifted/M"}
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  assert {(r["split"], r["rule"]) for r in rows} == {
+      (s, n) for s in ("new", "shifted") for n in ("D", "M")}
+  # One fit: every rule of a world reports the same fit seconds and uniform's regret.
+  for split in ("new", "shifted"):
+    d, m = (next(r for r in rows if r["split"] == split and r["rule"] == n)
+            for n in ("D", "M"))
+    assert d["fit_s"] == m["fit_s"] and d["uniform_regret"] == m["uniform_regret"]
+  # The decision average moves the pick off the surface's own on these pools.
+  assert any(next(r for r in rows if r["split"] == s and r["rule"] == "D")["regret"]
+             != next(r for r in rows if r["split"] == s and r["rule"] == "M")["regret"]
+             for s in ("new", "shifted"))
+  again = _decisions_script(tmp_path, "--config.ours_surface=companion=trees", rules)
+  assert again.returncode == 0 and "mixing_law:" not in again.stdout  # loaded, not refitted
+  assert json.loads(again.stdout.strip().splitlines()[-1]) == head
