@@ -69,7 +69,7 @@ def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
   avg = recommend(s, **kw)
   plain = recommend(s, decision_average="none", **kw)
   d = avg.diagnostics["decision_average"]
-  assert d["used"] and d["prior"] == "token shares"
+  assert d["used"] and d["prior"] == "token shares" and d["setting"] == "companion"
   assert plain.diagnostics["decision_average"] == {
       "used": False, "reason": "decision_average = 'none'"}
   # The surface's own pick is the one "none" recommends; the recommendation is the

@@ -714,6 +714,10 @@ def test_decision_average_is_explained(tmp_path, cfg):
           "b=0.75) and its companion model's pick (a=0.5, b=0.5, the best of Monte-Carlo "
           "mixtures around the token shares); the safe objective's check applies to the "
           "surface's pick, not to the mean") in md
+  mix["diagnostics"]["decision_average"]["setting"] = "checked"
+  path.write_text(json.dumps(mix))
+  assert ("around the token shares); the mean passed the safe objective's check and mean "
+          "guard") in report_stage.run(cfg, wd).read_text()
   mix["diagnostics"]["decision_average"] = {"used": False,
                                             "reason": "the surface has no companion"}
   path.write_text(json.dumps(mix))

@@ -388,7 +388,7 @@ def _average_with_companion(surfaces: Sequence[Any], setting: str,
     return {"used": False, "reason": "several surfaces (multi-objective)"}
   prior_D = ref_D if tokens_D is None else tokens_D
   w_c = companion.companion_pick(surfaces[0].companion, x_F, prior_D, seed)
-  return {"used": True, "mean": companion.averaged(w_pick_D, w_c),
+  return {"used": True, "mean": companion.averaged(w_pick_D, w_c), "setting": setting,
           "prior": "token shares" if tokens_D is not None else "reference",
           "surface_pick": {d: float(v) for d, v in zip(domains, w_pick_D)},
           "companion_pick": {d: float(v) for d, v in zip(domains, w_c)}}
