@@ -701,24 +701,27 @@ def test_held_out_guard_evidence_is_stated_under_the_surface(tmp_path, cfg, monk
   assert "Uniform check: on" not in report_stage.run(cfg, wd).read_text()
 
 
-def test_decision_average_is_explained(tmp_path, cfg):
-  wd = _workdir(tmp_path)
+def _report_with_diagnostic(cfg, wd: pathlib.Path, key: str, value: object) -> str:
+  """The report after mixture.json's diagnostics[key] is set to `value`."""
   path = wd / "optimise" / "mixture.json"
   mix = json.loads(path.read_text())
-  mix.setdefault("diagnostics", {})["decision_average"] = {
-      "used": True, "prior": "token shares", "surface_pick": {"a": 0.25, "b": 0.75},
-      "companion_pick": {"a": 0.5, "b": 0.5}}
+  mix.setdefault("diagnostics", {})[key] = value
   path.write_text(json.dumps(mix))
-  md = report_stage.run(cfg, wd).read_text()
+  return report_stage.run(cfg, wd).read_text()
+
+
+def test_decision_average_is_explained(tmp_path, cfg):
+  wd = _workdir(tmp_path)
+  used = {"used": True, "prior": "token shares", "surface_pick": {"a": 0.25, "b": 0.75},
+          "companion_pick": {"a": 0.5, "b": 0.5}}
+  md = _report_with_diagnostic(cfg, wd, "decision_average", used)
   assert ("decision average: the recommendation is the mean of the surface's pick (a=0.25, "
           "b=0.75) and its companion model's pick (a=0.5, b=0.5, the best of Monte-Carlo "
           "mixtures around the token shares); the safe objective's check applies to the "
           "surface's pick, not to the mean") in md
-  mix["diagnostics"]["decision_average"]["setting"] = "checked"
-  path.write_text(json.dumps(mix))
   assert ("around the token shares); the mean passed the safe objective's check and mean "
-          "guard") in report_stage.run(cfg, wd).read_text()
-  mix["diagnostics"]["decision_average"] = {"used": False,
-                                            "reason": "the surface has no companion"}
-  path.write_text(json.dumps(mix))
-  assert "decision average" not in report_stage.run(cfg, wd).read_text()
+          "guard") in _report_with_diagnostic(cfg, wd, "decision_average",
+                                              {**used, "setting": "checked"})
+  assert "decision average" not in _report_with_diagnostic(
+      cfg, wd, "decision_average", {"used": False,
+                                    "reason": "the surface has no companion"})

@@ -572,15 +572,21 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
     return surface
 
 
+def usable_runs(runs, outcome: str) -> tuple[str, np.ndarray, np.ndarray]:
+  """(the outcome's name without "y_", the mask of runs that are ok with a finite
+  outcome, the outcome of every run): the rows every family fits on."""
+  name = outcome[2:] if outcome.startswith("y_") else outcome
+  y_all = runs.y(name)
+  return name, np.isfinite(y_all) & np.asarray(runs.ok), y_all
+
+
 def fit_companion(runs, outcome: str, seed: int = 0, covariate_blind: bool = False):
   """The companion model (surface.companion = "trees"): LightGBM on the usable runs'
   mixtures (as shares) and covariates (none when `covariate_blind`), the stack's tree
   member fitted once on every run (`trees.py`). `recommend` averages the surface's
   pick with the mixture this model's point predictions rank best."""
   from causalmix_jax.surface import trees
-  name = outcome[2:] if outcome.startswith("y_") else outcome
-  y_all = runs.y(name)
-  keep = np.isfinite(y_all) & np.asarray(runs.ok)
+  name, keep, y_all = usable_runs(runs, outcome)
   return trees.fit_trees(runs.W[keep], runs.X[keep], y_all[keep], n=1,
                          blind=covariate_blind, seed=seed, support_stats={},
                          domains=runs.domains, features=runs.features, outcome=name,
@@ -612,9 +618,7 @@ def _fit_surface(runs, outcome: str, method: str, config, covariate_blind: bool,
   cfg = default_config() if config is None else config
   inference = str(cfg.inference)
   t0 = time.time()
-  name = outcome[2:] if outcome.startswith("y_") else outcome
-  y_all = runs.y(name)
-  keep = np.isfinite(y_all) & np.asarray(runs.ok)
+  name, keep, y_all = usable_runs(runs, outcome)
   if keep.sum() < min_runs(cfg):
     raise DegenerateRunsError(f"{runs.source}: outcome y_{name} has {int(keep.sum())} "
                               f"usable runs; the surface needs at least {min_runs(cfg)}")

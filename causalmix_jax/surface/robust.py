@@ -360,9 +360,9 @@ class _Data:
 
 
 def _data(runs, outcome: str, min_runs: int) -> _Data:
-  name = outcome[2:] if outcome.startswith("y_") else outcome
-  y_all = runs.y(name)
-  rows = np.flatnonzero(np.isfinite(y_all) & np.asarray(runs.ok))
+  from causalmix_jax.surface import fit as fit_lib
+  name, keep, y_all = fit_lib.usable_runs(runs, outcome)
+  rows = np.flatnonzero(keep)
   if len(rows) < min_runs:
     raise ValueError(f"{runs.source}: outcome y_{name} has {len(rows)} usable runs; the "
                      f"surface needs at least {min_runs}")
