@@ -933,9 +933,11 @@ def _decision_average_line(averaged: Mapping[str, Any]) -> str:
           + mix(averaged.get("surface_pick")) + ") and its companion model's pick ("
           + mix(averaged.get("companion_pick")) + ", the best of Monte-Carlo mixtures "
           f"around the {averaged.get('prior', 'token shares')}); "
-          + ("the mean passed the safe objective's check and mean guard"
-             if averaged.get("setting") == "checked" else
-             "the safe objective's check applies to the surface's pick, not to the mean"))
+          + {"checked": "the mean passed the safe objective's check and mean guard",
+             "guarded": "the mean passed the safe objective's mean guard (the "
+                        "off-support check applies to the surface's pick)"}.get(
+                 averaged.get("setting"), "the safe objective's check applies to the "
+                 "surface's pick, not to the mean"))
 
 
 def _took(check: Mapping[str, Any]) -> str:

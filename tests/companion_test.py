@@ -110,8 +110,10 @@ def test_several_surfaces_are_not_averaged_and_bad_settings_are_named():
 
 
 def _checked_case(s, **kw):
-  """recommend's picks for one query: own ("none"), mean ("companion"), checked."""
-  return [recommend(s, decision_average=a, **kw) for a in ("none", "companion", "checked")]
+  """recommend's picks for one query: own ("none"), mean ("companion"), checked,
+  guarded."""
+  return [recommend(s, decision_average=a, **kw)
+          for a in ("none", "companion", "checked", "guarded")]
 
 
 def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
@@ -128,10 +130,11 @@ def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
   echo = copy.copy(s)
   echo.companion = Echo()
   cases = [(s, SMALL), (echo, SMALL)]  # the sweep's reference pool: no check runs
-  cases += [(s, _case(world, s, p)) for p in world.shifted_pools(2, seed=5)]
+  cases += [(t, _case(world, s, p)) for p in world.shifted_pools(2, seed=5)
+            for t in (s, echo)]
   used = []
   for surface, kw in cases:
-    own, mean, checked = _checked_case(surface, **kw)
+    own, mean, checked, guarded = _checked_case(surface, **kw)
     d, check = (checked.diagnostics[k] for k in ("decision_average", "safe_check"))
     if d["used"]:  # it passed the tests the surface's own pick passed
       assert checked.weights == mean.weights and not check["mean_guard_replaced"]
@@ -139,10 +142,18 @@ def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
       assert checked.weights == own.weights and d["surface_pick"] == own.weights
       assert d["reason"].startswith("checked: ")
       assert ("off-support check" in d["reason"]) == check["ran"]
-    used.append(d["used"])
+    # "guarded" puts the mean guard's test alone: it takes the mean wherever
+    # "checked" does, and where "checked" refused it for the guard, so does it.
+    g = guarded.diagnostics["decision_average"]
+    assert guarded.weights == (mean.weights if g["used"] else own.weights)
+    if d["used"] or "mean guard" in d.get("reason", ""):
+      assert g["used"] == d["used"]
+    if not g["used"]:
+      assert g["reason"].startswith("guarded: ") and "mean guard" in g["reason"]
+    used.append((d["used"], g["used"]))
   # The trees' pick, averaged in, is expected to lose to uniform at the reference pool;
   # a companion that agrees with the posterior is taken; off the support the check runs.
-  assert used[:2] == [False, True]
+  assert [u for u, _ in used[:2]] == [False, True]
   # Without the safe objective there is nothing to check: the mean is taken.
   kw = _case(world, s, world.new_pools(2, seed=3)[0])
   a = recommend(s, objective="mean", decision_average="checked", **kw)

@@ -722,6 +722,9 @@ def test_decision_average_is_explained(tmp_path, cfg):
   assert ("around the token shares); the mean passed the safe objective's check and mean "
           "guard") in _report_with_diagnostic(cfg, wd, "decision_average",
                                               {**used, "setting": "checked"})
+  assert ("the mean passed the safe objective's mean guard (the off-support check "
+          "applies to the surface's pick)") in _report_with_diagnostic(
+              cfg, wd, "decision_average", {**used, "setting": "guarded"})
   assert "decision average" not in _report_with_diagnostic(
       cfg, wd, "decision_average", {"used": False,
                                     "reason": "the surface has no companion"})

@@ -55,8 +55,9 @@ FALLBACK_SCORES = ("bound", "mean")
 # Whether the pick is averaged with the surface's companion model's own pick
 # (`decision_average`): "companion" where the surface was fitted with one
 # (surface.companion); "checked" the same where the mean also passes the safe
-# objective's off-support check and mean guard; "none" never.
-DECISION_AVERAGES = ("companion", "checked", "none")
+# objective's off-support check and mean guard; "guarded" where it passes the mean
+# guard alone; "none" never.
+DECISION_AVERAGES = ("companion", "checked", "guarded", "none")
 # recommend's settings of the decision rule and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
@@ -567,7 +568,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     check ran, its paired difference to the check's baseline must be <= 0 at the upper
     bound; and (unless mean_guard = "none") its posterior mean loss must not be above
     that of the mean guard's reference. Otherwise the surface's pick is kept.
-    "none": never.
+    "guarded": the second test alone (the mean guard), also off the support. "none":
+    never.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws: the draws it decided on, or where
@@ -859,9 +861,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     z_w, loss = np.concatenate([z_w, z_m], 1), np.concatenate([loss, loss_m])
     contrast_ub = np.concatenate([contrast_ub, ub_m])
     why = None
-    if decision_average == "checked" and safe_check is not None:
-      # The safe objective's two tests, put to the mean as to its own pick.
-      if safe_check["ran"] and contrast_ub[-1] > 0:
+    if decision_average in ("checked", "guarded") and safe_check is not None:
+      # The safe objective's tests, put to the mean as to its own pick ("guarded":
+      # the mean guard's alone).
+      if (decision_average == "checked" and safe_check["ran"]
+          and contrast_ub[-1] > 0):
         why = ("the off-support check ran and the mean's paired difference to its "
                f"baseline has upper bound {s_out * float(contrast_ub[-1]):+.4g}, not "
                "below 0")
@@ -871,7 +875,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     if why is None:
       best = len(w_all) - 1
     else:
-      averaging.update(used=False, reason="checked: " + why)
+      averaging.update(used=False, reason=f"{decision_average}: " + why)
       log.info("decision average: the surface's pick is kept: %s", why)
   w_best = w_all[best]
   bad = fs.violations(w_best)
