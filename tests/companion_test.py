@@ -130,8 +130,7 @@ def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
   echo = copy.copy(s)
   echo.companion = Echo()
   cases = [(s, SMALL), (echo, SMALL)]  # the sweep's reference pool: no check runs
-  cases += [(t, _case(world, s, p)) for p in world.shifted_pools(2, seed=5)
-            for t in (s, echo)]
+  cases += [(s, _case(world, s, p)) for p in world.shifted_pools(2, seed=5)]
   used = []
   for surface, kw in cases:
     own, mean, checked, guarded = _checked_case(surface, **kw)
@@ -154,6 +153,13 @@ def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
   # The trees' pick, averaged in, is expected to lose to uniform at the reference pool;
   # a companion that agrees with the posterior is taken; off the support the check runs.
   assert [u for u, _ in used[:2]] == [False, True]
+  # Off the support, a mean the posterior expects to beat the guard's reference can
+  # still fail the check's bound: "guarded" takes it, "checked" keeps the pick.
+  kw = _case(world, s, world.shifted_pools(4, seed=5)[3])
+  c, g = (recommend(echo, decision_average=a, **kw) for a in ("checked", "guarded"))
+  assert c.diagnostics["decision_average"]["reason"].startswith(
+      "checked: the off-support check ran")
+  assert g.diagnostics["decision_average"]["used"] and g.weights != c.weights
   # Without the safe objective there is nothing to check: the mean is taken.
   kw = _case(world, s, world.new_pools(2, seed=3)[0])
   a = recommend(s, objective="mean", decision_average="checked", **kw)

@@ -43,8 +43,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # (the lowest posterior mean loss among the candidates whose upper bound is <= 0).
   c.fallback_score = "bound"
   # Whether the pick is averaged with the companion model's own pick where the surface
-  # was fitted with one (surface.companion): "companion" | "none". Surfaces without a
-  # companion (the default) are never averaged.
+  # was fitted with one (surface.companion): "companion" (always) | "checked" (where
+  # the mean passes the safe objective's check and mean guard) | "guarded" (the mean
+  # guard alone) | "none". Surfaces without a companion (the default) are never
+  # averaged.
   c.decision_average = "companion"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
