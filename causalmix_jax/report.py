@@ -925,6 +925,15 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
           f"not sure anything beats {base} for this pool")
 
 
+# Which of the safe objective's tests a mean taken under each decision_average passed.
+_AVERAGE_TESTS = {
+    "checked": "the mean passed the safe objective's check and mean guard",
+    "guarded": "the mean passed the safe objective's mean guard (the off-support "
+               "check applies to the surface's pick)"}
+_AVERAGE_UNCHECKED = ("the safe objective's check applies to the surface's pick, not "
+                      "to the mean")
+
+
 def _decision_average_line(averaged: Mapping[str, Any]) -> str:
   """What recommend's `decision_average` did: the two picks it averaged."""
   def mix(w: Any) -> str:
@@ -933,11 +942,7 @@ def _decision_average_line(averaged: Mapping[str, Any]) -> str:
           + mix(averaged.get("surface_pick")) + ") and its companion model's pick ("
           + mix(averaged.get("companion_pick")) + ", the best of Monte-Carlo mixtures "
           f"around the {averaged.get('prior', 'token shares')}); "
-          + {"checked": "the mean passed the safe objective's check and mean guard",
-             "guarded": "the mean passed the safe objective's mean guard (the "
-                        "off-support check applies to the surface's pick)"}.get(
-                 averaged.get("setting"), "the safe objective's check applies to the "
-                 "surface's pick, not to the mean"))
+          + _AVERAGE_TESTS.get(averaged.get("setting"), _AVERAGE_UNCHECKED))
 
 
 def _took(check: Mapping[str, Any]) -> str:

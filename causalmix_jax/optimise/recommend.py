@@ -864,8 +864,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     if decision_average in ("checked", "guarded") and safe_check is not None:
       # The safe objective's tests, put to the mean as to its own pick ("guarded":
       # the mean guard's alone).
-      if (decision_average == "checked" and safe_check["ran"]
-          and contrast_ub[-1] > 0):
+      if decision_average == "checked" and safe_check["ran"] and contrast_ub[-1] > 0:
         why = ("the off-support check ran and the mean's paired difference to its "
                f"baseline has upper bound {s_out * float(contrast_ub[-1]):+.4g}, not "
                "below 0")
