@@ -929,7 +929,9 @@ def _safe_check_line(check: Mapping[str, Any]) -> str:
 _AVERAGE_TESTS = {
     "checked": "the mean passed the safe objective's check and mean guard",
     "guarded": "the mean passed the safe objective's mean guard (the off-support "
-               "check applies to the surface's pick)"}
+               "check applies to the surface's pick)",
+    "held": "the mean passed the safe objective's mean guard, and the safe objective "
+            "had kept the surface's own pick"}
 _AVERAGE_UNCHECKED = ("the safe objective's check applies to the surface's pick, not "
                       "to the mean")
 

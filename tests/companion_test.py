@@ -111,9 +111,9 @@ def test_several_surfaces_are_not_averaged_and_bad_settings_are_named():
 
 def _checked_case(s, **kw):
   """recommend's picks for one query: own ("none"), mean ("companion"), checked,
-  guarded."""
+  guarded, held."""
   return [recommend(s, decision_average=a, **kw)
-          for a in ("none", "companion", "checked", "guarded")]
+          for a in ("none", "companion", "checked", "guarded", "held")]
 
 
 def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
@@ -133,7 +133,7 @@ def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
   cases += [(s, _case(world, s, p)) for p in world.shifted_pools(2, seed=5)]
   used = []
   for surface, kw in cases:
-    own, mean, checked, guarded = _checked_case(surface, **kw)
+    own, mean, checked, guarded, held = _checked_case(surface, **kw)
     d, check = (checked.diagnostics[k] for k in ("decision_average", "safe_check"))
     if d["used"]:  # it passed the tests the surface's own pick passed
       assert checked.weights == mean.weights and not check["mean_guard_replaced"]
@@ -149,17 +149,34 @@ def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
       assert g["used"] == d["used"]
     if not g["used"]:
       assert g["reason"].startswith("guarded: ") and "mean guard" in g["reason"]
-    used.append((d["used"], g["used"]))
+    # "held" keeps the safe objective's fallback wherever it replaced the pick, and
+    # decides as "guarded" wherever the pick stood.
+    h, own_check = held.diagnostics["decision_average"], own.diagnostics["safe_check"]
+    fell_back = own_check["replaced"] or own_check["mean_guard_replaced"]
+    if fell_back:
+      assert held.weights == own.weights and not h["used"]
+      assert h["reason"].startswith("held: the safe objective's")
+    else:
+      assert held.weights == guarded.weights and h["used"] == g["used"]
+    used.append((d["used"], g["used"], h["used"], fell_back))
   # The trees' pick, averaged in, is expected to lose to uniform at the reference pool;
   # a companion that agrees with the posterior is taken; off the support the check runs.
-  assert [u for u, _ in used[:2]] == [False, True]
+  assert [u[0] for u in used[:2]] == [False, True]
+  # At the reference pool nothing replaced the pick; off the support the check did.
+  assert [u[3] for u in used] == [False, False, True, True]
   # Off the support, a mean the posterior expects to beat the guard's reference can
   # still fail the check's bound: "guarded" takes it, "checked" keeps the pick.
   kw = _case(world, s, world.shifted_pools(4, seed=5)[3])
-  c, g = (recommend(echo, decision_average=a, **kw) for a in ("checked", "guarded"))
+  c, g, h = (recommend(echo, decision_average=a, **kw)
+             for a in ("checked", "guarded", "held"))
   assert c.diagnostics["decision_average"]["reason"].startswith(
       "checked: the off-support check ran")
   assert g.diagnostics["decision_average"]["used"] and g.weights != c.weights
+  # There the check had replaced the surface's own pick: "held" keeps its fallback.
+  assert h.diagnostics["safe_check"]["replaced"] and h.weights == c.weights
+  assert h.diagnostics["decision_average"]["reason"] == (
+      "held: the safe objective's off-support check replaced the surface's pick, so "
+      "its fallback stands")
   # Without the safe objective there is nothing to check: the mean is taken.
   kw = _case(world, s, world.new_pools(2, seed=3)[0])
   a = recommend(s, objective="mean", decision_average="checked", **kw)

@@ -725,6 +725,9 @@ def test_decision_average_is_explained(tmp_path, cfg):
   assert ("the mean passed the safe objective's mean guard (the off-support check "
           "applies to the surface's pick)") in _report_with_diagnostic(
               cfg, wd, "decision_average", {**used, "setting": "guarded"})
+  assert ("the mean passed the safe objective's mean guard, and the safe objective had "
+          "kept the surface's own pick") in _report_with_diagnostic(
+              cfg, wd, "decision_average", {**used, "setting": "held"})
   assert "decision average" not in _report_with_diagnostic(
       cfg, wd, "decision_average", {"used": False,
                                     "reason": "the surface has no companion"})

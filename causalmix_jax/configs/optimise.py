@@ -45,7 +45,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # Whether the pick is averaged with the companion model's own pick where the surface
   # was fitted with one (surface.companion): "companion" (always) | "checked" (where
   # the mean passes the safe objective's check and mean guard) | "guarded" (the mean
-  # guard alone) | "none". Surfaces without a companion (the default) are never
+  # guard alone) | "held" (the mean guard, where the safe objective kept the
+  # surface's own pick) | "none". Surfaces without a companion (the default) are never
   # averaged.
   c.decision_average = "companion"
   c.ci = 0.9

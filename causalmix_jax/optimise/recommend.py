@@ -56,8 +56,9 @@ FALLBACK_SCORES = ("bound", "mean")
 # (`decision_average`): "companion" where the surface was fitted with one
 # (surface.companion); "checked" the same where the mean also passes the safe
 # objective's off-support check and mean guard; "guarded" where it passes the mean
-# guard alone; "none" never.
-DECISION_AVERAGES = ("companion", "checked", "guarded", "none")
+# guard alone; "held" where it passes the mean guard and the safe objective kept the
+# surface's own pick (neither its check nor its guard replaced it); "none" never.
+DECISION_AVERAGES = ("companion", "checked", "guarded", "held", "none")
 # recommend's settings of the decision rule and the values each takes (first: default).
 SAFE_SETTINGS = {"off_support": OFF_SUPPORT, "off_support_trigger": OFF_SUPPORT_TRIGGERS,
                  "safe_score": SAFE_SCORES, "safe_baseline": SAFE_BASELINES,
@@ -568,8 +569,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     check ran, its paired difference to the check's baseline must be <= 0 at the upper
     bound; and (unless mean_guard = "none") its posterior mean loss must not be above
     that of the mean guard's reference. Otherwise the surface's pick is kept.
-    "guarded": the second test alone (the mean guard), also off the support. "none":
-    never.
+    "guarded": the second test alone (the mean guard), also off the support. "held":
+    the mean guard's test, and only where the safe objective kept the surface's own
+    pick: where its off-support check or its mean guard replaced the pick by a
+    fallback, the fallback stands (the surface was not sure of a move, and the
+    companion gives no interval that would make it sure). "none": never.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws: the draws it decided on, or where
@@ -861,10 +865,16 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     z_w, loss = np.concatenate([z_w, z_m], 1), np.concatenate([loss, loss_m])
     contrast_ub = np.concatenate([contrast_ub, ub_m])
     why = None
-    if decision_average in ("checked", "guarded") and safe_check is not None:
+    if decision_average in ("checked", "guarded", "held") and safe_check is not None:
       # The safe objective's tests, put to the mean as to its own pick ("guarded":
-      # the mean guard's alone).
-      if decision_average == "checked" and safe_check["ran"] and contrast_ub[-1] > 0:
+      # the mean guard's alone; "held": that, where the pick was not replaced).
+      fell_back = [t for t, k in (("off-support check", "replaced"),
+                                  ("mean guard", "mean_guard_replaced"))
+                   if safe_check.get(k)]
+      if decision_average == "held" and fell_back:
+        why = (f"the safe objective's {' and '.join(fell_back)} replaced the surface's "
+               "pick, so its fallback stands")
+      elif decision_average == "checked" and safe_check["ran"] and contrast_ub[-1] > 0:
         why = ("the off-support check ran and the mean's paired difference to its "
                f"baseline has upper bound {s_out * float(contrast_ub[-1]):+.4g}, not "
                "below 0")
