@@ -29,6 +29,9 @@ pytestmark = pytest.mark.xdist_group("robust")
 def _cfg(**kw):
   c = fit.default_config()
   c.nuisance_models = ("ridge",)
+  # These tests read the surface's own pick and its safe check; the companion's mean
+  # (optimise.decision_average) is tested in companion_test.py.
+  c.companion = "none"
   for k, v in kw.items():
     setattr(c, k, v)
   return c

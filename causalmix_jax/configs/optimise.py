@@ -46,9 +46,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # was fitted with one (surface.companion): "companion" (always) | "checked" (where
   # the mean passes the safe objective's check and mean guard) | "guarded" (the mean
   # guard alone) | "held" (the mean guard, where the safe objective kept the
-  # surface's own pick) | "none". Surfaces without a companion (the default) are never
-  # averaged.
-  c.decision_average = "companion"
+  # surface's own pick) | "none". Surfaces without a companion
+  # (surface.companion = "none") are never averaged.
+  c.decision_average = "guarded"
   c.ci = 0.9
   # Reference mixture: "sweep_mean" (the surface's mean sweep mixture, else the pool's
   # token shares) | "token_shares" | "uniform" | "domain:weight,domain:weight,...".
