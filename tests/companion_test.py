@@ -66,7 +66,7 @@ def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
   assert isinstance(s.companion, trees.TreeSurface)
   assert s.info["companion"]["method"] == "trees"
   kw = _case(world, s, world.new_pools(2, seed=3)[0])
-  avg = recommend(s, **kw)
+  avg = recommend(s, decision_average="companion", **kw)
   plain = recommend(s, decision_average="none", **kw)
   d = avg.diagnostics["decision_average"]
   assert d["used"] and d["prior"] == "token shares" and d["setting"] == "companion"
@@ -87,7 +87,7 @@ def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
   assert (tmp_path / "s" / COMPANION_DIR / "surface.json").exists()
   back = load_surface(tmp_path / "s")
   assert isinstance(back.companion, trees.TreeSurface)
-  assert recommend(back, **kw).weights == avg.weights
+  assert recommend(back, decision_average="companion", **kw).weights == avg.weights
   back.companion = None
   back.save(tmp_path / "s")
   assert not (tmp_path / "s" / COMPANION_DIR).exists()

@@ -325,9 +325,11 @@ def test_fit_surface_runs_every_family_on_one_blas_thread(monkeypatch):
     return "fitted"
 
   monkeypatch.setattr(robust, "fit_stack", fake_stack)
+  cfg = fit.default_config()
+  cfg.companion = "none"  # the fake stack is no surface to attach a companion to
   with threadpoolctl.threadpool_limits(2, user_api="blas"):
     before = blas_threads()
-    assert fit.fit_surface(_wide_runs()[1], "loss") == "fitted"
+    assert fit.fit_surface(_wide_runs()[1], "loss", config=cfg) == "fitted"
     assert blas_threads() == before
   assert seen == [{1}]
 
