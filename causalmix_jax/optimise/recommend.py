@@ -571,11 +571,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     that of the mean guard's reference. Otherwise the surface's pick is kept.
     "guarded" (default): the second test alone (the mean guard), also off the
     support (judged against "none" on fresh zoo world seeds: experiments/surface_zoo,
-    "World seeds 81 and 82"). "held":
-    the mean guard's test, and only where the safe objective kept the surface's own
-    pick: where its off-support check or its mean guard replaced the pick by a
-    fallback, the fallback stands (the surface was not sure of a move, and the
-    companion gives no interval that would make it sure). "none": never.
+    "World seeds 81 and 82"). "held": the mean guard's test, and only where the
+    safe objective kept the surface's own pick: where its off-support check or its
+    mean guard replaced the pick by a fallback, the fallback stands (the surface was
+    not sure of a move, and the companion gives no interval that would make it
+    sure). "none": never.
   The Recommendation reports the pick's improvement over the reference, over uniform
   and, when the surface records its sweep, over the sweep's best-known mixture
   (`best_known`), each from joint posterior draws: the draws it decided on, or where
