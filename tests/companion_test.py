@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import inspect
 
 import numpy as np
 import pytest
 
+from causalmix_jax.configs import base
 from causalmix_jax.optimise import companion
-from causalmix_jax.optimise.recommend import recommend
+from causalmix_jax.optimise.recommend import SAFE_SETTINGS, recommend
 from causalmix_jax.surface import fit, trees, worlds
 from causalmix_jax.surface.surface import COMPANION_DIR, load_surface
 
@@ -107,6 +109,27 @@ def test_several_surfaces_are_not_averaged_and_bad_settings_are_named():
   cfg.companion = "forest"
   with pytest.raises(ValueError, match=r"surface.companion: unknown 'forest'"):
     fit.check_config("stack", cfg)
+
+
+def test_the_default_is_the_guarded_mean_with_a_trees_companion():
+  # Each decision setting's default is the first value SAFE_SETTINGS lists, in
+  # recommend's signature and in the optimise config alike.
+  params, oc = inspect.signature(recommend).parameters, base.get_config().optimise
+  for key, known in SAFE_SETTINGS.items():
+    assert params[key].default == known[0] == oc[key], key
+  assert SAFE_SETTINGS["decision_average"][0] == "guarded"
+  assert fit.default_config().companion == "trees"
+  # The default fit carries the companion, and recommend's default averages with it.
+  world = worlds.make_world("synergy", seed=0)
+  cfg = fit.default_config()
+  cfg.nuisance_models = ("ridge",)
+  s = fit.fit_surface(world.sweep(n_runs=128, n_pools=16, seed=0), "loss",
+                      method="dml", config=cfg)
+  assert isinstance(s.companion, trees.TreeSurface)
+  kw = _case(world, s, world.new_pools(2, seed=3)[0])
+  default, guarded = recommend(s, **kw), recommend(s, decision_average="guarded", **kw)
+  assert default.weights == guarded.weights
+  assert default.diagnostics["decision_average"]["setting"] == "guarded"
 
 
 def _checked_case(s, **kw):
