@@ -97,6 +97,75 @@ def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
   assert recommend(load_surface(tmp_path / "s"), **kw).weights == plain.weights
 
 
+@functools.lru_cache(maxsize=None)
+def _fitted_epochs():
+  world = worlds.make_world("repetition_harm", seed=0)
+  runs = world.sweep(n_runs=128, n_pools=16, seed=0)
+  cfg = fit.default_config()
+  cfg.nuisance_models = ("ridge",)
+  cfg.companion = "trees_epochs"
+  return world, runs, fit.fit_surface(runs, "loss", method="dml", config=cfg)
+
+
+def test_an_epochs_companion_answers_for_the_pool_it_is_given(tmp_path):
+  world, runs, s = _fitted_epochs()
+  c = s.companion
+  assert isinstance(c, trees.TreeSurface) and c.reads_epochs and c.info["epochs"]
+  np.testing.assert_allclose(c.epochs_pool[0], np.median(runs.tokens, axis=0))
+  assert c.epochs_pool[1] == float(np.median(runs.budget))
+  # The trees were fitted on the runs' epochs: at the sweep's own pools they give the
+  # in-sample predictions the booster gives on the same design.
+  design = np.concatenate([runs.W, runs.X, runs.epochs()], axis=1)
+  row = c.point_rows(runs.W[:5], runs.X[:5], runs.epochs()[:5])
+  np.testing.assert_allclose(row, c.booster.predict(design[:5]))
+  # Scarcer tokens (more epochs at the same shares) move its predictions; no tokens
+  # given is the sweep's median pool.
+  w = runs.W[:64]
+  x = runs.X[0]
+  median = c.point(w, x)
+  np.testing.assert_array_equal(median, c.point(w, x, tokens=c.epochs_pool[0],
+                                                 budget=c.epochs_pool[1]))
+  assert not np.array_equal(median, c.point(w, x, tokens=c.epochs_pool[0] / 50))
+  with pytest.raises(ValueError, match="positive token counts"):
+    c.point(w, x, tokens=np.zeros(len(s.domains)))
+  # recommend queries it at the pool's tokens and budget.
+  pool = world.new_pools(2, seed=3)[0]
+  kw = _case(world, s, pool)
+  avg = recommend(s, decision_average="companion", **kw)
+  d = avg.diagnostics["decision_average"]
+  assert d["used"] and d["companion_pool"] == "tokens the pool's, budget the pool's"
+  tokens = np.array([kw["constraints"]["tokens"][k] for k in s.domains])
+  at = companion.at_pool(c, tokens, pool.budget)
+  x_F = np.array([kw["covariates"][f] for f in s.features])
+  w_c = companion.companion_pick(at, x_F, tokens, seed=0)
+  np.testing.assert_allclose([d["companion_pick"][k] for k in s.domains], w_c)
+  # Saved and read back, the same companion and the same recommendation.
+  s.save(tmp_path / "s")
+  back = load_surface(tmp_path / "s")
+  assert back.companion.reads_epochs
+  np.testing.assert_array_equal(back.companion.epochs_pool[0], c.epochs_pool[0])
+  assert recommend(back, decision_average="companion", **kw).weights == avg.weights
+
+
+def test_an_epochs_companion_without_token_counts_reads_no_epochs(caplog):
+  _, runs, _ = _fitted_epochs()
+  frame = runs.to_frame()
+  bare = type(runs)(frame.drop(columns=[k for k in frame if k.startswith("tokens_")]),
+                    source="bare.csv")
+  with caplog.at_level("WARNING"):
+    c = fit.fit_companion(bare, "loss", epochs=True)
+  assert not c.reads_epochs and not c.info["epochs"]
+  assert "bare.csv" in c.info["epochs_reason"] and "tokens_<domain>" in caplog.text
+  # And read as plain trees, it is the "trees" companion.
+  plain = fit.fit_companion(bare, "loss")
+  np.testing.assert_array_equal(c.point(bare.W[:8], bare.X[0]),
+                                plain.point(bare.W[:8], bare.X[0]))
+  with pytest.raises(ValueError, match="go together"):
+    trees.fit_trees(bare.W, bare.X, bare.y("loss"), n=1, blind=False, seed=0,
+                    epochs_NxD=np.ones_like(bare.W), domains=bare.domains,
+                    features=bare.features, outcome="loss", maximize=False)
+
+
 def test_several_surfaces_are_not_averaged_and_bad_settings_are_named():
   world, s = _fitted()
   kw = _case(world, s, world.new_pools(2, seed=3)[1])

@@ -91,7 +91,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # `recommend` averages with the surface's (optimise.decision_average). "trees"
   # (default): LightGBM on the mixture and the raw covariates (the stack's tree
   # member, fitted once on every run; a few hundredths of a second on 512 runs);
-  # "none".
+  # "trees_epochs": the same trees also reading each domain's epochs, share * budget /
+  # tokens, answering for the pool recommend is given (runs without token counts or
+  # budgets: the plain trees, with a warning); "none".
   # Two families' picks err in different directions, and where the loss is convex in
   # the mixture their mean is no worse than their average. By default the mean is
   # taken where it passes the safe objective's mean guard (experiments/surface_zoo).

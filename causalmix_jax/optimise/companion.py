@@ -42,6 +42,24 @@ def companion_pick(model: Any, x_F: np.ndarray, prior_D: np.ndarray,
   return w_D / w_D.sum()
 
 
+class _AtPool:
+  """A companion that reads epochs, answering for one pool's tokens and budget."""
+
+  def __init__(self, model: Any, tokens_D: Any, budget: float | None):
+    self.model, self.tokens_D, self.budget = model, tokens_D, budget
+    self.maximize = model.maximize
+
+  def point(self, w: Any, x: Any = None) -> np.ndarray:
+    return self.model.point(w, x, tokens=self.tokens_D, budget=self.budget)
+
+
+def at_pool(model: Any, tokens_D: Any, budget: float | None) -> Any:
+  """`model` (trees that read epochs, `trees.TreeSurface.reads_epochs`) answering for
+  the pool with unique tokens `tokens_D` and training budget `budget` (None: the
+  sweep's median pool's), as `companion_pick` queries it."""
+  return _AtPool(model, tokens_D, budget)
+
+
 def averaged(w_surface_D: np.ndarray, w_companion_D: np.ndarray) -> np.ndarray:
   """The mean of the two picks (equal weights: neither family's decisions have been
   scored on held-out pools, so neither is preferred)."""

@@ -374,7 +374,8 @@ def best_known_mixture(surface: Any) -> np.ndarray | None:
 def _average_with_companion(surfaces: Sequence[Any], setting: str,
                             domains: Sequence[str], w_pick_D: np.ndarray,
                             x_F: np.ndarray, tokens_D: np.ndarray | None,
-                            ref_D: np.ndarray, seed: int) -> dict[str, Any]:
+                            budget: float | None, ref_D: np.ndarray,
+                            seed: int) -> dict[str, Any]:
   """What `decision_average` does for this pick: {"used": False, "reason": ...}, or
   {"used": True, "mean": the mean of the pick and the companion's pick (not yet made
   feasible), and both picks by domain}."""
@@ -389,9 +390,18 @@ def _average_with_companion(surfaces: Sequence[Any], setting: str,
                 len(have), len(surfaces))
     return {"used": False, "reason": "several surfaces (multi-objective)"}
   prior_D = ref_D if tokens_D is None else tokens_D
-  w_c = companion.companion_pick(surfaces[0].companion, x_F, prior_D, seed)
+  model = surfaces[0].companion
+  pool = {}
+  if getattr(model, "reads_epochs", False):
+    # Trees that read epochs answer for the pool's tokens and budget; what is not
+    # given is the sweep's median pool's.
+    model = companion.at_pool(model, tokens_D, budget)
+    pool = {"companion_pool": ", ".join(
+        f"{what} {'the pool' if v is not None else 'the sweep median'}'s"
+        for what, v in (("tokens", tokens_D), ("budget", budget)))}
+  w_c = companion.companion_pick(model, x_F, prior_D, seed)
   return {"used": True, "mean": companion.averaged(w_pick_D, w_c), "setting": setting,
-          "prior": "token shares" if tokens_D is not None else "reference",
+          **pool, "prior": "token shares" if tokens_D is not None else "reference",
           "surface_pick": {d: float(v) for d, v in zip(domains, w_pick_D)},
           "companion_pick": {d: float(v) for d, v in zip(domains, w_c)}}
 
@@ -857,8 +867,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   else:
     best = int(np.argmin(loss))
   averaging = _average_with_companion(surfaces, decision_average, domains, w_all[best],
-                                      np.asarray(xs[0], np.float64), tokens_D, fs.ref,
-                                      seed)
+                                      np.asarray(xs[0], np.float64), tokens_D, budget,
+                                      fs.ref, seed)
   if averaging.get("used"):
     w_mean, m_info = fs.make_feasible(averaging.pop("mean"))
     averaging["moved_l1_by_projection"] = float(m_info["moved_l1"])

@@ -393,7 +393,7 @@ COVARIATE_EXTRAPOLATIONS = ("linear", "clip", "hedge", "clip_decisions")
 DECISION_CALIBRATIONS = ("none", "conformal", "report")  # surface.decision_calibration
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
 CONFORMAL_SPREADS = ("heldout", "final", "split")  # surface.conformal_spread
-COMPANIONS = ("none", "trees")  # surface.companion
+COMPANIONS = ("none", "trees", "trees_epochs")  # surface.companion
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -566,8 +566,9 @@ def fit_surface(runs, outcome: str, method: str = "stack", config=None,
   # these sizes (tenfold on a shared machine, in the discrepancy's size search).
   with one_blas_thread():
     surface = _fit_any(runs, outcome, method, config, covariate_blind)
-    if companion(cfg) == "trees":
-      surface.companion = fit_companion(runs, outcome, int(cfg.seed), covariate_blind)
+    if companion(cfg) != "none":
+      surface.companion = fit_companion(runs, outcome, int(cfg.seed), covariate_blind,
+                                        epochs=companion(cfg) == "trees_epochs")
       surface.info["companion"] = surface.companion.info
     return surface
 
@@ -580,17 +581,43 @@ def usable_runs(runs, outcome: str) -> tuple[str, np.ndarray, np.ndarray]:
   return name, np.isfinite(y_all) & np.asarray(runs.ok), y_all
 
 
-def fit_companion(runs, outcome: str, seed: int = 0, covariate_blind: bool = False):
+def fit_companion(runs, outcome: str, seed: int = 0, covariate_blind: bool = False,
+                  epochs: bool = False):
   """The companion model (surface.companion = "trees"): LightGBM on the usable runs'
   mixtures (as shares) and covariates (none when `covariate_blind`), the stack's tree
   member fitted once on every run (`trees.py`). `recommend` averages the surface's
-  pick with the mixture this model's point predictions rank best."""
+  pick with the mixture this model's point predictions rank best.
+
+  `epochs` (surface.companion = "trees_epochs"): the trees also read each domain's
+  epochs, share * budget / tokens, and answer for the pool recommend is given (the
+  sweep's median pool where it is given none). Runs without token counts or budgets
+  give the plain trees, with a warning and the reason in `info["epochs_reason"]`."""
   from causalmix_jax.surface import trees
   name, keep, y_all = usable_runs(runs, outcome)
-  return trees.fit_trees(runs.W[keep], runs.X[keep], y_all[keep], n=1,
-                         blind=covariate_blind, seed=seed, support_stats={},
-                         domains=runs.domains, features=runs.features, outcome=name,
-                         maximize=name in runs.maximize)
+  kw: dict[str, Any] = {}
+  reason = None
+  if epochs:
+    tokens, budget = runs.tokens, runs.budget
+    if tokens is None or budget is None:
+      reason = (f"{runs.source}: surface.companion = 'trees_epochs' needs "
+                "tokens_<domain> and budget_tokens columns; the companion reads no epochs")
+    elif not (np.all(tokens[keep] > 0) and np.all(budget[keep] > 0)):
+      reason = (f"{runs.source}: surface.companion = 'trees_epochs' needs positive "
+                "tokens_<domain> and budget_tokens in every usable run; the companion "
+                "reads no epochs")
+    else:
+      kw = dict(epochs_NxD=trees.epochs_rows(runs.W[keep], tokens[keep], budget[keep]),
+                epochs_pool=(np.median(tokens[keep], axis=0),
+                             float(np.median(budget[keep]))))
+    if reason is not None:
+      log.warning("%s", reason)
+  model = trees.fit_trees(runs.W[keep], runs.X[keep], y_all[keep], n=1,
+                          blind=covariate_blind, seed=seed, support_stats={},
+                          domains=runs.domains, features=runs.features, outcome=name,
+                          maximize=name in runs.maximize, **kw)
+  if reason is not None:
+    model.info["epochs_reason"] = reason
+  return model
 
 
 def _fit_any(runs, outcome: str, method: str, config, covariate_blind: bool
