@@ -943,7 +943,9 @@ def _decision_average_line(averaged: Mapping[str, Any]) -> str:
   return ("decision average: the recommendation is the mean of the surface's pick ("
           + mix(averaged.get("surface_pick")) + ") and its companion model's pick ("
           + mix(averaged.get("companion_pick")) + ", the best of Monte-Carlo mixtures "
-          f"around the {averaged.get('prior', 'token shares')}); "
+          f"around the {averaged.get('prior', 'token shares')}"
+          + (f"; it reads epochs, at {averaged['companion_pool']}"
+             if averaged.get("companion_pool") else "") + "); "
           + _AVERAGE_TESTS.get(averaged.get("setting"), _AVERAGE_UNCHECKED))
 
 

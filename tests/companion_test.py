@@ -133,12 +133,16 @@ def test_an_epochs_companion_answers_for_the_pool_it_is_given(tmp_path):
   kw = _case(world, s, pool)
   avg = recommend(s, decision_average="companion", **kw)
   d = avg.diagnostics["decision_average"]
-  assert d["used"] and d["companion_pool"] == "tokens the pool's, budget the pool's"
+  assert d["used"] and d["companion_pool"] == "the pool's tokens and budget"
   tokens = np.array([kw["constraints"]["tokens"][k] for k in s.domains])
   at = companion.at_pool(c, tokens, pool.budget)
   x_F = np.array([kw["covariates"][f] for f in s.features])
   w_c = companion.companion_pick(at, x_F, tokens, seed=0)
   np.testing.assert_allclose([d["companion_pick"][k] for k in s.domains], w_c)
+  # Without the pool's tokens and budget, the sweep's median pool.
+  bare = recommend(s, decision_average="companion", covariates=kw["covariates"], **SMALL)
+  d = bare.diagnostics["decision_average"]
+  assert d["companion_pool"] == "the sweep's median pool" and d["prior"] == "reference"
   # Saved and read back, the same companion and the same recommendation.
   s.save(tmp_path / "s")
   back = load_surface(tmp_path / "s")

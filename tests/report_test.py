@@ -728,6 +728,11 @@ def test_decision_average_is_explained(tmp_path, cfg):
   assert ("the mean passed the safe objective's mean guard, and the safe objective had "
           "kept the surface's own pick") in _report_with_diagnostic(
               cfg, wd, "decision_average", {**used, "setting": "held"})
+  assert ("around the token shares; it reads epochs, at the pool's tokens and the "
+          "sweep's median budget); the mean passed") in _report_with_diagnostic(
+              cfg, wd, "decision_average",
+              {**used, "setting": "guarded",
+               "companion_pool": "the pool's tokens and the sweep's median budget"})
   assert "decision average" not in _report_with_diagnostic(
       cfg, wd, "decision_average", {"used": False,
                                     "reason": "the surface has no companion"})

@@ -396,9 +396,12 @@ def _average_with_companion(surfaces: Sequence[Any], setting: str,
     # Trees that read epochs answer for the pool's tokens and budget; what is not
     # given is the sweep's median pool's.
     model = companion.at_pool(model, tokens_D, budget)
-    pool = {"companion_pool": ", ".join(
-        f"{what} {'the pool' if v is not None else 'the sweep median'}'s"
-        for what, v in (("tokens", tokens_D), ("budget", budget)))}
+    pool = {"companion_pool": {
+        (True, True): "the pool's tokens and budget",
+        (True, False): "the pool's tokens and the sweep's median budget",
+        (False, True): "the sweep's median tokens and the pool's budget",
+        (False, False): "the sweep's median pool"}[(tokens_D is not None,
+                                                      budget is not None)]}
   w_c = companion.companion_pick(model, x_F, prior_D, seed)
   return {"used": True, "mean": companion.averaged(w_pick_D, w_c), "setting": setting,
           **pool, "prior": "token shares" if tokens_D is not None else "reference",
