@@ -33,6 +33,7 @@ import numpy as np
 
 from causalmix_jax import artifacts
 from causalmix_jax.surface import baselines
+from causalmix_jax.surface import features
 from causalmix_jax.surface.surface import SurfaceBase
 
 MODEL_FILE = "trees.txt"
@@ -66,10 +67,10 @@ def _design(w_NxD: Any, x_NxF: Any, blind: bool,
 
 
 def epochs_rows(w_NxD: Any, tokens_NxD: Any, budget_N: Any) -> np.ndarray:
-  """Passes over each domain's unique tokens per row: share * budget / tokens."""
-  tokens = np.asarray(tokens_NxD, np.float64)
-  budget = np.asarray(budget_N, np.float64).reshape(-1, 1)
-  return shares(w_NxD) * budget / np.maximum(tokens, 1.0)
+  """Passes over each domain's unique tokens per row (`features.epochs` of the
+  shares)."""
+  return features.epochs(shares(w_NxD), np.asarray(tokens_NxD, np.float64),
+                         np.asarray(budget_N, np.float64).reshape(-1))
 
 
 class TreeSurface(SurfaceBase):
