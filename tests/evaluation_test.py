@@ -878,7 +878,24 @@ def test_decisions_script_names_a_bad_rule_before_any_fit(tmp_path):
   assert "decision_average: unknown 'sometimes'" in proc.stderr + proc.stdout
   proc = _decisions_script(tmp_path, "--rules=D:lcb=1")
   assert proc.returncode != 0 and "'lcb=1' is not key=value" in proc.stderr + proc.stdout
+  proc = _decisions_script(tmp_path, "--rules=D:companion=forest")
+  assert proc.returncode != 0
+  assert "companion 'forest' is not one of" in proc.stderr + proc.stdout
   assert not (tmp_path / "worlds").exists()  # nothing was fitted
+
+
+def test_decisions_script_swaps_the_companion_per_rule(tmp_path):
+  rules = ("--rules=D:decision_average=none;N:companion=none,decision_average=companion;"
+           "G:decision_average=companion;E:companion=trees_epochs,decision_average=companion")
+  proc = _decisions_script(tmp_path, rules)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+  got = {(r["split"], r["rule"]): r["regret"] for r in rows}
+  assert set(got) == {(s, n) for s in ("new", "shifted") for n in "DNGE"}
+  # Without a companion the mean is never taken: the surface's own pick, as D's. The
+  # rule after it has the fit's own companion back, whose mean moves the pick.
+  assert all(got[s, "N"] == got[s, "D"] for s in ("new", "shifted"))
+  assert any(got[s, "G"] != got[s, "D"] for s in ("new", "shifted"))
 
 
 def test_decisions_script_scores_each_rule_on_one_fit_and_resumes(tmp_path):

@@ -8,6 +8,11 @@ per rule, and paired: the rules differ only in the decision.
       --rules="D:decision_average=none;HC:decision_average=checked" \
       --workdir=/tmp/zoo_decisions_73
 
+A rule may also name `companion=<surface.companion>` ("trees", "trees_epochs",
+"none"): that companion is fitted on the same runs and stands in for the fit's own in
+that rule's recommendations (the stack is not refitted; the companion is one LightGBM
+fit), so two companions are compared on one fit too.
+
 Writes `workdir/worlds/<world>.json` after each world (a rerun loads the ones computed
 under the same settings) and `workdir/results.json` (every row: world, split, rule,
 mean regret and uniform's, the gain-interval counts). Prints one line per world, then
@@ -45,9 +50,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _RULES = flags.DEFINE_string(
     "rules", "D:decision_average=none;HC:decision_average=checked",
     "Decision rules: NAME:key=value,key=value;NAME:... (keys: recommend's "
-    "SAFE_SETTINGS; an empty list after the colon is recommend's defaults).")
+    "SAFE_SETTINGS, and companion=<surface.companion> for a companion refitted on the "
+    "same runs; an empty list after the colon is recommend's defaults).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the results.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+# The rule key that swaps the companion model (the others are recommend's settings).
+COMPANION_KEY = "companion"
 
 
 def parse_rules(text: str) -> dict[str, dict[str, str]]:
@@ -61,9 +71,15 @@ def parse_rules(text: str) -> dict[str, dict[str, str]]:
     kw = {}
     for pair in filter(None, (p.strip() for p in body.split(","))):
       key, eq, value = (t.strip() for t in pair.partition("="))
+      if eq and key == COMPANION_KEY:
+        if value not in fit_lib.COMPANIONS:
+          raise ValueError(f"--rules: {name}: companion {value!r} is not one of "
+                           f"{list(fit_lib.COMPANIONS)}")
+        kw[key] = value
+        continue
       if not eq or key not in SAFE_SETTINGS:
         raise ValueError(f"--rules: {name}: {pair!r} is not key=value with a key of "
-                         f"{sorted(SAFE_SETTINGS)}")
+                         f"{sorted([*SAFE_SETTINGS, COMPANION_KEY])}")
       kw[key] = check_safe_setting(key, value)
     rules[name] = kw
   if not rules:
@@ -83,12 +99,19 @@ def score_world(world: Any, surface_settings: dict[str, str],
   t0 = time.perf_counter()
   surface = fit_lib.fit_surface(runs, evaluation.OUTCOME, config=config)
   fit_s = time.perf_counter() - t0
+  own = surface.companion
+  seed = int((config or fit_lib.default_config()).seed)
+  companions = {v: None if v == "none" else fit_lib.fit_companion(
+      runs, evaluation.OUTCOME, seed, epochs=v == "trees_epochs")
+                for v in {kw[COMPANION_KEY] for kw in rules.values() if COMPANION_KEY in kw}}
   dn = len(runs.domains)
   rows = []
   for split, split_cases in cases.items():
     uniform = [float(world.regret(np.full(dn, 1.0 / dn), c.pool)) for c in split_cases]
     for name, kw in rules.items():
       regrets, gains, seconds = [], [], []
+      kw = dict(kw)
+      surface.companion = companions[kw.pop(COMPANION_KEY)] if COMPANION_KEY in kw else own
       for c, u in zip(split_cases, uniform):
         t1 = time.perf_counter()
         rec = evaluation._ours_recommend(surface, c.view, runs, **kw)  # pylint: disable=protected-access
