@@ -48,13 +48,16 @@ def test_companion_pick_ranks_by_the_models_point_prediction():
 
 
 @functools.lru_cache(maxsize=None)
-def _fitted():
-  world = worlds.make_world("synergy", seed=0)
+def _fitted(world_name: str = "synergy", companion_setting: str | None = "trees"):
+  """(world, runs, a small dml surface fitted on its sweep), with surface.companion =
+  `companion_setting` (None: the config's default)."""
+  world = worlds.make_world(world_name, seed=0)
   runs = world.sweep(n_runs=128, n_pools=16, seed=0)
   cfg = fit.default_config()
   cfg.nuisance_models = ("ridge",)
-  cfg.companion = "trees"
-  return world, fit.fit_surface(runs, "loss", method="dml", config=cfg)
+  if companion_setting is not None:
+    cfg.companion = companion_setting
+  return world, runs, fit.fit_surface(runs, "loss", method="dml", config=cfg)
 
 
 def _case(world, s, pool):
@@ -64,7 +67,7 @@ def _case(world, s, pool):
 
 
 def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
-  world, s = _fitted()
+  world, _, s = _fitted()
   assert isinstance(s.companion, trees.TreeSurface)
   assert s.info["companion"]["method"] == "trees"
   kw = _case(world, s, world.new_pools(2, seed=3)[0])
@@ -97,14 +100,8 @@ def test_recommend_averages_the_surfaces_pick_with_its_companions(tmp_path):
   assert recommend(load_surface(tmp_path / "s"), **kw).weights == plain.weights
 
 
-@functools.lru_cache(maxsize=None)
 def _fitted_epochs():
-  world = worlds.make_world("repetition_harm", seed=0)
-  runs = world.sweep(n_runs=128, n_pools=16, seed=0)
-  cfg = fit.default_config()
-  cfg.nuisance_models = ("ridge",)
-  cfg.companion = "trees_epochs"
-  return world, runs, fit.fit_surface(runs, "loss", method="dml", config=cfg)
+  return _fitted("repetition_harm", "trees_epochs")
 
 
 def test_an_epochs_companion_answers_for_the_pool_it_is_given(tmp_path):
@@ -171,7 +168,7 @@ def test_an_epochs_companion_without_token_counts_reads_no_epochs(caplog):
 
 
 def test_several_surfaces_are_not_averaged_and_bad_settings_are_named():
-  world, s = _fitted()
+  world, _, s = _fitted()
   kw = _case(world, s, world.new_pools(2, seed=3)[1])
   two = recommend([s, s], outcome_weights=[0.5, 0.5], **kw)
   assert two.diagnostics["decision_average"] == {
@@ -193,11 +190,7 @@ def test_the_default_is_the_guarded_mean_with_a_trees_companion():
   assert SAFE_SETTINGS["decision_average"][0] == "guarded"
   assert fit.default_config().companion == "trees"
   # The default fit carries the companion, and recommend's default averages with it.
-  world = worlds.make_world("synergy", seed=0)
-  cfg = fit.default_config()
-  cfg.nuisance_models = ("ridge",)
-  s = fit.fit_surface(world.sweep(n_runs=128, n_pools=16, seed=0), "loss",
-                      method="dml", config=cfg)
+  world, _, s = _fitted(companion_setting=None)
   assert isinstance(s.companion, trees.TreeSurface)
   kw = _case(world, s, world.new_pools(2, seed=3)[0])
   default, guarded = recommend(s, **kw), recommend(s, decision_average="guarded", **kw)
@@ -213,7 +206,7 @@ def _checked_case(s, **kw):
 
 
 def test_checked_average_is_taken_only_where_it_passes_the_safe_tests():
-  world, s = _fitted()
+  world, _, s = _fitted()
 
   class Echo:
     """A companion that ranks mixtures as the surface's own posterior mean does."""
