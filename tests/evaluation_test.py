@@ -499,19 +499,22 @@ def test_coverage_by_size_line_shows_the_held_out_factor_where_there_is_one():
   assert fmt(test) == "0.01-0.80: 0.800, 0.80-2.00: 0.970"
 
 
-def test_zoo_cache_key_holds_uniform_anchors_only_when_set():
-  """Stored results of a random sweep are not reused for an anchored one, and results
-  stored before the option existed stay valid."""
+def test_zoo_cache_key_holds_anchors_and_domains_only_when_set():
+  """Stored results of a random 5-domain sweep are not reused for an anchored one or
+  one over other domains, and results stored before the options existed stay valid."""
   root = pathlib.Path(__file__).resolve().parents[1]
   code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
           "from experiments.surface_zoo import config, run; cfg = config.get_config(); "
           "plain = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = True; "
-          "print(json.dumps([plain, run._world_settings(cfg, 'threshold')]))")
+          "anchored = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = False; "
+          "cfg.n_domains = 8; "
+          "print(json.dumps([plain, anchored, run._world_settings(cfg, 'threshold')]))")
   proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
                         text=True, timeout=120, check=True)
-  plain, anchored = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert "uniform_anchors" not in plain
+  plain, anchored, wider = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert "uniform_anchors" not in plain and "n_domains" not in plain
   assert anchored == {**plain, "uniform_anchors": True}
+  assert wider == {**plain, "n_domains": 8}
 
 
 def test_evaluate_world_asks_for_uniform_anchors_only_when_set():

@@ -365,3 +365,26 @@ def test_uniform_anchors_put_one_uniform_run_in_every_pool_state():
   first_rows = first.index[first["seed"] == 0]
   assert not np.allclose(f_anch.loc[first_rows, "y_loss"],
                          f_plain.loc[first_rows, "y_loss"])  # they trained on uniform
+
+
+@pytest.mark.parametrize("n_domains", [3, 8])
+def test_every_world_is_defined_over_other_domain_counts(n_domains):
+  """The zoo's `n_domains` reaches every world: sweeps, pools and the oracle keep the
+  count, and the oracle's mixture beats uniform on a new and a shifted pool."""
+  for name in NAMES:
+    world = worlds.make_world(name, seed=1, n_domains=n_domains)
+    assert world.n_domains == n_domains and len(world.domains) == n_domains
+    runs = world.sweep(n_runs=24, n_pools=4, seeds=1, seed=0)
+    assert runs.W.shape == (24, n_domains) and sorted(runs.domains) == sorted(world.domains)
+    assert np.all(np.isfinite(runs.y("loss")))
+    for pool in (world.new_pools(1, seed=2)[0], world.shifted_pools(1, seed=2)[0]):
+      best_D = world.best_mixture(pool)
+      assert best_D.shape == (n_domains,) and abs(best_D.sum() - 1.0) < 1e-6
+      uniform_D = np.full(n_domains, 1.0 / n_domains)
+      assert world.regret(best_D, pool) <= 1e-9, name
+      assert world.regret(uniform_D, pool) >= -1e-9, name
+
+
+def test_make_world_names_a_bad_domain_count():
+  with pytest.raises(ValueError, match="n_domains >= 2"):
+    worlds.make_world("threshold", n_domains=1)

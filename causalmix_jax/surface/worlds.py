@@ -846,8 +846,8 @@ HELD_OUT_WORLDS = ("repetition_harm", "natural_target", "relative_quality")
 SECOND_HELD_OUT_WORLDS = ("balanced_tasks", "measured_quality", "random_network")
 
 
-def make_world(name: str, seed: int = 0) -> World:
-  """The registered world `name` with parameters drawn from `seed`."""
+def make_world(name: str, seed: int = 0, n_domains: int = 5) -> World:
+  """The registered world `name` over `n_domains` domains, parameters drawn from `seed`."""
   if name not in WORLDS:
     raise ValueError(f"unknown world {name!r}; known worlds: {', '.join(sorted(WORLDS))}")
-  return WORLDS[name](seed=seed)
+  return WORLDS[name](seed=seed, n_domains=n_domains)

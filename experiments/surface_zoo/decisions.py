@@ -162,14 +162,15 @@ def main(argv: list[str]) -> None:
     settings = json.loads(artifacts.to_json(
         {"world": name, "seed": cfg.seed, "n_runs": cfg.n_runs, "n_pools": cfg.n_pools,
          "n_test_pools": cfg.n_test_pools, "n_mixtures": cfg.n_mixtures,
-         "seeds": cfg.seeds, "ours_surface": surface_settings, "rules": rules}, None))
+         "seeds": cfg.seeds, "ours_surface": surface_settings, "rules": rules,
+         **({"n_domains": cfg.n_domains} if cfg.n_domains != 5 else {})}, None))
     stored = json.loads(path.read_text()) if path.exists() else None
     if stored is not None and stored.get("settings") == settings:
       world_rows = stored["rows"]
     else:
       t0 = time.perf_counter()
-      world_rows = score_world(worlds.make_world(name, seed=cfg.seed), surface_settings,
-                               rules, cfg)
+      world = worlds.make_world(name, seed=cfg.seed, n_domains=cfg.n_domains)
+      world_rows = score_world(world, surface_settings, rules, cfg)
       artifacts.write_json(path, {"settings": settings, "rows": world_rows})
       print(f"{name}: {time.perf_counter() - t0:.0f}s; " + "; ".join(
           f"{r['split']} {r['rule']} {r['regret']:.4f}" for r in world_rows)

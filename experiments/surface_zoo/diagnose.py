@@ -66,7 +66,8 @@ def main(argv: list[str]) -> None:
   logging.getLogger().setLevel(logging.WARNING)
   cfg = _CONFIG.value
   try:  # every name checked before any fit
-    built = [worlds.make_world(name, seed=cfg.seed) for name in _WORLD.value]
+    built = [worlds.make_world(name, seed=cfg.seed, n_domains=cfg.n_domains)
+             for name in _WORLD.value]
   except ValueError as e:
     raise app.UsageError(f"--world: {e}") from None
   out = []

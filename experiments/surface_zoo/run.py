@@ -74,8 +74,9 @@ def _world_settings(cfg, name: str) -> dict[str, Any]:
           "n_pools": cfg.n_pools, "n_test_pools": cfg.n_test_pools,
           "n_mixtures": cfg.n_mixtures, "seeds": cfg.seeds, "seed": cfg.seed,
           **_surface_setting(cfg),
-          # Only when set, so results stored before the option existed stay valid.
-          **({"uniform_anchors": True} if cfg.uniform_anchors else {})}
+          # Only when set, so results stored before the options existed stay valid.
+          **({"uniform_anchors": True} if cfg.uniform_anchors else {}),
+          **({"n_domains": cfg.n_domains} if cfg.n_domains != 5 else {})}
 
 
 def _surface_setting(cfg) -> dict[str, Any]:
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> None:
     if world_rows is not None:
       logging.info("%s: loaded from %s", name, path)
     else:
-      world = worlds.make_world(name, seed=cfg.seed)
+      world = worlds.make_world(name, seed=cfg.seed, n_domains=cfg.n_domains)
       world_rows = evaluation.evaluate_world(
           world, methods, n_runs=cfg.n_runs, n_pools=cfg.n_pools,
           n_test_pools=cfg.n_test_pools, n_mixtures=cfg.n_mixtures, seeds=cfg.seeds,
