@@ -884,7 +884,20 @@ def test_decisions_script_names_a_bad_rule_before_any_fit(tmp_path):
   proc = _decisions_script(tmp_path, "--rules=D:companion=forest")
   assert proc.returncode != 0
   assert "companion 'forest' is not one of" in proc.stderr + proc.stdout
+  proc = _decisions_script(tmp_path, "--rules=D:", "--config.n_domains=1")
+  assert proc.returncode != 0
+  assert "--config.n_domains: every world needs" in proc.stderr + proc.stdout
   assert not (tmp_path / "worlds").exists()  # nothing was fitted
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, True, "three"])
+def test_domain_count_names_the_key(bad):
+  with pytest.raises(ValueError, match=r"--config\.n_domains: .*got"):
+    evaluation.domain_count(bad)
+
+
+def test_domain_count_takes_whole_numbers_from_two():
+  assert evaluation.domain_count(2) == 2 and evaluation.domain_count(8.0) == 8
 
 
 def test_decisions_script_swaps_the_companion_per_rule(tmp_path):

@@ -491,6 +491,18 @@ def parse_ours_settings(text: str) -> dict[str, str]:
   return out
 
 
+def domain_count(n_domains: Any) -> int:
+  """A zoo config's `n_domains` as an int; ValueError naming the key where it is not a
+  whole number of at least 2 (checked before any world is fitted)."""
+  bad = ValueError(f"--config.n_domains: every world needs a whole number of at least 2 "
+                   f"domains, got {n_domains!r}")
+  if isinstance(n_domains, bool) or not isinstance(n_domains, (int, float, np.integer)):
+    raise bad
+  if n_domains != int(n_domains) or n_domains < 2:
+    raise bad
+  return int(n_domains)
+
+
 def default_methods(include: Iterable[str] | None = None,
                     ours_settings: dict[str, str] | None = None) -> list[Method]:
   """The contenders by name (default: all of METHOD_NAMES, in that order); "ours" with

@@ -155,6 +155,7 @@ def main(argv: list[str]) -> None:
   cfg = _CONFIG.value
   rules = parse_rules(_RULES.value)
   surface_settings = evaluation.parse_ours_settings(cfg.ours_surface)
+  n_domains = evaluation.domain_count(cfg.n_domains)
   workdir = pathlib.Path(_WORKDIR.value)
   rows: list[dict[str, Any]] = []
   for name in cfg.worlds:
@@ -163,13 +164,13 @@ def main(argv: list[str]) -> None:
         {"world": name, "seed": cfg.seed, "n_runs": cfg.n_runs, "n_pools": cfg.n_pools,
          "n_test_pools": cfg.n_test_pools, "n_mixtures": cfg.n_mixtures,
          "seeds": cfg.seeds, "ours_surface": surface_settings, "rules": rules,
-         **({"n_domains": cfg.n_domains} if cfg.n_domains != 5 else {})}, None))
+         **({"n_domains": n_domains} if n_domains != 5 else {})}, None))
     stored = json.loads(path.read_text()) if path.exists() else None
     if stored is not None and stored.get("settings") == settings:
       world_rows = stored["rows"]
     else:
       t0 = time.perf_counter()
-      world = worlds.make_world(name, seed=cfg.seed, n_domains=cfg.n_domains)
+      world = worlds.make_world(name, seed=cfg.seed, n_domains=n_domains)
       world_rows = score_world(world, surface_settings, rules, cfg)
       artifacts.write_json(path, {"settings": settings, "rows": world_rows})
       print(f"{name}: {time.perf_counter() - t0:.0f}s; " + "; ".join(

@@ -65,8 +65,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.getLogger().setLevel(logging.WARNING)
   cfg = _CONFIG.value
+  n_domains = evaluation.domain_count(cfg.n_domains)
   try:  # every name checked before any fit
-    built = [worlds.make_world(name, seed=cfg.seed, n_domains=cfg.n_domains)
+    built = [worlds.make_world(name, seed=cfg.seed, n_domains=n_domains)
              for name in _WORLD.value]
   except ValueError as e:
     raise app.UsageError(f"--world: {e}") from None

@@ -96,6 +96,7 @@ def main(argv: list[str]) -> None:
   cfg = _CONFIG.value
   workdir = pathlib.Path(_WORKDIR.value)
   methods = evaluation.default_methods(cfg.methods, _ours_surface(cfg))
+  n_domains = evaluation.domain_count(cfg.n_domains)
   rows: list[dict[str, Any]] = []
   for name in cfg.worlds:
     path = workdir / "worlds" / f"{name}.json"
@@ -104,7 +105,7 @@ def main(argv: list[str]) -> None:
     if world_rows is not None:
       logging.info("%s: loaded from %s", name, path)
     else:
-      world = worlds.make_world(name, seed=cfg.seed, n_domains=cfg.n_domains)
+      world = worlds.make_world(name, seed=cfg.seed, n_domains=n_domains)
       world_rows = evaluation.evaluate_world(
           world, methods, n_runs=cfg.n_runs, n_pools=cfg.n_pools,
           n_test_pools=cfg.n_test_pools, n_mixtures=cfg.n_mixtures, seeds=cfg.seeds,
