@@ -38,6 +38,7 @@ from causalmix_jax.surface import fit as fit_lib
 from causalmix_jax.surface import robust
 from causalmix_jax.surface.prediction import Prediction
 from causalmix_jax.surface.prediction import central_z
+from causalmix_jax.surface.worlds import N_DOMAINS
 from causalmix_jax.validation import pooled_gain
 
 if TYPE_CHECKING:
@@ -494,13 +495,19 @@ def parse_ours_settings(text: str) -> dict[str, str]:
 def domain_count(n_domains: Any) -> int:
   """A zoo config's `n_domains` as an int; ValueError naming the key where it is not a
   whole number of at least 2 (checked before any world is fitted)."""
-  bad = ValueError(f"--config.n_domains: every world needs a whole number of at least 2 "
-                   f"domains, got {n_domains!r}")
-  if isinstance(n_domains, bool) or not isinstance(n_domains, (int, float, np.integer)):
-    raise bad
-  if n_domains != int(n_domains) or n_domains < 2:
-    raise bad
+  number = (isinstance(n_domains, (int, float, np.integer))
+            and not isinstance(n_domains, bool))
+  if not (number and float(n_domains).is_integer() and n_domains >= 2):
+    raise ValueError(f"--config.n_domains: every world needs a whole number of at least "
+                     f"2 domains, got {n_domains!r}")
   return int(n_domains)
+
+
+def domain_key(n_domains: Any) -> dict[str, int]:
+  """A zoo cache key's entry for the domain count: none at the worlds' default, so
+  results stored before the option existed stay valid."""
+  n = domain_count(n_domains)
+  return {} if n == N_DOMAINS else {"n_domains": n}
 
 
 def default_methods(include: Iterable[str] | None = None,

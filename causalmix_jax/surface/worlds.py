@@ -40,6 +40,7 @@ from causalmix_jax.runs import Runs
 POOL_KINDS = ("sweep", "new", "larger", "scarce", "rich", "quality")
 SHIFT_KINDS = ("larger", "scarce", "rich", "quality")
 DEFAULT_DOMAINS = ("web", "code", "math", "books", "chat")
+N_DOMAINS = len(DEFAULT_DOMAINS)  # a world's domains unless told otherwise
 
 TOKEN_UNIT = 1e9                # log_tokens_<d> = ln(tokens_d / TOKEN_UNIT)
 TOTAL_RANGE = (1e9, 4e9)        # a sweep pool's total unique tokens (log-uniform)
@@ -122,7 +123,7 @@ class World:
   budget_tokens: ClassVar[float] = 5e8
   noise_sd: float = 0.01
 
-  def __init__(self, seed: int = 0, n_domains: int = 5):
+  def __init__(self, seed: int = 0, n_domains: int = N_DOMAINS):
     if n_domains < 2:
       raise ValueError(f"{type(self).__name__} needs n_domains >= 2, got {n_domains}")
     self.seed, self.n_domains = int(seed), int(n_domains)
@@ -846,7 +847,7 @@ HELD_OUT_WORLDS = ("repetition_harm", "natural_target", "relative_quality")
 SECOND_HELD_OUT_WORLDS = ("balanced_tasks", "measured_quality", "random_network")
 
 
-def make_world(name: str, seed: int = 0, n_domains: int = 5) -> World:
+def make_world(name: str, seed: int = 0, n_domains: int = N_DOMAINS) -> World:
   """The registered world `name` over `n_domains` domains, parameters drawn from `seed`."""
   if name not in WORLDS:
     raise ValueError(f"unknown world {name!r}; known worlds: {', '.join(sorted(WORLDS))}")

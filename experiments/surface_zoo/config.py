@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Domains per world. Every figure in README.md before the section on other sweep
   # shapes is at 5; the worlds are defined for any number >= 2 (run at 3 and 8; the
   # threshold world's oracle enumerates subsets of domains, 2^n_domains of them).
-  cfg.n_domains = 5
+  cfg.n_domains = worlds.N_DOMAINS
   cfg.n_runs = 384
   cfg.n_pools = 48
   cfg.n_test_pools = 12

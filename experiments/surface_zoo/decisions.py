@@ -164,7 +164,7 @@ def main(argv: list[str]) -> None:
         {"world": name, "seed": cfg.seed, "n_runs": cfg.n_runs, "n_pools": cfg.n_pools,
          "n_test_pools": cfg.n_test_pools, "n_mixtures": cfg.n_mixtures,
          "seeds": cfg.seeds, "ours_surface": surface_settings, "rules": rules,
-         **({"n_domains": n_domains} if n_domains != 5 else {})}, None))
+         **evaluation.domain_key(n_domains)}, None))
     stored = json.loads(path.read_text()) if path.exists() else None
     if stored is not None and stored.get("settings") == settings:
       world_rows = stored["rows"]

@@ -76,7 +76,7 @@ def _world_settings(cfg, name: str) -> dict[str, Any]:
           **_surface_setting(cfg),
           # Only when set, so results stored before the options existed stay valid.
           **({"uniform_anchors": True} if cfg.uniform_anchors else {}),
-          **({"n_domains": cfg.n_domains} if cfg.n_domains != 5 else {})}
+          **evaluation.domain_key(cfg.n_domains)}
 
 
 def _surface_setting(cfg) -> dict[str, Any]:
