@@ -225,6 +225,56 @@ def test_conformal_scale_is_one_for_calibrated_errors():
                                                                               abs=0.12)
 
 
+def test_grouped_conformal_scale_weighs_pool_states_not_contrasts():
+  rng = np.random.default_rng(3)
+  r = rng.chisquare(1, 60)
+  # One contrast per unit: the ordinary split-conformal bound, the ceil(61 * 0.9) =
+  # 55th smallest error.
+  scale, info = robust.grouped_conformal_scale(r, np.arange(60), 0.9)
+  assert scale == pytest.approx(np.sqrt(np.sort(r)[54]) / robust.central_z(0.9))
+  assert info["quantile"] == pytest.approx(0.9 * 61 / 60) and "reason" not in info
+  # 48 well-fitted states of 2 contrasts and 2 misfitted states of 40 each: counted as
+  # contrasts, the misfitted states hold 45% of the errors and set the bound; as units,
+  # 4% of the mass, under the 1 - 0.9 * 51 / 50 the bound may leave out.
+  good, bad = rng.chisquare(1, 96), 100.0 + rng.chisquare(1, 80)
+  r = np.concatenate([good, bad])
+  units = np.concatenate([np.repeat(np.arange(48), 2), 48 + np.repeat(np.arange(2), 40)])
+  pooled, info = robust.grouped_conformal_scale(r, units, 0.9)
+  assert info["units"] == 50
+  z = robust.central_z(0.9)
+  assert robust._conformal_scale(r, 0.9) >= np.sqrt(100.0) / z
+  assert pooled <= np.sqrt(good.max()) / z
+  # Nine states are the fewest a 90% bound on a new one can stand on (the largest
+  # error); with eight, the largest error too, and the info says the bound is short.
+  nine, info = robust.grouped_conformal_scale(r[:90], np.repeat(np.arange(9), 10), 0.9)
+  assert nine == pytest.approx(np.sqrt(r[:90].max()) / z) and "reason" not in info
+  few, info = robust.grouped_conformal_scale(r[:80], np.repeat(np.arange(8), 10), 0.9)
+  assert few == pytest.approx(np.sqrt(r[:80].max()) / z)
+  assert "8 pool states" in info["reason"] and "needs 9" in info["reason"]
+
+
+def test_conformal_units_pools_widens_a_few_state_sweep_and_is_reported():
+  """16 pool states: a new pool's 90% bound is the pooled errors' 0.956 quantile, not
+  the contrasts' 0.9, so the intervals widen; the stack itself is unchanged."""
+  world, runs = _world_runs()
+  pairs = _stack()
+  pools = fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools"))
+  up, uo = pairs.info["calibration"]["units"], pools.info["calibration"]["units"]
+  assert up == {"setting": "pairs"}
+  assert uo["setting"] == "pools" and uo["units"] == 16
+  assert uo["quantile"] == pytest.approx(0.9 * 17 / 16)
+  assert pools.info["conformal_scale"] > pairs.info["conformal_scale"]
+  assert pools.info["weights"] == pairs.info["weights"]
+  with pytest.raises(ValueError, match="surface.conformal_units: unknown 'runs'"):
+    fit.fit_surface(runs, "loss", config=_cfg(conformal_units="runs"))
+  # One mixture per pool state: the held-out cells are folds, and the contrasts stay
+  # the units, with the reason said.
+  single = worlds.make_world("synergy", seed=0).sweep(n_runs=96, n_pools=96, seed=0)
+  s = fit.fit_surface(single, "loss", config=_cfg(conformal_units="pools"))
+  assert s.info["contrasts_within"] == "folds"
+  assert "the contrasts are the units" in s.info["calibration"]["units"]["reason"]
+
+
 def test_coverage_by_size_shows_where_one_conformal_factor_misfits():
   rng = np.random.default_rng(2)
   size = rng.uniform(0.0, 2.0, 4000)

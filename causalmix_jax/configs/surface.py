@@ -54,6 +54,15 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # the intervals (predict, cate, theta) as "final", and the draws the optimiser decides
   # on (and the held-out guard) as "heldout", so the decisions stay the default's.
   c.conformal_spread = "heldout"
+  # What the conformal factor treats as exchangeable: "pairs" (default), every held-out
+  # contrast; or "pools", the held-out pool states, each weighted equally however many
+  # contrasts it holds, with the finite-sample level for a new pool (`level * (K + 1) /
+  # K` of the pooled errors over K states; the largest error where K is too small).
+  # Contrasts within a pool share its misfit, so "pools" is the guarantee a new pool
+  # asks for; it widens most where pool states are few. Where the held-out cells are
+  # folds (one mixture per pool state) or the sweep has one pool state, the contrasts
+  # stay the units.
+  c.conformal_units = "pairs"
   # The misfit the members' posterior spread does not carry: "none" (default), the
   # members' spread alone, scaled; or "rff", plus a smooth random function of the
   # mixture (surface/discrepancy.py) whose size and lengthscale are fitted on the same

@@ -394,6 +394,7 @@ DECISION_CALIBRATIONS = ("none", "conformal", "report")  # surface.decision_cali
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
 CONFORMAL_SPREADS = ("heldout", "final", "split")  # surface.conformal_spread
 COMPANIONS = ("none", "trees", "trees_epochs")  # surface.companion
+CONFORMAL_UNITS = ("pairs", "pools")  # surface.conformal_units
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -432,6 +433,10 @@ def companion(cfg) -> str:
   return _choice(cfg, "companion", COMPANIONS)
 
 
+def conformal_units(cfg) -> str:
+  return _choice(cfg, "conformal_units", CONFORMAL_UNITS)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -450,6 +455,7 @@ def check_config(method: str, cfg) -> None:
   covariate_extrapolation(cfg)
   decision_calibration(cfg)
   companion(cfg)
+  conformal_units(cfg)
   if conformal_spread(cfg) == "split" and stack_discrepancy(cfg) == "rff":
     raise ValueError("surface.conformal_spread = 'split' with surface.stack_discrepancy "
                      "= 'rff': the discrepancy term is drawn once, at one scale, so the "

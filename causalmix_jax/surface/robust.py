@@ -647,6 +647,39 @@ def _conformal_scale(r_N: np.ndarray, level: float) -> float:
   return float(np.sqrt(np.quantile(r_N, q, method="higher")) / central_z(level))
 
 
+def pooled_level(level: float, n_units: int) -> float:
+  """The quantile of the unit-pooled error distribution that covers `level` of a new
+  unit's errors, given `n_units` exchangeable calibration units (hierarchical
+  split-conformal: each unit carries mass 1 / (n_units + 1), the new one included);
+  above 1 (fewer than level / (1 - level) units, 9 at 90%) no finite quantile does."""
+  return level * (n_units + 1) / n_units
+
+
+def grouped_conformal_scale(r_N: np.ndarray, units_N: np.ndarray,
+                            level: float) -> tuple[float, dict[str, Any]]:
+  """conformal_scale with pool states, not contrasts, as the exchangeable units
+  (`surface.conformal_units = "pools"`): every unit's contrasts share its weight
+  equally, and the weighted `pooled_level` quantile of the normalised errors sets the
+  scale, so a sweep whose misfit sits on a few pool states, or that has few of them,
+  is not taken for thousands of independent contrasts. With fewer units than the
+  level needs, the largest error sets the scale and the info says so."""
+  r_N = np.asarray(r_N, np.float64)
+  _, units = np.unique(np.asarray(units_N).reshape(-1), return_inverse=True)
+  n_units = int(units.max()) + 1
+  q = pooled_level(level, n_units)
+  weights_N = 1.0 / np.bincount(units)[units] / n_units
+  order = np.argsort(r_N, kind="stable")
+  cdf = np.cumsum(weights_N[order])
+  at = min(int(np.searchsorted(cdf, min(q, 1.0) - 1e-12)), len(r_N) - 1)
+  info = {"units": n_units, "quantile": float(q), "pairs_quantile": float(min(
+      1.0, np.ceil((len(r_N) + 1) * level) / len(r_N)))}
+  if q > 1.0 + 1e-12:
+    need = int(np.ceil(level / (1.0 - level) - 1e-9))
+    info["reason"] = (f"{n_units} pool states; a {level:.0%} bound for a new pool "
+                      f"needs {need}, so the largest held-out error sets the scale")
+  return float(np.sqrt(r_N[order[at]]) / central_z(level)), info
+
+
 def size_bins(size_N: np.ndarray, bins: int = 4) -> list[np.ndarray]:
   """Masks of `bins` quantile bins of `size_N`, smallest first (empty bins, from tied
   sizes, left out); one bin when that would leave fewer than MIN_BIN_CONTRASTS per bin."""
@@ -892,6 +925,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     var_held, var_final = pair_var(held_dev), pair_var(final_dev)
     noise = np.full(len(pi), 2.0 * pure_var) if pe_dof > 0 else None
     size = np.abs(data.w[pi] - data.w[pj]).sum(1)
+    unit = data.groups[pi]  # the held-out pool state each contrast comes from
 
     def disc_var(feats):  # the unit discrepancy's variance of each pair's contrast
       phi = feats(data.w)
@@ -904,6 +938,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     var_held, var_final = cell_var(held_dev), cell_var(final_dev)
     noise = ((1.0 - 1.0 / cell_n) * pure_var)[ok] if pe_dof > 0 else None
     size = np.abs(data.w - _cell_means(data.w, cells)[cells]).sum(1)[ok]
+    unit = data.groups[ok]
 
     def disc_var(feats):
       phi = feats(data.w)
@@ -918,12 +953,24 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # c sqrt(a), the discrepancy's amplitude c sqrt(b).
   var_fit = split.variance(var)
   r = _normalised_errors(err2, var_fit, noise)
-  c = _conformal_scale(r, level)
+  units_setting = fit_lib.conformal_units(cfg)
+  n_states = len(np.unique(unit))
+  by_pools = (units_setting == "pools" and contrasts_within == "pool states"
+              and n_states > 1)
+
+  def factor(r_N):  # the conformal factor of normalised errors, by the units setting
+    if by_pools:
+      return grouped_conformal_scale(r_N, unit, level)
+    return _conformal_scale(r_N, level), {}
+  c, units_info = factor(r)
+  if units_setting == "pools" and not by_pools:
+    units_info["reason"] = (f"held-out cells are {contrasts_within} over {n_states} "
+                            "pool state(s): the contrasts are the units")
+  units_info["setting"] = units_setting
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
   # "split" (never with a discrepancy term: check_config): the decisions' factor is
   # fitted against the fold fits' spread, as by default.
-  optimiser_scale = (float(_conformal_scale(_normalised_errors(err2, var_held, noise),
-                                            level))
+  optimiser_scale = (factor(_normalised_errors(err2, var_held, noise))[0]
                      if spread_setting == "split" else scale)
   # What the calibration saw, to set beside a test's errors and interval sds: the
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
@@ -932,6 +979,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       "contrasts": int(len(err2)), "level": level,
       "median_abs_error": float(np.median(np.sqrt(err2))),
       "median_sd": float(np.median(c * np.sqrt(var_fit))),
+      # What the factor treated as exchangeable (`surface.conformal_units`).
+      "units": units_info,
       "coverage": float(np.mean(r <= (central_z(level) * c) ** 2)),
       "by_contrast_size": coverage_by_size(size, r, c, level),
       # Whose spread the factor was fitted against, and the final fit's spread over the
