@@ -609,7 +609,22 @@ def calibration_line(info: Mapping[str, Any] | None) -> str | None:
   cal = (info or {}).get("calibration") or {}
   if "coverage" not in cal:
     return None
-  return _coverage_text(cal) + _spread_sentence(cal)
+  return _coverage_text(cal) + _spread_sentence(cal) + _units_sentence(cal)
+
+
+def _units_sentence(cal: Mapping[str, Any]) -> str:
+  """What the conformal factor treated as exchangeable, where it was asked to take pool
+  states (`surface.conformal_units = "pools"`; "" by default)."""
+  units = cal.get("units") or {}
+  if units.get("setting") != "pools":
+    return ""
+  if "units" not in units:  # the contrasts stayed the units; the fit says why
+    return (f" The contrasts stayed the conformal units ({units.get('reason', '')}; "
+            "surface.conformal_units = \"pools\").")
+  line = (f" The factor took the {units['units']} held-out pool states as its units, "
+          f"each weighted equally, at the pooled errors' {_fmt(units['quantile'])} "
+          "quantile (surface.conformal_units = \"pools\")")
+  return line + (f": {units['reason']}." if "reason" in units else ".")
 
 
 def _coverage_text(cal: Mapping[str, Any]) -> str:

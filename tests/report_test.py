@@ -621,6 +621,25 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
           "optimiser decides on the factor fitted against the fold fits' "
           "(surface.conformal_spread = \"split\").") in report_stage.run(
               cfg, wd).read_text()
+  # What the factor took as its units: said only where pool states were asked for.
+  cal["units"] = {"setting": "pairs"}
+  assert "conformal units" not in report_stage.run(cfg, wd).read_text()
+  assert "surface.conformal_units" not in report_stage.run(cfg, wd).read_text()
+  cal["units"] = {"setting": "pools", "units": 48, "quantile": 0.91875}
+  assert ("The factor took the 48 held-out pool states as its units, each weighted "
+          "equally, at the pooled errors' 0.9187 quantile (surface.conformal_units = "
+          "\"pools\").") in report_stage.run(cfg, wd).read_text()
+  cal["units"] = {"setting": "pools", "units": 8, "quantile": 1.0125,
+                  "reason": "8 pool states; a 90% bound for a new pool needs 9, so the "
+                            "largest held-out error sets the scale"}
+  assert ("quantile (surface.conformal_units = \"pools\"): 8 pool states; a 90% bound "
+          "for a new pool needs 9, so the largest held-out error sets the scale.") in (
+              report_stage.run(cfg, wd).read_text())
+  cal["units"] = {"setting": "pools", "reason": "held-out cells are folds over 96 pool "
+                  "state(s): the contrasts are the units"}
+  assert ("The contrasts stayed the conformal units (held-out cells are folds over 96 "
+          "pool state(s): the contrasts are the units; surface.conformal_units = "
+          "\"pools\").") in report_stage.run(cfg, wd).read_text()
 
 
 def test_covariate_extrapolation_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
