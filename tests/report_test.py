@@ -635,11 +635,11 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   assert ("quantile (surface.conformal_units = \"pools\"): 8 pool states; a 90% bound "
           "for a new pool needs 9, so the largest held-out error sets the scale.") in (
               report_stage.run(cfg, wd).read_text())
-  cal["units"] = {"setting": "pools", "reason": "held-out cells are folds over 96 pool "
-                  "state(s): the contrasts are the units"}
-  assert ("The contrasts stayed the conformal units (held-out cells are folds over 96 "
-          "pool state(s): the contrasts are the units; surface.conformal_units = "
-          "\"pools\").") in report_stage.run(cfg, wd).read_text()
+  cal["units"] = {"setting": "pools", "reason": "the sweep has one pool state: the "
+                  "contrasts are the units"}
+  assert ("The contrasts stayed the conformal units (the sweep has one pool state: the "
+          "contrasts are the units; surface.conformal_units = \"pools\").") in (
+              report_stage.run(cfg, wd).read_text())
 
 
 def test_covariate_extrapolation_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):

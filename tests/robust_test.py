@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -272,7 +273,15 @@ def test_conformal_units_pools_widens_a_few_state_sweep_and_is_reported():
   single = worlds.make_world("synergy", seed=0).sweep(n_runs=96, n_pools=96, seed=0)
   s = fit.fit_surface(single, "loss", config=_cfg(conformal_units="pools"))
   assert s.info["contrasts_within"] == "folds"
-  assert "the contrasts are the units" in s.info["calibration"]["units"]["reason"]
+  assert re.fullmatch(r"held-out cells are folds of \d+ pool states, one mixture each: "
+                      r"the contrasts are the units",
+                      s.info["calibration"]["units"]["reason"])
+  # One pool state (as in RegMix's sweep): a new mixture, not a new pool, is the query.
+  one = worlds.make_world("synergy", seed=0).sweep(n_runs=64, n_pools=1, seed=0)
+  s = fit.fit_surface(one, "loss", config=_cfg(conformal_units="pools"))
+  assert s.info["calibration"]["units"] == {
+      "setting": "pools", "reason": "the sweep has one pool state: the contrasts are "
+      "the units"}
 
 
 def test_coverage_by_size_shows_where_one_conformal_factor_misfits():

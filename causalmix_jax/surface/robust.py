@@ -32,7 +32,9 @@ never mix scales. Every member family is refitted with each group held out:
   another. The spread of the stacked draws around their mean is scaled so that the
   conformal quantile of the normalised contrast errors sits on the edge of the
   interval (replicate runs' pure error is taken out; without replicates the run noise
-  stays in, erring wide), and a
+  stays in, erring wide). `surface.conformal_units = "pools"` takes the held-out pool
+  states, not the contrasts, as the exchangeable units (`grouped_conformal_scale`: the
+  finite-sample bound for a new pool; wider, most where states are few). A
   pool-level shift, common to every mixture of a pool, gets the spread of the held-out
   pools' level errors: it widens predictions of a new pool's outcome without touching
   its effects. With `surface.stack_discrepancy = "rff"` the contrast errors' variance
@@ -964,8 +966,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     return _conformal_scale(r_N, level), {}
   c, units_info = factor(r)
   if units_setting == "pools" and not by_pools:
-    units_info["reason"] = (f"held-out cells are {contrasts_within} over {n_states} "
-                            "pool state(s): the contrasts are the units")
+    units_info["reason"] = ("the sweep has one pool state" if n_states < 2 else
+                            f"held-out cells are folds of {n_states} pool states, one "
+                            "mixture each") + ": the contrasts are the units"
   units_info["setting"] = units_setting
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
   # "split" (never with a discrepancy term: check_config): the decisions' factor is
