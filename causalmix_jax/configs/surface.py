@@ -63,8 +63,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # folds (one mixture per pool state) or the sweep has one pool state, the contrasts
   # stay the units. The optimiser reads the same factor, so "pools" also holds its
   # decisions back: on the zoo (48 states) it widened intervals by about 0.02 of
-  # coverage and cost 2.2% regret, so it is not the default; on 16 states its gains'
-  # intervals held (experiments/surface_zoo, "World seeds 92 and 93").
+  # coverage and cost 2.2% regret, so it is not the default; on 16 states it cut false
+  # claims of a gain over uniform from 17 to 5 at 2-4% more regret (experiments/
+  # surface_zoo, "World seeds 92 and 93").
   c.conformal_units = "pairs"
   # The misfit the members' posterior spread does not carry: "none" (default), the
   # members' spread alone, scaled; or "rff", plus a smooth random function of the
