@@ -669,17 +669,14 @@ def grouped_conformal_scale(r_N: np.ndarray, units_N: np.ndarray,
   _, units = np.unique(np.asarray(units_N).reshape(-1), return_inverse=True)
   n_units = int(units.max()) + 1
   q = pooled_level(level, n_units)
-  weights_N = 1.0 / np.bincount(units)[units] / n_units
-  order = np.argsort(r_N, kind="stable")
-  cdf = np.cumsum(weights_N[order])
-  at = min(int(np.searchsorted(cdf, min(q, 1.0) - 1e-12)), len(r_N) - 1)
-  info = {"units": n_units, "quantile": float(q), "pairs_quantile": float(min(
-      1.0, np.ceil((len(r_N) + 1) * level) / len(r_N)))}
+  weights_N = 1.0 / np.bincount(units)[units]  # each unit's contrasts share its weight
+  bound = np.quantile(r_N, min(q, 1.0), weights=weights_N, method="inverted_cdf")
+  info = {"units": n_units, "quantile": float(q)}
   if q > 1.0 + 1e-12:
     need = int(np.ceil(level / (1.0 - level) - 1e-9))
     info["reason"] = (f"{n_units} pool states; a {level:.0%} bound for a new pool "
                       f"needs {need}, so the largest held-out error sets the scale")
-  return float(np.sqrt(r_N[order[at]]) / central_z(level)), info
+  return float(np.sqrt(bound) / central_z(level)), info
 
 
 def size_bins(size_N: np.ndarray, bins: int = 4) -> list[np.ndarray]:
