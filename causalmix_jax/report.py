@@ -614,17 +614,25 @@ def calibration_line(info: Mapping[str, Any] | None) -> str | None:
 
 def _units_sentence(cal: Mapping[str, Any]) -> str:
   """What the conformal factor treated as exchangeable, where it was asked to take pool
-  states (`surface.conformal_units = "pools"`; "" by default)."""
+  states (`surface.conformal_units = "pools"` or "pools_reported", and then which
+  factor the optimiser decided on; "" by default)."""
   units = cal.get("units") or {}
-  if units.get("setting") != "pools":
+  setting = units.get("setting", "pairs")
+  if setting == "pairs":
     return ""
+  key = f"surface.conformal_units = \"{setting}\""
   if "units" not in units:  # the contrasts stayed the units; the fit says why
     return (f" The contrasts stayed the conformal units ({units.get('reason', '')}; "
-            "surface.conformal_units = \"pools\").")
+            f"{key}).")
   line = (f" The factor took the {units['units']} held-out pool states as its units, "
           f"each weighted equally, at the pooled errors' {_fmt(units['quantile'])} "
-          "quantile (surface.conformal_units = \"pools\")")
-  return line + (f": {units['reason']}." if "reason" in units else ".")
+          f"quantile ({key})")
+  line += f": {units['reason']}." if "reason" in units else "."
+  if "decisions" in units:
+    line += (" The optimiser decided on the contrasts' factor "
+             f"({_fmt(units['decisions']['scale'])}); the intervals and the reported "
+             "gains carry the pool states'.")
+  return line
 
 
 def _coverage_text(cal: Mapping[str, Any]) -> str:

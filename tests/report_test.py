@@ -640,6 +640,17 @@ def test_calibration_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):
   assert ("The contrasts stayed the conformal units (the sweep has one pool state: the "
           "contrasts are the units; surface.conformal_units = \"pools\").") in (
               report_stage.run(cfg, wd).read_text())
+  # The reports' units apart from the decisions': both factors said.
+  cal["units"] = {"setting": "pools_reported", "units": 48, "quantile": 0.91875,
+                  "decisions": {"units": "contrasts", "scale": 1.234}}
+  assert ("quantile (surface.conformal_units = \"pools_reported\"). The optimiser "
+          "decided on the contrasts' factor (1.234); the intervals and the reported "
+          "gains carry the pool states'.") in report_stage.run(cfg, wd).read_text()
+  cal["units"] = {"setting": "pools_reported", "reason": "the sweep has one pool "
+                  "state: the contrasts are the units"}
+  md = report_stage.run(cfg, wd).read_text()
+  assert "surface.conformal_units = \"pools_reported\")." in md
+  assert "The optimiser decided" not in md
 
 
 def test_covariate_extrapolation_is_stated_under_the_surface(tmp_path, cfg, monkeypatch):

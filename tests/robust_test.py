@@ -284,6 +284,50 @@ def test_conformal_units_pools_widens_a_few_state_sweep_and_is_reported():
       "the units"}
 
 
+def test_conformal_units_pools_reported_reports_pools_and_decides_as_pairs(tmp_path):
+  """"pools_reported": predict, cate and a recommendation's reported gains carry
+  "pools"'s factor, while the optimiser decides on "pairs"'s draws, so the pick is
+  "pairs"'s; the factors survive save and load, and a discrepancy term is refused."""
+  world, runs = _world_runs()
+  pairs = _stack()
+  pools = fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools"))
+  both = fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools_reported"))
+  assert both.scale == pytest.approx(pools.scale) and both.scale > pairs.scale
+  assert both.optimiser_scale == pytest.approx(pairs.optimiser_scale)
+  assert both.report_scale == pytest.approx(pools.scale) and both.reports_apart
+  assert not pairs.reports_apart and not pools.reports_apart
+  units = both.info["calibration"]["units"]
+  assert units["setting"] == "pools_reported" and units["units"] == 16
+  assert units["decisions"] == {"units": "contrasts",
+                                "scale": pytest.approx(pairs.optimiser_scale)}
+  assert both.info["level_sd"] == pytest.approx(pairs.info["level_sd"])
+  pool = world.new_pools(1, seed=3)[0]
+  x, tokens, kw = _pool_case(world, both, pool)
+  w = np.random.default_rng(0).dirichlet(np.ones(len(both.domains)), 8)
+  q = dict(tokens=tokens, budget=pool.budget, ci=0.9)
+  a, b = (s.cate(w, pairs.w_ref, x, **q) for s in (pools, both))
+  np.testing.assert_allclose(b.hi - b.lo, a.hi - a.lo, rtol=1e-5, atol=1e-7)
+  x_F = jnp.asarray(both._x(x), jnp.float32)
+  z = [np.asarray(fn(params, jnp.asarray(w, jnp.float32), x_F)) for fn, params in (
+      s.optimiser_sampler(tokens, pool.budget) for s in (pairs, both))]
+  np.testing.assert_allclose(z[1], z[0], rtol=1e-5, atol=1e-6)
+  ref, got = recommend(pairs, **kw), recommend(both, **kw)
+  assert got.weights == ref.weights
+  # Same pick, same mean gain; the reported interval is the wider factor's.
+  g_ref, g_got = ref.improvement_over_reference, got.improvement_over_reference
+  assert g_got.mean == pytest.approx(g_ref.mean, rel=1e-4, abs=1e-7)
+  assert got.weights != got.reference
+  assert g_got.hi - g_got.lo > 1.1 * (g_ref.hi - g_ref.lo)
+  both.save(tmp_path / "b")
+  back = load_surface(tmp_path / "b")
+  assert (back.scale, back.optimiser_scale, back.report_scale) == pytest.approx(
+      (both.scale, both.optimiser_scale, both.report_scale))
+  with pytest.raises(ValueError, match="surface.conformal_units = 'pools_reported' with "
+                     "surface.stack_discrepancy = 'rff'"):
+    fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools_reported",
+                                              stack_discrepancy="rff"))
+
+
 def test_coverage_by_size_shows_where_one_conformal_factor_misfits():
   rng = np.random.default_rng(2)
   size = rng.uniform(0.0, 2.0, 4000)

@@ -65,7 +65,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # decisions back: on the zoo (48 states) it widened intervals by about 0.02 of
   # coverage and cost 2.2% regret, so it is not the default; on 16 states it cut false
   # claims of a gain over uniform from 17 to 5 at 2-4% more regret (experiments/
-  # surface_zoo, "World seeds 92 and 93").
+  # surface_zoo, "World seeds 92 and 93"). "pools_reported": the intervals (predict,
+  # cate, theta) and a recommendation's reported predictions and gains take "pools"'s
+  # factor, while the optimiser, the level term and the held-out guard keep "pairs"'s,
+  # so the decisions are "pairs"'s and only what is reported widens.
   c.conformal_units = "pairs"
   # The misfit the members' posterior spread does not carry: "none" (default), the
   # members' spread alone, scaled; or "rff", plus a smooth random function of the

@@ -34,7 +34,9 @@ never mix scales. Every member family is refitted with each group held out:
   interval (replicate runs' pure error is taken out; without replicates the run noise
   stays in, erring wide). `surface.conformal_units = "pools"` takes the held-out pool
   states, not the contrasts, as the exchangeable units (`grouped_conformal_scale`: the
-  finite-sample bound for a new pool; wider, most where states are few). A
+  finite-sample bound for a new pool; wider, most where states are few); with
+  "pools_reported" that factor sets the intervals and a recommendation's reported
+  figures while the optimiser decides on the contrasts' factor. A
   pool-level shift, common to every mixture of a pool, gets the spread of the held-out
   pools' level errors: it widens predictions of a new pool's outcome without touching
   its effects. With `surface.stack_discrepancy = "rff"` the contrast errors' variance
@@ -160,7 +162,8 @@ class StackedSurface(SurfaceBase):
                disc: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                x_bounds: tuple[np.ndarray, np.ndarray] | None = None,
                hedge_S: np.ndarray | None = None, optimiser_scale: float | None = None,
-               clip_decisions_only: bool = False, **kw):
+               clip_decisions_only: bool = False, report_scale: float | None = None,
+               **kw):
     super().__init__(**kw)
     # The members see covariates clipped to these bounds (surface.covariate_extrapolation
     # = "clip": the sweep's range); infinite bounds leave them as they are.
@@ -174,6 +177,10 @@ class StackedSurface(SurfaceBase):
     self.clip_decisions_only = bool(clip_decisions_only)
     # The factor the decisions' draws use (`optimiser_sampler`); None: `scale`.
     self.optimiser_scale = float(scale if optimiser_scale is None else optimiser_scale)
+    # The factor a recommendation's reported figures use (`report_sampler`); None:
+    # `optimiser_scale`'s (surface.conformal_units = "pools_reported" sets it apart).
+    self.report_scale = float(self.optimiser_scale if report_scale is None
+                              else report_scale)
     self.level_S = np.asarray(level_S, np.float32)
     # surface.covariate_extrapolation = "hedge": one standard normal per draw scales the
     # gap between extrapolating the covariates and clipping them (empty: no gap term).
@@ -225,24 +232,28 @@ class StackedSurface(SurfaceBase):
   def optimiser_sampler(self, tokens: Any = None, budget: float | None = None):
     """`sampler` with the members' spread scaled by `optimiser_scale`: the draws the
     optimiser decides on (the same as `sampler`'s unless the fit calibrated the
-    intervals and the decisions apart, surface.conformal_spread = "split"), and the
+    intervals and the decisions apart, surface.conformal_spread = "split" or
+    surface.conformal_units = "pools_reported"), and the
     covariates clipped to `x_bounds` also where only the decisions clip them
     (surface.covariate_extrapolation = "clip_decisions")."""
-    fn, params = self.report_sampler(tokens, budget)
-    return fn, {**params, "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
+    fn, params = self.sampler(tokens, budget)
+    return fn, {**params, "scale": jnp.float32(self.optimiser_scale),
+                "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
 
   @property
   def reports_apart(self) -> bool:
-    """Whether `report_sampler`'s draws differ from `optimiser_sampler`'s: only where
-    the decisions alone clip the covariates."""
-    return self.clip_decisions_only
+    """Whether `report_sampler`'s draws differ from `optimiser_sampler`'s: where the
+    decisions alone clip the covariates, or the reports have their own factor."""
+    return self.clip_decisions_only or self.report_scale != self.optimiser_scale
 
   def report_sampler(self, tokens: Any = None, budget: float | None = None):
     """The draws a recommendation reports its pick's predictions and gains from:
-    `optimiser_sampler`'s spread, with the covariates as `predict` reads them (not
-    clipped where only the decisions clip them)."""
+    `report_scale`'s spread (the decisions' unless the fit set it apart), with the
+    covariates as `predict` reads them (not clipped where only the decisions clip
+    them)."""
     fn, params = self.sampler(tokens, budget)
-    return fn, {**params, "scale": jnp.float32(self.optimiser_scale)}
+    return fn, {**params, "scale": jnp.float32(self.report_scale)}
+
 
   @property
   def n_draws(self) -> int:
@@ -278,6 +289,7 @@ class StackedSurface(SurfaceBase):
     return artifacts.write_json(directory / "surface.json", {
         **self.saved_meta("stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale, "optimiser_scale": self.optimiser_scale,
+        "report_scale": self.report_scale,
         "clip_decisions_only": self.clip_decisions_only})
 
   def __repr__(self) -> str:
@@ -333,11 +345,12 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
     bounds = (z["x_lo_F"], z["x_hi_F"]) if "x_lo_F" in z.files else None
     hedge = z["hedge_S"] if "hedge_S" in z.files else None
   # Surfaces saved before the decisions had their own factor decide on `scale`; those
-  # saved before "clip_decisions" clip for every reader or for none.
+  # saved before "clip_decisions" clip for every reader or for none; those saved before
+  # the reports had their own factor report with the decisions'.
   return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
                         hedge, meta.get("optimiser_scale"),
                         clip_decisions_only=bool(meta.get("clip_decisions_only", False)),
-                        **kw)
+                        report_scale=meta.get("report_scale"), **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -954,24 +967,33 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   r = _normalised_errors(err2, var_fit, noise)
   units_setting = fit_lib.conformal_units(cfg)
   n_states = len(np.unique(unit))
-  by_pools = (units_setting == "pools" and contrasts_within == "pool states"
+  by_pools = (units_setting != "pairs" and contrasts_within == "pool states"
               and n_states > 1)
 
-  def factor(r_N):  # the conformal factor of normalised errors, by the units setting
-    if by_pools:
+  def factor(r_N, pools=by_pools):  # the conformal factor of normalised errors
+    if pools:
       return grouped_conformal_scale(r_N, unit, level)
     return _conformal_scale(r_N, level), {}
   c, units_info = factor(r)
-  if units_setting == "pools" and not by_pools:
+  if units_setting != "pairs" and not by_pools:
     units_info["reason"] = ("the sweep has one pool state" if n_states < 2 else
                             f"held-out cells are folds of {n_states} pool states, one "
                             "mixture each") + ": the contrasts are the units"
   units_info["setting"] = units_setting
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
-  # "split" (never with a discrepancy term: check_config): the decisions' factor is
-  # fitted against the fold fits' spread, as by default.
-  optimiser_scale = (factor(_normalised_errors(err2, var_held, noise))[0]
-                     if spread_setting == "split" else scale)
+  # The decisions' factor and the reported figures' (check_config keeps a discrepancy
+  # term, whose amplitude is drawn once, out of both cases where they differ): with
+  # "split", both are fitted against the fold fits' spread, as by default; with
+  # "pools_reported", the decisions keep the contrasts as the units while the reports
+  # take `scale`'s pool states.
+  split_spread = spread_setting == "split"
+  r_dec = _normalised_errors(err2, var_held, noise) if split_spread else r
+  decide_by_pools = by_pools and units_setting == "pools"
+  report_scale = factor(r_dec)[0] if split_spread else scale
+  optimiser_scale = (factor(r_dec, decide_by_pools)[0]
+                     if split_spread or decide_by_pools != by_pools else scale)
+  if decide_by_pools != by_pools:
+    units_info["decisions"] = {"units": "contrasts", "scale": optimiser_scale}
   # What the calibration saw, to set beside a test's errors and interval sds: the
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
   # and the calibrated sds of the same contrasts.
@@ -1037,7 +1059,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "members": names,
           "weights": dict(zip(names, weights.tolist())), "folds_by": fold_by,
           "n_folds": int(folds.max()) + 1, "contrasts_within": contrasts_within,
-          "conformal_scale": scale, "optimiser_scale": optimiser_scale, "discrepancy": {
+          "conformal_scale": scale, "optimiser_scale": optimiser_scale,
+          "report_scale": report_scale, "discrepancy": {
               **split.info(), "amplitude": amplitude,
               "setting": disc_setting}, "calibrated_on": (
               f"{len(pi)} within-cell pairs" if len(pi)
@@ -1074,7 +1097,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         level_sd * discrepancy.centred_normal(rng, n),
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
-                        x_bounds, hedge, optimiser_scale,
+                        x_bounds, hedge, optimiser_scale, report_scale=report_scale,
                         clip_decisions_only=(
                             info["covariate_extrapolation"] == "clip_decisions"),
                         domains=runs.domains, features=runs.features, outcome=data.name,
