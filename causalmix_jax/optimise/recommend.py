@@ -464,9 +464,10 @@ def _reported_draws(surfaces: Sequence[Any], tokens_D: np.ndarray | None,
                     budget: float | None, xs, coefs, w_RxD: np.ndarray,
                     decided_SxR: np.ndarray) -> np.ndarray:
   """The draws of the rows w_RxD the Recommendation reports from: the decisions' own
-  (`decided_SxR`, the same rows) unless a surface reads its covariates apart from how
-  it decides on them (`reports_apart`: surface.covariate_extrapolation =
-  "clip_decisions"); then the rows are drawn again from each surface's
+  (`decided_SxR`, the same rows) unless a surface reports apart from how it decides
+  (`reports_apart`: surface.covariate_extrapolation = "clip_decisions", which reads
+  the covariates apart, or surface.conformal_units = "pools_reported", which scales
+  the spread apart); then the rows are drawn again from each surface's
   `report_sampler`, so the reported predictions and gains carry the intervals
   `predict` and `cate` give at the pool's covariates."""
   if not any(getattr(s, "reports_apart", False) for s in surfaces):
