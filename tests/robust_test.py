@@ -50,6 +50,13 @@ def _stack():
   return fit.fit_surface(runs, "loss", config=_cfg())
 
 
+@functools.lru_cache(maxsize=None)
+def _units_stack(units: str):
+  """The stack of `_stack` with surface.conformal_units = `units`."""
+  _, runs = _world_runs()
+  return fit.fit_surface(runs, "loss", config=_cfg(conformal_units=units))
+
+
 def _scaling_truth_runs(n: int = 160, seed: int = 0) -> tuple[Runs, dict]:
   """Runs drawn from the scaling model itself (the family's own planted truth)."""
   rng = np.random.default_rng(seed)
@@ -258,8 +265,7 @@ def test_conformal_units_pools_widens_a_few_state_sweep_and_is_reported():
   """16 pool states: a new pool's 90% bound is the pooled errors' 0.956 quantile, not
   the contrasts' 0.9, so the intervals widen; the stack itself is unchanged."""
   world, runs = _world_runs()
-  pairs = _stack()
-  pools = fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools"))
+  pairs, pools = _units_stack("pairs"), _units_stack("pools")
   up, uo = pairs.info["calibration"]["units"], pools.info["calibration"]["units"]
   assert up == {"setting": "pairs"}
   assert uo["setting"] == "pools" and uo["units"] == 16
@@ -287,11 +293,11 @@ def test_conformal_units_pools_widens_a_few_state_sweep_and_is_reported():
 def test_conformal_units_pools_reported_reports_pools_and_decides_as_pairs(tmp_path):
   """"pools_reported": predict, cate and a recommendation's reported gains carry
   "pools"'s factor, while the optimiser decides on "pairs"'s draws, so the pick is
-  "pairs"'s; the factors survive save and load, and a discrepancy term is refused."""
+  "pairs"'s, also with a discrepancy term; the factors survive save and load."""
   world, runs = _world_runs()
-  pairs = _stack()
-  pools = fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools"))
-  both = fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools_reported"))
+  pairs, pools = _units_stack("pairs"), _units_stack("pools")
+  both = _stack()  # the default
+  assert fit.default_config().conformal_units == "pools_reported"
   assert both.scale == pytest.approx(pools.scale) and both.scale > pairs.scale
   assert both.optimiser_scale == pytest.approx(pairs.optimiser_scale)
   assert both.report_scale == pytest.approx(pools.scale) and both.reports_apart
@@ -322,10 +328,20 @@ def test_conformal_units_pools_reported_reports_pools_and_decides_as_pairs(tmp_p
   back = load_surface(tmp_path / "b")
   assert (back.scale, back.optimiser_scale, back.report_scale) == pytest.approx(
       (both.scale, both.optimiser_scale, both.report_scale))
-  with pytest.raises(ValueError, match="surface.conformal_units = 'pools_reported' with "
-                     "surface.stack_discrepancy = 'rff'"):
-    fit.fit_surface(runs, "loss", config=_cfg(conformal_units="pools_reported",
-                                              stack_discrepancy="rff"))
+  # With a discrepancy term the decisions keep "pairs"'s amplitude too.
+  rff_pairs, rff_both = (fit.fit_surface(runs, "loss", config=_cfg(
+      conformal_units=u, stack_discrepancy="rff")) for u in ("pairs", "pools_reported"))
+  amp = rff_both.info["discrepancy"]["amplitude"]
+  assert amp > rff_pairs.info["discrepancy"]["amplitude"] > 0
+  assert rff_both.decision_disc_ratio == pytest.approx(
+      rff_pairs.info["discrepancy"]["amplitude"] / amp)
+  assert rff_both.info["level_sd"] == pytest.approx(rff_pairs.info["level_sd"])
+  z = [np.asarray(fn(params, jnp.asarray(w, jnp.float32), x_F)) for fn, params in (
+      s.optimiser_sampler(tokens, pool.budget) for s in (rff_pairs, rff_both))]
+  np.testing.assert_allclose(z[1], z[0], rtol=1e-5, atol=1e-6)
+  rff_both.save(tmp_path / "r")
+  assert load_surface(tmp_path / "r").decision_disc_ratio == pytest.approx(
+      rff_both.decision_disc_ratio)
 
 
 def test_coverage_by_size_shows_where_one_conformal_factor_misfits():
@@ -688,8 +704,9 @@ def test_split_calibration_gives_final_intervals_and_the_defaults_decisions(tmp_
   final = fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="final"))
   split = fit.fit_surface(runs, "loss", config=_cfg(conformal_spread="split"))
   assert split.info["conformal_scale"] == pytest.approx(final.info["conformal_scale"])
-  assert split.info["optimiser_scale"] == pytest.approx(held.info["conformal_scale"])
-  assert held.info["optimiser_scale"] == held.info["conformal_scale"]
+  # The default's decisions take the contrasts' factor, its reports the intervals'.
+  assert split.info["optimiser_scale"] == pytest.approx(held.info["optimiser_scale"])
+  assert held.info["report_scale"] == held.info["conformal_scale"]
   assert split.info["heldout_guard"] == held.info["heldout_guard"]
   assert split.info["level_sd"] == pytest.approx(held.info["level_sd"])
   pool = world.new_pools(1, seed=3)[0]

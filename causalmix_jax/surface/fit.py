@@ -394,7 +394,9 @@ DECISION_CALIBRATIONS = ("none", "conformal", "report")  # surface.decision_cali
 STACK_COVARIATES = ("select", "select_all", "aware")  # surface.stack_covariates
 CONFORMAL_SPREADS = ("heldout", "final", "split")  # surface.conformal_spread
 COMPANIONS = ("none", "trees", "trees_epochs")  # surface.companion
-CONFORMAL_UNITS = ("pairs", "pools", "pools_reported")  # surface.conformal_units
+# surface.conformal_units; a config without the key keeps the units of the surfaces
+# fitted before it ("pairs").
+CONFORMAL_UNITS = ("pairs", "pools", "pools_reported")
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -461,11 +463,6 @@ def check_config(method: str, cfg) -> None:
                      "= 'rff': the discrepancy term is drawn once, at one scale, so the "
                      "intervals and the decisions cannot be calibrated apart; use "
                      "'heldout' or 'final' with it")
-  if conformal_units(cfg) == "pools_reported" and stack_discrepancy(cfg) == "rff":
-    raise ValueError("surface.conformal_units = 'pools_reported' with "
-                     "surface.stack_discrepancy = 'rff': the discrepancy term is drawn "
-                     "once, at one scale, so the reports and the decisions cannot be "
-                     "calibrated apart; use 'pools' or 'pairs' with it")
   from causalmix_jax.surface import robust  # imports this module
   members, known = tuple(cfg.get("stack_members", ())), robust.MEMBERS
   for name in members:

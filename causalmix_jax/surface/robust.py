@@ -163,7 +163,7 @@ class StackedSurface(SurfaceBase):
                x_bounds: tuple[np.ndarray, np.ndarray] | None = None,
                hedge_S: np.ndarray | None = None, optimiser_scale: float | None = None,
                clip_decisions_only: bool = False, report_scale: float | None = None,
-               **kw):
+               decision_disc_ratio: float = 1.0, **kw):
     super().__init__(**kw)
     # The members see covariates clipped to these bounds (surface.covariate_extrapolation
     # = "clip": the sweep's range); infinite bounds leave them as they are.
@@ -181,6 +181,9 @@ class StackedSurface(SurfaceBase):
     # `optimiser_scale`'s (surface.conformal_units = "pools_reported" sets it apart).
     self.report_scale = float(self.optimiser_scale if report_scale is None
                               else report_scale)
+    # The decisions' discrepancy amplitude over the intervals' (the contrasts' factor
+    # over the pool states' with "pools_reported"; 1 otherwise).
+    self.decision_disc_ratio = float(decision_disc_ratio)
     self.level_S = np.asarray(level_S, np.float32)
     # surface.covariate_extrapolation = "hedge": one standard normal per draw scales the
     # gap between extrapolating the covariates and clipping them (empty: no gap term).
@@ -237,7 +240,9 @@ class StackedSurface(SurfaceBase):
     covariates clipped to `x_bounds` also where only the decisions clip them
     (surface.covariate_extrapolation = "clip_decisions")."""
     fn, params = self.sampler(tokens, budget)
+    omega, b, z = params["disc"]
     return fn, {**params, "scale": jnp.float32(self.optimiser_scale),
+                "disc": (omega, b, z * jnp.float32(self.decision_disc_ratio)),
                 "x_bounds": tuple(jnp.asarray(a) for a in self.x_bounds)}
 
   @property
@@ -290,6 +295,7 @@ class StackedSurface(SurfaceBase):
         **self.saved_meta("stack"), "members": names, "weights": self.weights.tolist(),
         "scale": self.scale, "optimiser_scale": self.optimiser_scale,
         "report_scale": self.report_scale,
+        "decision_disc_ratio": self.decision_disc_ratio,
         "clip_decisions_only": self.clip_decisions_only})
 
   def __repr__(self) -> str:
@@ -350,7 +356,9 @@ def load(directory: pathlib.Path, meta: dict[str, Any]) -> SurfaceBase:
   return StackedSurface(members, meta["weights"], meta["scale"], level, disc, bounds,
                         hedge, meta.get("optimiser_scale"),
                         clip_decisions_only=bool(meta.get("clip_decisions_only", False)),
-                        report_scale=meta.get("report_scale"), **kw)
+                        report_scale=meta.get("report_scale"),
+                        decision_disc_ratio=float(meta.get("decision_disc_ratio", 1.0)),
+                        **kw)
 
 
 # -- data ---------------------------------------------------------------------------
@@ -981,19 +989,23 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                             "mixture each") + ": the contrasts are the units"
   units_info["setting"] = units_setting
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
-  # The decisions' factor and the reported figures' (check_config keeps a discrepancy
-  # term, whose amplitude is drawn once, out of both cases where they differ): with
-  # "split", both are fitted against the fold fits' spread, as by default; with
-  # "pools_reported", the decisions keep the contrasts as the units while the reports
-  # take `scale`'s pool states.
+  # The decisions' factor and the reported figures': with "split" (never with a
+  # discrepancy term: check_config), both are fitted against the fold fits' spread, as
+  # by default; with "pools_reported", the decisions keep the contrasts as the units
+  # (the members' spread and the discrepancy's amplitude alike) while the reports take
+  # `scale`'s pool states.
   split_spread = spread_setting == "split"
   r_dec = _normalised_errors(err2, var_held, noise) if split_spread else r
   decide_by_pools = by_pools and units_setting == "pools"
   report_scale = factor(r_dec)[0] if split_spread else scale
-  optimiser_scale = (factor(r_dec, decide_by_pools)[0]
-                     if split_spread or decide_by_pools != by_pools else scale)
-  if decide_by_pools != by_pools:
-    units_info["decisions"] = {"units": "contrasts", "scale": optimiser_scale}
+  optimiser_scale, disc_ratio = scale, 1.0
+  if split_spread:
+    optimiser_scale = factor(r_dec, decide_by_pools)[0]
+  elif decide_by_pools != by_pools:
+    c_dec = factor(r, decide_by_pools)[0]
+    optimiser_scale = float(c_dec * np.sqrt(split.a))
+    disc_ratio = float(c_dec / c) if c > 0 else 1.0
+    units_info["decisions"] = {"units": "contrasts", "scale": float(c_dec)}
   # What the calibration saw, to set beside a test's errors and interval sds: the
   # held-out contrasts' absolute errors (run noise in, unless replicates take it out)
   # and the calibrated sds of the same contrasts.
@@ -1023,7 +1035,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                              for d in dev]) / counts, axis=0) * optimiser_scale ** 2
   if split.features is not None:  # the discrepancy's share of a cell's mean error
     cell_phi = _cell_means(split.features(data.w), cells)
-    lvl_var = lvl_var + amplitude ** 2 * np.sum(cell_phi ** 2, axis=1)
+    lvl_var = lvl_var + (amplitude * disc_ratio) ** 2 * np.sum(cell_phi ** 2, axis=1)
   pure_cell = pure_var / counts if pe_dof > 0 else 0.0
   level_sd = float(np.sqrt(max(np.mean(lvl_err ** 2 - lvl_var - pure_cell), 0.0))) \
       if n_cells >= MIN_GROUPS and fold_by != "runs" else 0.0
@@ -1098,6 +1110,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                         discrepancy.draw_weights(split.features, amplitude, n,
                                                  len(runs.domains), seed),
                         x_bounds, hedge, optimiser_scale, report_scale=report_scale,
+                        decision_disc_ratio=disc_ratio,
                         clip_decisions_only=(
                             info["covariate_extrapolation"] == "clip_decisions"),
                         domains=runs.domains, features=runs.features, outcome=data.name,
