@@ -259,7 +259,6 @@ class StackedSurface(SurfaceBase):
     fn, params = self.sampler(tokens, budget)
     return fn, {**params, "scale": jnp.float32(self.report_scale)}
 
-
   @property
   def n_draws(self) -> int:
     return self._n
