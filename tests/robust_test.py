@@ -282,6 +282,18 @@ def test_conformal_units_pools_widens_a_few_state_sweep_and_is_reported():
   assert re.fullmatch(r"held-out cells are folds of \d+ pool states, one mixture each: "
                       r"the contrasts are the units",
                       s.info["calibration"]["units"]["reason"])
+  # Four pool states, fewer than a 90% bound for a new pool needs: the contrasts stay
+  # the units (the largest error alone, the only bound left, can be arbitrarily large),
+  # and the default's intervals are "pairs"'s.
+  four = worlds.make_world("synergy", seed=0).sweep(n_runs=64, n_pools=4, seed=0)
+  s4, p4 = (fit.fit_surface(four, "loss", config=_cfg(conformal_units=u))
+            for u in ("pools_reported", "pairs"))
+  assert s4.info["contrasts_within"] == "pool states"
+  assert s4.info["calibration"]["units"] == {
+      "setting": "pools_reported", "reason": "4 pool states; a 90% bound for a new pool "
+      "needs 9: the contrasts are the units"}
+  assert (s4.scale, s4.optimiser_scale, s4.report_scale) == pytest.approx(
+      (p4.scale, p4.scale, p4.scale)) and not s4.reports_apart
   # One pool state (as in RegMix's sweep): a new mixture, not a new pool, is the query.
   one = worlds.make_world("synergy", seed=0).sweep(n_runs=64, n_pools=1, seed=0)
   s = fit.fit_surface(one, "loss", config=_cfg(conformal_units="pools"))

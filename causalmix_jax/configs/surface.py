@@ -58,9 +58,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # intervals (predict, cate, theta) and a recommendation's reported predictions and
   # gains take the held-out pool states as the units, each weighted equally however many
   # contrasts it holds, with the finite-sample level for a new pool (`level * (K + 1) /
-  # K` of the pooled errors over K states; the largest error where K is too small),
-  # while the optimiser, the level term and the held-out guard keep "pairs"'s factor,
-  # so the decisions are "pairs"'s and only what is reported widens. "pairs": every
+  # K` of the pooled errors over K states; with fewer states than the level needs, 9 at
+  # 90%, the contrasts stay the units), while the optimiser, the level term and the
+  # held-out guard keep "pairs"'s factor, so the decisions are "pairs"'s and only what
+  # is reported widens. "pairs": every
   # held-out contrast is a unit, for the intervals too. "pools": the pool states' factor
   # for the decisions as well, which holds them back: on the zoo (48 states) it cost
   # 2.2% regret (rule 7, not adopted); on 16 states it cut false claims of a gain over

@@ -34,7 +34,8 @@ never mix scales. Every member family is refitted with each group held out:
   interval (replicate runs' pure error is taken out; without replicates the run noise
   stays in, erring wide). `surface.conformal_units = "pools"` takes the held-out pool
   states, not the contrasts, as the exchangeable units (`grouped_conformal_scale`: the
-  finite-sample bound for a new pool; wider, most where states are few); with
+  finite-sample bound for a new pool; wider, most where states are few; with fewer
+  states than the level needs, the contrasts stay the units); with
   "pools_reported" that factor sets the intervals and a recommendation's reported
   figures while the optimiser decides on the contrasts' factor. A
   pool-level shift, common to every mixture of a pool, gets the spread of the held-out
@@ -974,8 +975,12 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   r = _normalised_errors(err2, var_fit, noise)
   units_setting = fit_lib.conformal_units(cfg)
   n_states = len(np.unique(unit))
+  # Pool states as the units need enough of them for a finite bound at the level (9 at
+  # 90%); below that only the largest error would do, which one contrast of near-zero
+  # spread can blow up, so the contrasts stay the units.
+  too_few = pooled_level(level, n_states) > 1.0 + 1e-12
   by_pools = (units_setting != "pairs" and contrasts_within == "pool states"
-              and n_states > 1)
+              and n_states > 1 and not too_few)
 
   def factor(r_N, pools=by_pools):  # the conformal factor of normalised errors
     if pools:
@@ -983,9 +988,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     return _conformal_scale(r_N, level), {}
   c, units_info = factor(r)
   if units_setting != "pairs" and not by_pools:
-    units_info["reason"] = ("the sweep has one pool state" if n_states < 2 else
-                            f"held-out cells are folds of {n_states} pool states, one "
-                            "mixture each") + ": the contrasts are the units"
+    if n_states < 2:
+      why = "the sweep has one pool state"
+    elif contrasts_within != "pool states":
+      why = f"held-out cells are folds of {n_states} pool states, one mixture each"
+    else:
+      need = int(np.ceil(level / (1.0 - level) - 1e-9))
+      why = (f"{n_states} pool states; a {level:.0%} bound for a new pool needs "
+             f"{need}")
+    units_info["reason"] = why + ": the contrasts are the units"
   units_info["setting"] = units_setting
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
   # The decisions' factor and the reported figures': with "split" (never with a
