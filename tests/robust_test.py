@@ -445,6 +445,11 @@ def test_stack_reports_what_its_calibration_saw():
   assert 0.0 < twice.info["calibration"]["noise_share"] < 1.5
   assert cal["noise_share"] is None
   assert 0.9 <= twice.info["calibration"]["coverage"] < 1.0
+  # Replicate runs' contrasts of one mixture with itself have no spread and stay out of
+  # the pool states' bound, which stays near the contrasts' factor.
+  units = twice.info["calibration"]["units"]
+  assert units["units"] == 16 and units["zero_spread_contrasts"] > 0
+  assert twice.optimiser_scale <= twice.report_scale < 3 * twice.optimiser_scale
 
 
 def test_stack_discrepancy_setting_is_checked_and_reported():

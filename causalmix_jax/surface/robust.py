@@ -982,11 +982,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   by_pools = (units_setting != "pairs" and contrasts_within == "pool states"
               and n_states > 1 and not too_few)
 
-  def factor(r_N, pools=by_pools):  # the conformal factor of normalised errors
+  def factor(r_N, var_N, pools=by_pools):  # the conformal factor of normalised errors
     if pools:
-      return grouped_conformal_scale(r_N, unit, level)
+      # A contrast of one mixture with itself (replicate runs) has no spread, so no
+      # normalised error: out of the pool states' bound, whose tail it would set.
+      spread = var_N > 0
+      scale_c, info_c = grouped_conformal_scale(r_N[spread], unit[spread], level)
+      return scale_c, {**info_c, "zero_spread_contrasts": int(np.sum(~spread))}
     return _conformal_scale(r_N, level), {}
-  c, units_info = factor(r)
+  c, units_info = factor(r, var_fit)
   if units_setting != "pairs" and not by_pools:
     if n_states < 2:
       why = "the sweep has one pool state"
@@ -1005,14 +1009,15 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # (the members' spread and the discrepancy's amplitude alike) while the reports take
   # `scale`'s pool states.
   split_spread = spread_setting == "split"
-  r_dec = _normalised_errors(err2, var_held, noise) if split_spread else r
+  r_dec, var_dec = ((_normalised_errors(err2, var_held, noise), var_held)
+                    if split_spread else (r, var_fit))
   decide_by_pools = by_pools and units_setting == "pools"
-  report_scale = factor(r_dec)[0] if split_spread else scale
+  report_scale = factor(r_dec, var_dec)[0] if split_spread else scale
   optimiser_scale, disc_ratio = scale, 1.0
   if split_spread:
-    optimiser_scale = factor(r_dec, decide_by_pools)[0]
+    optimiser_scale = factor(r_dec, var_dec, decide_by_pools)[0]
   elif decide_by_pools != by_pools:
-    c_dec = factor(r, decide_by_pools)[0]
+    c_dec = factor(r, var_fit, decide_by_pools)[0]
     optimiser_scale = float(c_dec * np.sqrt(split.a))
     disc_ratio = float(c_dec / c) if c > 0 else 1.0
     units_info["decisions"] = {"units": "contrasts", "scale": float(c_dec)}
