@@ -61,9 +61,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # K` of the pooled errors over K states; with fewer states than the level needs, 9 at
   # 90%, the contrasts stay the units), while the optimiser, the level term and the
   # held-out guard keep "pairs"'s factor, so the decisions are "pairs"'s and only what
-  # is reported widens. "pairs": every
-  # held-out contrast is a unit, for the intervals too. "pools": the pool states' factor
-  # for the decisions as well, which holds them back: on the zoo (48 states) it cost
+  # is reported widens (contrasts of one mixture with itself, from replicate runs, have
+  # no spread and stay out of the pool states' bound). "pairs": every held-out contrast
+  # is a unit, for the intervals too. "pools": the pool states' factor for the
+  # decisions as well, which holds them back: on the zoo (48 states) it cost
   # 2.2% regret (rule 7, not adopted); on 16 states it cut false claims of a gain over
   # uniform from 17 to 5 at 2-4% more regret. Contrasts within a pool share its misfit,
   # so pool states are the guarantee a new pool asks for; they widen most where states
