@@ -678,6 +678,12 @@ def pooled_level(level: float, n_units: int) -> float:
   return level * (n_units + 1) / n_units
 
 
+def min_pool_states(level: float) -> int:
+  """The fewest units whose `pooled_level` is at most 1: a finite split-conformal bound
+  for a new pool at `level` (9 at 90%)."""
+  return int(np.ceil(level / (1.0 - level) - 1e-9))
+
+
 def grouped_conformal_scale(r_N: np.ndarray, units_N: np.ndarray,
                             level: float) -> tuple[float, dict[str, Any]]:
   """conformal_scale with pool states, not contrasts, as the exchangeable units
@@ -693,8 +699,8 @@ def grouped_conformal_scale(r_N: np.ndarray, units_N: np.ndarray,
   weights_N = 1.0 / np.bincount(units)[units]  # each unit's contrasts share its weight
   bound = np.quantile(r_N, min(q, 1.0), weights=weights_N, method="inverted_cdf")
   info = {"units": n_units, "quantile": float(q)}
-  if q > 1.0 + 1e-12:
-    need = int(np.ceil(level / (1.0 - level) - 1e-9))
+  need = min_pool_states(level)
+  if n_units < need:
     info["reason"] = (f"{n_units} pool states; a {level:.0%} bound for a new pool "
                       f"needs {need}, so the largest held-out error sets the scale")
   return float(np.sqrt(bound) / central_z(level)), info
@@ -978,7 +984,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # Pool states as the units need enough of them for a finite bound at the level (9 at
   # 90%); below that only the largest error would do, which one contrast of near-zero
   # spread can blow up, so the contrasts stay the units.
-  too_few = pooled_level(level, n_states) > 1.0 + 1e-12
+  too_few = n_states < min_pool_states(level)
   by_pools = (units_setting != "pairs" and contrasts_within == "pool states"
               and n_states > 1 and not too_few)
 
@@ -997,9 +1003,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     elif contrasts_within != "pool states":
       why = f"held-out cells are folds of {n_states} pool states, one mixture each"
     else:
-      need = int(np.ceil(level / (1.0 - level) - 1e-9))
       why = (f"{n_states} pool states; a {level:.0%} bound for a new pool needs "
-             f"{need}")
+             f"{min_pool_states(level)}")
     units_info["reason"] = why + ": the contrasts are the units"
   units_info["setting"] = units_setting
   scale, amplitude = float(c * np.sqrt(split.a)), float(c * np.sqrt(split.b))
