@@ -138,6 +138,28 @@ def test_transfer_form_recovers_its_law_and_the_stack_prefers_it(tmp_path):
   assert heldout["transfer"]["contrast_mse"] < heldout["scaling"]["contrast_mse"]
 
 
+def test_hinge_member_follows_thresholds_and_the_stack_prefers_it(tmp_path):
+  # In the threshold world a domain pays off only past a share of the mixture: a step
+  # the concave default features cannot follow. The hinge member (the DML family with
+  # kinks at shares of the uniform weight) predicts the held-out contrasts better, so
+  # the stack weighs it above the plain DML member.
+  world = worlds.make_world("threshold", seed=0)
+  runs = world.sweep(n_runs=128, n_pools=16, seed=0)
+  s = fit.fit_surface(runs, "loss", config=_cfg(stack_members=("dml", "hinge"),
+                                                stack_covariates="aware"))
+  heldout = s.info["heldout"]
+  assert heldout["hinge"]["contrast_mse"] < 0.8 * heldout["dml"]["contrast_mse"]
+  assert s.info["weights"]["hinge"] > 0.5
+  member = s.members[list(s.info["weights"]).index("hinge")]
+  assert "hinge" in member.info["chosen"]["kinds"]
+  assert member.info["method"] == "dml"
+  # Saved and read back, the stack answers the same (the member's spec keeps the kind).
+  w_new = np.random.default_rng(3).dirichlet(np.ones(len(s.domains)), 5)
+  s.save(tmp_path / "surface")
+  back = load_surface(tmp_path / "surface")
+  np.testing.assert_allclose(back.draws(w_new), s.draws(w_new), rtol=1e-5, atol=1e-6)
+
+
 def test_fold_searches_start_at_the_full_fit_and_reach_their_modes():
   runs, _ = _scaling_truth_runs()
   w = runs.W

@@ -60,3 +60,25 @@ def test_featurize_is_jittable_and_bad_spec_is_named():
   with pytest.raises(ValueError, match="unknown kind"):
     feats.FeatureSpec(4, ("cube",))
   assert feats.FeatureSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_hinges_kink_at_shares_of_the_uniform_weight():
+  d = 4
+  spec = feats.FeatureSpec(d, ("log", "hinge"))
+  assert spec.group_sizes() == [d, 3 * d]
+  np.testing.assert_array_equal(spec.groups(), [0] * d + [1] * (3 * d))
+  names = spec.names(["a", "b", "c", "e"])
+  assert names[d:d + 2] == ["hinge0.5_a", "hinge0.5_b"] and names[-1] == "hinge2_e"
+  # Knots at 0.125, 0.25, 0.5: domain a sits below every knot, b between the first
+  # two, c and e between the last two; a single domain at weight 1 passes all three.
+  w = np.array([[0.05, 0.2, 0.3, 0.45]])
+  h = np.asarray(feats.featurize(spec, w))[0, d:].reshape(3, d)
+  np.testing.assert_allclose(h, [[0.0, 0.075, 0.175, 0.325],
+                                 [0.0, 0.0, 0.05, 0.2],
+                                 [0.0, 0.0, 0.0, 0.0]], atol=1e-12)
+  w_one = np.array([[0.0, 0.0, 0.0, 1.0]])
+  np.testing.assert_allclose(np.asarray(feats.featurize(spec, w_one))[0, -1], 0.5)
+  # NumPy and jax agree, and jit traces it.
+  f = jax.jit(lambda v: feats.featurize(spec, v))
+  np.testing.assert_allclose(np.asarray(f(jnp.asarray(w))),
+                             np.asarray(feats.featurize(spec, w)), rtol=1e-6)

@@ -5,8 +5,10 @@ Two families live here:
 - free coordinates of the simplex (D-1 of them): additive log-ratios against a reference
   domain (`alr`) or isometric log-ratios in an explicit orthonormal basis (`ilr`);
 - physics features: log weights with a floor (diminishing returns; the floor keeps a
-  zero weight finite), square roots, pairwise products of log weights, and, when tokens
-  and budget are known, repetition (log-epochs beyond one pass).
+  zero weight finite), square roots, pairwise products of log weights, hinges (a
+  domain's weight past fixed shares of the uniform weight: kinks, thresholds and
+  saturation that no concave feature bends into), and, when tokens and budget are
+  known, repetition (log-epochs beyond one pass).
 
 Everything is a pure function of arrays in the namespace of its inputs (`array_module`):
 `jax.numpy` for jax arrays and tracers, so a fitted surface's sampler can evaluate the
@@ -22,7 +24,10 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("linear", "log", "sqrt", "pairs", "repetition")
+KINDS = ("linear", "log", "sqrt", "pairs", "hinge", "repetition")
+# Where the "hinge" kind's kinks sit, as multiples of the uniform weight 1/D: one
+# below, one at and one above an even share, whatever the number of domains.
+HINGE_KNOTS = (0.5, 1.0, 2.0)
 
 
 def array_module(*arrays: Any) -> Any:
@@ -81,6 +86,13 @@ def epochs(w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray, budget_N: jnp.ndarray
   return w_NxD * budget_N[..., None] / xp.maximum(tokens_NxD, 1.0)
 
 
+def hinges(w_NxD: jnp.ndarray) -> jnp.ndarray:
+  """relu(w - c / D) for each knot c of HINGE_KNOTS, knot by knot: N x (3 D)."""
+  xp = array_module(w_NxD)
+  d = w_NxD.shape[-1]
+  return xp.concatenate([xp.maximum(w_NxD - c / d, 0.0) for c in HINGE_KNOTS], axis=1)
+
+
 def repetition(w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray, budget_N: jnp.ndarray
                ) -> jnp.ndarray:
   """Share of training spent repeating a domain, weighted by how often it repeats:
@@ -119,7 +131,8 @@ class FeatureSpec:
 
   def group_sizes(self) -> list[int]:
     d = self.n_domains
-    return [d * (d - 1) // 2 if k == "pairs" else d for k in self.kinds]
+    sizes = {"pairs": d * (d - 1) // 2, "hinge": len(HINGE_KNOTS) * d}
+    return [sizes.get(k, d) for k in self.kinds]
 
   @property
   def n_features(self) -> int:
@@ -137,6 +150,8 @@ class FeatureSpec:
       if k == "pairs":
         i, j = np.triu_indices(self.n_domains, 1)
         out += [f"logw_{domains[a]}*logw_{domains[b]}" for a, b in zip(i, j)]
+      elif k == "hinge":
+        out += [f"hinge{c:g}_{d}" for c in HINGE_KNOTS for d in domains]
       else:
         out += [f"{k}_{d}" for d in domains]
     return out
@@ -168,6 +183,8 @@ def featurize(spec: FeatureSpec, w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray | N
     elif k == "pairs":
       i, j = np.triu_indices(spec.n_domains, 1)
       cols.append(lw[:, i] * lw[:, j])
+    elif k == "hinge":
+      cols.append(hinges(w_NxD))
     elif k == "repetition":
       if tokens_NxD is None or budget_N is None:
         raise ValueError("featurize: the 'repetition' feature needs tokens_<domain> "

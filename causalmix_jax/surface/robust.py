@@ -78,7 +78,11 @@ from causalmix_jax.surface.surface import SurfaceBase
 
 log = logging.getLogger(__name__)
 
-BASE_MEMBERS = ("dml", "gp", "scaling", "transfer", "trees")
+BASE_MEMBERS = ("dml", "gp", "scaling", "transfer", "trees", "hinge")
+# The "hinge" member: the DML family whose mixture features also bend at fixed shares of
+# the uniform weight (features.HINGE_KNOTS), for steps, thresholds and saturation that
+# the concave default features cannot follow.
+HINGE_KIND = "hinge"
 # Each family also as a member that ignores the covariates ("dml_blind", ...): the same
 # effect in every pool. Stacked beside the covariate-aware family, it takes the weight
 # when effects modified by the pool do not predict held-out pools better.
@@ -508,12 +512,19 @@ def _fold_config(cfg, surface):
 
 
 def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
-  """Full fit and held-out draws of a `fit.py` family."""
+  """Full fit and held-out draws of a `fit.py` family ("hinge": the DML family with the
+  hinge features added to the configured or default feature kinds)."""
+  from causalmix_jax.surface import features as feats
   from causalmix_jax.surface import fit as fit_lib
   c = cfg.copy_and_resolve_references()
   with c.unlocked():
     c.calibrate_pools = False
     c.modifiers = tuple(cfg.stack_modifiers)
+    if method == "hinge":
+      # Repetition is dropped by the fit where tokens or budget are unknown.
+      kinds = tuple(cfg.feature_kinds) or feats.default_kinds(True)
+      c.feature_kinds = kinds + ((HINGE_KIND,) if HINGE_KIND not in kinds else ())
+      method = "dml"
   full = fit_lib._fit_surface(runs, outcome, method, c, covariate_blind)
   fc = _fold_config(c, full)
   n = int(cfg.num_samples)
