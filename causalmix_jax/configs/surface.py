@@ -18,7 +18,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # Members: add "gp" (flexible in X; ~50 s a fit), "transfer" (the scaling law's
   # transfer form, where domains substitute for one another) or "trees" (LightGBM on
   # the mixture and the raw covariates, surface/trees.py: fits steps, kinks and worst
-  # cases; no spread of its own and a zero slope in the mixture). Any of them with
+  # cases; no spread of its own and a zero slope in the mixture) or "hinge" (the DML
+  # family with the "hinge" features below added: kinks at fixed shares of the uniform
+  # weight, for thresholds and saturation; on the zoo it took weight on most worlds,
+  # helped the threshold world and cost regret elsewhere, so it is not a default
+  # member: experiments/surface_zoo, "World seeds 98 and 99"). Any of them with
   # "_blind" ("dml_blind", "scaling_blind") is that family without the covariates (the
   # same effect in every pool), which the stack weighs against the covariate-aware one
   # on held-out pools; left out when no covariate varies. With "_all" ("dml_all") it
@@ -132,7 +136,8 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   c.n_folds = 5
   c.seed = 0
   # Mixture features: empty = default (log and sqrt; + repetition when tokens and
-  # budget are known). Any of "linear", "log", "sqrt", "pairs", "repetition".
+  # budget are known). Any of "linear", "log", "sqrt", "pairs", "hinge" (relu(w - c/D)
+  # for c in 0.5, 1, 2: kinks below, at and above the even share), "repetition".
   c.feature_kinds = ()
   c.floors = (1e-4, 1e-3, 1e-2)  # floor inside log(w + floor), chosen by evidence
   c.pairs = "auto"  # pairwise log-weight products: "auto" (by evidence) | "never" | "always"

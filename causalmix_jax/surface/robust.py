@@ -12,7 +12,9 @@ never mix scales. Every member family is refitted with each group held out:
   flexible in X), the structured scaling law (`scaling.py`: power laws in effective
   data with data-constrained repetition, so it extrapolates pool size physically) and
   its transfer form ("transfer": one power law in the domains' pooled effective data,
-  so domains substitute for one another); each also covariate-blind ("dml_blind", ...:
+  so domains substitute for one another), LightGBM ("trees") and the DML family with
+  hinge features ("hinge": kinks at fixed shares of the uniform weight, for
+  thresholds); each also covariate-blind ("dml_blind", ...:
   the same effect in every pool, left out when the sweep's covariates do not vary) and
   on every principal component of the pool states ("dml_all", ...: left out when the
   `surface.max_x_components` cap already keeps them all);
