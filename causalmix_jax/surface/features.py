@@ -87,7 +87,7 @@ def epochs(w_NxD: jnp.ndarray, tokens_NxD: jnp.ndarray, budget_N: jnp.ndarray
 
 
 def hinges(w_NxD: jnp.ndarray) -> jnp.ndarray:
-  """relu(w - c / D) for each knot c of HINGE_KNOTS, knot by knot: N x (3 D)."""
+  """relu(w - c / D) for each knot c of HINGE_KNOTS, knot by knot: N x (knots * D)."""
   xp = array_module(w_NxD)
   d = w_NxD.shape[-1]
   return xp.concatenate([xp.maximum(w_NxD - c / d, 0.0) for c in HINGE_KNOTS], axis=1)

@@ -72,6 +72,7 @@ from scipy import stats
 from causalmix_jax import artifacts
 from causalmix_jax.surface import decisions
 from causalmix_jax.surface import discrepancy
+from causalmix_jax.surface import features as features_lib
 from causalmix_jax.surface import nuisance as nuis
 from causalmix_jax.surface import scaling
 from causalmix_jax.surface import trees
@@ -516,7 +517,6 @@ def _fold_config(cfg, surface):
 def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
   """Full fit and held-out draws of a `fit.py` family ("hinge": the DML family with the
   hinge features added to the configured or default feature kinds)."""
-  from causalmix_jax.surface import features as feats
   from causalmix_jax.surface import fit as fit_lib
   c = cfg.copy_and_resolve_references()
   with c.unlocked():
@@ -524,7 +524,7 @@ def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
     c.modifiers = tuple(cfg.stack_modifiers)
     if method == "hinge":
       # Repetition is dropped by the fit where tokens or budget are unknown.
-      kinds = tuple(cfg.feature_kinds) or feats.default_kinds(True)
+      kinds = tuple(cfg.feature_kinds) or features_lib.default_kinds(True)
       c.feature_kinds = kinds + ((HINGE_KIND,) if HINGE_KIND not in kinds else ())
       method = "dml"
   full = fit_lib._fit_surface(runs, outcome, method, c, covariate_blind)
