@@ -82,10 +82,6 @@ from causalmix_jax.surface.surface import SurfaceBase
 log = logging.getLogger(__name__)
 
 BASE_MEMBERS = ("dml", "gp", "scaling", "transfer", "trees", "hinge")
-# The "hinge" member: the DML family whose mixture features also bend at fixed shares of
-# the uniform weight (features.HINGE_KNOTS), for steps, thresholds and saturation that
-# the concave default features cannot follow.
-HINGE_KIND = "hinge"
 # Each family also as a member that ignores the covariates ("dml_blind", ...): the same
 # effect in every pool. Stacked beside the covariate-aware family, it takes the weight
 # when effects modified by the pool do not predict held-out pools better.
@@ -103,6 +99,11 @@ DIFF_PREFIX = {"blind": "unit", "all": "all"}
 SELECTION_COPIES = {"select": ("blind",), "select_all": ("blind", "all")}
 # The members (and `fit_surface` methods) that are forms of the scaling family.
 SCALING_FORMS = {"scaling": "boxcox", "transfer": "transfer"}
+# The members that are the DML family with a feature kind added to its configured (or
+# default) kinds: "hinge" bends at fixed shares of the uniform weight
+# (features.HINGE_KNOTS), for steps, thresholds and saturation that the concave default
+# features cannot follow.
+DML_FORMS = {"hinge": "hinge"}
 MIN_GROUPS = 4  # fewer distinct pool states: cross-validate by rows
 # Below this many runs the members' fold refits (each on 4/5 of the runs) would fall
 # under the 10 runs a surface needs once the fit stage's own cross-validation holds
@@ -514,19 +515,19 @@ def _fold_config(cfg, surface):
   return c
 
 
-def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds):
-  """Full fit and held-out draws of a `fit.py` family ("hinge": the DML family with the
-  hinge features added to the configured or default feature kinds)."""
+def _linear_member(runs, outcome, method, cfg, covariate_blind, data, folds,
+                   extra_kind: str | None = None):
+  """Full fit and held-out draws of a `fit.py` family, with `extra_kind` (a feature
+  kind) added to the configured or default feature kinds when given."""
   from causalmix_jax.surface import fit as fit_lib
   c = cfg.copy_and_resolve_references()
   with c.unlocked():
     c.calibrate_pools = False
     c.modifiers = tuple(cfg.stack_modifiers)
-    if method == "hinge":
+    if extra_kind is not None:
       # Repetition is dropped by the fit where tokens or budget are unknown.
       kinds = tuple(cfg.feature_kinds) or features_lib.default_kinds(True)
-      c.feature_kinds = kinds + ((HINGE_KIND,) if HINGE_KIND not in kinds else ())
-      method = "dml"
+      c.feature_kinds = kinds + ((extra_kind,) if extra_kind not in kinds else ())
   full = fit_lib._fit_surface(runs, outcome, method, c, covariate_blind)
   fc = _fold_config(c, full)
   n = int(cfg.num_samples)
@@ -882,6 +883,9 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                                   SCALING_FORMS[family])
     elif family == "trees":
       full, oof = _tree_member(runs, member_cfg, blind, data, folds)
+    elif family in DML_FORMS:
+      full, oof = _linear_member(runs, outcome, "dml", member_cfg, blind, data, folds,
+                                 DML_FORMS[family])
     else:
       full, oof = _linear_member(runs, outcome, family, member_cfg, blind, data, folds)
     secs[name] = time.time() - t1
