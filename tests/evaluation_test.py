@@ -549,6 +549,11 @@ def test_surface_config_applies_and_checks_settings():
     evaluation.surface_config({"nope": "1"})
   with pytest.raises(ValueError, match="stack_members"):
     evaluation.surface_config({"stack_members": "dml+nope"})
+  assert evaluation.surface_config({"feature_kinds": "log+hinge"}).feature_kinds == (
+      "log", "hinge")
+  with pytest.raises(ValueError, match=r"surface.feature_kinds: unknown kind\(s\) "
+                     r"\['hinges'\]"):
+    evaluation.surface_config({"feature_kinds": "log+hinges"})
 
 
 def test_unknown_method_named():

@@ -463,6 +463,10 @@ def check_config(method: str, cfg) -> None:
                      "= 'rff': the discrepancy term is drawn once, at one scale, so the "
                      "intervals and the decisions cannot be calibrated apart; use "
                      "'heldout' or 'final' with it")
+  bad_kinds = [k for k in cfg.get("feature_kinds", ()) if k not in feats.KINDS]
+  if bad_kinds:
+    raise ValueError(f"surface.feature_kinds: unknown kind(s) {bad_kinds}; known: "
+                     f"{list(feats.KINDS)}")
   from causalmix_jax.surface import robust  # imports this module
   members, known = tuple(cfg.get("stack_members", ())), robust.MEMBERS
   for name in members:
