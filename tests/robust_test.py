@@ -474,6 +474,29 @@ def test_stack_reports_what_its_calibration_saw():
   assert twice.optimiser_scale <= twice.report_scale < 3 * twice.optimiser_scale
 
 
+def test_replicate_pairs_drop_leaves_them_out_of_the_contrasts_factor():
+  """surface.replicate_pairs = "drop": the pairs of replicate runs (no spread: every
+  member predicts them exactly) leave the "pairs" calibration, so the contrasts' factor,
+  which the decisions read, no longer moves with them; the pool states' bound, which
+  left them out already, is unchanged."""
+  world, _ = _world_runs()
+  runs = world.sweep(n_runs=64, n_pools=16, seeds=2, seed=0)
+  keep = fit.fit_surface(runs, "loss", config=_cfg())
+  drop = fit.fit_surface(runs, "loss", config=_cfg(replicate_pairs="drop"))
+  cal_k, cal_d = keep.info["calibration"], drop.info["calibration"]
+  n_rep = cal_k["units"]["zero_spread_contrasts"]
+  assert n_rep > 0 and cal_k["replicate_pairs_dropped"] == 0
+  assert cal_d["replicate_pairs_dropped"] == n_rep
+  assert cal_d["contrasts"] == cal_k["contrasts"] - n_rep
+  assert cal_d["units"]["zero_spread_contrasts"] == 0
+  assert drop.report_scale == pytest.approx(keep.report_scale, rel=1e-9)
+  # Kept, a third or so of the replicate pairs have unbounded normalised errors (their
+  # noise above its expectation), which lifts the contrasts' quantile.
+  assert drop.optimiser_scale < keep.optimiser_scale
+  with pytest.raises(ValueError, match="surface.replicate_pairs"):
+    fit.fit_surface(runs, "loss", config=_cfg(replicate_pairs="some"))
+
+
 def test_stack_discrepancy_setting_is_checked_and_reported():
   s = _stack()
   assert s.info["discrepancy"]["setting"] == "none"

@@ -397,6 +397,9 @@ COMPANIONS = ("none", "trees", "trees_epochs")  # surface.companion
 # surface.conformal_units; a config without the key keeps the units of the surfaces
 # fitted before it ("pairs").
 CONFORMAL_UNITS = ("pairs", "pools", "pools_reported")
+# surface.replicate_pairs: what the "pairs" calibration does with a pair of replicate
+# runs (one mixture, pool state and scale at two seeds).
+REPLICATE_PAIRS = ("keep", "drop")
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -439,6 +442,10 @@ def conformal_units(cfg) -> str:
   return _choice(cfg, "conformal_units", CONFORMAL_UNITS)
 
 
+def replicate_pairs(cfg) -> str:
+  return _choice(cfg, "replicate_pairs", REPLICATE_PAIRS)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -458,6 +465,7 @@ def check_config(method: str, cfg) -> None:
   decision_calibration(cfg)
   companion(cfg)
   conformal_units(cfg)
+  replicate_pairs(cfg)
   if conformal_spread(cfg) == "split" and stack_discrepancy(cfg) == "rff":
     raise ValueError("surface.conformal_spread = 'split' with surface.stack_discrepancy "
                      "= 'rff': the discrepancy term is drawn once, at one scale, so the "

@@ -948,12 +948,20 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   c_mean = _centre(mean, cells)[0]
   ok = cell_n > 1
   # Replicates share mixture, covariates and scale.
-  pure_var, pe_dof = fit_lib.pure_error(data.y, np.concatenate([data.w, data.x,
-                                                               data.scale], 1))
+  key = np.concatenate([data.w, data.x, data.scale], 1)
+  pure_var, pe_dof = fit_lib.pure_error(data.y, key)
   level = float(cfg.interval_level)
   pi = pj = np.zeros(0, np.int64)
+  n_replicate_pairs = 0
   if fit_lib.stack_calibration(cfg) == "pairs":
     pi, pj = cell_pairs(cells, MAX_PAIRS, seed)
+    if fit_lib.replicate_pairs(cfg) == "drop":
+      # A pair of replicate runs is no effect of one mixture against another: every
+      # member predicts it exactly (no spread), so once the run noise is taken out its
+      # normalised error is 0 or unbounded, a coin toss that moves the quantile.
+      same = np.all(key[pi] == key[pj], axis=1)
+      n_replicate_pairs = int(same.sum())
+      pi, pj = pi[~same], pj[~same]
   if len(pi):
     # An effect is one mixture against another in one pool: its error carries both
     # mixtures' misfit in full. The difference of two held-out runs of a cell is that
@@ -1048,6 +1056,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   # and the calibrated sds of the same contrasts.
   calibration = {
       "contrasts": int(len(err2)), "level": level,
+      # Pairs of replicate runs left out (surface.replicate_pairs = "drop").
+      "replicate_pairs_dropped": n_replicate_pairs,
       "median_abs_error": float(np.median(np.sqrt(err2))),
       "median_sd": float(np.median(c * np.sqrt(var_fit))),
       # What the factor treated as exchangeable (`surface.conformal_units`).
