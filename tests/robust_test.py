@@ -467,22 +467,25 @@ def test_stack_reports_what_its_calibration_saw():
   assert 0.0 < twice.info["calibration"]["noise_share"] < 1.5
   assert cal["noise_share"] is None
   assert 0.9 <= twice.info["calibration"]["coverage"] < 1.0
-  # Replicate runs' contrasts of one mixture with itself have no spread and stay out of
-  # the pool states' bound, which stays near the contrasts' factor.
+  # Replicate runs' contrasts of one mixture with itself have no spread: by default
+  # (surface.replicate_pairs = "drop") they leave the calibration, and the pool states'
+  # bound stays near the contrasts' factor.
   units = twice.info["calibration"]["units"]
-  assert units["units"] == 16 and units["zero_spread_contrasts"] > 0
+  assert units["units"] == 16 and units["zero_spread_contrasts"] == 0
+  assert twice.info["calibration"]["replicate_pairs_dropped"] > 0
   assert twice.optimiser_scale <= twice.report_scale < 3 * twice.optimiser_scale
 
 
 def test_replicate_pairs_drop_leaves_them_out_of_the_contrasts_factor():
-  """surface.replicate_pairs = "drop": the pairs of replicate runs (no spread: every
+  """surface.replicate_pairs = "drop" (the default): the pairs of replicate runs (no spread: every
   member predicts them exactly) leave the "pairs" calibration, so the contrasts' factor,
   which the decisions read, no longer moves with them; the pool states' bound, which
   left them out already, is unchanged."""
   world, _ = _world_runs()
   runs = world.sweep(n_runs=64, n_pools=16, seeds=2, seed=0)
-  keep = fit.fit_surface(runs, "loss", config=_cfg())
-  drop = fit.fit_surface(runs, "loss", config=_cfg(replicate_pairs="drop"))
+  assert fit.default_config().replicate_pairs == "drop"
+  keep = fit.fit_surface(runs, "loss", config=_cfg(replicate_pairs="keep"))
+  drop = fit.fit_surface(runs, "loss", config=_cfg())
   cal_k, cal_d = keep.info["calibration"], drop.info["calibration"]
   n_rep = cal_k["units"]["zero_spread_contrasts"]
   assert n_rep > 0 and cal_k["replicate_pairs_dropped"] == 0

@@ -398,7 +398,8 @@ COMPANIONS = ("none", "trees", "trees_epochs")  # surface.companion
 # fitted before it ("pairs").
 CONFORMAL_UNITS = ("pairs", "pools", "pools_reported")
 # surface.replicate_pairs: what the "pairs" calibration does with a pair of replicate
-# runs (one mixture, pool state and scale at two seeds).
+# runs (one mixture, pool state and scale at two seeds); a config without the key keeps
+# them, as the surfaces fitted before it did (the section's default is "drop").
 REPLICATE_PAIRS = ("keep", "drop")
 
 
