@@ -33,8 +33,9 @@ never mix scales. Every member family is refitted with each group held out:
   runs of one cell, the same kind of quantity as an effect of one mixture against
   another. The spread of the stacked draws around their mean is scaled so that the
   conformal quantile of the normalised contrast errors sits on the edge of the
-  interval (replicate runs' pure error is taken out; without replicates the run noise
-  stays in, erring wide). `surface.conformal_units = "pools"` takes the held-out pool
+  interval (replicate runs' pure error is taken out, and pairs of replicate runs, one
+  mixture against itself, are left out: `surface.replicate_pairs`; without replicates
+  the run noise stays in, erring wide). `surface.conformal_units = "pools"` takes the held-out pool
   states, not the contrasts, as the exchangeable units (`grouped_conformal_scale`: the
   finite-sample bound for a new pool; wider, most where states are few; with fewer
   states than the level needs, the contrasts stay the units); with
