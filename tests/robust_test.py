@@ -477,10 +477,10 @@ def test_stack_reports_what_its_calibration_saw():
 
 
 def test_replicate_pairs_drop_leaves_them_out_of_the_contrasts_factor():
-  """surface.replicate_pairs = "drop" (the default): the pairs of replicate runs (no spread: every
-  member predicts them exactly) leave the "pairs" calibration, so the contrasts' factor,
-  which the decisions read, no longer moves with them; the pool states' bound, which
-  left them out already, is unchanged."""
+  """surface.replicate_pairs = "drop" (the default): the pairs of replicate runs (no
+  spread: every member predicts them exactly) leave the "pairs" calibration, so the
+  contrasts' factor, which the decisions read, no longer moves with them; the pool
+  states' bound, which left them out already, is unchanged."""
   world, _ = _world_runs()
   runs = world.sweep(n_runs=64, n_pools=16, seeds=2, seed=0)
   assert fit.default_config().replicate_pairs == "drop"

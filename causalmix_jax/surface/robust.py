@@ -35,10 +35,11 @@ never mix scales. Every member family is refitted with each group held out:
   conformal quantile of the normalised contrast errors sits on the edge of the
   interval (replicate runs' pure error is taken out, and pairs of replicate runs, one
   mixture against itself, are left out: `surface.replicate_pairs`; without replicates
-  the run noise stays in, erring wide). `surface.conformal_units = "pools"` takes the held-out pool
-  states, not the contrasts, as the exchangeable units (`grouped_conformal_scale`: the
-  finite-sample bound for a new pool; wider, most where states are few; with fewer
-  states than the level needs, the contrasts stay the units); with
+  the run noise stays in, erring wide). `surface.conformal_units = "pools"` takes the
+  held-out pool states, not the contrasts, as the exchangeable units
+  (`grouped_conformal_scale`: the finite-sample bound for a new pool; wider, most
+  where states are few; with fewer states than the level needs, the contrasts stay the
+  units); with
   "pools_reported" that factor sets the intervals and a recommendation's reported
   figures while the optimiser decides on the contrasts' factor. A
   pool-level shift, common to every mixture of a pool, gets the spread of the held-out
