@@ -105,15 +105,21 @@ class NoisePrior:
     return 0.5 * self.dof * np.log(beta) - 0.5 * self.dof * self.var * beta
 
 
-def pure_error(y_N: np.ndarray, keys_NxK: np.ndarray) -> tuple[float, int]:
-  """Pooled within-group variance of y over rows with identical keys (replicate runs:
-  the same mixture and covariates, different seeds), and its degrees of freedom
-  (sum of group sizes - 1). (nan, 0) without replicates."""
-  if len(y_N) == 0:
-    return float("nan"), 0
+def replicate_groups(keys_NxK: np.ndarray) -> np.ndarray:
+  """Each row's group of replicates: rows whose keys (mixture, covariates, ...) agree
+  to 9 decimals share a group id (0, 1, ...; length N)."""
   _, inv = np.unique(np.round(np.asarray(keys_NxK, np.float64), 9), axis=0,
                      return_inverse=True)
-  inv = np.asarray(inv).reshape(-1)
+  return np.asarray(inv).reshape(-1)
+
+
+def pure_error(y_N: np.ndarray, keys_NxK: np.ndarray) -> tuple[float, int]:
+  """Pooled within-group variance of y over rows with identical keys (replicate runs:
+  the same mixture and covariates, different seeds; `replicate_groups`), and its
+  degrees of freedom (sum of group sizes - 1). (nan, 0) without replicates."""
+  if len(y_N) == 0:
+    return float("nan"), 0
+  inv = replicate_groups(keys_NxK)
   counts = np.bincount(inv)
   dof = int(np.sum(counts - 1))
   if dof == 0:

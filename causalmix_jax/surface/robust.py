@@ -72,6 +72,7 @@ import scipy.optimize
 from scipy import stats
 
 from causalmix_jax import artifacts
+from causalmix_jax.surface import conjugate
 from causalmix_jax.surface import decisions
 from causalmix_jax.surface import discrepancy
 from causalmix_jax.surface import features as features_lib
@@ -961,7 +962,8 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
       # A pair of replicate runs is no effect of one mixture against another: every
       # member predicts it exactly (no spread), so once the run noise is taken out its
       # normalised error is 0 or unbounded, a coin toss that moves the quantile.
-      same = np.all(key[pi] == key[pj], axis=1)
+      replicate_of = conjugate.replicate_groups(key)  # the pure error's groups
+      same = replicate_of[pi] == replicate_of[pj]
       n_replicate_pairs = int(same.sum())
       pi, pj = pi[~same], pj[~same]
   if len(pi):
