@@ -424,6 +424,23 @@ def test_cell_pairs_are_every_within_cell_pair_and_sampled_past_the_cap():
   assert len(empty[0]) == len(empty[1]) == 0
 
 
+def test_cell_pairs_leave_out_pairs_within_a_group_before_the_cap():
+  """Pairs of one replicate group leave before the sample: past the cap a sweep still
+  scores `max_pairs` contrasts of distinct mixtures."""
+  cells = np.array([2, 0, 2, 1, 0, 2, 3])
+  apart = np.array([5, 1, 5, 2, 3, 6, 4])  # rows 0 and 2 are replicates
+  i, j = robust.cell_pairs(cells, 100, seed=0, apart_N=apart)
+  assert sorted(zip(i.tolist(), j.tolist())) == [(0, 5), (1, 4), (2, 5)]
+  big = np.repeat(np.arange(3), 40)  # 3 x 780 pairs, 3 x 20 x 1 of them replicates
+  groups = np.arange(len(big)) // 2
+  a, b = robust.cell_pairs(big, 2000, seed=1, apart_N=groups)
+  assert len(a) == 2000 and len(set(zip(a.tolist(), b.tolist()))) == 2000
+  assert np.all(groups[a] != groups[b]) and np.all(big[a] == big[b])
+  # Without the groups the same cap's sample holds replicate pairs (about 2000 / 39).
+  a, b = robust.cell_pairs(big, 2000, seed=1)
+  assert np.sum(groups[a] == groups[b]) > 0
+
+
 def test_stack_calibration_setting_is_checked_and_reported():
   s = _stack()
   assert s.info["calibrated_on"].endswith("within-cell pairs")
@@ -498,6 +515,32 @@ def test_replicate_pairs_drop_leaves_them_out_of_the_contrasts_factor():
   assert drop.optimiser_scale < keep.optimiser_scale
   with pytest.raises(ValueError, match="surface.replicate_pairs"):
     fit.fit_surface(runs, "loss", config=_cfg(replicate_pairs="some"))
+
+
+def test_better_half_marks_the_runs_a_decision_moves_toward():
+  y = np.array([3.0, 1.0, 2.0, 5.0, 4.0, 0.5, 9.0])
+  cells = np.array([0, 0, 0, 1, 1, 1, 2])  # cell 2 holds one run: no contrast
+  np.testing.assert_array_equal(robust.better_half(y, cells, maximize=False),
+                                [False, True, True, False, True, True, False])
+  np.testing.assert_array_equal(robust.better_half(y, cells, maximize=True),
+                                [True, False, True, True, True, False, False])
+
+
+def test_stack_focus_top_weighs_the_better_half_and_is_checked():
+  """surface.stack_focus = "top": the weights (and the covariate set) are chosen on the
+  held-out contrasts of the better half of each cell's runs; the calibration still
+  scores every pair."""
+  _, runs = _world_runs()
+  base = _stack()
+  top = fit.fit_surface(runs, "loss", config=_cfg(stack_focus="top"))
+  assert base.info["stack_focus"] == {"setting": "all", "runs": len(runs.W)}
+  n_top = top.info["stack_focus"]["runs"]
+  assert top.info["stack_focus"]["setting"] == "top"
+  assert len(runs.W) // 3 < n_top < 2 * len(runs.W) // 3
+  assert top.info["weights"] != base.info["weights"]
+  assert top.info["calibration"]["contrasts"] == base.info["calibration"]["contrasts"]
+  with pytest.raises(ValueError, match="surface.stack_focus"):
+    fit.fit_surface(runs, "loss", config=_cfg(stack_focus="best"))
 
 
 def test_stack_discrepancy_setting_is_checked_and_reported():

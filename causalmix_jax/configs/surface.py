@@ -88,6 +88,10 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # (world seeds 100-101) "drop" had 1.3% lower regret and as many cells worse than
   # uniform (experiments/surface_zoo, "World seeds 100 and 101").
   c.replicate_pairs = "drop"
+  # Which held-out contrasts choose the stack's weights and its covariate set: "all"
+  # (default) every held-out run's contrast to its cell's mean; "top" only those of the
+  # runs in the better half of their cell, the region the optimiser moves into.
+  c.stack_focus = "all"
   # The misfit the members' posterior spread does not carry: "none" (default), the
   # members' spread alone, scaled; or "rff", plus a smooth random function of the
   # mixture (surface/discrepancy.py) whose size and lengthscale are fitted on the same

@@ -401,6 +401,10 @@ CONFORMAL_UNITS = ("pairs", "pools", "pools_reported")
 # runs (one mixture, pool state and scale at two seeds); a config without the key keeps
 # them, as the surfaces fitted before it did (the section's default is "drop").
 REPLICATE_PAIRS = ("keep", "drop")
+# surface.stack_focus: which held-out contrasts choose the stack's weights and its
+# covariate set: every run's ("all", the default) or only the runs in the better half
+# of their held-out cell ("top": the region the optimiser moves into).
+STACK_FOCUS = ("all", "top")
 
 
 def _choice(cfg, key: str, options: Sequence[str]) -> str:
@@ -447,6 +451,10 @@ def replicate_pairs(cfg) -> str:
   return _choice(cfg, "replicate_pairs", REPLICATE_PAIRS)
 
 
+def stack_focus(cfg) -> str:
+  return _choice(cfg, "stack_focus", STACK_FOCUS)
+
+
 def check_config(method: str, cfg) -> None:
   """Every surface setting that names a choice, checked up front with its key named."""
   if method not in METHODS:
@@ -467,6 +475,7 @@ def check_config(method: str, cfg) -> None:
   companion(cfg)
   conformal_units(cfg)
   replicate_pairs(cfg)
+  stack_focus(cfg)
   if conformal_spread(cfg) == "split" and stack_discrepancy(cfg) == "rff":
     raise ValueError("surface.conformal_spread = 'split' with surface.stack_discrepancy "
                      "= 'rff': the discrepancy term is drawn once, at one scale, so the "

@@ -25,7 +25,10 @@ never mix scales. Every member family is refitted with each group held out:
   the components, a third set that replaces the aware one by the same test;
 - stacking: non-negative weights summing to one that minimise the squared error of the
   held-out *within-pool contrasts* (the effect of the mixture, which is what a decision
-  uses), so a family that is wrong for this sweep gets no weight;
+  uses), so a family that is wrong for this sweep gets no weight; with
+  `surface.stack_focus = "top"`, only the contrasts of the runs in the better half of
+  their held-out cell choose the weights and the covariate set (the region the
+  optimiser moves into);
 - calibration: split-conformal on held-out contrasts within the same cells (a held-out
   pool state when pool states hold several mixtures; a held-out fold of pool states
   when each state holds one mixture, as with a pool state per intervention). By default
@@ -623,10 +626,12 @@ def _centre(v_N: np.ndarray, cells_N: np.ndarray) -> tuple[np.ndarray, np.ndarra
   return v_N - means[cells_N], counts[cells_N]
 
 
-def cell_pairs(cells_N: np.ndarray, max_pairs: int, seed: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def cell_pairs(cells_N: np.ndarray, max_pairs: int, seed: int,
+               apart_N: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Every pair (i < j) of rows in the same cell, as two index arrays; a uniform sample
-  of `max_pairs` of them (seeded) when there are more."""
+  of `max_pairs` of them (seeded) when there are more. With `apart_N` (a group id per
+  row, e.g. replicate groups), pairs within one group are left out before the sample,
+  so a sweep with more pairs than the cap still scores `max_pairs` of the others."""
   order = np.argsort(cells_N, kind="stable")
   bounds = np.flatnonzero(np.diff(cells_N[order])) + 1
   firsts, seconds = [], []
@@ -639,11 +644,25 @@ def cell_pairs(cells_N: np.ndarray, max_pairs: int, seed: int
   if not firsts:
     return np.zeros(0, np.int64), np.zeros(0, np.int64)
   i, j = np.concatenate(firsts), np.concatenate(seconds)
+  if apart_N is not None:
+    other = apart_N[i] != apart_N[j]
+    i, j = i[other], j[other]
   if len(i) > max_pairs:
     keep = np.sort(np.random.default_rng([seed, 23]).choice(len(i), max_pairs,
                                                             replace=False))
     i, j = i[keep], j[keep]
   return i, j
+
+
+def better_half(y_N: np.ndarray, cells_N: np.ndarray, maximize: bool) -> np.ndarray:
+  """Mask of the runs at or past their cell's median outcome on the better side (below
+  it when the outcome is minimised), in cells of two runs or more: the held-out
+  contrasts of the mixtures a decision would move toward."""
+  v = -y_N if maximize else y_N
+  counts = np.bincount(cells_N)
+  med = np.array([np.median(v[cells_N == c]) if counts[c] else 0.0
+                  for c in range(len(counts))])
+  return (v <= med[cells_N]) & (counts[cells_N] > 1)
 
 
 def stack_weights(contrasts_KxN: np.ndarray, target_N: np.ndarray) -> np.ndarray:
@@ -914,9 +933,17 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
                   if m.info.get("method") == "dml" and k == "aware"),
                  members[0].support_stats)
   covariates = {"setting": setting, "chosen": "aware"}
+  # The contrasts that choose the weights and the covariate set (`surface.stack_focus`).
+  focus_setting = fit_lib.stack_focus(cfg)
+  focus = (better_half(data.y, cells, data.name in runs.maximize)
+           if focus_setting == "top" else np.ones(len(data.y), bool))
+  if focus.sum() < 2:  # nothing to weigh on: every run's contrasts
+    focus = np.ones(len(data.y), bool)
+  focus_info = {"setting": focus_setting, "runs": int(focus.sum())}
   weights = None  # the stacking weights, when the selection already fitted them
   if copies and (sets_K == "aware").any() and (sets_K != "aware").any():
-    covariates, keep_K, weights = select_covariates(contrasts, yc, sets_K, data.groups)
+    covariates, keep_K, weights = select_covariates(
+        contrasts[:, focus], yc[focus], sets_K, data.groups[focus])
     covariates["setting"] = setting
     log.info("surface stack on y_%s: the %s members kept (held-out contrast mse %s; "
              "per-unit difference to aware %s over %d units)", data.name,
@@ -932,7 +959,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
     names = [nm for nm, k in zip(names, keep_K) if k]
     contrasts = contrasts[keep_K]
   if weights is None:
-    weights = stack_weights(contrasts, yc)
+    weights = stack_weights(contrasts[:, focus], yc[focus])
   keep = weights > 0
   stacked = sum(a * o for a, o in zip(weights, oofs))  # S x N held-out draws
   mean = stacked.mean(0)
@@ -957,15 +984,16 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
   pi = pj = np.zeros(0, np.int64)
   n_replicate_pairs = 0
   if fit_lib.stack_calibration(cfg) == "pairs":
-    pi, pj = cell_pairs(cells, MAX_PAIRS, seed)
+    apart = None
     if fit_lib.replicate_pairs(cfg) == "drop":
       # A pair of replicate runs is no effect of one mixture against another: every
       # member predicts it exactly (no spread), so once the run noise is taken out its
-      # normalised error is 0 or unbounded, a coin toss that moves the quantile.
-      replicate_of = conjugate.replicate_groups(key)  # the pure error's groups
-      same = replicate_of[pi] == replicate_of[pj]
-      n_replicate_pairs = int(same.sum())
-      pi, pj = pi[~same], pj[~same]
+      # normalised error is 0 or unbounded, a coin toss that moves the quantile. They
+      # leave before the sample, so the cap counts effects only.
+      apart = conjugate.replicate_groups(key)  # the pure error's groups
+      _, per_group = np.unique(np.stack([cells, apart]), axis=1, return_counts=True)
+      n_replicate_pairs = int(np.sum(per_group * (per_group - 1) // 2))
+    pi, pj = cell_pairs(cells, MAX_PAIRS, seed, apart)
   if len(pi):
     # An effect is one mixture against another in one pool: its error carries both
     # mixtures' misfit in full. The difference of two held-out runs of a cell is that
@@ -1131,6 +1159,7 @@ def fit_stack(runs, outcome: str, config=None, *, covariate_blind: bool = False)
           "calibration": calibration,
           "level_sd": level_sd, "heldout": heldout, "heldout_guard": guard,
           "decision_calibration": decision, "covariate_selection": covariates,
+          "stack_focus": focus_info,
           "noise_sd": noise_sd,
           "member_seconds": secs, "member_info": {nm: _summary_info(m.info)
                                                  for nm, m in zip(names, members)},
