@@ -84,9 +84,11 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # Every member predicts such a pair exactly, with no spread, so once the replicates'
   # run noise is taken out its normalised error is 0 or unbounded, and the contrasts'
   # factor (the decisions') moved with how many replicate pairs a sweep holds. The
-  # pool states' factor leaves them out either way. On replicate sweeps of the zoo
-  # (world seeds 100-101) "drop" had 1.3% lower regret and as many cells worse than
-  # uniform (experiments/surface_zoo, "World seeds 100 and 101").
+  # pool states' factor leaves them out either way. They leave before the sample of
+  # at most 4,096 pairs, so a large sweep scores a full sample of effects. On
+  # replicate sweeps of the zoo (world seeds 100-101) "drop" had 1.3% lower regret
+  # and as many cells worse than uniform (experiments/surface_zoo, "World seeds 100
+  # and 101").
   c.replicate_pairs = "drop"
   # Which held-out contrasts choose the stack's weights and its covariate set: "all"
   # (default) every held-out run's contrast to its cell's mean; "top" only those of the
