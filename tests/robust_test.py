@@ -1281,6 +1281,27 @@ def test_safe_objective_can_score_by_the_posterior_mean():
     recommend(s, safe_score="median", **kw)
 
 
+def test_safe_score_mean_inside_takes_the_mean_only_where_the_check_does_not_run():
+  world, _ = _world_runs()
+  s = _stack()
+  pool = world.new_pools(1, seed=3)[0]
+  _, _, kw = _pool_case(world, s, pool)
+  picks = {}
+  for trigger in ("verdict", "always"):
+    for score in ("mean", "bound", "mean_inside"):
+      rec = recommend(s, safe_score=score, off_support_trigger=trigger, **kw)
+      picks[trigger, score] = rec
+  inside = picks["verdict", "mean_inside"].diagnostics["safe_check"]
+  outside = picks["always", "mean_inside"].diagnostics["safe_check"]
+  assert not inside["ran"] and outside["ran"]
+  # Inside the support (no check) it is the mean's pick; where the check runs, the
+  # bound's, check and all.
+  assert inside["score"] == "mean" and outside["score"] == "bound"
+  for trigger, score in (("verdict", "mean"), ("always", "bound")):
+    assert (picks[trigger, "mean_inside"].weights == picks[trigger, score].weights)
+  assert picks["verdict", "mean"].weights != picks["verdict", "bound"].weights
+
+
 def test_off_support_trigger_verdict_ignores_a_range_exit_the_verdict_allows():
   world, runs = _world_runs()
   s = _stack()

@@ -20,8 +20,9 @@ def section(variants: frozenset[str]) -> ml_collections.ConfigDict:
   # the sweep's best-known mixtures and uniform is lowest; see optimise/recommend.py).
   c.off_support = "shrink"
   # What "safe" minimises inside its region: "bound" (the upper end of the interval) |
-  # "mean" (the posterior mean: the lowest expected loss). Cap, anchors and the
-  # off-support check are the same for both.
+  # "mean" (the posterior mean: the lowest expected loss) | "mean_inside" (the mean
+  # where the off-support check does not run, the bound where it does). Cap, anchors
+  # and the off-support check are the same for all three.
   c.safe_score = "bound"
   # When "safe" counts the pool as off the support: "heldout" (as "range", and every
   # pool when the guarded decision did better on the sweep's own pool states held out:

@@ -36,8 +36,10 @@ SHRINK_STEPS = 16
 # sweep's range; "verdict" on the held-out-calibrated support verdict alone; "always"
 # on every pool.
 OFF_SUPPORT_TRIGGERS = ("heldout", "range", "verdict", "always")
-# What the safe objective minimises inside its region (`safe_score`).
-SAFE_SCORES = ("bound", "mean")
+# What the safe objective minimises inside its region (`safe_score`): "mean_inside"
+# minimises the posterior mean where the off-support check does not run and the bound
+# where it does.
+SAFE_SCORES = ("bound", "mean", "mean_inside")
 # What the off-support check compares a pick with (`safe_baseline`): "capped": uniform
 # with no domain repeated for more epochs than the sweep's runs repeated it
 # (`capped_uniform`), the same as uniform where uniform stays inside them; or "uniform".
@@ -541,9 +543,11 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     taken only where it beats uniform at that bound (with the default `off_support`,
     a failed pick is shrunk toward uniform rather than dropped).
   safe_score: what "safe" minimises inside its region: "bound" (default: the upper end
-    of the interval, as above) or "mean" (the posterior mean loss, the pick with the
-    lowest expected loss under the posterior). The cap, the anchors and the
-    off-support check are the same for both.
+    of the interval, as above), "mean" (the posterior mean loss, the pick with the
+    lowest expected loss under the posterior) or "mean_inside" (the mean where the
+    off-support check does not run, `off_support_trigger`; the bound where it does).
+    The cap, the anchors and the off-support check are the same for all three;
+    `diagnostics["safe_check"]["score"]` says which score the pick minimised.
   safe_baseline: what the off-support check compares the pick with. "capped"
     (default): uniform with no domain repeated for more epochs than the sweep's runs
     repeated it (`capped_uniform`, for the pool's tokens and budget). A baseline that
@@ -616,7 +620,7 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   check_safe_setting("mean_guard", mean_guard)
   check_safe_setting("fallback_score", fallback_score)
   check_safe_setting("decision_average", decision_average)
-  objective = safe_score if safe else search.canonical_objective(objective)
+  objective = "bound" if safe else search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
@@ -679,6 +683,14 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
                          if safe else (None, "uniform"))
   if base_D is not None:
     base_D = fs.make_feasible(base_D)[0]
+  reasons: list[str] = []
+  if safe:
+    reasons = _off_support_reasons(
+        supports, off_support_trigger,
+        {s.outcome: (getattr(s, "info", None) or {}).get("heldout_guard")
+         for s in surfaces})
+    objective = ("mean" if safe_score == "mean" or (safe_score == "mean_inside"
+                                                     and not reasons) else "bound")
   prob = search.Problem(tuple(fns), objective, float(ci), fs.kind, fs.has_trust)
   f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
   ref_j, lo_j, hi_j, c_j = f32(fs.ref), f32(fs.lo), f32(fs.hi), f32(fs.centre)
@@ -767,13 +779,9 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     # pool states, held out, did better with it. A needless check costs little (the
     # pick must beat the baseline with 95% confidence); a missed one can cost a bad
     # mixture.
-    reasons = _off_support_reasons(
-        supports, off_support_trigger,
-        {s.outcome: (getattr(s, "info", None) or {}).get("heldout_guard")
-         for s in surfaces})
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
-                  "fallback": off_support, "score": safe_score,
+                  "fallback": off_support, "score": objective,
                   "fallback_score": fallback_score,
                   "decision_scale": dscale, "report_scale": rscale,
                   "trigger": off_support_trigger,
