@@ -1298,7 +1298,7 @@ def test_safe_score_mean_inside_takes_the_mean_only_where_the_check_does_not_run
   # bound's, check and all.
   assert inside["score"] == "mean" and outside["score"] == "bound"
   for trigger, score in (("verdict", "mean"), ("always", "bound")):
-    assert (picks[trigger, "mean_inside"].weights == picks[trigger, score].weights)
+    assert picks[trigger, "mean_inside"].weights == picks[trigger, score].weights
   assert picks["verdict", "mean"].weights != picks["verdict", "bound"].weights
 
 
