@@ -620,7 +620,8 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   check_safe_setting("mean_guard", mean_guard)
   check_safe_setting("fallback_score", fallback_score)
   check_safe_setting("decision_average", decision_average)
-  objective = "bound" if safe else search.canonical_objective(objective)
+  if not safe:  # the safe objective's score is set once the check's reasons are known
+    objective = search.canonical_objective(objective)
   method = method.upper()
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; use 'S' (search) or 'A' (analytic step)")
@@ -685,6 +686,12 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
     base_D = fs.make_feasible(base_D)[0]
   reasons: list[str] = []
   if safe:
+    # By default (trigger "heldout") the check fires on any sign of extrapolation (the
+    # calibrated verdict, or any covariate outside the sweep's range, where the
+    # surface's covariate terms extrapolate), and on every pool when the sweep's own
+    # pool states, held out, did better with it. A needless check costs little (the
+    # pick must beat the baseline with 95% confidence); a missed one can cost a bad
+    # mixture.
     reasons = _off_support_reasons(
         supports, off_support_trigger,
         {s.outcome: (getattr(s, "info", None) or {}).get("heldout_guard")
@@ -764,21 +771,16 @@ def recommend(surface: Any, covariates: Any = None, reference: Any = None,
   if objective == "pi":  # most probable improvement, then the lower mean loss
     best = int(np.lexsort((z_w.mean(0), np.round(loss, 9)))[0])
   elif safe:
-    # Inside the sweep's covariate support the best-bound candidate is taken (the
-    # surface was checked on held-out pools like this one). Off it, the pick must also
-    # be no worse than the baseline (by default uniform kept inside the sweep's epochs,
-    # `safe_baseline`) at the upper bound of their paired difference (uncertainty about
-    # the pool's level, shared by every mixture, cancels); if it is not, the candidate
-    # whose difference has the lowest upper bound is taken instead. The baseline is a
+    # Inside the sweep's covariate support the best-scoring candidate (by the bound, or
+    # `safe_score`) is taken (the surface was checked on held-out pools like this
+    # one). Off it, the pick must also be no worse than the baseline (by default
+    # uniform kept inside the sweep's epochs, `safe_baseline`) at the upper bound of
+    # their paired difference (uncertainty about the pool's level, shared by every
+    # mixture, cancels); if it is not, the candidate whose difference has the lowest
+    # upper bound is taken instead. The baseline is a
     # candidate (bound 0), so off the support the pick is not worse than it unless the
     # interval of that difference is wrong.
     best = int(np.argmin(loss))
-    # By default (trigger "heldout") the check fires on any sign of extrapolation (the
-    # calibrated verdict, or any covariate outside the sweep's range, where the
-    # surface's covariate terms extrapolate), and on every pool when the sweep's own
-    # pool states, held out, did better with it. A needless check costs little (the
-    # pick must beat the baseline with 95% confidence); a missed one can cost a bad
-    # mixture.
     replaced = bool(reasons) and contrast_ub[best] > 0
     safe_check = {"ran": bool(reasons), "reasons": reasons, "replaced": replaced,
                   "fallback": off_support, "score": objective,
