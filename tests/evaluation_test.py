@@ -507,13 +507,18 @@ def test_zoo_cache_key_holds_anchors_and_domains_only_when_set():
           "from experiments.surface_zoo import config, run; cfg = config.get_config(); "
           "plain = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = True; "
           "anchored = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = False; "
+          "cfg.sweep_design = 'pipeline'; "
+          "designed = run._world_settings(cfg, 'threshold'); cfg.sweep_design = 'shares'; "
           "cfg.n_domains = 8; "
-          "print(json.dumps([plain, anchored, run._world_settings(cfg, 'threshold')]))")
+          "print(json.dumps([plain, anchored, designed, "
+          "run._world_settings(cfg, 'threshold')]))")
   proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
                         text=True, timeout=120, check=True)
-  plain, anchored, wider = json.loads(proc.stdout.strip().splitlines()[-1])
+  plain, anchored, designed, wider = json.loads(proc.stdout.strip().splitlines()[-1])
   assert "uniform_anchors" not in plain and "n_domains" not in plain
+  assert "sweep_design" not in plain
   assert anchored == {**plain, "uniform_anchors": True}
+  assert designed == {**plain, "sweep_design": "pipeline"}
   assert wider == {**plain, "n_domains": 8}
 
 
@@ -531,6 +536,20 @@ def test_evaluate_world_asks_for_uniform_anchors_only_when_set():
                                 uniform_anchors=anchors)
   assert "uniform_anchors" not in calls[0]  # a world without the option still runs
   assert calls[1]["uniform_anchors"] is True
+  with pytest.raises(StopIteration):
+    evaluation.evaluate_world(Recording(), [], n_runs=8, n_pools=4, n_test_pools=1,
+                              design="pipeline")
+  assert "design" not in calls[0] and calls[2]["design"] == "pipeline"
+
+
+def test_sweep_design_names_the_config_key():
+  assert evaluation.sweep_design("pipeline", 384, 48) == "pipeline"
+  assert evaluation.sweep_design("shares", 100, 48) == "shares"
+  with pytest.raises(ValueError, match=r"--config\.sweep_design: unknown 'flat'"):
+    evaluation.sweep_design("flat", 384, 48)
+  with pytest.raises(ValueError, match=r"--config\.n_runs=100 is not a multiple of "
+                     r"--config\.n_pools=48"):
+    evaluation.sweep_design("pipeline", 100, 48)
 
 
 def test_parse_ours_settings_names_a_bad_item():
@@ -892,6 +911,9 @@ def test_decisions_script_names_a_bad_rule_before_any_fit(tmp_path):
   proc = _decisions_script(tmp_path, "--rules=D:", "--config.n_domains=1")
   assert proc.returncode != 0
   assert "--config.n_domains: every world needs" in proc.stderr + proc.stdout
+  proc = _decisions_script(tmp_path, "--rules=D:", "--config.sweep_design=flat")
+  assert proc.returncode != 0
+  assert "--config.sweep_design: unknown 'flat'" in proc.stderr + proc.stdout
   assert not (tmp_path / "worlds").exists()  # nothing was fitted
 
 

@@ -2,9 +2,11 @@
 shifted pools outside the sweep's range, the hidden feature, heavy-tailed noise."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
+from causalmix_jax.configs import sweep as sweep_config
 from causalmix_jax.runs import Runs
 from causalmix_jax.surface import worlds
 
@@ -365,6 +367,55 @@ def test_uniform_anchors_put_one_uniform_run_in_every_pool_state():
   first_rows = first.index[first["seed"] == 0]
   assert not np.allclose(f_anch.loc[first_rows, "y_loss"],
                          f_plain.loc[first_rows, "y_loss"])  # they trained on uniform
+
+
+def test_pipeline_design_draws_the_default_intervention_designs_mixtures():
+  """design="pipeline": per pool state n_runs / n_pools mixtures, as the project's own
+  design draws them: its flat and space-filling ones the same in every state, the rest
+  around the state's token shares; outcomes as the world scores those mixtures."""
+  world = worlds.make_world("threshold", seed=3)
+  n_pools, m = 12, 10
+  plain = world.sweep(n_runs=n_pools * m, n_pools=n_pools, seed=1)
+  ours = world.sweep(n_runs=n_pools * m, n_pools=n_pools, seed=1, design="pipeline")
+  assert ours.meta["design"] == "pipeline" and plain.meta["design"] == "shares"
+  f = ours.to_frame()
+  wcols = [f"w_{d}" for d in world.domains]
+  w_MxPxD = f[wcols].to_numpy().reshape(m, n_pools, -1)  # run k * n_pools + p
+  np.testing.assert_array_equal(f["pool_state"].to_numpy().reshape(m, n_pools),
+                                np.broadcast_to(np.arange(n_pools), (m, n_pools)))
+  np.testing.assert_allclose(w_MxPxD.sum(-1), 1.0)
+  design = sweep_config.design_section(frozenset())
+  n_shared = (round(m * design.flat_fraction) + round(m * design.space_filling_fraction))
+  n_prior = m - n_shared
+  # The shared draws are the same mixture in every pool state; the rest differ.
+  shared = w_MxPxD[n_prior:]
+  np.testing.assert_allclose(shared, np.broadcast_to(shared[:, :1], shared.shape),
+                             atol=1e-12)
+  assert not np.allclose(w_MxPxD[:n_prior], w_MxPxD[:n_prior, :1])
+  # Prior-centred draws lean toward their state's token shares.
+  tokens_PxD = f[[f"tokens_{d}" for d in world.domains]].to_numpy()[:n_pools]
+  shares_PxD = tokens_PxD / tokens_PxD.sum(-1, keepdims=True)
+  near = np.abs(w_MxPxD[:n_prior] - shares_PxD).sum(-1).mean()
+  assert near < np.abs(w_MxPxD[:n_prior] - shares_PxD[::-1]).sum(-1).mean()
+  # Outcomes: the world's on those mixtures, plus noise of the world's size.
+  pools = world.sweep_pools(n_pools, seed=1)
+  truth_MxP = np.stack([world.outcome(w_MxPxD[:, p], pools[p]) for p in range(n_pools)],
+                      1)
+  resid = f["y_loss"].to_numpy().reshape(m, n_pools) - truth_MxP
+  assert np.abs(resid).max() < 6 * world.noise_sd
+  assert not np.allclose(f[wcols].to_numpy(), plain.to_frame()[wcols].to_numpy())
+  # Deterministic, and anchors still take each state's first run.
+  again = world.sweep(n_runs=n_pools * m, n_pools=n_pools, seed=1, design="pipeline")
+  pd.testing.assert_frame_equal(again.to_frame(), f)
+  anchored = world.sweep(n_runs=n_pools * m, n_pools=n_pools, seed=1, design="pipeline",
+                         uniform_anchors=True).to_frame()
+  np.testing.assert_allclose(anchored[wcols].to_numpy()[:n_pools], 1.0 / len(wcols))
+  np.testing.assert_array_equal(anchored[wcols].to_numpy()[n_pools:],
+                                f[wcols].to_numpy()[n_pools:])
+  with pytest.raises(ValueError, match="sweep design: unknown 'flat'"):
+    world.sweep(n_runs=24, n_pools=12, design="flat")
+  with pytest.raises(ValueError, match="n_runs=25 is not a multiple of n_pools=12"):
+    world.sweep(n_runs=25, n_pools=12, design="pipeline")
 
 
 @pytest.mark.parametrize("n_domains", [3, 8])

@@ -39,6 +39,7 @@ from causalmix_jax.surface import robust
 from causalmix_jax.surface.prediction import Prediction
 from causalmix_jax.surface.prediction import central_z
 from causalmix_jax.surface.worlds import N_DOMAINS
+from causalmix_jax.surface.worlds import SWEEP_DESIGNS
 from causalmix_jax.validation import pooled_gain
 
 if TYPE_CHECKING:
@@ -503,6 +504,20 @@ def domain_count(n_domains: Any) -> int:
   return int(n_domains)
 
 
+def sweep_design(design: Any, n_runs: Any, n_pools: Any) -> str:
+  """A zoo config's `sweep_design` (worlds.SWEEP_DESIGNS); ValueError naming the key
+  where it is unknown, or where "pipeline" cannot give every pool state the same
+  number of mixtures (checked before any world is fitted)."""
+  if design not in SWEEP_DESIGNS:
+    raise ValueError(f"--config.sweep_design: unknown {design!r}; known: "
+                     f"{SWEEP_DESIGNS}")
+  if design == "pipeline" and int(n_runs) % int(n_pools):
+    raise ValueError(f"--config.sweep_design='pipeline' gives every pool state "
+                     f"n_runs / n_pools mixtures: --config.n_runs={n_runs} is not a "
+                     f"multiple of --config.n_pools={n_pools}")
+  return str(design)
+
+
 def domain_key(n_domains: Any) -> dict[str, int]:
   """A zoo cache key's entry for the domain count: none at the worlds' default, so
   results stored before the option existed stay valid."""
@@ -735,10 +750,11 @@ def format_coverage_by_size(bins: Sequence[Mapping[str, Any]]) -> str:
 
 def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_pools: int,
                    n_test_pools: int, n_mixtures: int = 200, seeds: int = 1, seed: int = 0,
-                   uniform_anchors: bool = False,
+                   uniform_anchors: bool = False, design: str = "shares",
                    progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
   """Fits each method once on `world.sweep(...)` (with a uniform run in every pool
-  state if `uniform_anchors`) and scores it on `n_test_pools` new and shifted pools:
+  state if `uniform_anchors`, and the mixtures of `design`, worlds.SWEEP_DESIGNS) and
+  scores it on `n_test_pools` new and shifted pools:
   one row per (split, method) with the keys of WORLD_KEYS (None where a metric does not
   apply; `status` is "ok", "skipped: ..." or "error: ..."). Deterministic given the
   arguments, except the timings."""
@@ -746,6 +762,7 @@ def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_po
   t0 = time.perf_counter()
   # Asked for only when set, so a world without the option still runs.
   anchors = {"uniform_anchors": True} if uniform_anchors else {}
+  anchors |= {} if design == "shares" else {"design": design}
   runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed, **anchors)
   align = _align(world, runs)
   cases = _split_cases(world, align, n_test_pools, n_mixtures, seed)

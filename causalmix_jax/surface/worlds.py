@@ -35,9 +35,17 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
+from causalmix_jax import interventions
+from causalmix_jax.configs import sweep as sweep_config
 from causalmix_jax.runs import Runs
 
 POOL_KINDS = ("sweep", "new", "larger", "scarce", "rich", "quality")
+# How a sweep draws its mixtures: "shares", each run Dirichlet around its pool state's
+# token shares (the zoo's sweeps throughout); "pipeline", the project's own default
+# intervention design (`design` section of the configs: per pool state, a share of
+# flat-Dirichlet and space-filling mixtures shared by every state, the rest around the
+# state's token shares).
+SWEEP_DESIGNS = ("shares", "pipeline")
 SHIFT_KINDS = ("larger", "scarce", "rich", "quality")
 DEFAULT_DOMAINS = ("web", "code", "math", "books", "chat")
 N_DOMAINS = len(DEFAULT_DOMAINS)  # a world's domains unless told otherwise
@@ -321,25 +329,39 @@ class World:
 
   # -- sweeps -------------------------------------------------------------------------
   def sweep(self, n_runs: int = 384, n_pools: int = 48, seeds: int = 1,
-            seed: int = 0, uniform_anchors: bool = False) -> Runs:
+            seed: int = 0, uniform_anchors: bool = False,
+            design: str = "shares") -> Runs:
     """A confounded proxy sweep: run i trains on pool `i % n_pools` (`sweep_pools`) with
     a mixture ~ Dirichlet(alpha * token shares of the pool), alpha log-uniform in
     `ALPHA_RANGE`, repeated at each of `seeds` seeds with independent noise. Columns:
     run_id, seed, pool_state, w_<d>, x_<f>, tokens_<d>, budget_tokens, y_loss.
 
     uniform_anchors: the first run of each pool state trains on the uniform mixture
-    instead; every other run (mixture, noise and outcome) is the same as without."""
+    instead; every other run (mixture, noise and outcome) is the same as without.
+    design: "shares" (as above) or "pipeline" (`SWEEP_DESIGNS`): the mixtures of the
+    project's default intervention design (`interventions.draw_mixtures` under the
+    configs' `design` defaults), n_runs / n_pools of them per pool state; run
+    i = k * n_pools + p is pool state p's k-th mixture."""
     if n_runs < 1 or n_pools < 1 or seeds < 1:
       raise ValueError("sweep needs n_runs >= 1, n_pools >= 1 and seeds >= 1")
+    if design not in SWEEP_DESIGNS:
+      raise ValueError(f"sweep design: unknown {design!r}; known: {SWEEP_DESIGNS}")
+    if design == "pipeline" and n_runs % n_pools:
+      raise ValueError(f"sweep design 'pipeline' draws n_runs / n_pools mixtures per "
+                       f"pool state: n_runs={n_runs} is not a multiple of "
+                       f"n_pools={n_pools}")
     pools = self.sweep_pools(n_pools, seed)
     rng = np.random.default_rng([self.seed, _stream(self.name), 3, seed])
     state_N = np.arange(n_runs) % n_pools
-    shares_PxD = np.asarray([p.tokens_D / p.tokens_D.sum() for p in pools])
-    alpha_N = np.exp(rng.uniform(*np.log(ALPHA_RANGE), n_runs))
-    g_NxD = rng.standard_gamma(shares_PxD[state_N] * alpha_N[:, None])
-    empty = g_NxD.sum(-1) <= 0
-    g_NxD[empty] = rng.dirichlet(np.ones(self.n_domains), int(empty.sum()))
-    w_NxD = g_NxD / g_NxD.sum(-1, keepdims=True)
+    if design == "pipeline":
+      w_NxD = self._pipeline_mixtures(pools, n_runs // n_pools, rng, seed)
+    else:
+      shares_PxD = np.asarray([p.tokens_D / p.tokens_D.sum() for p in pools])
+      alpha_N = np.exp(rng.uniform(*np.log(ALPHA_RANGE), n_runs))
+      g_NxD = rng.standard_gamma(shares_PxD[state_N] * alpha_N[:, None])
+      empty = g_NxD.sum(-1) <= 0
+      g_NxD[empty] = rng.dirichlet(np.ones(self.n_domains), int(empty.sum()))
+      w_NxD = g_NxD / g_NxD.sum(-1, keepdims=True)
     if uniform_anchors:
       w_NxD[:n_pools] = 1.0 / self.n_domains  # run p is the first of pool state p
     mean_N = np.empty(n_runs)
@@ -368,7 +390,22 @@ class World:
                 source=f"world {self.name}(seed={self.seed}, sweep seed={seed})",
                 meta={"format": "world", "world": self.name, "mechanism": self.mechanism,
                       "world_seed": self.seed, "sweep_seed": seed, "n_pools": n_pools,
-                      "noise_sd": self.noise_sd, "uniform_anchors": bool(uniform_anchors)})
+                      "noise_sd": self.noise_sd, "uniform_anchors": bool(uniform_anchors),
+                      "design": design})
+
+  def _pipeline_mixtures(self, pools: list[Pool], n_mixtures: int,
+                         rng: np.random.Generator, seed: int) -> np.ndarray:
+    """The default intervention design's mixtures for these pool states, N x D in the
+    sweep's run order (run k * n_pools + p: state p's k-th mixture)."""
+    cfg = sweep_config.design_section(frozenset())
+    cfg.n_mixtures = int(n_mixtures)
+    tokens_PxD = np.asarray([p.tokens_D for p in pools])
+    w_ExD, state_E, _, _ = interventions.draw_mixtures(
+        rng, cfg, tokens_PxD, int(round(self.budget_tokens)), seed)
+    # draw_mixtures is state-major (state p's mixtures are rows p*M .. p*M + M - 1).
+    assert np.array_equal(state_E, np.repeat(np.arange(len(pools)), n_mixtures))
+    return w_ExD.reshape(len(pools), n_mixtures, -1).transpose(1, 0, 2).reshape(
+        len(pools) * n_mixtures, -1)
 
 
 # -- the mechanisms --------------------------------------------------------------------

@@ -33,6 +33,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # zoo's counterpart of the pipeline's `design.anchors = ("uniform",)` (judged at
   # world seeds 17-18 in README.md and left off).
   cfg.uniform_anchors = False
+  # How the sweep draws its mixtures (worlds.SWEEP_DESIGNS): "shares", every run
+  # Dirichlet around its pool state's token shares (every figure in README.md before
+  # the section "World seeds 106 and 107"); "pipeline", the project's own default
+  # intervention design (a share of flat and space-filling mixtures, shared by every
+  # pool state, beside the draws around the shares).
+  cfg.sweep_design = "shares"
   cfg.data_dir = ""  # empty: <repo>/../shared/data
   cfg.real = True
   # Surface settings of "ours" other than the library defaults, as "key=value,...",

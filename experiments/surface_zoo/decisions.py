@@ -87,11 +87,18 @@ def parse_rules(text: str) -> dict[str, dict[str, str]]:
   return rules
 
 
+def sweep_options(cfg: Any) -> dict[str, Any]:
+  """The sweep's options the config sets away from their defaults (the zoo's uniform
+  anchors and sweep design), as `World.sweep` keywords."""
+  return ({"uniform_anchors": True} if cfg.uniform_anchors else {}) | (
+      {} if cfg.sweep_design == "shares" else {"design": cfg.sweep_design})
+
+
 def score_world(world: Any, surface_settings: dict[str, str],
                 rules: dict[str, dict[str, str]], cfg: Any) -> list[dict[str, Any]]:
   """One fit of "ours" on the world's sweep; one row per (split, rule)."""
   runs = world.sweep(n_runs=cfg.n_runs, n_pools=cfg.n_pools, seeds=cfg.seeds,
-                     seed=cfg.seed)
+                     seed=cfg.seed, **sweep_options(cfg))
   align = evaluation._align(world, runs)  # pylint: disable=protected-access
   cases = evaluation._split_cases(  # pylint: disable=protected-access
       world, align, cfg.n_test_pools, cfg.n_mixtures, cfg.seed)
@@ -156,6 +163,7 @@ def main(argv: list[str]) -> None:
   rules = parse_rules(_RULES.value)
   surface_settings = evaluation.parse_ours_settings(cfg.ours_surface)
   n_domains = evaluation.domain_count(cfg.n_domains)
+  evaluation.sweep_design(cfg.sweep_design, cfg.n_runs, cfg.n_pools)
   workdir = pathlib.Path(_WORKDIR.value)
   rows: list[dict[str, Any]] = []
   for name in cfg.worlds:
@@ -164,7 +172,7 @@ def main(argv: list[str]) -> None:
         {"world": name, "seed": cfg.seed, "n_runs": cfg.n_runs, "n_pools": cfg.n_pools,
          "n_test_pools": cfg.n_test_pools, "n_mixtures": cfg.n_mixtures,
          "seeds": cfg.seeds, "ours_surface": surface_settings, "rules": rules,
-         **evaluation.domain_key(n_domains)}, None))
+         **sweep_options(cfg), **evaluation.domain_key(n_domains)}, None))
     stored = json.loads(path.read_text()) if path.exists() else None
     if stored is not None and stored.get("settings") == settings:
       world_rows = stored["rows"]

@@ -44,7 +44,8 @@ flags.mark_flags_as_required(["config", "world"])
 def diagnose(cfg, world: worlds.World) -> dict:
   """The figures of one world at the config's settings."""
   runs = world.sweep(n_runs=cfg.n_runs, n_pools=cfg.n_pools, seeds=cfg.seeds,
-                     seed=cfg.seed, uniform_anchors=bool(cfg.uniform_anchors))
+                     seed=cfg.seed, uniform_anchors=bool(cfg.uniform_anchors),
+                     design=cfg.sweep_design)
   (ours,) = evaluation.default_methods(
       ("ours",), evaluation.parse_ours_settings(cfg.ours_surface))
   t0 = time.perf_counter()
@@ -66,6 +67,7 @@ def main(argv: list[str]) -> None:
   logging.getLogger().setLevel(logging.WARNING)
   cfg = _CONFIG.value
   n_domains = evaluation.domain_count(cfg.n_domains)
+  evaluation.sweep_design(cfg.sweep_design, cfg.n_runs, cfg.n_pools)
   try:  # every name checked before any fit
     built = [worlds.make_world(name, seed=cfg.seed, n_domains=n_domains)
              for name in _WORLD.value]

@@ -76,6 +76,7 @@ def _world_settings(cfg, name: str) -> dict[str, Any]:
           **_surface_setting(cfg),
           # Only when set, so results stored before the options existed stay valid.
           **({"uniform_anchors": True} if cfg.uniform_anchors else {}),
+          **({"sweep_design": cfg.sweep_design} if cfg.sweep_design != "shares" else {}),
           **evaluation.domain_key(cfg.n_domains)}
 
 
@@ -97,6 +98,7 @@ def main(argv: list[str]) -> None:
   workdir = pathlib.Path(_WORKDIR.value)
   methods = evaluation.default_methods(cfg.methods, _ours_surface(cfg))
   n_domains = evaluation.domain_count(cfg.n_domains)
+  evaluation.sweep_design(cfg.sweep_design, cfg.n_runs, cfg.n_pools)
   rows: list[dict[str, Any]] = []
   for name in cfg.worlds:
     path = workdir / "worlds" / f"{name}.json"
@@ -109,7 +111,8 @@ def main(argv: list[str]) -> None:
       world_rows = evaluation.evaluate_world(
           world, methods, n_runs=cfg.n_runs, n_pools=cfg.n_pools,
           n_test_pools=cfg.n_test_pools, n_mixtures=cfg.n_mixtures, seeds=cfg.seeds,
-          seed=cfg.seed, uniform_anchors=bool(cfg.uniform_anchors))
+          seed=cfg.seed, uniform_anchors=bool(cfg.uniform_anchors),
+          design=cfg.sweep_design)
       artifacts.write_json(path, {"settings": settings, "rows": world_rows})
     rows += world_rows
   if cfg.real:
