@@ -518,6 +518,13 @@ def sweep_design(design: Any, n_runs: Any, n_pools: Any) -> str:
   return str(design)
 
 
+def sweep_options(uniform_anchors: bool = False, design: str = "shares") -> dict[str, Any]:
+  """`World.sweep` keywords for the zoo's sweep options, each only where it is away
+  from its default, so a world without the options still runs."""
+  return ({"uniform_anchors": True} if uniform_anchors else {}) | (
+      {} if design == "shares" else {"design": design})
+
+
 def domain_key(n_domains: Any) -> dict[str, int]:
   """A zoo cache key's entry for the domain count: none at the worlds' default, so
   results stored before the option existed stay valid."""
@@ -760,10 +767,8 @@ def evaluate_world(world: World, methods: Sequence[Method], *, n_runs: int, n_po
   arguments, except the timings."""
   say = progress or log.info
   t0 = time.perf_counter()
-  # Asked for only when set, so a world without the option still runs.
-  anchors = {"uniform_anchors": True} if uniform_anchors else {}
-  anchors |= {} if design == "shares" else {"design": design}
-  runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed, **anchors)
+  runs = world.sweep(n_runs=n_runs, n_pools=n_pools, seeds=seeds, seed=seed,
+                     **sweep_options(uniform_anchors, design))
   align = _align(world, runs)
   cases = _split_cases(world, align, n_test_pools, n_mixtures, seed)
   for split_cases in cases.values():

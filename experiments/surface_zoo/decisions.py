@@ -88,10 +88,8 @@ def parse_rules(text: str) -> dict[str, dict[str, str]]:
 
 
 def sweep_options(cfg: Any) -> dict[str, Any]:
-  """The sweep's options the config sets away from their defaults (the zoo's uniform
-  anchors and sweep design), as `World.sweep` keywords."""
-  return ({"uniform_anchors": True} if cfg.uniform_anchors else {}) | (
-      {} if cfg.sweep_design == "shares" else {"design": cfg.sweep_design})
+  """The config's sweep options as `World.sweep` keywords (only those it sets)."""
+  return evaluation.sweep_options(bool(cfg.uniform_anchors), cfg.sweep_design)
 
 
 def score_world(world: Any, surface_settings: dict[str, str],

@@ -44,8 +44,8 @@ flags.mark_flags_as_required(["config", "world"])
 def diagnose(cfg, world: worlds.World) -> dict:
   """The figures of one world at the config's settings."""
   runs = world.sweep(n_runs=cfg.n_runs, n_pools=cfg.n_pools, seeds=cfg.seeds,
-                     seed=cfg.seed, uniform_anchors=bool(cfg.uniform_anchors),
-                     design=cfg.sweep_design)
+                     seed=cfg.seed, **evaluation.sweep_options(
+                         bool(cfg.uniform_anchors), cfg.sweep_design))
   (ours,) = evaluation.default_methods(
       ("ours",), evaluation.parse_ours_settings(cfg.ours_surface))
   t0 = time.perf_counter()
