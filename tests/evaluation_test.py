@@ -542,6 +542,21 @@ def test_evaluate_world_asks_for_uniform_anchors_only_when_set():
   assert "design" not in calls[0] and calls[2]["design"] == "pipeline"
 
 
+def test_decisions_script_asks_for_the_configs_sweep_options():
+  """decisions.py fits on the sweep the config describes: anchors and design reach
+  `World.sweep`, and only when set."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+          "from experiments.surface_zoo import config, decisions; "
+          "cfg = config.get_config(); plain = decisions.sweep_options(cfg); "
+          "cfg.uniform_anchors = True; cfg.sweep_design = 'pipeline'; "
+          "print(json.dumps([plain, decisions.sweep_options(cfg)]))")
+  proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                        text=True, timeout=120, check=True)
+  plain, both = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert plain == {} and both == {"uniform_anchors": True, "design": "pipeline"}
+
+
 def test_sweep_design_names_the_config_key():
   assert evaluation.sweep_design("pipeline", 384, 48) == "pipeline"
   assert evaluation.sweep_design("shares", 100, 48) == "shares"
