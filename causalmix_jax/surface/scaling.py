@@ -35,8 +35,8 @@ eps above 1e-4), so the posterior is fitted
 as a MAP point with a Laplace (Gaussian) approximation in the unconstrained space. The
 MAP is found by Levenberg-Marquardt on the exact gradient, with the Gauss-Newton
 curvature of the mean, the exact curvature of the noise scale and the priors', run to
-a gradient tolerance. The fit is one jitted program vmapped over row masks: the full
-fit and every cross-validation fold of `robust.py` train side by side. Priors are in
+a gradient tolerance. The fit is one jitted program scanned over row masks: the full
+fit, then every cross-validation fold of `robust.py` from the full fit's MAP. Priors are in
 units of the standardised outcome; R*'s prior is centred on the published
 data-constrained fit.
 
@@ -339,8 +339,8 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
   """MAP and Laplace draws of the parameters for every row mask; also the
   Levenberg-Marquardt steps each MAP took, its largest gradient coordinate and the
   final damping. The last mask's search starts at the priors' centre; the others
-  (cross-validation folds, which hold most of its runs) start at its MAP, side by side,
-  which takes a fraction of the steps."""
+  (cross-validation folds, which hold most of its runs) start at its MAP, which takes a
+  fraction of the steps."""
   flat0, _ = _flat_init(w_NxD.shape[1], s_NxK.shape[1], form)
   objective = _objective(w_NxD, u_NxD if tokens_known else None, s_NxK, y_N, form)
   potential = objective.potential
@@ -386,12 +386,21 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
     z = jax.random.truncated_normal(key, -Z_TRUNC, Z_TRUNC, (n_draws, flat.shape[0]))
     return flat, flat[None, :] + z @ root.T, iters, g_max, damping
 
-  keys = jax.random.split(key, masks_MxN.shape[0])
-  full = fit_one(masks_MxN[-1], keys[-1], flat0)
-  if masks_MxN.shape[0] == 1:
-    return tuple(a[None] for a in full)
-  folds = jax.vmap(fit_one, in_axes=(0, 0, None))(masks_MxN[:-1], keys[:-1], full[0])
-  return tuple(jnp.concatenate([a, b[None]]) for a, b in zip(folds, full))
+  # One copy of the search in the program, scanned over the masks (the full fit first,
+  # its MAP carried as every fold's start): it compiles in about half the time of a
+  # full search beside a vmapped one, and runs as fast on a CPU.
+  m = masks_MxN.shape[0]
+  keys = jax.random.split(key, m)
+  order_M = jnp.concatenate([jnp.array([m - 1]), jnp.arange(m - 1)])
+
+  def one_mask(full_map, i):
+    first = i == m - 1
+    out = fit_one(masks_MxN[i], keys[i], jnp.where(first, flat0, full_map))
+    return jnp.where(first, out[0], full_map), out
+
+  _, outs = jax.lax.scan(one_mask, flat0, order_M)
+  back_M = jnp.argsort(order_M)
+  return tuple(a[back_M] for a in outs)
 
 
 def unflatten(spec: ScalingSpec, flat_P: np.ndarray) -> dict[str, np.ndarray]:
