@@ -909,7 +909,7 @@ def _decisions_script(tmp_path, *flags_):
   return subprocess.run(
       [sys.executable, str(root / "experiments/surface_zoo/decisions.py"),
        f"--config={root / 'experiments/surface_zoo/config.py'}:smoke",
-       "--config.worlds=('mixing_law',)", "--config.n_test_pools=2",
+       "--config.worlds=('mixing_law',)", "--config.n_test_pools=1",
        f"--workdir={tmp_path}", *flags_],
       capture_output=True, text=True, timeout=600, check=False)
 
