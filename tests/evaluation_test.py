@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 import types
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -499,12 +500,22 @@ def test_coverage_by_size_line_shows_the_held_out_factor_where_there_is_one():
   assert fmt(test) == "0.01-0.80: 0.800, 0.80-2.00: 0.970"
 
 
+def _zoo_json(code: str) -> Any:
+  """What `code` prints last, as JSON, run in a child process with the repository on
+  sys.path and `json`, `sys` and the zoo's `config` imported (the zoo's scripts define
+  absl flags when imported, so they are imported apart from the test process)."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  head = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+          "from experiments.surface_zoo import config; ")
+  proc = subprocess.run([sys.executable, "-c", head + code, str(root)],
+                        capture_output=True, text=True, timeout=120, check=True)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_zoo_cache_key_holds_anchors_and_domains_only_when_set():
   """Stored results of a random 5-domain sweep are not reused for an anchored one or
   one over other domains, and results stored before the options existed stay valid."""
-  root = pathlib.Path(__file__).resolve().parents[1]
-  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
-          "from experiments.surface_zoo import config, run; cfg = config.get_config(); "
+  code = ("from experiments.surface_zoo import run; cfg = config.get_config(); "
           "plain = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = True; "
           "anchored = run._world_settings(cfg, 'threshold'); cfg.uniform_anchors = False; "
           "cfg.sweep_design = 'pipeline'; "
@@ -512,9 +523,7 @@ def test_zoo_cache_key_holds_anchors_and_domains_only_when_set():
           "cfg.n_domains = 8; "
           "print(json.dumps([plain, anchored, designed, "
           "run._world_settings(cfg, 'threshold')]))")
-  proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
-                        text=True, timeout=120, check=True)
-  plain, anchored, designed, wider = json.loads(proc.stdout.strip().splitlines()[-1])
+  plain, anchored, designed, wider = _zoo_json(code)
   assert "uniform_anchors" not in plain and "n_domains" not in plain
   assert "sweep_design" not in plain
   assert anchored == {**plain, "uniform_anchors": True}
@@ -545,15 +554,11 @@ def test_evaluate_world_asks_for_uniform_anchors_only_when_set():
 def test_decisions_script_asks_for_the_configs_sweep_options():
   """decisions.py fits on the sweep the config describes: anchors and design reach
   `World.sweep`, and only when set."""
-  root = pathlib.Path(__file__).resolve().parents[1]
-  code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
-          "from experiments.surface_zoo import config, decisions; "
-          "cfg = config.get_config(); plain = decisions.sweep_options(cfg); "
-          "cfg.uniform_anchors = True; cfg.sweep_design = 'pipeline'; "
-          "print(json.dumps([plain, decisions.sweep_options(cfg)]))")
-  proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
-                        text=True, timeout=120, check=True)
-  plain, both = json.loads(proc.stdout.strip().splitlines()[-1])
+  plain, both = _zoo_json(
+      "from experiments.surface_zoo import decisions; "
+      "cfg = config.get_config(); plain = decisions.sweep_options(cfg); "
+      "cfg.uniform_anchors = True; cfg.sweep_design = 'pipeline'; "
+      "print(json.dumps([plain, decisions.sweep_options(cfg)]))")
   assert plain == {} and both == {"uniform_anchors": True, "design": "pipeline"}
 
 

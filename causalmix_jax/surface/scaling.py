@@ -391,16 +391,15 @@ def _fit_masks(w_NxD, u_NxD, s_NxK, y_N, masks_MxN, key, tokens_known: bool,
   # full search beside a vmapped one, and runs as fast on a CPU.
   m = masks_MxN.shape[0]
   keys = jax.random.split(key, m)
-  order_M = jnp.concatenate([jnp.array([m - 1]), jnp.arange(m - 1)])
 
   def one_mask(full_map, i):
     first = i == m - 1
     out = fit_one(masks_MxN[i], keys[i], jnp.where(first, flat0, full_map))
     return jnp.where(first, out[0], full_map), out
 
-  _, outs = jax.lax.scan(one_mask, flat0, order_M)
-  back_M = jnp.argsort(order_M)
-  return tuple(a[back_M] for a in outs)
+  # Masks m-1 (the full fit), 0, ..., m-2; rotated back to the masks' order.
+  _, outs = jax.lax.scan(one_mask, flat0, (jnp.arange(m) - 1) % m)
+  return tuple(jnp.roll(a, -1, axis=0) for a in outs)
 
 
 def unflatten(spec: ScalingSpec, flat_P: np.ndarray) -> dict[str, np.ndarray]:
